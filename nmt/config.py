@@ -1,0 +1,332 @@
+"""One YAML file describes a run. It is read with safe YAML and validated into frozen pydantic models
+before anything runs; every default lives here.
+
+`load_config(path, overrides)` is the only way in: it applies `--set key.sub=value` overrides, rejects
+unknown keys, wrong types and bad values with the key path, and returns a `Config`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from nmt.errors import ConfigError
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_exists(location: str | None, info: ValidationInfo) -> str | None:
+    """Local files must exist when the config is about to be used for data preparation."""
+    if location and info.context and info.context.get("check_files") and not is_url(location):
+        if not Path(location).exists():
+            raise ValueError(f"file not found: {location}")
+    return location
+
+
+class TextSource(Section):
+    """Two aligned text files (plain or .gz), one sentence per line; each a path or a URL."""
+
+    format: Literal["text"]
+    src: str
+    tgt: str
+    src_sha256: str | None = None
+    tgt_sha256: str | None = None
+
+    _exists = field_validator("src", "tgt")(_check_exists)
+
+
+class TsvSource(Section):
+    """One tab-separated file (plain or .gz; a path or a URL) with the two sides in two columns."""
+
+    format: Literal["tsv"]
+    path: str
+    sha256: str | None = None
+    src_column: Annotated[int, Field(ge=0)] = 0
+    tgt_column: Annotated[int, Field(ge=0)] = 1
+
+    _exists = field_validator("path")(_check_exists)
+
+
+class HfSource(Section):
+    """A Hugging Face dataset through `datasets.load_dataset(name, config, split=..., data_files=...)`.
+
+    `src_field`/`tgt_field` name the two sides; with `field` set (e.g. "translation"), they are keys of
+    that nested dict, as in the WMT datasets.
+    """
+
+    format: Literal["hf"]
+    name: str
+    config: str | None = None
+    split: str = "train"
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    field: str | None = None
+    src_field: str
+    tgt_field: str
+
+
+Source = Annotated[TextSource | TsvSource | HfSource, Field(discriminator="format")]
+
+
+class CleanConfig(Section):
+    unicode_normalization: Literal["none", "NFC", "NFKC"] = "NFKC"
+    collapse_whitespace: bool = True
+    lowercase: bool = False
+    max_chars: PositiveInt = 400
+    """Training pairs with a side longer than this many characters are dropped."""
+    max_length_ratio: Annotated[float, Field(ge=1.0)] = 4.0
+    """Training pairs whose longer side has more than this many times the characters of the shorter are dropped."""
+
+
+class DataConfig(Section):
+    src_lang: str
+    tgt_lang: str
+    train: Source
+    dev: Source
+    test: Source | None = None
+    mirror: str | None = None
+    """A local mirror directory consulted before any URL (the variable NMT_DATA_MIRROR is consulted too)."""
+    mirror_subdir: str | None = None
+    """The corpus folder inside a mirror, e.g. small_parallel_enja."""
+    download_dir: str = "data/downloads"
+    cache_dir: str = "data/cache"
+    clean: CleanConfig = CleanConfig()
+
+    def split(self, name: str) -> Source:
+        source = {"train": self.train, "dev": self.dev, "test": self.test}.get(name)
+        if source is None:
+            raise ConfigError(f"data.{name}: the config declares no '{name}' split")
+        return source
+
+    def mirrors(self) -> list[Path]:
+        found = [self.mirror, os.environ.get("NMT_DATA_MIRROR")]
+        return [Path(m) for m in found if m]
+
+
+class TokenizerConfig(Section):
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    vocab_size: Annotated[int, Field(ge=16)] = 8000
+    joint: bool = False
+    """One SentencePiece model (and vocabulary) for both sides, instead of one per side."""
+    character_coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_sentences: PositiveInt = 2_000_000
+    """At most this many training sentences are sampled to train SentencePiece."""
+
+
+class EncoderConfig(Section):
+    rnn: Literal["gru", "lstm"] = "gru"
+    hidden_size: PositiveInt = 256
+    layers: PositiveInt = 1
+    bidirectional: bool = True
+    dropout: Fraction = 0.2
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+
+class DecoderConfig(Section):
+    rnn: Literal["gru", "lstm"] = "gru"
+    hidden_size: PositiveInt = 256
+    layers: PositiveInt = 1
+    dropout: Fraction = 0.2
+    input_feeding: bool = True
+    """Luong attention: feed the previous attentional state h~ into the next step's RNN input.
+    Bahdanau attention always feeds its context vector into the RNN, so this is ignored there."""
+
+
+class AttentionConfig(Section):
+    type: Literal["bahdanau", "dot", "general", "concat"] = "bahdanau"
+    dim: PositiveInt | None = None
+    """Hidden size of the additive scorers (bahdanau, concat); default: the decoder hidden size."""
+    dropout: Fraction = 0.0
+
+
+class ModelConfig(Section):
+    embed_dim: PositiveInt = 256
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    attention: AttentionConfig = AttentionConfig()
+    bridge: bool = True
+    """Initialise the decoder state from the encoder's final states (tanh of a linear map); else zeros."""
+    tie_embeddings: bool = False
+    """Share the target embedding matrix with the output layer (needs embed_dim == decoder.hidden_size)."""
+
+    @model_validator(mode="after")
+    def _compatible(self) -> ModelConfig:
+        if self.attention.type == "dot" and self.encoder.output_size != self.decoder.hidden_size:
+            raise ValueError(
+                f"attention.type dot needs the encoder output size ({self.encoder.output_size}) to equal "
+                f"decoder.hidden_size ({self.decoder.hidden_size}); use 'general' or change the sizes"
+            )
+        if self.tie_embeddings and self.embed_dim != self.decoder.hidden_size:
+            raise ValueError(
+                f"tie_embeddings needs embed_dim ({self.embed_dim}) == decoder.hidden_size "
+                f"({self.decoder.hidden_size})"
+            )
+        return self
+
+
+class ScheduleConfig(Section):
+    type: Literal["constant", "warmup_inverse_sqrt", "warmup_linear", "plateau"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    plateau_patience: Annotated[int, Field(ge=0)] = 1
+    min_lr: Annotated[float, Field(ge=0.0)] = 1e-5
+
+
+class TrainingConfig(Section):
+    batch_tokens: PositiveInt = 4000
+    """Token budget of a batch: sentences x longest side (source or target, in subwords), padding included."""
+    max_batch_sentences: PositiveInt = 512
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    schedule: ScheduleConfig = ScheduleConfig()
+    label_smoothing: Fraction = 0.1
+    clip_norm: Annotated[float, Field(gt=0.0)] | None = 1.0
+    accumulate: PositiveInt = 1
+    teacher_forcing: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp16 runs only on CUDA (with a gradient scaler); bf16 runs on CUDA and on CPUs with bf16 support."""
+    max_steps: PositiveInt | None = None
+    max_epochs: PositiveInt | None = None
+    max_minutes: Annotated[float, Field(gt=0.0)] | None = None
+    validate_every: PositiveInt = 500
+    log_every: PositiveInt = 50
+    patience: PositiveInt | None = None
+    """Stop after this many validations without a better dev BLEU."""
+    keep_last: PositiveInt = 3
+    max_nonfinite: PositiveInt = 10
+    """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
+    threads: PositiveInt | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainingConfig:
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise ValueError("set at least one budget: max_steps, max_epochs or max_minutes")
+        if self.schedule.type == "warmup_linear" and self.max_steps is None:
+            raise ValueError("schedule.type warmup_linear decays to 0 at max_steps: set training.max_steps")
+        return self
+
+
+class DecodingConfig(Section):
+    beam_size: PositiveInt = 1
+    length_penalty: Annotated[float, Field(ge=0.0)] = 0.0
+    """GNMT alpha: hypotheses are ranked by log p / ((5 + length) / 6) ** alpha."""
+    n_best: PositiveInt = 1
+    max_ratio: Annotated[float, Field(gt=0.0)] = 2.0
+    max_extra: Annotated[int, Field(ge=0)] = 10
+    """A translation has at most max_ratio x source length + max_extra tokens."""
+    max_src_tokens: PositiveInt = 256
+    """Longer inputs are truncated (with a warning)."""
+    batch_sentences: PositiveInt = 128
+
+    @model_validator(mode="after")
+    def _n_best(self) -> DecodingConfig:
+        if self.n_best > self.beam_size:
+            raise ValueError(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
+        return self
+
+
+class EvaluationConfig(Section):
+    tokenize: Literal["13a", "intl", "char", "none", "zh", "ja-mecab", "ko-mecab", "flores200"] = "13a"
+    lowercase: bool = False
+
+
+class Config(Section):
+    name: str
+    run_dir: str | None = None
+    """Default: runs/<name>."""
+    seed: int = 42
+    data: DataConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig
+    decoding: DecodingConfig = DecodingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.sub=value` override in place; the value is parsed as YAML (`0.5`, `true`, `[1, 2]`)."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key.sub=value")
+    parts = key.strip().split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML") from None
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        # Drop the discriminator tags pydantic inserts into union locations ('text', 'tsv', 'hf').
+        loc = [str(p) for p in item["loc"] if p not in ("text", "tsv", "hf")]
+        key = ".".join(loc) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item.get('input')!r})"
+        lines.append(f"{source}: {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool = False) -> Config:
+    try:
+        return Config.model_validate(raw, context={"check_files": check_files})
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_files: bool = True) -> Config:
+    raw = _read_yaml(Path(path))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return parse_config(raw, source=str(path), check_files=check_files)
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,35 @@
+"""The project's exceptions. Each message says what is wrong and where; the CLI prints it as one line.
+
+`exit_code` follows the shell convention the CLI uses: 2 for bad usage, config or input data,
+1 for a failure while running (a download that broke, a training run that diverged).
+"""
+
+
+class NmtError(Exception):
+    exit_code = 1
+
+
+class ConfigError(NmtError):
+    """A config file, a `--set` override or a command-line option is invalid."""
+
+    exit_code = 2
+
+
+class DataError(NmtError):
+    """An input corpus or text file cannot be used (misaligned, not UTF-8, missing)."""
+
+    exit_code = 2
+
+
+class DownloadError(NmtError):
+    """A corpus could not be fetched, or its checksum did not match."""
+
+
+class CheckpointError(NmtError):
+    """A run directory or checkpoint is missing, corrupted or unsafe to load."""
+
+    exit_code = 2
+
+
+class TrainingError(NmtError):
+    """Training cannot go on (e.g. too many consecutive non-finite losses)."""

@@ -1,0 +1,117 @@
+"""SentencePiece subword models for the source and target sides, and the special ids' single source of truth.
+
+Models are trained on the training split only. With `joint: true` both sides share one model; the run
+directory still holds `src.model` and `tgt.model` so that loading never depends on that choice."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+from tqdm import tqdm
+
+from nmt.config import TokenizerConfig
+from nmt.errors import CheckpointError, DataError
+from nmt.fileio import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+
+
+def train_sentencepiece(lines: Sequence[str], cfg: TokenizerConfig, what: str) -> bytes:
+    """Train one SentencePiece model in memory and return its serialized proto."""
+    if not lines:
+        raise DataError(f"cannot train the {what} tokenizer: no training sentences")
+    log.info("training SentencePiece %s (%s, vocab %d) on %d sentences", what, cfg.model_type, cfg.vocab_size,
+             len(lines))
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.max_sentences,
+            shuffle_input_sentence=True,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            max_sentence_length=1 << 16,
+            minloglevel=2,
+            num_threads=2,
+        )
+    except RuntimeError as err:
+        hint = " (lower tokenizer.vocab_size)" if "vocab" in str(err).lower() else ""
+        raise DataError(f"SentencePiece training for the {what} side failed: {err}{hint}") from None
+    return model.getvalue()
+
+
+class Tokenizer:
+    """Encodes raw text to ids and decodes ids to detokenized text, one processor per side."""
+
+    def __init__(self, src_proto: bytes, tgt_proto: bytes):
+        self.src_proto, self.tgt_proto = src_proto, tgt_proto
+        self.src = spm.SentencePieceProcessor(model_proto=src_proto)
+        self.tgt = spm.SentencePieceProcessor(model_proto=tgt_proto)
+
+    @classmethod
+    def train(cls, src_lines: Sequence[str], tgt_lines: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
+        if cfg.joint:
+            proto = train_sentencepiece(list(src_lines) + list(tgt_lines), cfg, "joint")
+            return cls(proto, proto)
+        return cls(train_sentencepiece(src_lines, cfg, "source"), train_sentencepiece(tgt_lines, cfg, "target"))
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def encode_src(self, lines: Sequence[str], progress: str | None = None) -> list[list[int]]:
+        """Source ids end with EOS, so the encoder sees where a sentence stops."""
+        return [ids + [EOS_ID] for ids in _encode(self.src, lines, progress)]
+
+    def encode_tgt(self, lines: Sequence[str], progress: str | None = None) -> list[list[int]]:
+        """Target ids without BOS/EOS: batching adds them for the teacher-forcing shift."""
+        return _encode(self.tgt, lines, progress)
+
+    def decode_tgt(self, ids: Sequence[int]) -> str:
+        return self.tgt.decode([i for i in ids if i > EOS_ID])
+
+    def src_pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.src.id_to_piece(int(i)) for i in ids]
+
+    def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.tgt.id_to_piece(int(i)) for i in ids]
+
+    def save(self, directory: Path) -> None:
+        atomic_write_bytes(directory / "src.model", self.src_proto)
+        atomic_write_bytes(directory / "tgt.model", self.tgt_proto)
+        info = {"special_ids": SPECIAL_IDS, "src_vocab_size": self.src_vocab_size,
+                "tgt_vocab_size": self.tgt_vocab_size}
+        atomic_write_text(directory / "tokenizer.json", json.dumps(info, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> Tokenizer:
+        try:
+            return cls((directory / "src.model").read_bytes(), (directory / "tgt.model").read_bytes())
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"{directory}: cannot load the SentencePiece models ({err})") from None
+
+
+def _encode(processor: spm.SentencePieceProcessor, lines: Sequence[str], progress: str | None) -> list[list[int]]:
+    chunk = 20_000
+    out: list[list[int]] = []
+    with tqdm(total=len(lines), desc=progress, unit="sent", disable=progress is None, leave=False) as bar:
+        for start in range(0, len(lines), chunk):
+            part = list(lines[start:start + chunk])
+            out.extend(processor.encode(part))
+            bar.update(len(part))
+    return out
