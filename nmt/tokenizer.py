@@ -37,6 +37,7 @@ def train_sentencepiece(lines: Sequence[str], cfg: TokenizerConfig, what: str) -
             model_writer=model,
             model_type=cfg.model_type,
             vocab_size=cfg.vocab_size,
+            hard_vocab_limit=False,  # a corpus with fewer distinct pieces gets a smaller vocabulary, not an error
             character_coverage=cfg.character_coverage,
             input_sentence_size=cfg.max_sentences,
             shuffle_input_sentence=True,
@@ -46,9 +47,12 @@ def train_sentencepiece(lines: Sequence[str], cfg: TokenizerConfig, what: str) -
             num_threads=2,
         )
     except RuntimeError as err:
-        hint = " (lower tokenizer.vocab_size)" if "vocab" in str(err).lower() else ""
-        raise DataError(f"SentencePiece training for the {what} side failed: {err}{hint}") from None
-    return model.getvalue()
+        raise DataError(f"SentencePiece training for the {what} side failed: {err}") from None
+    proto = model.getvalue()
+    size = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    if size < cfg.vocab_size:
+        log.info("the %s vocabulary has %d pieces: the corpus supports no more than that", what, size)
+    return proto
 
 
 class Tokenizer:
