@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nmt.errors import ConfigError
 
@@ -265,7 +273,7 @@ class Config(Section):
         return Path(self.run_dir or f"runs/{self.name}")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -322,7 +330,7 @@ def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool 
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_files: bool = True) -> Config:
-    raw = _read_yaml(Path(path))
+    raw = read_yaml(Path(path))
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_config(raw, source=str(path), check_files=check_files)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from nmt.config import CleanConfig, DataConfig, HfSource, Source, TextSource, TsvSource
 from nmt.download import fetch
@@ -28,21 +29,30 @@ class Corpus:
         return len(self.src)
 
 
+def _decode_lines(handle: BinaryIO, name: str) -> Iterator[str]:
+    for number, raw in enumerate(handle, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{name} line {number}: invalid UTF-8 (byte {err.start})") from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        yield line.removesuffix("\n").removesuffix("\r")
+
+
 def read_lines(path: Path) -> Iterator[str]:
     """Yield the lines of a plain or gzipped UTF-8 file without line ends (LF or CRLF) or a leading BOM."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path} line {number}: invalid UTF-8 (byte {err.start})") from None
-                if number == 1:
-                    line = line.removeprefix("\ufeff")
-                yield line.rstrip("\n").removesuffix("\r")
+            yield from _decode_lines(handle, str(path))
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def read_stream(handle: BinaryIO, name: str) -> list[str]:
+    """The lines of an open binary stream (standard input), decoded as strictly as files."""
+    return list(_decode_lines(handle, name))
 
 
 def read_text_pair(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:

@@ -1,0 +1,89 @@
+"""Bahdanau (additive) and Luong (dot, general, concat) attention under one stateless interface.
+
+    keys = attention.project_keys(memory)                    # once per batch: depends only on the encoder
+    context, weights = attention(query, keys, values, mask)  # any number of query steps at once
+
+Shapes: B batch, Tq query steps (1 inside the step loop, T when all steps are scored at once), S source
+positions, Hq query size, Hm encoder output size (memory = values), A additive hidden size.
+Padding positions get weight exactly 0: their scores are set to -inf before the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.config import AttentionConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, S, Hm) -> (B, S, K): the encoder-side part of the score."""
+        raise NotImplementedError
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(B, Tq, Hq), (B, S, K) -> alignment scores e (B, Tq, S)."""
+        raise NotImplementedError
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the context vectors c = sum_i a_i h_i (B, Tq, Hm) and the weights a = softmax(e) (B, Tq, S)."""
+        scores = self.score(query, keys).float()
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(self.dropout(weights).to(values.dtype), values)
+        return context, weights
+
+
+class AdditiveAttention(Attention):
+    """e_i = v_a^T tanh(W_a q + U_a h_i).
+
+    Bahdanau et al. (2014), eq. 6, with the previous decoder state as query; with the current state as
+    query it is Luong et al. (2015)'s `concat` score v_a^T tanh(W_a [s_t; h_i]), W_a split into two blocks."""
+
+    def __init__(self, query_size: int, memory_size: int, hidden_size: int, dropout: float = 0.0):
+        super().__init__(dropout)
+        self.query_proj = nn.Linear(query_size, hidden_size, bias=False)  # W_a
+        self.key_proj = nn.Linear(memory_size, hidden_size, bias=False)  # U_a
+        self.v = nn.Linear(hidden_size, 1, bias=False)  # v_a
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key_proj(memory)
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # (B, Tq, S, A)
+        return self.v(hidden).squeeze(-1)
+
+
+class DotAttention(Attention):
+    """Luong dot: e_i = s_t^T h_i (needs Hq == Hm)."""
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))
+
+
+class GeneralAttention(DotAttention):
+    """Luong general: e_i = s_t^T W_a h_i, with W_a h_i computed once per batch as the keys."""
+
+    def __init__(self, query_size: int, memory_size: int, dropout: float = 0.0):
+        super().__init__(dropout)
+        self.key_proj = nn.Linear(memory_size, query_size, bias=False)  # W_a
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key_proj(memory)
+
+
+def build_attention(cfg: AttentionConfig, query_size: int, memory_size: int) -> Attention:
+    if cfg.type in ("bahdanau", "concat"):
+        return AdditiveAttention(query_size, memory_size, cfg.dim or query_size, cfg.dropout)
+    if cfg.type == "general":
+        return GeneralAttention(query_size, memory_size, cfg.dropout)
+    return DotAttention(cfg.dropout)

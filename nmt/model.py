@@ -1,0 +1,202 @@
+"""The sequence-to-sequence model: an RNN encoder, an attentional RNN decoder, and `build_model`.
+
+Shapes: B batch, S source positions, T target positions, E embedding size, He encoder output size
+(hidden x directions), Hd decoder hidden size, V target vocabulary, L decoder layers.
+
+Two decoder flows, chosen by the attention type:
+- Bahdanau (2014): the query is the previous decoder state s_{t-1}; the context c_t is fed into the RNN
+  together with the embedding of y_{t-1}.
+- Luong (2015): the query is the current state s_t; the attentional state h~_t = tanh(W_c [c_t; s_t]) feeds
+  the output layer and, with input feeding, the next step's RNN input.
+Both feed h~_t to the output layer, which runs once over all steps after the loop. With Luong attention,
+no input feeding and full teacher forcing nothing ties step t to t-1 but the RNN, so the RNN runs as one
+fused call over the whole target and attention scores all steps in one batched product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt.attention import Attention, build_attention
+from nmt.config import ModelConfig
+from nmt.tokenizer import PAD_ID
+
+RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU: (L, B, Hd); LSTM: (h, c)
+
+
+@dataclass
+class EncoderMemory:
+    """What every decoder step reads: encoder outputs (values), their projection (keys) and the source mask."""
+
+    values: torch.Tensor  # (B, S, He)
+    keys: torch.Tensor  # (B, S, K)
+    mask: torch.Tensor  # (B, S) True at real tokens
+
+    def repeat(self, times: int) -> EncoderMemory:
+        """Each sentence `times` times in a row (for beams), keys reused rather than recomputed."""
+        return EncoderMemory(*(t.repeat_interleave(times, dim=0) for t in (self.values, self.keys, self.mask)))
+
+
+@dataclass
+class DecoderState:
+    hidden: Hidden  # (L, B, Hd), or a pair of them for an LSTM
+    feed: torch.Tensor  # (B, Hd) previous attentional state h~_{t-1}, for Luong input feeding
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        """Keep / reorder batch rows (beam search)."""
+        if isinstance(self.hidden, tuple):
+            hidden: Hidden = tuple(h.index_select(1, index) for h in self.hidden)  # type: ignore[assignment]
+        else:
+            hidden = self.hidden.index_select(1, index)
+        return DecoderState(hidden, self.feed.index_select(0, index))
+
+
+def _top_layer(hidden: Hidden) -> torch.Tensor:
+    return (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        enc = cfg.encoder
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(enc.dropout)
+        self.rnn = RNN_TYPES[enc.rnn](cfg.embed_dim, enc.hidden_size, enc.layers, batch_first=True,
+                                      bidirectional=enc.bidirectional, dropout=enc.dropout if enc.layers > 1 else 0.0)
+        self.directions = 2 if enc.bidirectional else 1
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) ids -> outputs (B, S, He), final state of the top layer, both directions concatenated (B, He)."""
+        embedded = self.dropout(self.embed(src))
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, final = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.shape[1])
+        h_n = final[0] if isinstance(final, tuple) else final  # (layers * directions, B, H)
+        top = h_n[-self.directions:]  # the top layer's forward (and backward) final states
+        return self.dropout(outputs), torch.cat(list(top), dim=-1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        dec, memory_size = cfg.decoder, cfg.encoder.output_size
+        self.additive_prev_state = cfg.attention.type == "bahdanau"
+        self.input_feeding = dec.input_feeding and not self.additive_prev_state
+        self.layers, self.hidden_size, self.is_lstm = dec.layers, dec.hidden_size, dec.rnn == "lstm"
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(dec.dropout)
+        if self.additive_prev_state:
+            rnn_input = cfg.embed_dim + memory_size
+        else:
+            rnn_input = cfg.embed_dim + (dec.hidden_size if self.input_feeding else 0)
+        self.rnn = RNN_TYPES[dec.rnn](rnn_input, dec.hidden_size, dec.layers, batch_first=True,
+                                      dropout=dec.dropout if dec.layers > 1 else 0.0)
+        self.attention: Attention = build_attention(cfg.attention, dec.hidden_size, memory_size)
+        self.combine = nn.Linear(memory_size + dec.hidden_size, dec.hidden_size, bias=False)  # W_c
+        self.bridge = nn.Linear(memory_size, dec.layers * dec.hidden_size) if cfg.bridge else None
+        self.output = nn.Linear(dec.hidden_size, vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.embed.weight
+
+    def init_state(self, encoder_final: torch.Tensor) -> DecoderState:
+        """s_0 = tanh(W_b [h_fwd; h_bwd]) for every layer with a bridge, else zeros; an LSTM's cell starts at 0."""
+        batch = encoder_final.shape[0]
+        if self.bridge is not None:
+            h0 = torch.tanh(self.bridge(encoder_final)).view(batch, self.layers, self.hidden_size)
+            h0 = h0.transpose(0, 1).contiguous()
+        else:
+            h0 = encoder_final.new_zeros(self.layers, batch, self.hidden_size)
+        hidden: Hidden = (h0, torch.zeros_like(h0)) if self.is_lstm else h0
+        return DecoderState(hidden, encoder_final.new_zeros(batch, self.hidden_size))
+
+    def step(
+        self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One decoder step from the embedded previous token (B, E): h~_t (B, Hd), new state, weights (B, S)."""
+        if self.additive_prev_state:
+            query = _top_layer(state.hidden).unsqueeze(1)  # s_{t-1}
+            context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
+            output, hidden = self.rnn(torch.cat([embedded.unsqueeze(1), context], dim=-1), state.hidden)
+        else:
+            rnn_input = torch.cat([embedded, state.feed], dim=-1) if self.input_feeding else embedded
+            output, hidden = self.rnn(rnn_input.unsqueeze(1), state.hidden)
+            context, weights = self.attention(output, memory.keys, memory.values, memory.mask)  # query s_t
+        attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1))).squeeze(1)
+        return attentional, DecoderState(hidden, attentional), weights.squeeze(1)
+
+    def logits(self, attentional: torch.Tensor) -> torch.Tensor:
+        return self.output(self.dropout(attentional))
+
+    def forward(
+        self, tgt_in: torch.Tensor, state: DecoderState, memory: EncoderMemory, teacher_forcing: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unroll over the target: logits (B, T, V) and attention weights (B, T, S).
+
+        With teacher_forcing < 1, each step takes the model's own previous prediction instead of the
+        reference with probability 1 - teacher_forcing; logits are then needed inside the loop."""
+        embedded = self.dropout(self.embed(tgt_in))  # all steps' inputs in one call
+        if teacher_forcing >= 1.0 and not self.additive_prev_state and not self.input_feeding:
+            output, _ = self.rnn(embedded, state.hidden)
+            context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
+            return self.logits(torch.tanh(self.combine(torch.cat([context, output], dim=-1)))), weights
+        steps, all_weights, step_logits = [], [], []
+        prev_embedded = embedded[:, 0]
+        for t in range(tgt_in.shape[1]):
+            attentional, state, weights = self.step(prev_embedded, state, memory)
+            steps.append(attentional)
+            all_weights.append(weights)
+            if t + 1 == tgt_in.shape[1]:
+                break
+            prev_embedded = embedded[:, t + 1]
+            if teacher_forcing < 1.0:
+                step_logits.append(self.logits(attentional))
+                sampled = torch.rand(tgt_in.shape[0], device=tgt_in.device) >= teacher_forcing
+                predicted = self.dropout(self.embed(step_logits[-1].argmax(-1)))
+                prev_embedded = torch.where(sampled.unsqueeze(1), predicted, prev_embedded)
+        if step_logits:
+            step_logits.append(self.logits(steps[-1]))
+            return torch.stack(step_logits, dim=1), torch.stack(all_weights, dim=1)
+        return self.logits(torch.stack(steps, dim=1)), torch.stack(all_weights, dim=1)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, src_vocab_size)
+        self.decoder = Decoder(cfg, tgt_vocab_size)
+        for embedding in (self.encoder.embed, self.decoder.embed):
+            nn.init.normal_(embedding.weight, std=cfg.embed_dim ** -0.5)
+            with torch.no_grad():
+                embedding.weight[PAD_ID].zero_()
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> tuple[EncoderMemory,
+                                                                                             DecoderState]:
+        outputs, final = self.encoder(src, lengths)
+        memory = EncoderMemory(outputs, self.decoder.attention.project_keys(outputs), mask)
+        return memory, self.decoder.init_state(final)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
+                teacher_forcing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        memory, state = self.encode(src, lengths, src_mask)
+        return self.decoder(tgt_in, state, memory, teacher_forcing)
+
+    def step_log_probs(
+        self, prev_ids: torch.Tensor, state: DecoderState, memory: EncoderMemory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """Search's step function: previous ids (N,) -> log-probabilities (N, V), new state, weights (N, S)."""
+        attentional, state, weights = self.decoder.step(self.decoder.embed(prev_ids), state, memory)
+        return torch.log_softmax(self.decoder.logits(attentional).float(), dim=-1), state, weights
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+    return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
