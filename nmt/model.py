@@ -145,14 +145,15 @@ class Decoder(nn.Module):
             context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
             return self.logits(torch.tanh(self.combine(torch.cat([context, output], dim=-1)))), weights
         steps, all_weights, step_logits = [], [], []
-        prev_embedded = embedded[:, 0]
+        inputs = embedded.unbind(1)  # one backward stack, not a zero-filled (B, T, E) gradient per step
+        prev_embedded = inputs[0]
         for t in range(tgt_in.shape[1]):
             attentional, state, weights = self.step(prev_embedded, state, memory)
             steps.append(attentional)
             all_weights.append(weights)
             if t + 1 == tgt_in.shape[1]:
                 break
-            prev_embedded = embedded[:, t + 1]
+            prev_embedded = inputs[t + 1]
             if teacher_forcing < 1.0:
                 step_logits.append(self.logits(attentional))
                 sampled = torch.rand(tgt_in.shape[0], device=tgt_in.device) >= teacher_forcing

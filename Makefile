@@ -1,0 +1,35 @@
+# Set-up and everyday commands. `make test` and `make quickstart` work on a fresh machine:
+# they create .venv, install the CPU build of torch 2.13.0 first (a GPU machine can use `pip install .`
+# instead and get PyPI's CUDA build), then the project.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/enja_bahdanau.yaml
+# A local corpus mirror is used before any download when it exists (these machines are offline).
+export NMT_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
+
+.PHONY: install test lint quickstart bench clean
+
+$(BIN)/nmt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/nmt
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check nmt tests scripts
+
+quickstart: install
+	$(BIN)/nmt data --config $(CONFIG)
+	$(BIN)/nmt train --config $(CONFIG)
+	$(BIN)/nmt evaluate --config $(CONFIG) --split dev
+	$(BIN)/nmt translate --config $(CONFIG) "i like tennis ."
+
+clean:
+	rm -rf runs data/cache data/downloads

@@ -1,0 +1,100 @@
+"""The CLI through its real entry point (the installed `nmt` console script)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NMT = shutil.which("nmt") or str(Path(sys.executable).parent / "nmt")
+
+
+def run(*args, stdin: str | None = None, cwd=None):
+    return subprocess.run([NMT, *map(str, args)], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_every_command_and_option():
+    result = run("--help")
+    assert result.returncode == 0
+    for name in ("data", "train", "translate", "evaluate"):
+        assert name in result.stdout
+    result = run("translate", "--help")
+    for option in ("--model", "--input", "--output", "--beam-size", "--n-best", "--checkpoint", "--config"):
+        assert option in result.stdout
+
+
+def test_bad_config_is_one_line_exit_2_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntraining: {max_steps: -1}\n")
+    result = run("data", "--config", bad)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "training.max_steps" in result.stderr and "data: Field required" in result.stderr
+    assert all(line.startswith("error: ") for line in result.stderr.strip().splitlines())
+
+
+def test_bad_override_and_missing_config(toy_config_path):
+    result = run("data", "--config", toy_config_path, "--set", "model.attention.type=cosine")
+    assert result.returncode == 2 and "model.attention.type" in result.stderr and "Traceback" not in result.stderr
+    result = run("data", "--config", "does-not-exist.yaml")
+    assert result.returncode == 2 and "config file not found" in result.stderr
+
+
+def test_data_prints_statistics(toy_config_path):
+    result = run("data", "--config", toy_config_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "train  1500" in out.replace("   ", "  ") or "1500" in out
+    for needle in ("split", "pairs", "src tokens", "dropped", "vocabulary: source", "padding"):
+        assert needle in out
+    assert "built cache" in out
+    assert "reused cache" in run("data", "--config", toy_config_path).stdout
+
+
+def test_translate_through_argument_file_and_stdin(trained_run, tmp_path):
+    sentences = ["ab ca de", "", "fo gu hi jo"]
+    one = run("translate", "--model", trained_run, "ab ca de", "--beam-size", "1")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout == "DE CA AB\n"
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(sentences) + "\n")
+    out = tmp_path / "out.txt"
+    from_file = run("translate", "--model", trained_run, "--input", source, "--output", out)
+    assert from_file.returncode == 0, from_file.stderr
+    lines = out.read_text().split("\n")[:-1]
+    assert lines == ["DE CA AB", "", "JO HI GU FO"]
+    from_stdin = run("translate", "--model", trained_run, stdin="\n".join(sentences) + "\n")
+    assert from_stdin.stdout.split("\n")[:-1] == lines
+    nbest = run("translate", "--model", trained_run, "ab ca de", "--beam-size", "3", "--n-best", "3")
+    rows = [line.split("\t") for line in nbest.stdout.strip().split("\n")]
+    assert len(rows) == 3 and rows[0][2] == "DE CA AB"
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_translate_errors_are_clean(trained_run, tmp_path):
+    result = run("translate", "--model", tmp_path, "hello")
+    assert result.returncode == 2 and "not a run directory" in result.stderr and "Traceback" not in result.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe\n")
+    result = run("translate", "--model", trained_run, "--input", bad)
+    assert result.returncode == 2 and "bad.txt line 2: invalid UTF-8" in result.stderr
+    result = run("translate", "--model", trained_run, "x", "--checkpoint", "newest")
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_evaluate_matches_the_sacrebleu_command_line(trained_run, split):
+    result = run("evaluate", "--model", trained_run, "--split", split, "--beam-size", "1")
+    assert result.returncode == 0, result.stderr
+    bleu_line = next(line for line in result.stdout.splitlines() if line.startswith("BLEU"))
+    ours = float(bleu_line.split("=")[1].split()[0])
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in bleu_line
+    assert any(line.startswith("chrF") for line in result.stdout.splitlines())
+    hyp = trained_run / "eval" / f"{split}.beam1.hyp"
+    ref = trained_run.parent / "corpus" / f"{split}.tgt"
+    sacre = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "-b",
+                            "-tok", "13a"], capture_output=True, text=True, check=True)
+    assert abs(float(sacre.stdout.strip()) - ours) < 0.01
+    assert (trained_run / "eval" / f"{split}.beam1.json").is_file()

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import toy_config_dict, write_config
+from nmt.config import config_to_yaml, load_config, parse_config
+from nmt.errors import ConfigError
+
+
+def error_for(tmp_path: Path, raw: dict, overrides=()) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, raw), overrides)
+    assert caught.value.exit_code == 2
+    return str(caught.value)
+
+
+def test_valid_config_loads_with_defaults(toy_config_path):
+    config = load_config(toy_config_path)
+    assert config.model.attention.type == "bahdanau"
+    assert config.training.clip_norm == 1.0
+    assert config.run_path.name == "run"
+
+
+def test_unknown_key_is_rejected_with_its_path(tmp_path):
+    raw = toy_config_dict(tmp_path)
+    raw["model"]["encoder"]["hiden_size"] = 3
+    assert "model.encoder.hiden_size: Extra inputs are not permitted" in error_for(tmp_path, raw)
+
+
+def test_wrong_type_is_rejected(tmp_path):
+    raw = toy_config_dict(tmp_path)
+    raw["training"]["batch_tokens"] = "many"
+    assert "training.batch_tokens" in error_for(tmp_path, raw)
+
+
+def test_negative_size_is_rejected(tmp_path):
+    raw = toy_config_dict(tmp_path)
+    raw["model"]["embed_dim"] = -4
+    message = error_for(tmp_path, raw)
+    assert "model.embed_dim: Input should be greater than 0" in message and "-4" in message
+
+
+def test_unknown_attention_type_is_rejected(tmp_path):
+    raw = toy_config_dict(tmp_path, model={"attention": {"type": "multiplicative"}})
+    assert "model.attention.type" in error_for(tmp_path, raw)
+
+
+def test_missing_data_file_is_rejected(tmp_path):
+    raw = toy_config_dict(tmp_path)
+    raw["data"]["train"]["src"] = str(tmp_path / "nope.txt")
+    message = error_for(tmp_path, raw)
+    assert "data.train.src" in message and "file not found" in message
+
+
+def test_cross_field_rules(tmp_path):
+    raw = toy_config_dict(tmp_path, model={"attention": {"type": "dot"}})  # encoder 2x48 != decoder 64
+    assert "dot needs the encoder output size (96)" in error_for(tmp_path, raw)
+    raw = toy_config_dict(tmp_path, decoding={"beam_size": 2, "n_best": 3})
+    assert "n_best (3) cannot exceed beam_size (2)" in error_for(tmp_path, raw)
+    raw = toy_config_dict(tmp_path)
+    raw["training"].pop("max_steps")
+    assert "set at least one budget" in error_for(tmp_path, raw)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndata:\n  src_lang: [en\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+: invalid YAML"):
+        load_config(path)
+
+
+def test_non_mapping_and_missing_file(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_overrides_set_nested_values_and_parse_yaml(toy_config_path):
+    config = load_config(toy_config_path, ["training.lr=0.5", "model.attention.type=general",
+                                           "training.betas=[0.8, 0.9]"])
+    assert config.training.lr == 0.5
+    assert config.model.attention.type == "general"
+    assert config.training.betas == (0.8, 0.9)
+
+
+def test_override_of_unknown_key_or_malformed_is_rejected(toy_config_path):
+    with pytest.raises(ConfigError, match="training.bogus: Extra inputs"):
+        load_config(toy_config_path, ["training.bogus=1"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(toy_config_path, ["training.lr"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        load_config(toy_config_path, ["name.sub=1"])
+
+
+def test_resolved_config_round_trips(toy_config_path):
+    config = load_config(toy_config_path, ["training.lr=0.25"])
+    again = parse_config(yaml.safe_load(config_to_yaml(config)))
+    assert again == config
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted(Path(__file__).parent.parent.glob("configs/*.yaml")):
+        load_config(path, check_files=False)

@@ -1,0 +1,123 @@
+"""Search against scripted distributions (no model), and against the trained toy model."""
+
+import math
+
+import pytest
+import torch
+
+from nmt.search import beam_search, greedy_search
+
+PAD, BOS, EOS, A, B, C = 0, 2, 3, 4, 5, 6
+V, S = 7, 3
+
+# Next-token distributions by prefix; greedy takes A (0.5) then EOS: p = 0.5 * 0.34 = 0.17,
+# while B EOS has p = 0.4 * 0.9 = 0.36.
+SCRIPT = {
+    (): {A: 0.5, B: 0.4, C: 0.1},
+    (A,): {EOS: 0.34, A: 0.33, B: 0.33},
+    (B,): {EOS: 0.9, C: 0.1},
+}
+
+
+def distribution(prefix: tuple[int, ...]) -> dict[int, float]:
+    return SCRIPT.get(prefix, {EOS: 0.6, C: 0.4})
+
+
+def log_prob_of(tokens: list[int], ended: bool) -> float:
+    total, prefix = 0.0, ()
+    for token in tokens + ([EOS] if ended else []):
+        total += math.log(distribution(prefix)[token])
+        prefix = prefix + (token,)
+    return total
+
+
+class PrefixState:
+    """The scripted 'decoder state': the tokens generated so far per row."""
+
+    def __init__(self, prefixes: list[tuple[int, ...]]):
+        self.prefixes = prefixes
+
+    def select(self, index: torch.Tensor) -> "PrefixState":
+        return PrefixState([self.prefixes[i] for i in index.tolist()])
+
+
+def scripted_step(prev: torch.Tensor, state: PrefixState):
+    prefixes = [p if token == BOS else p + (token,) for p, token in zip(state.prefixes, prev.tolist(), strict=True)]
+    log_probs = torch.full((len(prefixes), V), float("-inf"))
+    for row, prefix in enumerate(prefixes):
+        for token, p in distribution(prefix).items():
+            log_probs[row, token] = math.log(p)
+    return log_probs, PrefixState(prefixes), torch.full((len(prefixes), S), 1.0 / S)
+
+
+def run_beam(k: int, n_best: int = 1, batch: int = 2, max_len: int = 6, alpha: float = 0.0):
+    state = PrefixState([()] * (batch * k))
+    return beam_search(scripted_step, state, torch.full((batch,), max_len), k, BOS, EOS, PAD, alpha, n_best)
+
+
+def test_greedy_takes_the_locally_best_token():
+    hyps = greedy_search(scripted_step, PrefixState([()] * 2), torch.full((2,), 6), BOS, EOS, PAD)
+    assert [h.tokens for h in hyps] == [[A], [A]]
+    assert hyps[0].log_prob == pytest.approx(log_prob_of([A], True))
+    assert hyps[0].attention.shape == (2, S)  # one row per generated token, EOS included
+
+
+def test_beam_one_equals_greedy():
+    greedy = greedy_search(scripted_step, PrefixState([()] * 2), torch.full((2,), 6), BOS, EOS, PAD)
+    beam = [h[0] for h in run_beam(1)]
+    assert [h.tokens for h in beam] == [h.tokens for h in greedy]
+    assert [h.log_prob for h in beam] == pytest.approx([h.log_prob for h in greedy])
+
+
+def test_beam_finds_the_better_hypothesis_and_nbest_is_sorted():
+    nbest = run_beam(3, n_best=3)
+    for hyps in nbest:
+        assert hyps[0].tokens == [B]
+        assert hyps[0].log_prob == pytest.approx(math.log(0.36))
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        for h in hyps:  # scores are those of the hypotheses returned: nothing extended past EOS
+            assert h.log_prob == pytest.approx(log_prob_of(h.tokens, ended=True))
+            assert EOS not in h.tokens
+
+
+def test_length_limit_ends_hypotheses_without_eos():
+    hyps = greedy_search(lambda p, s: _always(p, s, A), PrefixState([()]), torch.tensor([4]), BOS, EOS, PAD)
+    assert hyps[0].tokens == [A, A, A, A]
+    beams = beam_search(lambda p, s: _always(p, s, A), PrefixState([()] * 2), torch.tensor([4]), 2, BOS, EOS, PAD)
+    assert beams[0][0].tokens == [A, A, A, A]
+
+
+def _always(prev, state, token):
+    log_probs = torch.full((prev.shape[0], V), -20.0)
+    log_probs[:, token] = 0.0
+    return log_probs, state, torch.full((prev.shape[0], S), 1.0 / S)
+
+
+def test_length_penalty_ranks_by_normalized_score():
+    plain = run_beam(3, n_best=3, alpha=0.0)[0]
+    penalized = run_beam(3, n_best=3, alpha=5.0)[0]
+    for h in penalized:
+        assert h.score == pytest.approx(h.log_prob / ((5 + len(h.tokens) + 1) / 6) ** 5.0)
+    assert [h.score for h in penalized] == sorted((h.score for h in penalized), reverse=True)
+    assert len(penalized[0].tokens) >= len(plain[0].tokens)
+    assert [h.log_prob for h in plain] == sorted((h.log_prob for h in plain), reverse=True)
+
+
+def test_trained_model_beam_scores_at_least_greedy_and_batching_changes_nothing(trained_run):
+    from nmt.checkpoint import load_model
+    from nmt.translate import Translator
+
+    config, tokenizer, model, _ = load_model(trained_run)
+    translator = Translator(model, tokenizer, config.decoding)
+    lines = ["ab ca de fo gu", "le mi", "no pa ab ca de fo", "hi jo ku le", "gu", "fo fo fo ab"]
+    encoded = translator.encode(lines)
+    greedy = translator.search_ids(encoded, beam_size=1)
+    beam = translator.search_ids(encoded, beam_size=4)
+    for g, b in zip(greedy, beam, strict=True):
+        assert b[0].log_prob >= g[0].log_prob - 1e-4
+    one_at_a_time = [translator.search_ids([ids], beam_size=4)[0] for ids in encoded]
+    for batched, alone in zip(beam, one_at_a_time, strict=True):
+        assert batched[0].tokens == alone[0].tokens
+        assert batched[0].log_prob == pytest.approx(alone[0].log_prob, abs=1e-4)
+    assert [t.text for t in translator.translate(lines[:2], beam_size=1)] == ["GU FO DE CA AB", "MI LE"]

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import toy_config_dict, write_config
+from nmt.checkpoint import checkpoints_dir, find_checkpoint, latest_intact
+from nmt.config import load_config
+from nmt.errors import ConfigError
+from nmt.train import train
+
+
+def losses(run_dir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def final_weights(run_dir):
+    return load_file(str(find_checkpoint(run_dir, "last").path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("extra", [{}, {"teacher_forcing": 0.7, "accumulate": 2}])
+def test_resume_is_exact(tmp_path, extra):
+    """N steps + stop + resume + N steps == 2N uninterrupted steps (losses and weights), on CPU."""
+    common = {"log_every": 2, "validate_every": 10, **extra}
+    straight = toy_config_dict(tmp_path / "a", training={"max_steps": 16, **common},
+                               model={"encoder": {"dropout": 0.3}, "decoder": {"dropout": 0.3}})
+    train(load_config(write_config(tmp_path / "a", straight)), progress=False)
+    halves = toy_config_dict(tmp_path / "b", training={"max_steps": 7, **common},
+                             model={"encoder": {"dropout": 0.3}, "decoder": {"dropout": 0.3}})
+    path = write_config(tmp_path / "b", halves)
+    train(load_config(path), progress=False)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(load_config(path), progress=False)
+    train(load_config(path, ["training.max_steps=16"]), resume=True, progress=False)
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert losses(a) == losses(b)
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def test_training_learns_and_writes_a_complete_run_directory(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in rows if "loss" in r]
+    bleus = [r["dev_bleu"] for r in rows if "dev_bleu" in r]
+    assert train_losses[-1] < train_losses[0] / 3
+    assert bleus[-1] > 80 and bleus[-1] > bleus[0] or bleus[0] > 80
+    for name in ("config.yaml", "src.model", "tgt.model", "tokenizer.json", "best.json", "train.log"):
+        assert (trained_run / name).is_file(), name
+    checkpoint = latest_intact(trained_run)
+    assert {p.name for p in checkpoint.path.iterdir()} == {"model.safetensors", "state.pt", "meta.json",
+                                                          "MANIFEST.json"}
+    assert len(list(checkpoints_dir(trained_run).iterdir())) <= 3  # keep_last
+
+
+def test_early_stopping_and_time_budget(tmp_path):
+    raw = toy_config_dict(tmp_path, training={"max_steps": 1000, "validate_every": 5, "patience": 1, "lr": 1e-9})
+    result = train(load_config(write_config(tmp_path, raw)), progress=False)
+    assert result.stop_reason == "patience" and result.steps == 10
+    raw = toy_config_dict(tmp_path / "t", training={"max_steps": 100000, "max_minutes": 0.05, "validate_every": 1000})
+    result = train(load_config(write_config(tmp_path / "t", raw)), progress=False)
+    assert result.stop_reason == "max_minutes" and 0 < result.steps < 100000
+
+
+def test_fp16_on_cpu_is_a_config_error(tmp_path):
+    raw = toy_config_dict(tmp_path, training={"precision": "fp16", "device": "cpu"})
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        train(load_config(write_config(tmp_path, raw)), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda_learns(tmp_path, precision):
+    raw = toy_config_dict(tmp_path, training={"precision": precision, "device": "cuda", "max_steps": 300,
+                                              "validate_every": 150, "lr": 0.01})
+    result = train(load_config(write_config(tmp_path, raw)), progress=False)
+    assert result.best_bleu > 50
