@@ -67,8 +67,9 @@ def save_checkpoint(run_dir: Path, model: Seq2Seq, train_state: dict[str, Any], 
     folder = checkpoints_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{meta['step']:08d}"
+    for stale in folder.glob(".step-*.tmp"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     staging = folder / f".{final.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.

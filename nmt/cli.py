@@ -46,6 +46,9 @@ def command(fn: Callable) -> Callable:
             for line in str(err).splitlines():
                 typer.echo(f"error: {line}", err=True)
             raise typer.Exit(err.exit_code) from None
+        except OSError as err:  # a full disk, a read-only folder: say which file, keep what was written
+            typer.echo(f"error: {err.filename or ''}: {err.strerror or err}", err=True)
+            raise typer.Exit(1) from None
 
     return app.command()(run)
 
@@ -76,10 +79,16 @@ def train(
 
     result = run_training(_config(config, set_), resume=resume)
     typer.echo(f"{result.run_dir}: {result.steps} steps ({result.stop_reason}), best dev BLEU {result.best_bleu:.2f}")
+    if result.stop_reason in ("SIGINT", "SIGTERM"):
+        raise typer.Exit(130)
 
 
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
 CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="'best' (by dev BLEU) or 'last'.")]
+RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")]
+SplitOption = Annotated[str | None, typer.Option("--split", help="dev or test (default dev).")]
+SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
+RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
 BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1,
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
 
@@ -102,7 +111,7 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
 def translate(
     sentence: Annotated[str | None, typer.Argument(help="A sentence to translate (else --input or stdin).")] = None,
     model: ModelOption = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")] = None,
+    config: RunConfigOption = None,
     input_: Annotated[Path | None, typer.Option("--input", "-i", help="File to translate, one sentence a line.")]
     = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write translations here, not stdout.")]
@@ -143,10 +152,10 @@ def translate(
 @command
 def evaluate(
     model: ModelOption = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="dev or test (default dev).")] = None,
-    src: Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")] = None,
-    ref: Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")] = None,
+    config: RunConfigOption = None,
+    split: SplitOption = None,
+    src: SrcOption = None,
+    ref: RefOption = None,
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = "best",
 ) -> None:
@@ -162,3 +171,89 @@ def evaluate(
     for score in report.scores:
         typer.echo(str(score))
     typer.echo(f"hypotheses: {report.hypotheses_path}\nreport: {report.report_path}")
+
+
+@command
+def attention(
+    sentence: Annotated[str, typer.Argument(help="The sentence to translate and inspect.")],
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Count source positions above this weight.")]
+    = 0.1,
+    beam_size: BeamOption = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write the heatmaps "
+                                                    "(default RUN_DIR/attention).")] = None,
+    checkpoint: CheckpointOption = "best",
+) -> None:
+    """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics."""
+    from nmt.analysis import inspect_sentence
+    from nmt.report import format_table
+
+    _check_choice(checkpoint, ("best", "last"), "--checkpoint")
+    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir)
+    stats = found.stats
+    typer.echo(f"{found.source}\n-> {found.translation}\n")
+    rows = [[label, f"{e:.3f}", f"{m:.3f}", n] for label, e, m, n in
+            zip(found.tgt_labels, stats.entropy, stats.max_weight, stats.above_threshold, strict=True)]
+    typer.echo(format_table(["target", "entropy", "max weight", f"> {threshold:g}"], rows))
+    summary = stats.summary()
+    typer.echo("mean ± std: " + ", ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in summary.items()))
+    typer.echo(f"heatmap: {found.png}\n         {found.html}")
+
+
+def _parse_buckets(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--buckets {text!r}: give comma-separated lengths, e.g. 8,12") from None
+
+
+@command
+def analyze(
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    split: SplitOption = None,
+    src: SrcOption = None,
+    ref: RefOption = None,
+    buckets: Annotated[str | None, typer.Option(help="Upper bounds of source-length buckets in words, e.g. "
+                                                "10,20 (default: terciles: short, medium, long).")] = None,
+    beam_size: BeamOption = None,
+    checkpoint: CheckpointOption = "best",
+) -> None:
+    """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir."""
+    from nmt.analysis import analyze as run_analysis
+    from nmt.checkpoint import load_run_config
+    from nmt.evaluate import test_set
+    from nmt.report import format_table
+
+    _check_choice(checkpoint, ("best", "last"), "--checkpoint")
+    run_dir = _run_dir(model, config)
+    name, sources, references = test_set(load_run_config(run_dir), split, src, ref)
+    rows, png, report = run_analysis(run_dir, sources, references, name, _parse_buckets(buckets), beam_size,
+                                     checkpoint, progress=sys.stderr.isatty())
+    typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
+                            [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
+                              f"{r.max_weight:.3f}"] for r in rows]))
+    typer.echo(f"plot: {png}\nreport: {report}")
+
+
+@command
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to put side by side.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the comparison plot.")]
+    = Path("compare.png"),
+) -> None:
+    """Runs side by side: attention, size, training time and speed, memory, dev/test scores, attention entropy."""
+    from nmt.analysis import compare_plot, summarize_run
+    from nmt.report import format_table
+
+    summaries = [summarize_run(run) for run in runs]
+    typer.echo(format_table(
+        ["run", "attention", "params", "train min", "tok/s", "peak MB", "dev BLEU", "dev chrF", "test BLEU",
+         "entropy"],
+        [[s.run, s.attention, f"{s.parameters:,}", f"{s.minutes:.1f}", f"{s.tokens_per_s:,.0f}",
+          f"{s.peak_rss_mb:,.0f}", f"{s.dev_bleu:.2f}", f"{s.dev_chrf:.2f}",
+          "-" if s.test_bleu is None else f"{s.test_bleu:.2f}", f"{s.entropy:.3f}"] for s in summaries]))
+    typer.echo(f"plot: {compare_plot(summaries, output)}")

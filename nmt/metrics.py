@@ -31,15 +31,19 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str], cfg: EvaluationCo
     return Score("BLEU", result.score, str(metric.get_signature()))
 
 
+def chrf(hypotheses: Sequence[str], references: Sequence[str], cfg: EvaluationConfig) -> Score:
+    metric = CHRF(lowercase=cfg.lowercase)
+    return Score("chrF", metric.corpus_score(list(hypotheses), [list(references)]).score, str(metric.get_signature()))
+
+
+def ter(hypotheses: Sequence[str], references: Sequence[str], cfg: EvaluationConfig) -> Score:
+    metric = TER(case_sensitive=not cfg.lowercase)
+    return Score("TER", metric.corpus_score(list(hypotheses), [list(references)]).score, str(metric.get_signature()))
+
+
 def score_all(hypotheses: Sequence[str], references: Sequence[str], cfg: EvaluationConfig) -> list[Score]:
     """BLEU (with the configured tokenization), chrF and TER."""
-    hyps, refs = list(hypotheses), [list(references)]
-    chrf, ter = CHRF(lowercase=cfg.lowercase), TER(case_sensitive=not cfg.lowercase)
-    return [
-        bleu(hyps, references, cfg),
-        Score("chrF", chrf.corpus_score(hyps, refs).score, str(chrf.get_signature())),
-        Score("TER", ter.corpus_score(hyps, refs).score, str(ter.get_signature())),
-    ]
+    return [metric(hypotheses, references, cfg) for metric in (bleu, chrf, ter)]
 
 
 def scores_to_dict(scores: Sequence[Score]) -> dict:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nmt.attention_stats import attention_stats
 from nmt.batching import Batch, collate, token_batches
 from nmt.checkpoint import (
     latest_intact,
@@ -37,7 +38,7 @@ from nmt.checkpoint import (
 )
 from nmt.config import Config, TrainingConfig
 from nmt.errors import ConfigError, TrainingError
-from nmt.metrics import bleu
+from nmt.metrics import bleu, chrf
 from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.prepare import EncodedSplit, prepare_data
 from nmt.tokenizer import PAD_ID
@@ -111,7 +112,7 @@ def make_batch(split: EncodedSplit, indices) -> Batch:
 @torch.no_grad()
 def validate(model: Seq2Seq, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device
              ) -> dict[str, float]:
-    """Dev loss and perplexity (teacher forced, no smoothing) and greedy dev BLEU."""
+    """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy."""
     model.eval()
     total, tokens = 0.0, 0
     for indices in split_batches(dev, config.training, seed=None):
@@ -121,14 +122,18 @@ def validate(model: Seq2Seq, translator: Translator, dev: EncodedSplit, config: 
         total += float(token_loss(logits, batch.tgt_out, 0.0))
         tokens += batch.n_tgt_tokens
     src = [list(dev.src_ids(i)) for i in range(len(dev))]
-    hyps = [translator.tokenizer.decode_tgt(h[0].tokens) for h in translator.search_ids(src, beam_size=1)]
-    score = bleu(hyps, dev.tgt_text, config.evaluation)
+    found = [h[0] for h in translator.search_ids(src, beam_size=1)]
+    hyps = [translator.tokenizer.decode_tgt(h.tokens) for h in found]
     model.train()
     for i in range(min(2, len(hyps))):
         log.info("  example %d | src: %s\n            | ref: %s\n            | hyp: %s", i, dev.src_text[i],
                  dev.tgt_text[i], hyps[i])
+    entropies = [attention_stats(h.attention).summary()["entropy"][0] for h in found if h.tokens]
     loss = total / max(1, tokens)
-    return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0)), "dev_bleu": score.score}
+    return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0)),
+            "dev_bleu": bleu(hyps, dev.tgt_text, config.evaluation).score,
+            "dev_chrf": chrf(hyps, dev.tgt_text, config.evaluation).score,
+            "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}
 
 
 class StopSignal:

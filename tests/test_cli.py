@@ -98,3 +98,30 @@ def test_evaluate_matches_the_sacrebleu_command_line(trained_run, split):
                             "-tok", "13a"], capture_output=True, text=True, check=True)
     assert abs(float(sacre.stdout.strip()) - ours) < 0.01
     assert (trained_run / "eval" / f"{split}.beam1.json").is_file()
+
+
+def test_attention_analyze_and_compare_commands(trained_run, tmp_path):
+    from nmt.toy import toy_config_dict, write_config
+
+    result = run("attention", "--model", trained_run, "ab ca de fo", "--output-dir", tmp_path / "att")
+    assert result.returncode == 0, result.stderr
+    assert "-> FO DE CA AB" in result.stdout and "entropy" in result.stdout and "mean ± std" in result.stdout
+    assert (tmp_path / "att" / "ab_ca_de_fo.png").is_file() and (tmp_path / "att" / "ab_ca_de_fo.html").is_file()
+
+    result = run("analyze", "--model", trained_run, "--split", "test", "--buckets", "3,5")
+    assert result.returncode == 0, result.stderr
+    assert "1-3" in result.stdout and "4-5" in result.stdout and "6-6" in result.stdout
+    assert (trained_run / "analysis" / "test.png").is_file()
+
+    other = tmp_path / "bahdanau"
+    raw = toy_config_dict(other, training={"max_steps": 20, "validate_every": 10})
+    trained = run("train", "--config", write_config(other, raw))
+    assert trained.returncode == 0, trained.stderr
+    result = run("compare", trained_run, other / "run", "--output", tmp_path / "cmp.png")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "attention" in lines[0] and "dev BLEU" in lines[0]
+    assert any("general" in line for line in lines) and any("bahdanau" in line for line in lines)
+    assert (tmp_path / "cmp.png").is_file()
+    result = run("compare", tmp_path)
+    assert result.returncode == 2 and "not a run directory" in result.stderr

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import toy_config_dict, write_config
 from nmt.config import config_to_yaml, load_config, parse_config
 from nmt.errors import ConfigError
+from nmt.toy import toy_config_dict, write_config
 
 
 def error_for(tmp_path: Path, raw: dict, overrides=()) -> str:

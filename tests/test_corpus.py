@@ -58,7 +58,7 @@ def test_hugging_face_reader_on_local_json_files(tmp_path):
 
 
 def test_hf_source_is_accepted_by_the_config_schema(tmp_path):
-    from conftest import toy_config_dict
+    from nmt.toy import toy_config_dict
 
     raw = toy_config_dict(tmp_path)
     raw["data"]["train"] = {"format": "hf", "name": "bentrevett/multi30k", "split": "train", "src_field": "de",

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import toy_config_dict, write_config
 from nmt.checkpoint import checkpoints_dir, find_checkpoint, latest_intact
 from nmt.config import load_config
 from nmt.errors import ConfigError
+from nmt.toy import toy_config_dict, write_config
 from nmt.train import train
 
 

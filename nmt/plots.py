@@ -1,0 +1,114 @@
+"""Pictures of attention and of scores: heatmaps (PNG and self-contained HTML), bucket plots, run comparisons.
+
+Matplotlib draws with the first installed font that covers every character of the labels, so Japanese
+or Chinese tokens render instead of showing boxes; without such a font the labels fall back with a
+warning naming a package to install."""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _charmap(path: str) -> frozenset[int]:
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError):
+        return frozenset()
+
+
+def font_for(labels: Sequence[str]) -> str | None:
+    """The family name of an installed font that has a glyph for every character in `labels`."""
+    needed = {ord(ch) for label in labels for ch in label if not ch.isspace()}
+    preferred = font_manager.findfont("DejaVu Sans")
+    candidates = [preferred] + sorted({f.fname for f in font_manager.fontManager.ttflist} - {preferred})
+    for path in candidates:
+        if needed <= _charmap(path):
+            return font_manager.FontProperties(fname=path).get_name()
+    log.warning("no installed font covers all characters of the labels (for Japanese or Chinese: "
+                "apt-get install fonts-noto-cjk); some may show as boxes")
+    return None
+
+
+def heatmap_figure(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], title: str = "") -> plt.Figure:
+    """Target tokens (rows) x source tokens (columns), each cell annotated with its weight."""
+    rows, cols = len(tgt_labels), len(src_labels)
+    family = font_for(list(src_labels) + list(tgt_labels) + [title])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * cols + 2), max(3.0, 0.45 * rows + 1.5)))
+    image = ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    font = {"family": family} if family else {}
+    ax.set_xticks(range(cols), labels=list(src_labels), rotation=60, ha="right", fontdict=font)
+    ax.set_yticks(range(rows), labels=list(tgt_labels), fontdict=font)
+    ax.set_xlabel("source")
+    ax.set_ylabel("target")
+    if title:
+        ax.set_title(title, fontdict=font, fontsize=10)
+    size = 7 if max(rows, cols) < 25 else 5
+    for i in range(rows):
+        for j in range(cols):
+            value = float(weights[i][j])
+            ax.text(j, i, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=size,
+                    color="white" if value > 0.6 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_png(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], path: Path, title: str = "") -> Path:
+    fig = heatmap_figure(weights, src_labels, tgt_labels, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def heatmap_html(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], path: Path, title: str = "") -> Path:
+    """The same heatmap as a self-contained HTML table (no scripts, no external files)."""
+    head = "".join(f"<th class='src'>{html.escape(s)}</th>" for s in src_labels)
+    body = []
+    for i, label in enumerate(tgt_labels):
+        cells = "".join(
+            f"<td style='background:rgba(33,102,172,{float(w):.3f});color:{'#fff' if float(w) > 0.6 else '#000'}'"
+            f" title='{html.escape(label)} / {html.escape(src_labels[j])}: {float(w):.4f}'>{float(w):.2f}</td>"
+            for j, w in enumerate(weights[i]))
+        body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>attention</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:3px 6px;font-size:13px;"
+        "text-align:center}th.src{writing-mode:vertical-rl;transform:rotate(180deg)}td{border:1px solid #eee}"
+        f"</style></head><body><h3>{html.escape(title)}</h3><table><tr><th></th>{head}</tr>{''.join(body)}"
+        "</table><p>rows: target tokens; columns: source tokens; cells: attention weights</p></body></html>\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def bar_panels(labels: Sequence[str], series: dict[str, Sequence[float]], path: Path, title: str,
+               xlabel: str = "source length (words)") -> Path:
+    """One bar panel per series (e.g. BLEU, entropy) over the same labels (length buckets, runs)."""
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4))
+    for ax, (name, values) in zip(list(axes) if len(series) > 1 else [axes], series.items(), strict=True):
+        ax.bar(range(len(labels)), values, color="#4a7ab7")
+        ax.set_xticks(range(len(labels)), labels=list(labels))
+        ax.set_xlabel(xlabel)
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

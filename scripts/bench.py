@@ -1,0 +1,205 @@
+"""Benchmark nmt on this machine: training throughput, achieved GFLOP/s against the measured matmul peak,
+decoding speed (greedy and beam 5), peak memory of training and of decoding, and optionally dev BLEU after
+a wall-clock training budget. Prints a table and writes JSON.
+
+    python scripts/bench.py --config configs/enja_bahdanau.yaml [--model runs/enja_bahdanau] \
+        [--budget-minutes 20] [--json bench.json]
+
+Each measurement runs in its own process, so each peak resident memory (ru_maxrss) is its own.
+
+FLOP count (multiply-adds x 2, forward; training = 3x forward for the backward pass), per sentence with
+S source and T target tokens, E embedding, H encoder hidden per direction, D directions, He = D*H,
+Hd decoder hidden, A attention size, V target vocabulary, I decoder RNN input (E + He for Bahdanau,
+E + Hd with input feeding):
+  encoder   S * D * 2*3*(E*H + H*H)            GRU (LSTM: 4 gates instead of 3)
+  keys      S * 2*He*A                        once per batch (additive / general)
+  decoder   T * 2*3*(I*Hd + Hd*Hd)            GRU step
+  attention T * (2*Hd*A + S*2*A + S*2*He)      query projection, additive scores (dot: S*2*Hd), context
+  combine   T * 2*(He + Hd)*Hd                 h~ = tanh(W_c [c; s])
+  output    T * 2*Hd*V                         logits
+Element-wise work (tanh, sigmoid, softmax) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
+    """Achieved GFLOP/s of a large square matmul, the practical ceiling of this CPU for dense work."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def model_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab: int) -> float:
+    """Forward FLOPs of one batch by the formula in this file's docstring."""
+    m = config.model
+    enc, dec = m.encoder, m.decoder
+    gates_enc, gates_dec = (3 if enc.rnn == "gru" else 4), (3 if dec.rnn == "gru" else 4)
+    directions, he, hd, e = (2 if enc.bidirectional else 1), enc.output_size, dec.hidden_size, m.embed_dim
+    a = m.attention.dim or hd
+    additive = m.attention.type in ("bahdanau", "concat")
+    if m.attention.type == "bahdanau":
+        rnn_in = e + he
+    else:
+        rnn_in = e + (hd if dec.input_feeding else 0)
+    mean_src = src_tokens / sentences
+    encoder = src_tokens * directions * 2 * gates_enc * (e * enc.hidden_size + enc.hidden_size**2) * enc.layers
+    keys = src_tokens * 2 * he * (a if additive else hd) if m.attention.type != "dot" else 0
+    decoder = tgt_tokens * 2 * gates_dec * (rnn_in * hd + hd * hd) * dec.layers
+    scores = mean_src * 2 * (a if additive else hd) + (2 * hd * a if additive else 0)
+    attention = tgt_tokens * (scores + mean_src * 2 * he)
+    combine = tgt_tokens * 2 * (he + hd) * hd
+    output = tgt_tokens * 2 * hd * vocab
+    return encoder + keys + decoder + attention + combine + output
+
+
+def phase_train(args) -> dict:
+    from nmt.config import load_config
+    from nmt.model import build_model
+    from nmt.prepare import prepare_data
+    from nmt.train import autocast, make_batch, make_optimizer, split_batches, token_loss
+
+    config = load_config(args.config, args.set)
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    data = prepare_data(config)
+    train = data.splits["train"]
+    model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
+    optimizer = make_optimizer(model, config.training)
+    batches = split_batches(train, config.training, seed=config.seed)
+    device = torch.device("cpu")
+    tokens = flops = 0.0
+    start = 0.0
+    for step, indices in enumerate(batches[: args.warmup + args.steps]):
+        if step == args.warmup:
+            start, tokens, flops = time.perf_counter(), 0.0, 0.0
+        batch = make_batch(train, indices)
+        with autocast(device, config.training.precision):
+            logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+        loss = token_loss(logits, batch.tgt_out, config.training.label_smoothing) / batch.n_tgt_tokens
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.clip_norm or float("inf"))
+        optimizer.step()
+        tokens += batch.n_tgt_tokens
+        flops += 3 * model_flops(config, int(batch.src_mask.sum()), batch.n_tgt_tokens, batch.size,
+                                 data.tokenizer.tgt_vocab_size)
+    seconds = time.perf_counter() - start
+    return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
+            "train_peak_rss_mb": peak_rss_mb(), "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
+            "precision": config.training.precision}
+
+
+def phase_decode(args) -> dict:
+    from nmt.checkpoint import load_model
+    from nmt.config import load_config
+    from nmt.prepare import prepare_data
+    from nmt.translate import Translator
+
+    config, tokenizer, model, _ = load_model(Path(args.model))
+    dev = prepare_data(load_config(args.config, args.set)).splits["dev"]
+    translator = Translator(model, tokenizer, config.decoding)
+    src = [list(dev.src_ids(i)) for i in range(len(dev))]
+    out = {}
+    for beam in (1, 5):
+        translator.search_ids(src[:32], beam_size=beam)  # warm-up
+        start = time.perf_counter()
+        translator.search_ids(src, beam_size=beam)
+        out[f"decode_beam{beam}_sent_per_s"] = len(src) / (time.perf_counter() - start)
+    out["decode_peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def phase_peak(_args) -> dict:
+    return {"matmul_fp32_gflops": matmul_peak(torch.float32), "matmul_bf16_gflops": matmul_peak(torch.bfloat16)}
+
+
+def phase_budget(args) -> dict:
+    """Train from scratch for a wall-clock budget (the full pipeline, validation included); best dev BLEU."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    overrides = [*args.set, f"run_dir={run_dir}", f"training.max_minutes={args.budget_minutes}"]
+    command = [sys.executable, "-m", "nmt", "train", "--config", str(args.config)]
+    for item in overrides:
+        command += ["--set", item]
+    subprocess.run(command, check=True, cwd=ROOT)
+    best = json.loads((run_dir / "best.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "dev_bleu" in r][-1]
+    return {"budget_minutes": args.budget_minutes, "budget_best_dev_bleu": best["dev_bleu"],
+            "budget_steps": last["step"], "budget_run_dir": str(run_dir),
+            "budget_train_tokens_per_s": last["train_tokens_per_s"]}
+
+
+PHASES = {"train": phase_train, "decode": phase_decode, "peak": phase_peak, "budget": phase_budget}
+
+
+def run_phase(name: str, argv: list[str]) -> dict:
+    """Run one phase in a fresh process and return its JSON (its own peak memory included)."""
+    result = subprocess.run([sys.executable, __file__, "--phase", name, *argv], capture_output=True, text=True,
+                            cwd=ROOT)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr)
+        raise SystemExit(f"phase {name} failed")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/enja_bahdanau.yaml")
+    parser.add_argument("--set", action="append", default=[], help="config override, as for nmt")
+    parser.add_argument("--model", type=Path, help="trained run directory, for decoding speed")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--budget-minutes", type=float, help="also train for this long and report dev BLEU")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(PHASES[args.phase](args)))
+        return
+    argv = ["--config", str(args.config), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    for item in args.set:
+        argv += ["--set", item]
+    figures: dict = {"config": str(args.config), "overrides": args.set, "cpu_threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    figures.update(run_phase("peak", argv))
+    figures.update(run_phase("train", argv))
+    figures["train_fraction_of_fp32_peak"] = figures["train_gflops"] / figures["matmul_fp32_gflops"]
+    if args.model:
+        figures.update(run_phase("decode", [*argv, "--model", str(args.model)]))
+    if args.budget_minutes:
+        figures.update(run_phase("budget", [*argv, "--budget-minutes", str(args.budget_minutes)]))
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else value
+        print(f"{key.ljust(width)}  {shown}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,58 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nmt.analysis import bucket_edges, inspect_sentence, summarize_run
+from nmt.attention_stats import attention_stats, entropy
+from nmt.errors import ConfigError
+from nmt.plots import heatmap_figure, heatmap_html
+
+
+def test_statistics_match_hand_computed_values():
+    weights = torch.tensor([[0.25, 0.25, 0.25, 0.25],   # uniform: entropy log 4, max .25, 4 above .1
+                            [1.0, 0.0, 0.0, 0.0],       # one-hot: entropy 0, max 1, 1 above
+                            [0.5, 0.5, 0.0, 0.0]])      # two-way: entropy log 2
+    stats = attention_stats(weights, threshold=0.1)
+    assert stats.entropy == pytest.approx([math.log(4), 0.0, math.log(2)])
+    assert stats.max_weight == pytest.approx([0.25, 1.0, 0.5])
+    assert stats.above_threshold == [4, 1, 2]
+    mean, std = stats.summary()["entropy"]
+    values = np.array([math.log(4), 0.0, math.log(2)])
+    assert mean == pytest.approx(values.mean()) and std == pytest.approx(values.std())
+    assert attention_stats(weights, threshold=0.3).above_threshold == [0, 1, 2]
+    assert entropy(torch.full((7,), 1 / 7)).item() == pytest.approx(math.log(7))
+
+
+def test_heatmap_has_the_right_shape_and_labels(tmp_path):
+    weights = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    src, tgt = ["▁i", "▁like", "</s>"], ["▁私", "</s>"]
+    fig = heatmap_figure(weights, src, tgt, "i like -> 私")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (2, 3)
+    assert [t.get_text() for t in ax.get_xticklabels()] == src
+    assert [t.get_text() for t in ax.get_yticklabels()] == tgt
+    assert sorted(t.get_text() for t in ax.texts) == sorted([".70", ".20", ".10", ".10", ".10", ".80"])
+    page = heatmap_html(weights, src, tgt, tmp_path / "h.html", "t").read_text(encoding="utf-8")
+    assert page.count("<tr>") == 3 and "▁私" in page and "0.80" in page and "<script" not in page
+
+
+def test_bucket_edges():
+    lengths = list(range(1, 31))
+    assert bucket_edges(lengths, None) == [10, 20, 30]
+    assert bucket_edges(lengths, [5, 15]) == [5, 15, 30]
+    with pytest.raises(ConfigError):
+        bucket_edges(lengths, [15, 5])
+
+
+def test_attention_command_library_on_a_trained_run(trained_run, tmp_path):
+    found = inspect_sentence(trained_run, "ab ca de", out_dir=tmp_path)
+    assert found.translation == "DE CA AB"
+    assert found.weights.shape == (len(found.tgt_labels), len(found.src_labels))
+    assert found.png.stat().st_size > 1000 and found.html.is_file()
+    # a model that learned to reverse looks at the mirrored source word: focused attention
+    assert np.mean(found.stats.max_weight) > 0.5
+    summary = summarize_run(trained_run)
+    assert summary.attention == "general" and summary.dev_bleu > 80 and summary.parameters > 10_000
+    assert summary.tokens_per_s > 0 and summary.peak_rss_mb > 0

@@ -1,0 +1,39 @@
+"""SIGINT / SIGTERM during training save a checkpoint and exit within seconds, saying how to resume."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nmt.checkpoint import latest_intact
+from nmt.toy import toy_config_dict, write_config
+
+NMT = str(Path(sys.executable).parent / "nmt")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_exits(tmp_path, signum):
+    raw = toy_config_dict(tmp_path, training={"max_steps": 100000, "validate_every": 100000, "log_every": 1})
+    config = write_config(tmp_path, raw)
+    process = subprocess.Popen([NMT, "train", "--config", str(config)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+        time.sleep(0.2)
+    sent = time.monotonic()
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert process.returncode == 130
+    assert "--resume" in stderr and "Traceback" not in stderr
+    checkpoint = latest_intact(tmp_path / "run")
+    assert checkpoint is not None and checkpoint.step >= 3
+    resumed = subprocess.run([NMT, "train", "--config", str(config), "--resume", "--set",
+                              f"training.max_steps={checkpoint.step + 2}"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {checkpoint.path}" in resumed.stderr
