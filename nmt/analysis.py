@@ -39,9 +39,10 @@ def _slug(text: str) -> str:
 
 
 def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
-                     checkpoint: str = "best", out_dir: Path | None = None) -> SentenceAttention:
+                     checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = ()
+                     ) -> SentenceAttention:
     """Translate one sentence and draw where each target token looked."""
-    config, tokenizer, model, _ = load_model(run_dir, checkpoint)
+    config, tokenizer, model, _ = load_model(run_dir, checkpoint, overrides)
     translation = Translator(model, tokenizer, config.decoding).translate([sentence], beam_size or 1)[0]
     best = translation.hypotheses[0]
     src_labels = tokenizer.src_pieces(translation.src_ids)
@@ -80,9 +81,9 @@ def bucket_edges(lengths: Sequence[int], edges: Sequence[int] | None) -> list[in
 
 def analyze(run_dir: Path, sources: Sequence[str], references: Sequence[str], name: str,
             edges: Sequence[int] | None = None, beam_size: int | None = None, checkpoint: str = "best",
-            progress: bool = False) -> tuple[list[BucketRow], Path, Path]:
+            progress: bool = False, overrides: Sequence[str] = ()) -> tuple[list[BucketRow], Path, Path]:
     """BLEU, chrF, mean attention entropy and mean maximum weight per source-length bucket."""
-    config, tokenizer, model, _ = load_model(run_dir, checkpoint)
+    config, tokenizer, model, _ = load_model(run_dir, checkpoint, overrides)
     translations = Translator(model, tokenizer, config.decoding).translate(sources, beam_size or 1, progress=progress)
     lengths = [len(s.split()) for s in sources]
     bounds = bucket_edges(lengths, edges)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nmt.config import Config, config_to_yaml, parse_config, read_yaml
+from nmt.config import Config, apply_override, config_to_yaml, parse_config, read_yaml
 from nmt.download import sha256_of
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import atomic_write_text, fsync_dir
 from nmt.model import Seq2Seq, build_model
 from nmt.tokenizer import Tokenizer
@@ -170,17 +171,27 @@ def load_train_state(checkpoint: Checkpoint) -> dict[str, Any]:
             from None
 
 
-def load_run_config(run_dir: Path) -> Config:
+RUN_OVERRIDABLE = ("decoding.", "evaluation.")
+
+
+def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
+    """A run's saved config; `overrides` may change how it decodes and scores, not what was trained."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml)")
-    return parse_config(read_yaml(path), source=str(path))
+    raw = read_yaml(path)
+    for assignment in overrides:
+        if not assignment.strip().startswith(RUN_OVERRIDABLE):
+            raise ConfigError(f"--set {assignment!r}: a trained run accepts only decoding.* and evaluation.* "
+                              "overrides")
+        apply_override(raw, assignment)
+    return parse_config(raw, source=str(path))
 
 
-def load_model(run_dir: Path, which: str = "best", device: str | torch.device = "cpu"
-               ) -> tuple[Config, Tokenizer, Seq2Seq, Checkpoint]:
+def load_model(run_dir: Path, which: str = "best", overrides: Sequence[str] = (),
+               device: str | torch.device = "cpu") -> tuple[Config, Tokenizer, Seq2Seq, Checkpoint]:
     """Rebuild a trained model from its run directory alone."""
-    config = load_run_config(run_dir)
+    config = load_run_config(run_dir, overrides)
     tokenizer = Tokenizer.load(run_dir)
     checkpoint = find_checkpoint(run_dir, which)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)

@@ -1,5 +1,5 @@
 """The `nmt` command line. Commands only parse options, call the library and print; errors from the
-library are mapped to a one-line message and an exit code in `main`, the one place that does so."""
+library are mapped to a one-line message and an exit code in `command`, the one place that does so."""
 
 from __future__ import annotations
 
@@ -47,14 +47,15 @@ def command(fn: Callable) -> Callable:
                 typer.echo(f"error: {line}", err=True)
             raise typer.Exit(err.exit_code) from None
         except OSError as err:  # a full disk, a read-only folder: say which file, keep what was written
-            typer.echo(f"error: {err.filename or ''}: {err.strerror or err}", err=True)
+            where = f"{err.filename}: " if err.filename else ""
+            typer.echo(f"error: {where}{err.strerror or err}", err=True)
             raise typer.Exit(1) from None
 
     return app.command()(run)
 
 
-def _config(path: Path, overrides: list[str] | None, check_files: bool = True) -> Config:
-    return load_config(path, overrides or [], check_files=check_files)
+def _config(path: Path, overrides: list[str] | None) -> Config:
+    return load_config(path, overrides or [])
 
 
 @command
@@ -64,8 +65,6 @@ def data(config: ConfigOption, set_: SetOption = None) -> None:
 
     cfg = _config(config, set_)
     typer.echo(data_report(cfg))
-
-
 
 
 @command
@@ -83,6 +82,11 @@ def train(
         raise typer.Exit(130)
 
 
+RunSetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override the run's decoding.* or evaluation.* settings, e.g. "
+                 "--set decoding.length_penalty=0.6 (repeatable)."),
+]
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
 CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="'best' (by dev BLEU) or 'last'.")]
 RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")]
@@ -119,6 +123,7 @@ def translate(
     beam_size: BeamOption = None,
     n_best: Annotated[int, typer.Option("--n-best", min=1, help="Print the N best hypotheses with scores.")] = 1,
     checkpoint: CheckpointOption = "best",
+    set_: RunSetOption = None,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept."""
     from nmt.checkpoint import load_model
@@ -135,7 +140,7 @@ def translate(
         raise typer.BadParameter("give a sentence, --input FILE, or pipe text into standard input")
     else:
         lines = read_stream(sys.stdin.buffer, "<stdin>")
-    cfg, tokenizer, net, _ = load_model(_run_dir(model, config), checkpoint)
+    cfg, tokenizer, net, _ = load_model(_run_dir(model, config), checkpoint, set_ or [])
     beam = beam_size or cfg.decoding.beam_size
     results = Translator(net, tokenizer, cfg.decoding).translate(lines, beam, n_best, progress=input_ is not None)
     if n_best == 1:
@@ -158,6 +163,7 @@ def evaluate(
     ref: RefOption = None,
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = "best",
+    set_: RunSetOption = None,
 ) -> None:
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
     from nmt.evaluate import evaluate as run_evaluation
@@ -166,7 +172,7 @@ def evaluate(
     if split is not None:
         _check_choice(split, ("dev", "test"), "--split")
     report = run_evaluation(_run_dir(model, config), split, src, ref, checkpoint, beam_size,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), overrides=set_ or [])
     typer.echo(f"{report.name}: {report.sentences} sentences")
     for score in report.scores:
         typer.echo(str(score))
@@ -184,13 +190,15 @@ def attention(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write the heatmaps "
                                                     "(default RUN_DIR/attention).")] = None,
     checkpoint: CheckpointOption = "best",
+    set_: RunSetOption = None,
 ) -> None:
     """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics."""
     from nmt.analysis import inspect_sentence
     from nmt.report import format_table
 
     _check_choice(checkpoint, ("best", "last"), "--checkpoint")
-    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir)
+    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir,
+                             set_ or [])
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
     rows = [[label, f"{e:.3f}", f"{m:.3f}", n] for label, e, m, n in
@@ -221,6 +229,7 @@ def analyze(
                                                 "10,20 (default: terciles: short, medium, long).")] = None,
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = "best",
+    set_: RunSetOption = None,
 ) -> None:
     """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir."""
     from nmt.analysis import analyze as run_analysis
@@ -230,9 +239,9 @@ def analyze(
 
     _check_choice(checkpoint, ("best", "last"), "--checkpoint")
     run_dir = _run_dir(model, config)
-    name, sources, references = test_set(load_run_config(run_dir), split, src, ref)
+    name, sources, references = test_set(load_run_config(run_dir, set_ or []), split, src, ref)
     rows, png, report = run_analysis(run_dir, sources, references, name, _parse_buckets(buckets), beam_size,
-                                     checkpoint, progress=sys.stderr.isatty())
+                                     checkpoint, progress=sys.stderr.isatty(), overrides=set_ or [])
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
                               f"{r.max_weight:.3f}"] for r in rows]))

@@ -4,6 +4,7 @@ translate, score with sacrebleu (BLEU, chrF, TER with signatures), write the hyp
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def test_set(config: Config, split: str | None, src_file: Path | None, ref_file:
 
 
 def evaluate(run_dir: Path, split: str | None = None, src_file: Path | None = None, ref_file: Path | None = None,
-             checkpoint: str = "best", beam_size: int | None = None, progress: bool = False) -> EvaluationReport:
-    config, tokenizer, model, found = load_model(run_dir, checkpoint)
+             checkpoint: str = "best", beam_size: int | None = None, progress: bool = False,
+             overrides: Sequence[str] = ()) -> EvaluationReport:
+    config, tokenizer, model, found = load_model(run_dir, checkpoint, overrides)
     name, sources, references = test_set(config, split, src_file, ref_file)
     translator = Translator(model, tokenizer, config.decoding)
     beam = beam_size or config.decoding.beam_size

@@ -184,7 +184,8 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.state = {"step": 0, "epoch": 0, "position": 0, "best_bleu": -1.0, "bad_validations": 0,
-                      "elapsed": 0.0, "train_seconds": 0.0, "tokens": 0}
+                      "elapsed": 0.0, "train_seconds": 0.0, "tokens": 0,
+                      "skipped_nonfinite": 0, "skipped_oom": 0}
         if resume:
             if existing is None:
                 raise ConfigError(f"--resume: {self.run_dir} has no intact checkpoint to resume from")
@@ -235,19 +236,28 @@ class Trainer:
         """One optimizer step over `accumulate` micro-batches; None when it was skipped as non-finite."""
         tokens = sum(b.n_tgt_tokens for b in batches)
         loss_sum = 0.0
-        for batch in batches:
-            with autocast(self.device, self.cfg.precision):
-                logits, _ = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
-                                       self.cfg.teacher_forcing)
-            loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-            self.scaler.scale(loss / tokens).backward()
-            loss_sum += float(loss.detach())
+        try:
+            for batch in batches:
+                with autocast(self.device, self.cfg.precision):
+                    logits, _ = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
+                                           self.cfg.teacher_forcing)
+                loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+                self.scaler.scale(loss / tokens).backward()
+                loss_sum += float(loss.detach())
+        except torch.cuda.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            self.state["skipped_oom"] += 1
+            log.warning("step %d: out of GPU memory on %d sentences; batch skipped (lower training.batch_tokens)",
+                        self.state["step"] + 1, sum(b.size for b in batches))
+            return None
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         if not (math.isfinite(loss_sum) and bool(torch.isfinite(norm))):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()  # with fp16, lowers the scale
             self.nonfinite += 1
+            self.state["skipped_nonfinite"] += 1
             log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.state["step"] + 1,
                         self.nonfinite)
             if self.nonfinite >= self.cfg.max_nonfinite:
@@ -334,7 +344,8 @@ class Trainer:
             log.info("%s: saved %s; continue with: nmt train --config <config> --resume", stop.received, path)
         elif state["step"] % cfg.validate_every != 0 or state["step"] == 0:
             self._checkpoint_with_validation(started)
-        log.info("stopped (%s) after %d steps; best dev BLEU %.2f", reason, state["step"], state["best_bleu"])
+        log.info("stopped (%s) after %d steps; best dev BLEU %.2f; skipped steps: %d non-finite, %d out of memory",
+                 reason, state["step"], state["best_bleu"], state["skipped_nonfinite"], state["skipped_oom"])
         return TrainResult(self.run_dir, state["step"], state["best_bleu"], reason)
 
     def _checkpoint_with_validation(self, started: float) -> bool:

@@ -78,3 +78,31 @@ def test_mixed_precision_on_cuda_learns(tmp_path, precision):
                                               "validate_every": 150, "lr": 0.01})
     result = train(load_config(write_config(tmp_path, raw)), progress=False)
     assert result.best_bleu > 50
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch, caplog):
+    from nmt import train as train_module
+    from nmt.errors import TrainingError
+
+    real_loss = train_module.token_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, tgt_out, smoothing):  # training steps 3 and 4, and every step after the 10th
+        loss = real_loss(logits, tgt_out, smoothing)
+        if not torch.is_grad_enabled():  # validation
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] in (3, 4) or calls["n"] > 10 else loss
+
+    monkeypatch.setattr(train_module, "token_loss", sometimes_nan)
+    raw = toy_config_dict(tmp_path, training={"max_steps": 8, "validate_every": 4, "max_nonfinite": 3})
+    path = write_config(tmp_path, raw)
+    result = train(load_config(path), progress=False)
+    assert result.steps == 8  # two NaN steps were skipped, not counted as steps
+    assert "2 non-finite" in caplog.text
+    checkpoint = latest_intact(tmp_path / "run")
+    with pytest.raises(TrainingError, match="3 consecutive non-finite steps"):
+        train(load_config(path, ["training.max_steps=100"]), resume=True, progress=False)
+    assert latest_intact(tmp_path / "run").path == checkpoint.path  # nothing saved from the diverged steps
+    for tensor in final_weights(tmp_path / "run").values():
+        assert torch.isfinite(tensor).all()
