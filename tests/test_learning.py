@@ -58,7 +58,7 @@ def test_each_attention_type_learns_to_reverse(attention, input_feeding):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        first_loss = first_loss or float(loss)
+        first_loss = first_loss or float(loss.detach())
         if step % 100 == 0:
             accuracy = exact_match(model, held_out)
             if accuracy >= 0.95:

@@ -23,7 +23,7 @@ def final_weights(run_dir):
 @pytest.mark.parametrize("extra", [{}, {"teacher_forcing": 0.7, "accumulate": 2}])
 def test_resume_is_exact(tmp_path, extra):
     """N steps + stop + resume + N steps == 2N uninterrupted steps (losses and weights), on CPU."""
-    common = {"log_every": 2, "validate_every": 10, **extra}
+    common = {"log_every": 1, "validate_every": 10, **extra}
     straight = toy_config_dict(tmp_path / "a", training={"max_steps": 16, **common},
                                model={"encoder": {"dropout": 0.3}, "decoder": {"dropout": 0.3}})
     train(load_config(write_config(tmp_path / "a", straight)), progress=False)
@@ -81,7 +81,11 @@ def test_mixed_precision_on_cuda_learns(tmp_path, precision):
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch, caplog):
+    import logging
+
     from nmt import train as train_module
+
+    caplog.set_level(logging.INFO, logger="nmt")
     from nmt.errors import TrainingError
 
     real_loss = train_module.token_loss
