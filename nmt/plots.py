@@ -30,26 +30,32 @@ def _charmap(path: str) -> frozenset[int]:
         return frozenset()
 
 
-def font_for(labels: Sequence[str]) -> str | None:
-    """The family name of an installed font that has a glyph for every character in `labels`."""
+def font_for(labels: Sequence[str]) -> list[str]:
+    """Font families that together have a glyph for every character in `labels`: DejaVu Sans (matplotlib's
+    default, which has SentencePiece's '▁'), then, for what it lacks, the first installed font with all of
+    it. Matplotlib falls back along the list glyph by glyph. Fonts of placeholder boxes are skipped."""
     needed = {ord(ch) for label in labels for ch in label if not ch.isspace()}
-    preferred = font_manager.findfont("DejaVu Sans")
-    candidates = [preferred] + sorted({f.fname for f in font_manager.fontManager.ttflist} - {preferred})
-    for path in candidates:
-        if needed <= _charmap(path):
-            return font_manager.FontProperties(fname=path).get_name()
+    default = font_manager.findfont("DejaVu Sans")
+    missing = needed - _charmap(default)
+    families = [font_manager.FontProperties(fname=default).get_name()]
+    if not missing:
+        return families
+    for path in sorted({f.fname for f in font_manager.fontManager.ttflist} - {default}):
+        name = font_manager.FontProperties(fname=path).get_name()
+        if "last resort" not in name.lower() and missing <= _charmap(path):
+            return [*families, name]
     log.warning("no installed font covers all characters of the labels (for Japanese or Chinese: "
-                "apt-get install fonts-noto-cjk); some may show as boxes")
-    return None
+                "apt-get install fonts-noto-cjk or fonts-ipafont-gothic); some may show as boxes")
+    return families
 
 
 def heatmap_figure(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], title: str = "") -> plt.Figure:
     """Target tokens (rows) x source tokens (columns), each cell annotated with its weight."""
     rows, cols = len(tgt_labels), len(src_labels)
-    family = font_for(list(src_labels) + list(tgt_labels) + [title])
+    families = font_for(list(src_labels) + list(tgt_labels) + [title])
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * cols + 2), max(3.0, 0.45 * rows + 1.5)))
     image = ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-    font = {"family": family} if family else {}
+    font = {"family": families}
     ax.set_xticks(range(cols), labels=list(src_labels), rotation=60, ha="right", fontdict=font)
     ax.set_yticks(range(rows), labels=list(tgt_labels), fontdict=font)
     ax.set_xlabel("source")

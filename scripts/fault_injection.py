@@ -3,8 +3,9 @@ weights equal those of an uninterrupted run, and that no kill left an unusable r
 
     python scripts/fault_injection.py --trials 12 --seed 1
 
-Training runs on the toy reversal task (nmt.toy) with a checkpoint every few steps, so a good share of
-the kills land while a checkpoint is being written. After each kill the run directory must still hold an
+Training runs on the toy reversal task (nmt.toy) with a checkpoint every few steps. The first
+--write-kills kills wait until a checkpoint's staging folder appears and strike then, mid-write; the
+others land at random moments. After each kill the run directory must still hold an
 intact checkpoint (or none yet), and `nmt train --resume` must continue from it. Prints one row per kill
 (when, the step reached, the checkpoint resumed from, steps lost) and a summary, and exits non-zero if
 any check fails.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from nmt.checkpoint import find_checkpoint, latest_intact  # noqa: E402
 from nmt.toy import toy_config_dict, write_config  # noqa: E402
 
-TRAINING = {"max_steps": 120, "validate_every": 4, "log_every": 1, "keep_last": 2}
+TRAINING = {"max_steps": 1500, "validate_every": 4, "log_every": 1, "keep_last": 2}
 
 
 def train_command(config: Path, resume: bool) -> list[str]:
@@ -59,8 +60,10 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=12, help="kills to inject (at least 10 for the report)")
+    parser.add_argument("--write-kills", type=int, default=4,
+                        help="of the kills, how many wait for a checkpoint write to begin")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--min-delay", type=float, default=2.0, help="shortest wait before a kill, seconds")
+    parser.add_argument("--min-delay", type=float, default=3.0, help="shortest wait before a kill, seconds")
     parser.add_argument("--max-delay", type=float, default=8.0, help="longest wait before a kill, seconds")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -79,6 +82,7 @@ def main() -> int:
         resume = run_dir.exists() and latest_intact(run_dir) is not None
         resumed_from = latest_intact(run_dir).step if resume else 0
         staging_before = set(staging_dirs(run_dir))
+        started = time.monotonic()
         process = subprocess.Popen(train_command(config, resume), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    cwd=ROOT)
         if len(rows) < args.trials:
@@ -86,10 +90,15 @@ def main() -> int:
             try:
                 process.wait(timeout=delay)
             except subprocess.TimeoutExpired:
+                if len(rows) < args.write_kills:  # aim at a checkpoint write: kill once a staging folder appears
+                    deadline = time.monotonic() + 30
+                    while not set(staging_dirs(run_dir)) - staging_before and time.monotonic() < deadline:
+                        time.sleep(0.0005)
                 reached = last_logged_step(run_dir)
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 writing = bool(set(staging_dirs(run_dir)) - staging_before)
+                delay = round(time.monotonic() - started, 2)
                 intact = latest_intact(run_dir) if run_dir.exists() else None
                 usable = intact is not None or not any((run_dir / "checkpoints").glob("step-*"))
                 rows.append({"trial": len(rows) + 1, "killed_after_s": round(delay, 2), "step_reached": reached,

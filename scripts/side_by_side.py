@@ -44,8 +44,10 @@ def run_measured(command: list[str], seconds: float | None = None, cwd: Path = R
                                                                                                        float]:
     """Run a command (stopped with SIGINT after `seconds`); return its output, peak RSS (MB) and wall time."""
     start = time.perf_counter()
+    # A shell's background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: restore the default so that the SIGINT below stops the peer the way Ctrl-C would.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if seconds is not None:
         try:
             process.wait(timeout=seconds)
@@ -71,7 +73,8 @@ def peer_train(python: Path, workdir: Path, data: Path, seconds: float) -> dict:
     output, rss, _ = run_measured([str(python), "-m", "joeynmt", "train", str(config), "--skip-test"], seconds)
     (workdir / f"train_{int(seconds)}s.log").write_text(output)
     rates = [float(x) for x in re.findall(r"Tokens per Sec:\s*([\d.]+)", output)]
-    bleus = [float(x) for x in re.findall(r"bleu:\s*([\d.]+)", output, flags=re.IGNORECASE)]
+    validations = workdir / "model" / "validations.txt"
+    bleus = [float(x) for x in re.findall(r"bleu:\s*([\d.]+)", validations.read_text())] if validations.exists() else []
     if not rates:
         raise SystemExit(f"JoeyNMT training printed no throughput; see {workdir}")
     steady = rates[1:] or rates

@@ -56,3 +56,11 @@ def test_attention_command_library_on_a_trained_run(trained_run, tmp_path):
     summary = summarize_run(trained_run)
     assert summary.attention == "general" and summary.dev_bleu > 80 and summary.parameters > 10_000
     assert summary.tokens_per_s > 0 and summary.peak_rss_mb > 0
+
+
+def test_fonts_cover_the_labels_and_never_draw_placeholder_boxes():
+    from nmt.plots import font_for
+
+    families = font_for(["▁私", "▁i", "</s>"])
+    assert families[0] == "DejaVu Sans"
+    assert all("last resort" not in name.lower() for name in families)
