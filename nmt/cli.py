@@ -121,7 +121,8 @@ def translate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write translations here, not stdout.")]
     = None,
     beam_size: BeamOption = None,
-    n_best: Annotated[int, typer.Option("--n-best", min=1, help="Print the N best hypotheses with scores.")] = 1,
+    n_best: Annotated[int | None, typer.Option("--n-best", min=1, help="Print the N best hypotheses with scores; "
+                                               "default: the config's decoding.n_best.")] = None,
     checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
 ) -> None:
@@ -142,6 +143,7 @@ def translate(
         lines = read_stream(sys.stdin.buffer, "<stdin>")
     cfg, tokenizer, net, _ = load_model(_run_dir(model, config), checkpoint, set_ or [])
     beam = beam_size or cfg.decoding.beam_size
+    n_best = n_best or cfg.decoding.n_best
     results = Translator(net, tokenizer, cfg.decoding).translate(lines, beam, n_best, progress=input_ is not None)
     if n_best == 1:
         text = "".join(r.text + "\n" for r in results)

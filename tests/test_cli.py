@@ -125,3 +125,13 @@ def test_attention_analyze_and_compare_commands(trained_run, tmp_path):
     assert (tmp_path / "cmp.png").is_file()
     result = run("compare", tmp_path)
     assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_translate_takes_n_best_from_the_run_config(trained_run):
+    result = run("translate", "--model", trained_run, "ab ca de", "--set", "decoding.beam_size=3",
+                 "--set", "decoding.n_best=2")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.strip().split("\n")]
+    assert len(rows) == 2 and rows[0][2] == "DE CA AB"
+    refused = run("translate", "--model", trained_run, "ab", "--set", "model.embed_dim=8")
+    assert refused.returncode == 2 and "only decoding.* and evaluation.*" in refused.stderr
