@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from nmt.config import AttentionConfig
+from nmt.dropout import Dropout
 
 
 class Attention(nn.Module):
     def __init__(self, dropout: float = 0.0):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
         """(B, S, Hm) -> (B, S, K): the encoder-side part of the score."""

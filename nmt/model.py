@@ -8,9 +8,10 @@ Two decoder flows, chosen by the attention type:
   together with the embedding of y_{t-1}.
 - Luong (2015): the query is the current state s_t; the attentional state h~_t = tanh(W_c [c_t; s_t]) feeds
   the output layer and, with input feeding, the next step's RNN input.
-Both feed h~_t to the output layer, which runs once over all steps after the loop. With Luong attention,
-no input feeding and full teacher forcing nothing ties step t to t-1 but the RNN, so the RNN runs as one
-fused call over the whole target and attention scores all steps in one batched product.
+Both feed h~_t to the output layer, which runs once over all steps after the loop. Without input feeding
+and with full teacher forcing h~_t feeds nothing back, so W_c runs once over all steps too; with Luong
+attention nothing then ties step t to t-1 but the RNN, so the RNN runs as one fused call over the whole
+target and attention scores all steps in one batched product.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import Attention, build_attention
+from nmt.dropout import Dropout
 from nmt.config import ModelConfig
 from nmt.tokenizer import PAD_ID
 
@@ -65,7 +67,7 @@ class Encoder(nn.Module):
         super().__init__()
         enc = cfg.encoder
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
-        self.dropout = nn.Dropout(enc.dropout)
+        self.dropout = Dropout(enc.dropout)
         self.rnn = RNN_TYPES[enc.rnn](cfg.embed_dim, enc.hidden_size, enc.layers, batch_first=True,
                                       bidirectional=enc.bidirectional, dropout=enc.dropout if enc.layers > 1 else 0.0)
         self.directions = 2 if enc.bidirectional else 1
@@ -89,7 +91,7 @@ class Decoder(nn.Module):
         self.input_feeding = dec.input_feeding and not self.additive_prev_state
         self.layers, self.hidden_size, self.is_lstm = dec.layers, dec.hidden_size, dec.rnn == "lstm"
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
-        self.dropout = nn.Dropout(dec.dropout)
+        self.dropout = Dropout(dec.dropout)
         if self.additive_prev_state:
             rnn_input = cfg.embed_dim + memory_size
         else:
@@ -114,10 +116,11 @@ class Decoder(nn.Module):
         hidden: Hidden = (h0, torch.zeros_like(h0)) if self.is_lstm else h0
         return DecoderState(hidden, encoder_final.new_zeros(batch, self.hidden_size))
 
-    def step(
+    def recur(
         self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
-    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One decoder step from the embedded previous token (B, E): h~_t (B, Hd), new state, weights (B, S)."""
+    ) -> tuple[torch.Tensor, Hidden, torch.Tensor, torch.Tensor]:
+        """The sequential part of a step, from the embedded previous token (B, E): the top layer's output
+        s_t (B, 1, Hd), the new hidden state, the context c_t (B, 1, Hm) and the weights (B, 1, S)."""
         if self.additive_prev_state:
             query = _top_layer(state.hidden).unsqueeze(1)  # s_{t-1}
             context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
@@ -126,7 +129,18 @@ class Decoder(nn.Module):
             rnn_input = torch.cat([embedded, state.feed], dim=-1) if self.input_feeding else embedded
             output, hidden = self.rnn(rnn_input.unsqueeze(1), state.hidden)
             context, weights = self.attention(output, memory.keys, memory.values, memory.mask)  # query s_t
-        attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1))).squeeze(1)
+        return output, hidden, context, weights
+
+    def attentional(self, context: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """h~ = tanh(W_c [c; s]), for one step or all steps at once."""
+        return torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
+
+    def step(
+        self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One decoder step from the embedded previous token (B, E): h~_t (B, Hd), new state, weights (B, S)."""
+        output, hidden, context, weights = self.recur(embedded, state, memory)
+        attentional = self.attentional(context, output).squeeze(1)
         return attentional, DecoderState(hidden, attentional), weights.squeeze(1)
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
@@ -140,12 +154,24 @@ class Decoder(nn.Module):
         With teacher_forcing < 1, each step takes the model's own previous prediction instead of the
         reference with probability 1 - teacher_forcing; logits are then needed inside the loop."""
         embedded = self.dropout(self.embed(tgt_in))  # all steps' inputs in one call
-        if teacher_forcing >= 1.0 and not self.additive_prev_state and not self.input_feeding:
-            output, _ = self.rnn(embedded, state.hidden)
-            context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
-            return self.logits(torch.tanh(self.combine(torch.cat([context, output], dim=-1)))), weights
-        steps, all_weights, step_logits = [], [], []
         inputs = embedded.unbind(1)  # one backward stack, not a zero-filled (B, T, E) gradient per step
+        if teacher_forcing >= 1.0 and not self.input_feeding:
+            # h~_t feeds nothing back: only the RNN (and, for Bahdanau, attention) is sequential; W_c and
+            # the output layer run once over all steps.
+            if self.additive_prev_state:
+                outputs, contexts, all_weights = [], [], []
+                for prev_embedded in inputs:
+                    output, hidden, context, weights = self.recur(prev_embedded, state, memory)
+                    state = DecoderState(hidden, state.feed)
+                    outputs.append(output)
+                    contexts.append(context)
+                    all_weights.append(weights)
+                output, context, weights = (torch.cat(xs, dim=1) for xs in (outputs, contexts, all_weights))
+            else:
+                output, _ = self.rnn(embedded, state.hidden)
+                context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
+            return self.logits(self.attentional(context, output)), weights
+        steps, all_weights, step_logits = [], [], []
         prev_embedded = inputs[0]
         for t in range(tgt_in.shape[1]):
             attentional, state, weights = self.step(prev_embedded, state, memory)
