@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import Attention, build_attention
-from nmt.dropout import Dropout
 from nmt.config import ModelConfig
+from nmt.dropout import Dropout
 from nmt.tokenizer import PAD_ID
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
