@@ -150,7 +150,7 @@ def phase_budget(args) -> dict:
     last = [r for r in rows if "dev_bleu" in r][-1]
     return {"budget_minutes": args.budget_minutes, "budget_best_dev_bleu": best["dev_bleu"],
             "budget_steps": last["step"], "budget_run_dir": str(run_dir),
-            "budget_train_tokens_per_s": last["train_tokens_per_s"]}
+            "budget_train_tokens_per_s": last["train_tokens_per_s"], "budget_peak_rss_mb": last["peak_rss_mb"]}
 
 
 PHASES = {"train": phase_train, "decode": phase_decode, "peak": phase_peak, "budget": phase_budget}
