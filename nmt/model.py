@@ -146,6 +146,19 @@ class Decoder(nn.Module):
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         return self.output(self.dropout(attentional))
 
+    def _recur_over(
+        self, inputs: tuple[torch.Tensor, ...], state: DecoderState, memory: EncoderMemory
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`recur` over all steps' embedded inputs: outputs (B, T, Hd), contexts (B, T, Hm), weights (B, T, S)."""
+        outputs, contexts, all_weights = [], [], []
+        for embedded in inputs:
+            output, hidden, context, weights = self.recur(embedded, state, memory)
+            state = DecoderState(hidden, state.feed)
+            outputs.append(output)
+            contexts.append(context)
+            all_weights.append(weights)
+        return torch.cat(outputs, dim=1), torch.cat(contexts, dim=1), torch.cat(all_weights, dim=1)
+
     def forward(
         self, tgt_in: torch.Tensor, state: DecoderState, memory: EncoderMemory, teacher_forcing: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,14 +172,7 @@ class Decoder(nn.Module):
             # h~_t feeds nothing back: only the RNN (and, for Bahdanau, attention) is sequential; W_c and
             # the output layer run once over all steps.
             if self.additive_prev_state:
-                outputs, contexts, all_weights = [], [], []
-                for prev_embedded in inputs:
-                    output, hidden, context, weights = self.recur(prev_embedded, state, memory)
-                    state = DecoderState(hidden, state.feed)
-                    outputs.append(output)
-                    contexts.append(context)
-                    all_weights.append(weights)
-                output, context, weights = (torch.cat(xs, dim=1) for xs in (outputs, contexts, all_weights))
+                output, context, weights = self._recur_over(inputs, state, memory)
             else:
                 output, _ = self.rnn(embedded, state.hidden)
                 context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
