@@ -24,6 +24,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check nmt tests scripts
+	$(BIN)/mypy
 
 quickstart: install
 	$(BIN)/nmt data --config $(CONFIG)

@@ -13,6 +13,8 @@ import torch
 
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+Ids = Sequence[int] | np.ndarray  # one sentence's token ids: a list, or a slice of a memory-mapped array
+
 
 @dataclass
 class Batch:
@@ -36,11 +38,12 @@ class Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        return Batch(move(self.src), self.src_lengths, move(self.src_mask), move(self.tgt_in), move(self.tgt_out),
+        return Batch(self.src.to(device, non_blocking=True), self.src_lengths,
+                     self.src_mask.to(device, non_blocking=True), move(self.tgt_in), move(self.tgt_out),
                      move(self.tgt_mask), self.indices)
 
 
-def _pad(seqs: Sequence[Sequence[int]], prefix: int | None = None, suffix: int | None = None) -> torch.Tensor:
+def _pad(seqs: Sequence[Ids], prefix: int | None = None, suffix: int | None = None) -> torch.Tensor:
     extra = (prefix is not None) + (suffix is not None)
     width = max(len(s) for s in seqs) + extra
     out = np.full((len(seqs), width), PAD_ID, dtype=np.int64)
@@ -55,7 +58,7 @@ def _pad(seqs: Sequence[Sequence[int]], prefix: int | None = None, suffix: int |
     return torch.from_numpy(out)
 
 
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None, indices: np.ndarray) -> Batch:
+def collate(src: Sequence[Ids], tgt: Sequence[Ids] | None, indices: np.ndarray) -> Batch:
     """Pad one batch. `src` already ends in EOS; `tgt` gets BOS in front (input) and EOS behind (output)."""
     src_tensor = _pad(src)
     src_lengths = torch.tensor([len(s) for s in src], dtype=torch.int64)

@@ -1,20 +1,16 @@
-"""The run directory: self-contained, written atomically, loaded safely.
-
-    runs/X/config.yaml                 resolved config: rebuilds the model and reproduces the run alone
-    runs/X/src.model, tgt.model        SentencePiece models (+ tokenizer.json with the special ids)
-    runs/X/checkpoints/step-00001000/  model.safetensors, state.pt (optimizer, scheduler, scaler, RNG,
-                                       position in the data), meta.json, MANIFEST.json (sha256 of each)
-    runs/X/best.json                   names the checkpoint folder with the best dev BLEU
-    runs/X/metrics.jsonl, train.log
+"""Checkpoints: written atomically, verified against a manifest, loaded safely, pruned without losing the best.
 
 A checkpoint folder is written under a temporary name and renamed when complete; loading verifies every
 file against the manifest, so a truncated or corrupted checkpoint is reported by name and skipped.
 Weights are safetensors; the training state is read with `torch.load(weights_only=True)`, which refuses
-to unpickle arbitrary objects.
+to unpickle arbitrary objects. Each checkpoint's meta.json holds its step, its dev scores and the model
+config it was saved with: the best checkpoint is found from what is on disk, never from a separate marker
+that a crash could lose, and loading refuses weights whose model differs from the config's.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,173 +23,310 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from nmt.config import Config, apply_override, config_to_yaml, parse_config, read_yaml
-from nmt.download import sha256_of
-from nmt.errors import CheckpointError, ConfigError
-from nmt.fileio import atomic_write_text, fsync_dir
-from nmt.model import Seq2Seq, build_model
+from nmt.config import Config, ModelConfig, apply_override, config_diff, parse_config, read_yaml
+from nmt.errors import CheckpointError, ConfigError, DiskFullError
+from nmt.fileio import atomic_write_text, fsync_dir, sha256_of
+from nmt.models import Model, build_model, count_parameters
+from nmt.rundir import CheckpointFiles, RunDir
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-WEIGHTS, STATE, META, MANIFEST = "model.safetensors", "state.pt", "meta.json", "MANIFEST.json"
+MB = 1 << 20
 
 
 @dataclass
 class Checkpoint:
-    path: Path
-    meta: dict
+    files: CheckpointFiles
+    meta: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return self.files.folder
 
     @property
     def step(self) -> int:
         return int(self.meta["step"])
 
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def write_run_files(run_dir: Path, config: Config, tokenizer: Tokenizer) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
-    tokenizer.save(run_dir)
+    @property
+    def dev_bleu(self) -> float | None:
+        value = self.meta.get("dev_bleu")
+        return float(value) if isinstance(value, int | float) else None
 
 
-def save_checkpoint(run_dir: Path, model: Seq2Seq, train_state: dict[str, Any], meta: dict, keep_last: int) -> Path:
-    """Write checkpoint `step-N` atomically (files fsynced, manifest, then a rename), then prune old ones."""
-    for name, tensor in model.state_dict().items():
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor inside nested dicts, lists and tuples (what torch.save will write, roughly)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _disk_full_error(run: RunDir, final: CheckpointFiles, needed: int) -> DiskFullError:
+    free = shutil.disk_usage(run.checkpoints_dir).free
+    return DiskFullError(f"cannot write checkpoint {final.folder}: no space left on the device of {run.path} "
+                           f"(a checkpoint needs about {needed / MB:,.0f} MB, {free / MB:,.0f} MB free); "
+                           "free some space, or lower training.keep_last, then resume with --resume")
+
+
+def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], meta: dict[str, Any],
+                    keep_last: int) -> CheckpointFiles:
+    """Write checkpoint `step-N` atomically (files fsynced, manifest, then a rename), then prune old ones.
+
+    Any failure (a full disk raises OSError from our writes but RuntimeError from torch.save) removes the
+    staging folder, so a failed save never keeps the disk full, and leaves earlier checkpoints as they were."""
+    state_dict = model.state_dict()
+    for name, tensor in state_dict.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"refusing to save a checkpoint: parameter {name} is not finite")
-    folder = checkpoints_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{meta['step']:08d}"
-    for stale in folder.glob(".step-*.tmp"):  # left by a process killed while writing
+    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run.stale_staging():  # left by a process killed while writing
         shutil.rmtree(stale, ignore_errors=True)
-    staging = folder / f".{final.name}.tmp"
-    staging.mkdir()
+    final = run.checkpoint(int(meta["step"]))
+    staging = run.staging(final)
+    needed = _tensor_bytes(state_dict) + _tensor_bytes(train_state) + MB
+    if shutil.disk_usage(run.checkpoints_dir).free < needed:
+        raise _disk_full_error(run, final, needed)
     try:
+        staging.folder.mkdir()
         # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
-                  str(staging / WEIGHTS))
-        torch.save(train_state, staging / STATE)
-        (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
-        manifest = {name: sha256_of(staging / name) for name in (WEIGHTS, STATE, META)}
-        for name in (WEIGHTS, STATE, META):
-            with open(staging / name, "rb") as handle:
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(staging.weights))
+        torch.save(train_state, staging.state)
+        staging.meta.write_text(json.dumps(meta, indent=2) + "\n")
+        for path in (staging.weights, staging.state, staging.meta):
+            with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        fsync_dir(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-        fsync_dir(folder)
-    except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {final}: {err.strerror or err}") from None
-    _prune(run_dir, keep_last)
+        manifest = {name: sha256_of(staging.folder / name) for name in CheckpointFiles.HASHED}
+        atomic_write_text(staging.manifest, json.dumps(manifest, indent=2) + "\n")
+        fsync_dir(staging.folder)
+        if final.folder.exists():
+            shutil.rmtree(final.folder)
+        staging.folder.rename(final.folder)
+        fsync_dir(run.checkpoints_dir)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports ENOSPC as an opaque RuntimeError ("unexpected pos ..."): a device with next to
+        # nothing free at the moment of failure tells the same story.
+        full = (getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+                or shutil.disk_usage(run.checkpoints_dir).free < MB)
+        shutil.rmtree(staging.folder, ignore_errors=True)
+        if full:
+            raise _disk_full_error(run, final, needed) from None
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint {final.folder}: {reason}") from None
+    prune(run, keep_last)
     return final
 
 
-def mark_best(run_dir: Path, checkpoint: Path, meta: dict) -> None:
-    atomic_write_text(run_dir / "best.json", json.dumps({"checkpoint": checkpoint.name, **meta}, indent=2) + "\n")
-
-
-def best_checkpoint_name(run_dir: Path) -> str | None:
+def read_meta(files: CheckpointFiles) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / "best.json").read_text())["checkpoint"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _prune(run_dir: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` checkpoints and the best one."""
-    best = best_checkpoint_name(run_dir)
-    folders = sorted(p for p in checkpoints_dir(run_dir).glob("step-*") if p.is_dir())
-    for old in folders[:-keep_last]:
-        if old.name != best:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def verify(folder: Path) -> Checkpoint:
-    """Check every file of a checkpoint against its manifest; raise CheckpointError naming what is wrong."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
+        meta = json.loads(files.meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise CheckpointError(f"{folder}: missing or unreadable {MANIFEST} (incomplete checkpoint)") from None
+        raise CheckpointError(f"{files.meta}: missing or not JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{files.meta}: not a checkpoint's metadata (no integer 'step')")
+    return meta
+
+
+def verify(files: CheckpointFiles) -> Checkpoint:
+    """Check every file of a checkpoint against its manifest; raise CheckpointError naming what is wrong.
+
+    The manifest must list exactly the checkpoint's files: an empty or partial one proves nothing."""
+    try:
+        manifest = json.loads(files.manifest.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{files.manifest}: missing or unreadable (incomplete checkpoint)") from None
+    if (not isinstance(manifest, dict) or set(manifest) != set(CheckpointFiles.HASHED)
+            or not all(isinstance(d, str) for d in manifest.values())):
+        raise CheckpointError(f"{files.manifest}: does not list the sha256 of every file "
+                              f"({', '.join(CheckpointFiles.HASHED)})")
     for name, digest in manifest.items():
-        path = folder / name
+        path = files.folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
         if sha256_of(path) != digest:
             raise CheckpointError(f"{path}: corrupted (sha256 does not match the manifest)")
-    return Checkpoint(folder, json.loads((folder / META).read_text()))
+    return Checkpoint(files, read_meta(files))
 
 
-def latest_intact(run_dir: Path) -> Checkpoint | None:
+def latest_intact(run: RunDir) -> Checkpoint | None:
     """The newest checkpoint that verifies, saying which newer ones were skipped and why."""
-    for folder in sorted(checkpoints_dir(run_dir).glob("step-*"), reverse=True):
+    for files in reversed(run.checkpoints()):
         try:
-            return verify(folder)
+            return verify(files)
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
     return None
 
 
-def find_checkpoint(run_dir: Path, which: str) -> Checkpoint:
-    """'best' (by dev BLEU, falling back to the latest) or 'last'."""
-    if which == "best" and (name := best_checkpoint_name(run_dir)):
-        return verify(checkpoints_dir(run_dir) / name)
-    found = latest_intact(run_dir)
+def _scored(run: RunDir) -> list[tuple[float, int, CheckpointFiles]]:
+    """(dev BLEU, step, files) of every checkpoint whose metadata holds a dev score."""
+    scored = []
+    for files in run.checkpoints():
+        try:
+            meta = read_meta(files)
+        except CheckpointError:
+            continue
+        if isinstance(meta.get("dev_bleu"), int | float):
+            scored.append((float(meta["dev_bleu"]), int(meta["step"]), files))
+    return scored
+
+
+def best_files(run: RunDir) -> CheckpointFiles | None:
+    """The checkpoint with the highest dev BLEU (the earliest of equals), from the metadata on disk."""
+    scored = _scored(run)
+    return max(scored, key=lambda s: (s[0], -s[1]))[2] if scored else None
+
+
+def prune(run: RunDir, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints and the best one."""
+    best = best_files(run)
+    for old in run.checkpoints()[:-keep_last]:
+        if old != best:
+            shutil.rmtree(old.folder, ignore_errors=True)
+
+
+def find_checkpoint(run: RunDir, which: str) -> Checkpoint:
+    """'best' (by dev BLEU) or 'last'; a corrupted best falls back to the newest intact one, with a warning."""
+    if which == "best" and (best := best_files(run)) is not None:
+        try:
+            return verify(best)
+        except CheckpointError as err:
+            fallback = latest_intact(run)
+            if fallback is None:
+                raise
+            log.warning("the best checkpoint %s is unusable (%s); using the newest intact one, %s",
+                        best.folder.name, err, fallback.path.name)
+            return fallback
+    found = latest_intact(run)
     if found is None:
-        raise CheckpointError(f"{run_dir}: no intact checkpoint (train first, or check the run directory)")
+        raise CheckpointError(f"{run.path}: no intact checkpoint (train first, or check the run directory)")
     return found
 
 
-def load_weights(model: Seq2Seq, checkpoint: Checkpoint) -> None:
+def _model_dump(model: ModelConfig) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def checkpoint_meta(step: int, epoch: int, model: nn.Module, model_config: ModelConfig,
+                    scores: dict[str, float] | None) -> dict[str, Any]:
+    """What meta.json records: position, dev scores, parameter count and the model config of the weights."""
+    return {"step": step, "epoch": epoch, **(scores or {}), "parameters": count_parameters(model),
+            "model": _model_dump(model_config)}
+
+
+def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path: Path) -> None:
+    saved = checkpoint.meta.get("model")
+    if not isinstance(saved, dict):
+        return  # checkpoints written before meta.json recorded the model: the shape checks below still run
+    differences = [d for d in config_diff(saved, _model_dump(config), "model") if not d[0].endswith("dropout")]
+    if differences:
+        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
+        raise CheckpointError(f"{checkpoint.path.name} was saved with another model than {config_path} "
+                              f"describes: {listed}")
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint, config: ModelConfig | None = None,
+                 config_path: Path | None = None) -> None:
+    """Load a checkpoint's weights into `model`, refusing any mismatch of names, shapes or tying by name."""
+    if config is not None:
+        _check_model_config(checkpoint, config, config_path or checkpoint.path)
     try:
-        tensors = load_file(str(checkpoint.path / WEIGHTS))
+        tensors = load_file(str(checkpoint.files.weights))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{checkpoint.path / WEIGHTS}: cannot read weights ({err})") from None
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if m != "decoder.output.weight" or not model.cfg.tie_embeddings]
-    if missing or unexpected:
-        raise CheckpointError(f"{checkpoint.path / WEIGHTS}: does not match the config's model "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(f"{checkpoint.files.weights}: cannot read weights ({err})") from None
+    _upgrade_legacy_names(tensors)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = [f"{k} {tuple(tensors[k].shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
+              for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+    problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+               ([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + shapes[:3]
+    tied = [(a, b) for a, b in _shared_names(model)
+            if a in tensors and b in tensors and not torch.equal(tensors[a], tensors[b])]
+    if tied:
+        problems.append(f"{tied[0][0]} and {tied[0][1]} are one tied matrix in the model but differ in the checkpoint")
+    untied = [(a, b) for a, b in _separate_pairs(model, tensors) if torch.equal(tensors[a], tensors[b])]
+    if untied:
+        problems.append(f"{untied[0][0]} and {untied[0][1]} are tied in the checkpoint but separate in the model")
+    if problems:
+        raise CheckpointError(f"{checkpoint.files.weights}: does not match the config's model: {'; '.join(problems)}")
+    model.load_state_dict(tensors)
+
+
+def _upgrade_legacy_names(tensors: dict[str, torch.Tensor]) -> None:
+    """Weights saved before v_a became a plain parameter stored it as an (1, A) `v.weight`."""
+    for name in [n for n in tensors if n.endswith("attention.v.weight")]:
+        tensors[name.removesuffix(".weight")] = tensors.pop(name).squeeze(0)
+
+
+def _shared_names(model: nn.Module) -> list[tuple[str, str]]:
+    """Pairs of state-dict names that are one parameter in `model` (tied embeddings)."""
+    first: dict[int, str] = {}
+    pairs = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            pairs.append((first[id(param)], name))
+        else:
+            first[id(param)] = name
+    return pairs
+
+
+def _separate_pairs(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """Embedding/output pairs that tying would share, when `model` keeps them separate."""
+    shared = {n for pair in _shared_names(model) for n in pair}
+    candidates = [n for n in tensors if n.endswith(("embed.weight", "output.weight")) and n not in shared]
+    return [(a, b) for i, a in enumerate(candidates) for b in candidates[i + 1:]
+            if tensors[a].shape == tensors[b].shape]
 
 
 def load_train_state(checkpoint: Checkpoint) -> dict[str, Any]:
-    path = checkpoint.path / STATE
+    path = checkpoint.files.state
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # weights_only refuses pickled code with an UnpicklingError, among others
-        raise CheckpointError(f"{path}: refused to load ({type(err).__name__}: {str(err).splitlines()[0]})") \
-            from None
+    except Exception:  # weights_only refuses pickled code with an UnpicklingError, among others
+        raise CheckpointError(f"{path}: not a safe checkpoint (it holds more than tensors and plain data, or is "
+                              "damaged); it will not be loaded") from None
 
 
 RUN_OVERRIDABLE = ("decoding.", "evaluation.")
 
 
-def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
+def load_run_config(run: RunDir, overrides: Sequence[str] = ()) -> Config:
     """A run's saved config; `overrides` may change how it decodes and scores, not what was trained."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml)")
-    raw = read_yaml(path)
+    if not run.config_path.is_file():
+        raise CheckpointError(f"{run.path}: not a run directory (no {run.config_path.name})")
+    raw = read_yaml(run.config_path)
     for assignment in overrides:
         if not assignment.strip().startswith(RUN_OVERRIDABLE):
             raise ConfigError(f"--set {assignment!r}: a trained run accepts only decoding.* and evaluation.* "
                               "overrides")
         apply_override(raw, assignment)
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=str(run.config_path), saved_run=True)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model rebuilt from its run directory alone, ready to decode."""
+
+    run: RunDir
+    config: Config
+    tokenizer: Tokenizer
+    model: Model
+    checkpoint: Checkpoint
 
 
 def load_model(run_dir: Path, which: str = "best", overrides: Sequence[str] = (),
-               device: str | torch.device = "cpu") -> tuple[Config, Tokenizer, Seq2Seq, Checkpoint]:
-    """Rebuild a trained model from its run directory alone."""
-    config = load_run_config(run_dir, overrides)
-    tokenizer = Tokenizer.load(run_dir)
-    checkpoint = find_checkpoint(run_dir, which)
+               device: str | torch.device = "cpu") -> LoadedRun:
+    run = RunDir(run_dir)
+    config = load_run_config(run, overrides)
+    tokenizer = run.tokenizer()
+    checkpoint = find_checkpoint(run, which)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    load_weights(model, checkpoint)
-    return config, tokenizer, model.to(device).eval(), checkpoint
+    load_weights(model, checkpoint, config.model, run.config_path)
+    return LoadedRun(run, config, tokenizer, model.to(device).eval(), checkpoint)

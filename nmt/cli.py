@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from nmt.config import Config, load_config
+from nmt.config import MAX_BEAM, Config, load_config
 from nmt.errors import NmtError
 
 app = typer.Typer(
@@ -58,20 +59,40 @@ def _config(path: Path, overrides: list[str] | None) -> Config:
     return load_config(path, overrides or [])
 
 
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned, a rule under the header."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 @command
 def data(config: ConfigOption, set_: SetOption = None) -> None:
     """Read or download the corpora, clean them, train SentencePiece, encode and cache; print statistics."""
-    from nmt.report import data_report
+    from nmt.prepare import summarize_data
 
     cfg = _config(config, set_)
-    typer.echo(data_report(cfg))
+    summary = summarize_data(cfg)
+    rows = [[s.name, s.pairs, s.src_tokens, s.tgt_tokens,
+             ", ".join(f"{k} {v}" for k, v in sorted(s.dropped.items())) or "-"] for s in summary.splits]
+    typer.echo(f"corpus {cfg.data.src_lang}->{cfg.data.tgt_lang}: "
+               f"{'reused cache' if summary.reused else 'built cache'} {summary.cache_dir}")
+    typer.echo(format_table(["split", "pairs", "src tokens", "tgt tokens", "dropped"], rows))
+    typer.echo(f"vocabulary: source {summary.src_vocab_size}, target {summary.tgt_vocab_size} "
+               f"({cfg.tokenizer.model_type}, {'joint' if cfg.tokenizer.joint else 'separate'})")
+    typer.echo(f"training batches: {summary.train_batches} of <= {cfg.training.batch_tokens} tokens, "
+               f"padding {summary.padding:.1%}")
 
 
 @command
 def train(
     config: ConfigOption,
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest intact checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest intact checkpoint (or start, "
+                                         "if there is none yet).")] = False,
 ) -> None:
     """Train the model the config describes; checkpoints, dev scores and logs go to the run directory."""
     from nmt.train import train as run_training
@@ -82,18 +103,28 @@ def train(
         raise typer.Exit(130)
 
 
+class Which(str, Enum):
+    best = "best"  # by dev BLEU
+    last = "last"  # the newest intact checkpoint
+
+
+class Split(str, Enum):
+    dev = "dev"
+    test = "test"
+
+
 RunSetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override the run's decoding.* or evaluation.* settings, e.g. "
                  "--set decoding.length_penalty=0.6 (repeatable)."),
 ]
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
-CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="'best' (by dev BLEU) or 'last'.")]
+CheckpointOption = Annotated[Which, typer.Option("--checkpoint", help="By dev BLEU, or the newest.")]
 RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")]
-SplitOption = Annotated[str | None, typer.Option("--split", help="dev or test (default dev).")]
+SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
 SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
 RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
-BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1,
+BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1, max=MAX_BEAM,
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
 
 
@@ -105,10 +136,8 @@ def _run_dir(model: Path | None, config: Path | None) -> Path:
     raise typer.BadParameter("give --model RUN_DIR or --config X.yaml")
 
 
-def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
-    if value not in choices:
-        raise typer.BadParameter(f"{option} must be one of {', '.join(choices)}, not {value!r}")
-    return value
+def _progress() -> bool:
+    return sys.stderr.isatty()
 
 
 @command
@@ -121,18 +150,17 @@ def translate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write translations here, not stdout.")]
     = None,
     beam_size: BeamOption = None,
-    n_best: Annotated[int | None, typer.Option("--n-best", min=1, help="Print the N best hypotheses with scores; "
-                                               "default: the config's decoding.n_best.")] = None,
-    checkpoint: CheckpointOption = "best",
+    n_best: Annotated[int | None, typer.Option("--n-best", min=1, max=MAX_BEAM, help="Print the N best hypotheses "
+                                               "with scores (at most the beam size); default: the config's "
+                                               "decoding.n_best.")] = None,
+    checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept."""
-    from nmt.checkpoint import load_model
     from nmt.corpus import read_lines, read_stream
     from nmt.fileio import atomic_write_text
-    from nmt.translate import Translator
+    from nmt.translate import translate_lines
 
-    _check_choice(checkpoint, ("best", "last"), "--checkpoint")
     if sentence is not None:
         lines = [sentence]
     elif input_ is not None:
@@ -141,15 +169,13 @@ def translate(
         raise typer.BadParameter("give a sentence, --input FILE, or pipe text into standard input")
     else:
         lines = read_stream(sys.stdin.buffer, "<stdin>")
-    cfg, tokenizer, net, _ = load_model(_run_dir(model, config), checkpoint, set_ or [])
-    beam = beam_size or cfg.decoding.beam_size
-    n_best = n_best or cfg.decoding.n_best
-    results = Translator(net, tokenizer, cfg.decoding).translate(lines, beam, n_best, progress=input_ is not None)
-    if n_best == 1:
-        text = "".join(r.text + "\n" for r in results)
+    done = translate_lines(_run_dir(model, config), lines, beam_size, n_best, checkpoint.value, set_ or [],
+                           progress=input_ is not None and _progress())
+    if done.n_best == 1:
+        text = "".join(t.text + "\n" for t in done.translations)
     else:
-        text = "".join(f"{i}\t{h.score:.4f}\t{t}\n" for i, r in enumerate(results)
-                       for h, t in zip(r.hypotheses, r.texts, strict=True))
+        text = "".join(f"{i}\t{h.score:.4f}\t{line}\n" for i, t in enumerate(done.translations)
+                       for h, line in zip(t.hypotheses, t.texts, strict=True))
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -164,17 +190,14 @@ def evaluate(
     src: SrcOption = None,
     ref: RefOption = None,
     beam_size: BeamOption = None,
-    checkpoint: CheckpointOption = "best",
+    checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
 ) -> None:
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
     from nmt.evaluate import evaluate as run_evaluation
 
-    _check_choice(checkpoint, ("best", "last"), "--checkpoint")
-    if split is not None:
-        _check_choice(split, ("dev", "test"), "--split")
-    report = run_evaluation(_run_dir(model, config), split, src, ref, checkpoint, beam_size,
-                            progress=sys.stderr.isatty(), overrides=set_ or [])
+    report = run_evaluation(_run_dir(model, config), split and split.value, src, ref, checkpoint.value, beam_size,
+                            progress=_progress(), overrides=set_ or [])
     typer.echo(f"{report.name}: {report.sentences} sentences")
     for score in report.scores:
         typer.echo(str(score))
@@ -191,15 +214,13 @@ def attention(
     beam_size: BeamOption = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write the heatmaps "
                                                     "(default RUN_DIR/attention).")] = None,
-    checkpoint: CheckpointOption = "best",
+    checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
 ) -> None:
     """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics."""
     from nmt.analysis import inspect_sentence
-    from nmt.report import format_table
 
-    _check_choice(checkpoint, ("best", "last"), "--checkpoint")
-    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir,
+    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint.value, output_dir,
                              set_ or [])
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
@@ -230,24 +251,18 @@ def analyze(
     buckets: Annotated[str | None, typer.Option(help="Upper bounds of source-length buckets in words, e.g. "
                                                 "10,20 (default: terciles: short, medium, long).")] = None,
     beam_size: BeamOption = None,
-    checkpoint: CheckpointOption = "best",
+    checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
 ) -> None:
     """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir."""
     from nmt.analysis import analyze as run_analysis
-    from nmt.checkpoint import load_run_config
-    from nmt.evaluate import test_set
-    from nmt.report import format_table
 
-    _check_choice(checkpoint, ("best", "last"), "--checkpoint")
-    run_dir = _run_dir(model, config)
-    name, sources, references = test_set(load_run_config(run_dir, set_ or []), split, src, ref)
-    rows, png, report = run_analysis(run_dir, sources, references, name, _parse_buckets(buckets), beam_size,
-                                     checkpoint, progress=sys.stderr.isatty(), overrides=set_ or [])
+    found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
+                         checkpoint.value, progress=_progress(), overrides=set_ or [])
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
-                              f"{r.max_weight:.3f}"] for r in rows]))
-    typer.echo(f"plot: {png}\nreport: {report}")
+                              f"{r.max_weight:.3f}"] for r in found.rows]))
+    typer.echo(f"plot: {found.png}\nreport: {found.report}")
 
 
 @command
@@ -258,13 +273,12 @@ def compare(
 ) -> None:
     """Runs side by side: attention, size, training time and speed, memory, dev/test scores, attention entropy."""
     from nmt.analysis import compare_plot, summarize_run
-    from nmt.report import format_table
 
     summaries = [summarize_run(run) for run in runs]
     typer.echo(format_table(
         ["run", "attention", "params", "train min", "tok/s", "peak MB", "dev BLEU", "dev chrF", "test BLEU",
          "entropy"],
-        [[s.run, s.attention, f"{s.parameters:,}", f"{s.minutes:.1f}", f"{s.tokens_per_s:,.0f}",
-          f"{s.peak_rss_mb:,.0f}", f"{s.dev_bleu:.2f}", f"{s.dev_chrf:.2f}",
+        [[s.run, s.attention, "-" if s.parameters is None else f"{s.parameters:,}", f"{s.minutes:.1f}",
+          f"{s.tokens_per_s:,.0f}", f"{s.peak_rss_mb:,.0f}", f"{s.dev_bleu:.2f}", f"{s.dev_chrf:.2f}",
           "-" if s.test_bleu is None else f"{s.test_bleu:.2f}", f"{s.entropy:.3f}"] for s in summaries]))
     typer.echo(f"plot: {compare_plot(summaries, output)}")

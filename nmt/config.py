@@ -150,9 +150,10 @@ class DecoderConfig(Section):
     hidden_size: PositiveInt = 256
     layers: PositiveInt = 1
     dropout: Fraction = 0.2
-    input_feeding: bool = True
-    """Luong attention: feed the previous attentional state h~ into the next step's RNN input.
-    Bahdanau attention always feeds its context vector into the RNN, so this is ignored there."""
+    input_feeding: bool | None = None
+    """Luong attention (dot, general, concat): feed the previous attentional state h~_{t-1} into the next
+    step's RNN input; default true. Bahdanau attention feeds its context c_t instead, so `true` is an
+    error there."""
 
 
 class AttentionConfig(Section):
@@ -172,8 +173,18 @@ class ModelConfig(Section):
     tie_embeddings: bool = False
     """Share the target embedding matrix with the output layer (needs embed_dim == decoder.hidden_size)."""
 
+    @property
+    def input_feeding(self) -> bool:
+        """Whether the decoder feeds h~_{t-1} into step t (Luong attention, unless turned off)."""
+        return self.attention.type != "bahdanau" and self.decoder.input_feeding is not False
+
     @model_validator(mode="after")
     def _compatible(self) -> ModelConfig:
+        if self.attention.type == "bahdanau" and self.decoder.input_feeding:
+            raise ValueError(
+                "decoder.input_feeding applies to Luong attention (dot, general, concat); Bahdanau attention "
+                "feeds its context vector into the RNN instead: remove the key or set it false"
+            )
         if self.attention.type == "dot" and self.encoder.output_size != self.decoder.hidden_size:
             raise ValueError(
                 f"attention.type dot needs the encoder output size ({self.encoder.output_size}) to equal "
@@ -232,8 +243,12 @@ class TrainingConfig(Section):
         return self
 
 
+MAX_BEAM = 64
+"""The largest beam: search memory grows with beam x output length x source length."""
+
+
 class DecodingConfig(Section):
-    beam_size: PositiveInt = 1
+    beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM)] = 1
     length_penalty: Annotated[float, Field(ge=0.0)] = 0.0
     """GNMT alpha: hypotheses are ranked by log p / ((5 + length) / 6) ** alpha."""
     n_best: PositiveInt = 1
@@ -322,7 +337,22 @@ def _format_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool = False) -> Config:
+def _upgrade_saved_run(raw: dict[str, Any]) -> None:
+    """Configs saved before input_feeding became Luong-only recorded its old default `true` with Bahdanau."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("decoder"), dict):
+        return
+    attention = model.get("attention")
+    kind = attention.get("type", "bahdanau") if isinstance(attention, dict) else "bahdanau"
+    if kind == "bahdanau" and model["decoder"].get("input_feeding") is True:
+        model["decoder"]["input_feeding"] = None
+
+
+def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool = False,
+                 saved_run: bool = False) -> Config:
+    """Validate a raw mapping; `saved_run` accepts what earlier versions wrote into a run's config.yaml."""
+    if saved_run:
+        _upgrade_saved_run(raw)
     try:
         return Config.model_validate(raw, context={"check_files": check_files})
     except ValidationError as err:
@@ -334,6 +364,17 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_config(raw, source=str(path), check_files=check_files)
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ between two nested mappings, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            found.extend(config_diff(old.get(key), new.get(key), path))
+        return found
+    return [] if old == new else [(prefix, old, new)]
 
 
 def config_to_yaml(config: Config) -> str:

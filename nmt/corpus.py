@@ -9,7 +9,7 @@ import gzip
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +29,7 @@ class Corpus:
         return len(self.src)
 
 
-def _decode_lines(handle: BinaryIO, name: str) -> Iterator[str]:
+def _decode_lines(handle: Iterable[bytes], name: str) -> Iterator[str]:
     for number, raw in enumerate(handle, start=1):
         try:
             line = raw.decode("utf-8")
@@ -127,8 +127,13 @@ def normalize(text: str, clean: CleanConfig) -> str:
     return text
 
 
+def has_content(text: str) -> bool:
+    """Whether any character is more than a space, a control or an invisible format character (NUL, ZWSP)."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in text)
+
+
 def drop_reason(src: str, tgt: str, clean: CleanConfig) -> str | None:
-    if not src.strip() or not tgt.strip():
+    if not has_content(src) or not has_content(tgt):
         return "empty"
     longer, shorter = max(len(src), len(tgt)), min(len(src), len(tgt))
     if longer > clean.max_chars:

@@ -13,22 +13,14 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tqdm import tqdm
-
 from nmt.config import is_url
 from nmt.errors import DataError, DownloadError
+from nmt.fileio import sha256_of
+from nmt.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verify(path: Path, expected: str | None, origin: str) -> None:
@@ -58,7 +50,8 @@ def download(url: str, target: Path, sha256: str | None = None, timeout: float =
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}", leave=False) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {target.name}",
+                              leave=False) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     received += len(block)

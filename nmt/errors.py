@@ -33,3 +33,9 @@ class CheckpointError(NmtError):
 
 class TrainingError(NmtError):
     """Training cannot go on (e.g. too many consecutive non-finite losses)."""
+
+
+class DiskFullError(CheckpointError):
+    """The run directory's device has no room for a checkpoint; earlier checkpoints are kept."""
+
+    exit_code = 1

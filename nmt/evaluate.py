@@ -10,12 +10,18 @@ from pathlib import Path
 
 from nmt.checkpoint import load_model
 from nmt.config import Config
-from nmt.corpus import read_lines
+from nmt.corpus import load_split, read_lines
 from nmt.errors import DataError
 from nmt.fileio import atomic_write_text
 from nmt.metrics import Score, score_all, scores_to_dict
-from nmt.prepare import prepare_data
 from nmt.translate import Translator
+
+
+@dataclass
+class EvalSet:
+    name: str
+    sources: list[str]
+    references: list[str]
 
 
 @dataclass
@@ -27,35 +33,38 @@ class EvaluationReport:
     sentences: int
 
 
-def test_set(config: Config, split: str | None, src_file: Path | None, ref_file: Path | None
-             ) -> tuple[str, list[str], list[str]]:
-    """(name, sources, references) from a split of the run's corpus or from two aligned files."""
+def eval_set(config: Config, split: str | None, src_file: Path | None, ref_file: Path | None) -> EvalSet:
+    """A split of the run's corpus (read and cleaned as in training, nothing re-encoded or re-trained) or
+    two aligned files."""
     if src_file is not None or ref_file is not None:
         if src_file is None or ref_file is None:
             raise DataError("--src and --ref go together")
-        src, ref = list(read_lines(src_file)), list(read_lines(ref_file))
-        if len(src) != len(ref):
-            raise DataError(f"{src_file} has {len(src)} lines but {ref_file} has {len(ref)}")
-        return src_file.name, src, ref
+        found = EvalSet(src_file.name, list(read_lines(src_file)), list(read_lines(ref_file)))
+        if len(found.sources) != len(found.references):
+            raise DataError(f"{src_file} has {len(found.sources)} lines but {ref_file} has {len(found.references)}")
+        if not found.sources:
+            raise DataError(f"{src_file} and {ref_file} hold no sentences to score")
+        return found
     name = split or "dev"
-    config.data.split(name)  # a clear error for a split the config does not declare
-    encoded = prepare_data(config).splits[name]
-    return name, encoded.src_text, encoded.tgt_text
+    corpus = load_split(config.data, name)
+    if not len(corpus):
+        raise DataError(f"data.{name}: the split holds no sentences to score")
+    return EvalSet(name, corpus.src, corpus.tgt)
 
 
 def evaluate(run_dir: Path, split: str | None = None, src_file: Path | None = None, ref_file: Path | None = None,
              checkpoint: str = "best", beam_size: int | None = None, progress: bool = False,
              overrides: Sequence[str] = ()) -> EvaluationReport:
-    config, tokenizer, model, found = load_model(run_dir, checkpoint, overrides)
-    name, sources, references = test_set(config, split, src_file, ref_file)
-    translator = Translator(model, tokenizer, config.decoding)
+    loaded = load_model(run_dir, checkpoint, overrides)
+    config = loaded.config
+    found = eval_set(config, split, src_file, ref_file)
+    translator = Translator.for_run(loaded)
     beam = beam_size or config.decoding.beam_size
-    hypotheses = [t.text for t in translator.translate(sources, beam_size=beam, progress=progress)]
-    scores = score_all(hypotheses, references, config.evaluation)
-    out_dir = run_dir / "eval"
-    hyp_path, report_path = out_dir / f"{name}.beam{beam}.hyp", out_dir / f"{name}.beam{beam}.json"
+    hypotheses = [t.text for t in translator.translate(found.sources, beam_size=beam, progress=progress)]
+    scores = score_all(hypotheses, found.references, config.evaluation)
+    hyp_path, report_path = loaded.run.eval_files(found.name, beam)
     atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
-    report = {"test_set": name, "sentences": len(sources), "checkpoint": found.path.name, "beam_size": beam,
-              "scores": scores_to_dict(scores)}
+    report = {"test_set": found.name, "sentences": len(found.sources), "checkpoint": loaded.checkpoint.path.name,
+              "beam_size": beam, "scores": scores_to_dict(scores)}
     atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return EvaluationReport(name, scores, hyp_path, report_path, len(sources))
+    return EvaluationReport(found.name, scores, hyp_path, report_path, len(found.sources))

@@ -1,8 +1,9 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then rename. A reader (or a crash) sees
-either the old file or the new one, never half of one."""
+"""File helpers: atomic writes (a temporary file in the same folder, fsync, then rename: a reader, or a
+crash, sees either the old file or the new one, never half of one) and content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +34,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()

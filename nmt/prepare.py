@@ -16,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from nmt.batching import padding_fraction, token_batches
 from nmt.config import Config, DataConfig, HfSource, Source, TextSource, TokenizerConfig, TsvSource, is_url
 from nmt.corpus import load_split
-from nmt.fileio import atomic_write_text
+from nmt.fileio import atomic_write_bytes, atomic_write_text
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+SRC_SPM, TGT_SPM = "src.spm", "tgt.spm"
 
 
 @dataclass
@@ -104,7 +106,8 @@ def _build(config: Config, folder: Path) -> None:
     data = config.data
     corpora = {name: load_split(data, name) for name in SPLITS if getattr(data, name) is not None}
     tokenizer = Tokenizer.train(corpora["train"].src, corpora["train"].tgt, config.tokenizer)
-    tokenizer.save(folder)
+    atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
+    atomic_write_bytes(folder / TGT_SPM, tokenizer.tgt_proto)
     stats: dict = {"splits": {}, "src_vocab_size": tokenizer.src_vocab_size,
                    "tgt_vocab_size": tokenizer.tgt_vocab_size}
     for name, corpus in corpora.items():
@@ -132,7 +135,8 @@ def load_cache(folder: Path) -> PreparedData:
                   for label in ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets")}
         splits[name] = EncodedSplit(**arrays, src_text=_read_lines(folder / f"{name}.src.txt"),
                                     tgt_text=_read_lines(folder / f"{name}.tgt.txt"))
-    return PreparedData(Tokenizer.load(folder), splits, stats, folder, reused=True)
+    tokenizer = Tokenizer((folder / SRC_SPM).read_bytes(), (folder / TGT_SPM).read_bytes())
+    return PreparedData(tokenizer, splits, stats, folder, reused=True)
 
 
 def prepare_data(config: Config) -> PreparedData:
@@ -154,3 +158,38 @@ def prepare_data(config: Config) -> PreparedData:
     prepared = load_cache(folder)
     prepared.reused = False
     return prepared
+
+
+@dataclass
+class SplitSummary:
+    name: str
+    pairs: int
+    src_tokens: int
+    tgt_tokens: int
+    dropped: dict[str, int]  # training pairs dropped by cleaning, by reason
+
+
+@dataclass
+class DataSummary:
+    """What `nmt data` reports: the cache, each split's size, the vocabularies, the training batches."""
+
+    cache_dir: Path
+    reused: bool
+    splits: list[SplitSummary]
+    src_vocab_size: int
+    tgt_vocab_size: int
+    train_batches: int
+    padding: float  # share of padded positions in the training batches
+
+
+def summarize_data(config: Config) -> DataSummary:
+    """Prepare (or load) the corpus and describe it."""
+    prepared = prepare_data(config)
+    stats = prepared.stats
+    splits = [SplitSummary(name, s["pairs"], s["src_tokens"], s["tgt_tokens"], dict(s["dropped"]))
+              for name, s in stats["splits"].items()]
+    train = prepared.splits["train"]
+    batches = token_batches(train.src_lengths, train.tgt_lengths, config.training.batch_tokens,
+                            config.training.max_batch_sentences, seed=config.seed)
+    return DataSummary(prepared.cache_dir, prepared.reused, splits, stats["src_vocab_size"], stats["tgt_vocab_size"],
+                       len(batches), padding_fraction(batches, train.src_lengths, train.tgt_lengths))

@@ -85,18 +85,18 @@ def beam_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, beam_siz
     alive_scores = torch.full((batch, k), float("-inf"), device=device)
     alive_scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
     alive_tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)
-    alive_attention: torch.Tensor | None = None
+    alive_attention = torch.zeros(0)  # (B, K, t, S) once the source length is known, at the first step
     limit = int(max_lengths.max())
     fin_scores = torch.full((batch, k), float("-inf"), device=device)
     fin_log_probs = torch.zeros(batch, k, device=device)
     fin_steps = torch.zeros(batch, k, dtype=torch.long, device=device)
     fin_tokens = torch.full((batch, k, limit), pad, dtype=torch.long, device=device)
-    fin_attention: torch.Tensor | None = None
+    fin_attention = torch.zeros(0)  # (B, K, limit, S), allocated at the first step
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
     for t in range(limit):
         log_probs, state, weights = step_fn(prev, state)
         vocab, src_len = log_probs.shape[-1], weights.shape[-1]
-        if fin_attention is None:
+        if t == 0:
             fin_attention = weights.new_zeros(batch, k, limit, src_len)
             alive_attention = weights.new_zeros(batch, k, 0, src_len)
         candidates = (alive_scores.unsqueeze(-1) + log_probs.view(batch, k, vocab)).view(batch, k * vocab)
@@ -137,7 +137,6 @@ def beam_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, beam_siz
         state = state.select(source_rows)
         prev = alive_tokens[:, :, -1].reshape(-1)
 
-    assert fin_attention is not None
     return [
         [_hypothesis(fin_tokens[i, j], fin_attention[i, j], int(fin_steps[i, j]), eos, float(fin_log_probs[i, j]),
                      float(fin_scores[i, j])) for j in range(n_best)]

@@ -1,22 +1,19 @@
 """SentencePiece subword models for the source and target sides, and the special ids' single source of truth.
 
-Models are trained on the training split only. With `joint: true` both sides share one model; the run
-directory still holds `src.model` and `tgt.model` so that loading never depends on that choice."""
+Models are trained on the training split only. With `joint: true` both sides share one model; a run
+directory still holds one model per side so that loading never depends on that choice."""
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import sentencepiece as spm
-from tqdm import tqdm
 
 from nmt.config import TokenizerConfig
-from nmt.errors import CheckpointError, DataError
-from nmt.fileio import atomic_write_bytes, atomic_write_text
+from nmt.errors import DataError
+from nmt.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +92,11 @@ class Tokenizer:
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.tgt.id_to_piece(int(i)) for i in ids]
 
-    def save(self, directory: Path) -> None:
-        atomic_write_bytes(directory / "src.model", self.src_proto)
-        atomic_write_bytes(directory / "tgt.model", self.tgt_proto)
-        info = {"special_ids": SPECIAL_IDS, "src_vocab_size": self.src_vocab_size,
-                "tgt_vocab_size": self.tgt_vocab_size}
-        atomic_write_text(directory / "tokenizer.json", json.dumps(info, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, directory: Path) -> Tokenizer:
-        try:
-            return cls((directory / "src.model").read_bytes(), (directory / "tgt.model").read_bytes())
-        except (OSError, RuntimeError) as err:
-            raise CheckpointError(f"{directory}: cannot load the SentencePiece models ({err})") from None
-
 
 def _encode(processor: spm.SentencePieceProcessor, lines: Sequence[str], progress: str | None) -> list[list[int]]:
     chunk = 20_000
     out: list[list[int]] = []
-    with tqdm(total=len(lines), desc=progress, unit="sent", disable=progress is None, leave=False) as bar:
+    with progress_bar(total=len(lines), desc=progress, unit="sent", enabled=progress is not None, leave=False) as bar:
         for start in range(0, len(lines), chunk):
             part = list(lines[start:start + chunk])
             out.extend(processor.encode(part))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 WORDS = "ab ca de fo gu hi jo ku le mi no pa".split()
 
@@ -32,7 +33,7 @@ def toy_config_dict(root: Path, **sections) -> dict:
     corpus = root / "corpus"
     splits = {name: write_pairs(corpus, name, reversal_pairs(count, seed))
               for name, count, seed in (("train", 1500, 1), ("dev", 60, 2), ("test", 40, 3))}
-    raw = {
+    raw: dict[str, Any] = {
         "name": "toy",
         "run_dir": str(root / "run"),
         "seed": 7,

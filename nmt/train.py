@@ -1,46 +1,38 @@
-"""The training loop: token-budget batches, teacher forcing, label-smoothed cross-entropy, mixed precision,
-gradient accumulation and clipping, validation with dev BLEU, early stopping, checkpoints and exact resume.
-
-One optimizer step: forward each micro-batch under autocast, scale, backward; then unscale, clip, step,
-update the scaler and the schedule (the order GradScaler needs: clipping sees true gradients).
-Resuming restores weights, optimizer, scheduler, scaler, RNG states and the position in the epoch's
-batch order, so N steps + stop + resume + N steps equal 2N uninterrupted steps on CPU.
-"""
-
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import math
 import resource
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nmt.attention_stats import attention_stats
 from nmt.batching import Batch, collate, token_batches
 from nmt.checkpoint import (
+    Checkpoint,
+    checkpoint_meta,
     latest_intact,
     load_train_state,
     load_weights,
-    mark_best,
     save_checkpoint,
-    write_run_files,
 )
-from nmt.config import Config, TrainingConfig
+from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
 from nmt.errors import ConfigError, TrainingError
 from nmt.metrics import bleu, chrf
-from nmt.model import Seq2Seq, build_model, count_parameters
-from nmt.prepare import EncodedSplit, prepare_data
+from nmt.models import Model, build_model, count_parameters
+from nmt.prepare import EncodedSplit, PreparedData, prepare_data
+from nmt.progress import progress_bar
+from nmt.rundir import RunDir
 from nmt.tokenizer import PAD_ID
 from nmt.translate import Translator
 
@@ -71,9 +63,9 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
-def make_optimizer(model: Seq2Seq, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """Adam(W); on the CPU its fused kernel (2.8 ms a step for the default model against 13 ms for the default
-    implementation). CUDA keeps torch's default multi-tensor kernel, which is what the AMP path was built on."""
+def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam(W); on the CPU its fused kernel (BENCHMARKS.md: several times faster than the default one). CUDA
+    keeps torch's default multi-tensor kernel, which is what the AMP path was built on."""
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     on_cpu = next(model.parameters()).device.type == "cpu"
     return kind(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=on_cpu or None)
@@ -92,7 +84,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig):
         if schedule.type == "warmup_inverse_sqrt":
             return min(step / warmup, math.sqrt(warmup / step))
         if schedule.type == "warmup_linear":
-            return min(step / warmup, max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup)))
+            last = cfg.max_steps or step  # the config requires max_steps for this schedule
+            return min(step / warmup, max(0.0, (last - step) / max(1, last - warmup)))
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -113,7 +106,7 @@ def make_batch(split: EncodedSplit, indices) -> Batch:
 
 
 @torch.no_grad()
-def validate(model: Seq2Seq, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device
+def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device
              ) -> dict[str, float]:
     """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy."""
     model.eval()
@@ -122,6 +115,7 @@ def validate(model: Seq2Seq, translator: Translator, dev: EncodedSplit, config: 
         batch = make_batch(dev, indices).to(device)
         with autocast(device, config.training.precision):
             logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+        assert batch.tgt_out is not None  # dev batches have targets
         total += float(token_loss(logits, batch.tgt_out, 0.0))
         tokens += batch.n_tgt_tokens
     src = [list(dev.src_ids(i)) for i in range(len(dev))]
@@ -137,6 +131,8 @@ def validate(model: Seq2Seq, translator: Translator, dev: EncodedSplit, config: 
             "dev_bleu": bleu(hyps, dev.tgt_text, config.evaluation).score,
             "dev_chrf": chrf(hyps, dev.tgt_text, config.evaluation).score,
             "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}
+
+
 
 
 class StopSignal:
@@ -162,41 +158,102 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@dataclass
+class Progress:
+    """Everything the loop advances, saved in each checkpoint and restored as one object on resume."""
+
+    step: int = 0
+    epoch: int = 0  # zero-based
+    position: int = 0  # batches of this epoch's order already taken
+    best_bleu: float = -1.0
+    bad_validations: int = 0  # validations since the best dev BLEU
+    elapsed: float = 0.0  # wall-clock seconds of training, over all sessions
+    train_seconds: float = 0.0  # of which inside optimizer steps
+    tokens: int = 0  # target tokens trained on
+    skipped_nonfinite: int = 0
+    skipped_oom: int = 0
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean per target token
+    tokens: int
+
+
+class ThroughputMeter:
+    """Loss and target tokens/s over the steps since the last report."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens, self.start = 0, time.monotonic()
+        self.losses: list[float] = []
+
+    def restart_clock(self) -> None:
+        """Leave time spent outside training (validation) out of the rate."""
+        self.start = time.monotonic()
+
+    def add(self, result: StepResult) -> None:
+        self.tokens += result.tokens
+        self.losses.append(result.loss)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / max(1, len(self.losses))
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(1e-9, time.monotonic() - self.start)
+
+
+def stop_reason(cfg: TrainingConfig, progress: Progress, seconds: float, stop: StopSignal) -> str | None:
+    """Why the loop must stop before its next step, if it must: a budget spent or a signal received."""
+    if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_minutes is not None and seconds >= cfg.max_minutes * 60:
+        return "max_minutes"
+    return stop.received
+
+
+# What a resumed run may not change: it would no longer continue the same model on the same data.
+FIXED_ON_RESUME = ("model.", "tokenizer.", "data.", "seed")
+WHERE_DATA_LIVES = ("data.mirror", "data.mirror_subdir", "data.download_dir", "data.cache_dir")
+
+
+def resume_changes(run: RunDir, config: Config) -> list[tuple[str, object, object]]:
+    """The settings `config` changes from the run's saved config; refuses changes to what was trained."""
+    if not run.config_path.is_file():
+        return []
+    saved = parse_config(read_yaml(run.config_path), source=str(run.config_path), saved_run=True)
+    changes = config_diff(saved.model_dump(mode="json"), config.model_dump(mode="json"))
+    refused = [c for c in changes if c[0].startswith(FIXED_ON_RESUME) and not c[0].startswith(WHERE_DATA_LIVES)]
+    if refused:
+        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in refused)
+        raise ConfigError(f"--resume: the config differs from {run.config_path} in what was trained: {listed} "
+                          f"(resume with: nmt train --config {run.config_path} --resume)")
+    return changes
+
+
 class Trainer:
-    """Holds what one training run mutates; `run()` is the loop."""
+    """One training run's model, optimizer and progress; `setup` builds it, `run` is the loop."""
 
-    def __init__(self, config: Config, resume: bool = False, progress: bool | None = None):
-        self.config, self.cfg = config, config.training
-        self.run_dir = config.run_path
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self.device = pick_device(self.cfg)
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        torch.manual_seed(config.seed)
-        data = prepare_data(config)
+    def __init__(self, config: Config, run: RunDir, data: PreparedData, model: Model, device: torch.device,
+                 show_progress: bool = False):
+        self.config, self.cfg, self.run_dir = config, config.training, run
         self.train_split, self.dev_split = data.splits["train"], data.splits["dev"]
-        existing = latest_intact(self.run_dir) if self.run_dir.exists() else None
-        if existing is not None and not resume:
-            raise ConfigError(f"run_dir {self.run_dir} already holds checkpoints: add --resume to continue it, "
-                              "or set another run_dir")
-        write_run_files(self.run_dir, config, data.tokenizer)
-        self.model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
-        self.model.to(self.device)
-        self.translator = Translator(self.model, data.tokenizer, config.decoding)
-        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.model, self.device, self.show_progress = model, device, show_progress
+        self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
+        self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
-        self.state = {"step": 0, "epoch": 0, "position": 0, "best_bleu": -1.0, "bad_validations": 0,
-                      "elapsed": 0.0, "train_seconds": 0.0, "tokens": 0,
-                      "skipped_nonfinite": 0, "skipped_oom": 0}
-        if resume:
-            if existing is None:
-                raise ConfigError(f"--resume: {self.run_dir} has no intact checkpoint to resume from")
-            self._restore(existing)
-        self.nonfinite = 0
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg.precision == "fp16")
+        self.progress = Progress()
+        self.nonfinite_in_a_row = 0
+        self.resumed_from: Checkpoint | None = None
+        self.changes_on_resume: list[tuple[str, object, object]] = []
 
-    def _restore(self, checkpoint) -> None:
-        load_weights(self.model, checkpoint)
+    # Saving and restoring ---------------------------------------------------------------------------
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        load_weights(self.model, checkpoint, self.config.model, self.run_dir.config_path)
         saved = load_train_state(checkpoint)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -204,8 +261,8 @@ class Trainer:
         torch.set_rng_state(saved["rng_cpu"])
         if self.device.type == "cuda" and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
-        self.state.update(saved["progress"])
-        log.info("resumed from %s (step %d, epoch %d)", checkpoint.path, self.state["step"], self.state["epoch"] + 1)
+        self.progress = Progress(**saved["progress"])
+        self.resumed_from = checkpoint
 
     def _train_state(self) -> dict:
         return {
@@ -214,33 +271,35 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "progress": dict(self.state),
+            "progress": asdict(self.progress),
         }
 
     def _save(self, scores: dict[str, float] | None) -> Path:
-        meta = {"step": self.state["step"], "epoch": self.state["epoch"], **(scores or {})}
-        path = save_checkpoint(self.run_dir, self.model, self._train_state(), meta, self.cfg.keep_last)
-        if scores is not None and self.state["bad_validations"] == 0:  # this validation improved on the best
-            mark_best(self.run_dir, path, meta)
-        return path
+        """A checkpoint with the dev `scores` it was validated with (None: saved on a stop signal)."""
+        meta = checkpoint_meta(self.progress.step, self.progress.epoch, self.model, self.config.model, scores)
+        return save_checkpoint(self.run_dir, self.model, self._train_state(), meta, self.cfg.keep_last).folder
 
-    def _batches(self) -> Iterator[Batch]:
+    # One step -------------------------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[Batch]:
         """The training batches from the saved position on, epoch after epoch, each epoch its own order."""
-        while self.cfg.max_epochs is None or self.state["epoch"] < self.cfg.max_epochs:
-            order = split_batches(self.train_split, self.cfg, seed=self.config.seed * 1_000_003 + self.state["epoch"])
-            while self.state["position"] < len(order):
-                indices = order[self.state["position"]]
-                self.state["position"] += 1
+        progress = self.progress
+        while self.cfg.max_epochs is None or progress.epoch < self.cfg.max_epochs:
+            order = split_batches(self.train_split, self.cfg, seed=self.config.seed * 1_000_003 + progress.epoch)
+            while progress.position < len(order):
+                indices = order[progress.position]
+                progress.position += 1
                 yield make_batch(self.train_split, indices).to(self.device)
-            self.state["epoch"] += 1
-            self.state["position"] = 0
+            progress.epoch += 1
+            progress.position = 0
 
-    def _step(self, batches: list[Batch]) -> tuple[float, int] | None:
-        """One optimizer step over `accumulate` micro-batches; None when it was skipped as non-finite."""
+    def train_step(self, batches: list[Batch]) -> StepResult | None:
+        """One optimizer step over `accumulate` micro-batches; None when it was skipped (non-finite, GPU OOM)."""
         tokens = sum(b.n_tgt_tokens for b in batches)
         loss_sum = 0.0
         try:
             for batch in batches:
+                assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
                 with autocast(self.device, self.cfg.precision):
                     logits, _ = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
                                            self.cfg.teacher_forcing)
@@ -250,130 +309,175 @@ class Trainer:
         except torch.cuda.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            self.state["skipped_oom"] += 1
+            self.progress.skipped_oom += 1
             log.warning("step %d: out of GPU memory on %d sentences; batch skipped (lower training.batch_tokens)",
-                        self.state["step"] + 1, sum(b.size for b in batches))
+                        self.progress.step + 1, sum(b.size for b in batches))
             return None
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         if not (math.isfinite(loss_sum) and bool(torch.isfinite(norm))):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # with fp16, lowers the scale
-            self.nonfinite += 1
-            self.state["skipped_nonfinite"] += 1
-            log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.state["step"] + 1,
-                        self.nonfinite)
-            if self.nonfinite >= self.cfg.max_nonfinite:
-                raise TrainingError(f"{self.nonfinite} consecutive non-finite steps: lower training.lr, enable "
-                                    "clipping or use fp32; the last good checkpoint is kept")
+            self._skip_nonfinite()
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
-        self.nonfinite = 0
-        return loss_sum / tokens, tokens
+        self.nonfinite_in_a_row = 0
+        return StepResult(loss_sum / tokens, tokens)
 
-    def _validate(self) -> dict[str, float]:
+    def _skip_nonfinite(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # with fp16, lowers the scale
+        self.nonfinite_in_a_row += 1
+        self.progress.skipped_nonfinite += 1
+        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.progress.step + 1,
+                    self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
+            raise TrainingError(f"{self.nonfinite_in_a_row} consecutive non-finite steps: lower training.lr, enable "
+                                "clipping or use fp32; the last good checkpoint is kept")
+
+    # Validation -----------------------------------------------------------------------------------------
+
+    def _validate(self) -> tuple[dict[str, float], bool]:
+        """Dev scores, and whether dev BLEU is the best so far (which also drives patience and plateau)."""
         scores = validate(self.model, self.translator, self.dev_split, self.config, self.device)
-        improved = scores["dev_bleu"] > self.state["best_bleu"]
-        self.state["bad_validations"] = 0 if improved else self.state["bad_validations"] + 1
+        progress = self.progress
+        improved = scores["dev_bleu"] > progress.best_bleu
+        progress.bad_validations = 0 if improved else progress.bad_validations + 1
         if improved:
-            self.state["best_bleu"] = scores["dev_bleu"]
+            progress.best_bleu = scores["dev_bleu"]
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(scores["dev_bleu"])
-        return scores
+        return scores, improved
 
-    def _log_metrics(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+    def _validate_and_save(self, started: float) -> bool:
+        """Validate, log, save; True when early stopping's patience has run out."""
+        scores, improved = self._validate()
+        progress = self.progress
+        progress.elapsed = time.monotonic() - started
+        self.run_dir.append_metrics({
+            "step": progress.step, "epoch": progress.epoch + 1, **scores, "elapsed": progress.elapsed,
+            "train_tokens_per_s": progress.tokens / max(1e-9, progress.train_seconds), "peak_rss_mb": _peak_rss_mb()})
+        log.info("validation at step %d: dev loss %.3f | ppl %.2f | BLEU %.2f%s", progress.step, scores["dev_loss"],
+                 scores["dev_ppl"], scores["dev_bleu"], " (best)" if improved else "")
+        self._save(scores)
+        return self.cfg.patience is not None and progress.bad_validations >= self.cfg.patience
+
+    # The loop ---------------------------------------------------------------------------------------------
+
+    def _log_resume(self) -> None:
+        if self.resumed_from is None:
+            return
+        log.info("resumed from %s (step %d, epoch %d)", self.resumed_from.path, self.progress.step,
+                 self.progress.epoch + 1)
+        if self.changes_on_resume:
+            log.info("changed since the run's last session: %s",
+                     "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in self.changes_on_resume))
+
+    def _report(self, meter: ThroughputMeter, started: float, bar) -> None:
+        progress = self.progress
+        rate, mean_loss = meter.tokens_per_s(), meter.mean_loss()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}")
+        if bar.disable:
+            log.info("step %d | epoch %d | loss %.3f | %s tok/s | lr %.2e", progress.step, progress.epoch + 1,
+                     mean_loss, f"{rate:,.0f}", lr)
+        self.run_dir.append_metrics({"step": progress.step, "epoch": progress.epoch + 1, "loss": mean_loss,
+                                     "tokens_per_s": rate, "lr": lr, "elapsed": time.monotonic() - started})
+        meter.reset()
 
     def run(self, stop: StopSignal | None = None) -> TrainResult:
         stop = stop or StopSignal()
-        cfg, state = self.cfg, self.state
+        cfg, progress = self.cfg, self.progress
+        self._log_resume()
         log.info("model: %s parameters, %s attention, device %s, precision %s",
                  f"{count_parameters(self.model):,}", self.config.model.attention.type, self.device, cfg.precision)
-        started = time.monotonic() - state["elapsed"]
-        window_tokens, window_start, window_losses = 0, time.monotonic(), []
+        started = time.monotonic() - progress.elapsed
+        meter = ThroughputMeter()
         reason = "epochs"
-        batches = self._batches()
+        batches = self.batches()
         self.model.train()
-        with tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not self.progress,
-                  dynamic_ncols=True) as bar, logging_redirect_tqdm():
-            while True:
-                if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
-                    reason = "max_steps"
-                    break
-                if cfg.max_minutes is not None and time.monotonic() - started >= cfg.max_minutes * 60:
-                    reason = "max_minutes"
-                    break
-                if stop.received:
-                    reason = stop.received
-                    break
-                micro = [b for _, b in zip(range(cfg.accumulate), batches, strict=False)]
+        with progress_bar(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
+                          enabled=self.show_progress) as bar, logging_redirect_tqdm():
+            while (why := stop_reason(cfg, progress, time.monotonic() - started, stop)) is None:
+                micro = list(itertools.islice(batches, cfg.accumulate))
                 if not micro:
                     break
                 step_start = time.monotonic()
-                result = self._step(micro)
-                state["train_seconds"] += time.monotonic() - step_start
+                result = self.train_step(micro)
+                progress.train_seconds += time.monotonic() - step_start
                 if result is None:
                     continue
-                loss, tokens = result
-                state["step"] += 1
-                state["tokens"] += tokens
-                window_tokens += tokens
-                window_losses.append(loss)
+                progress.step += 1
+                progress.tokens += result.tokens
+                meter.add(result)
                 bar.update(1)
-                if state["step"] % cfg.log_every == 0:
-                    rate = window_tokens / max(1e-9, time.monotonic() - window_start)
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    mean_loss = sum(window_losses) / len(window_losses)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}")
-                    if not self.progress:
-                        log.info("step %d | epoch %d | loss %.3f | %s tok/s | lr %.2e", state["step"],
-                                 state["epoch"] + 1, mean_loss, f"{rate:,.0f}", lr)
-                    self._log_metrics({"step": state["step"], "epoch": state["epoch"] + 1, "loss": mean_loss,
-                                       "tokens_per_s": rate, "lr": lr, "elapsed": time.monotonic() - started})
-                    window_tokens, window_start, window_losses = 0, time.monotonic(), []
-                if state["step"] % cfg.validate_every == 0:
-                    if self._checkpoint_with_validation(started):
-                        reason = "patience"
+                if progress.step % cfg.log_every == 0:
+                    self._report(meter, started, bar)
+                if progress.step % cfg.validate_every == 0:
+                    if self._validate_and_save(started):
+                        why = "patience"
                         break
-                    window_start = time.monotonic()
+                    meter.restart_clock()
+            reason = why or reason
         if stop.received:
-            state["elapsed"] = time.monotonic() - started
+            progress.elapsed = time.monotonic() - started
             path = self._save(None)
-            log.info("%s: saved %s; continue with: nmt train --config <config> --resume", stop.received, path)
-        elif state["step"] % cfg.validate_every != 0 or state["step"] == 0:
-            self._checkpoint_with_validation(started)
+            log.info("%s: saved %s; continue with: nmt train --config %s --resume", stop.received, path,
+                     self.run_dir.config_path)
+        elif progress.step % cfg.validate_every != 0 or progress.step == 0:
+            self._validate_and_save(started)
         log.info("stopped (%s) after %d steps; best dev BLEU %.2f; skipped steps: %d non-finite, %d out of memory",
-                 reason, state["step"], state["best_bleu"], state["skipped_nonfinite"], state["skipped_oom"])
-        return TrainResult(self.run_dir, state["step"], state["best_bleu"], reason)
-
-    def _checkpoint_with_validation(self, started: float) -> bool:
-        """Validate, log, save; True when early stopping's patience has run out."""
-        scores = self._validate()
-        state = self.state
-        state["elapsed"] = time.monotonic() - started
-        record = {"step": state["step"], "epoch": state["epoch"] + 1, **scores, "elapsed": state["elapsed"],
-                  "train_tokens_per_s": state["tokens"] / max(1e-9, state["train_seconds"]),
-                  "peak_rss_mb": _peak_rss_mb()}
-        self._log_metrics(record)
-        log.info("validation at step %d: dev loss %.3f | ppl %.2f | BLEU %.2f%s", state["step"], scores["dev_loss"],
-                 scores["dev_ppl"], scores["dev_bleu"], " (best)" if state["bad_validations"] == 0 else "")
-        self._save(scores)
-        return self.cfg.patience is not None and state["bad_validations"] >= self.cfg.patience
+                 reason, progress.step, progress.best_bleu, progress.skipped_nonfinite, progress.skipped_oom)
+        return TrainResult(self.run_dir.path, progress.step, progress.best_bleu, reason)
 
 
-def train(config: Config, resume: bool = False, progress: bool | None = None) -> TrainResult:
-    trainer = Trainer(config, resume, progress)
-    handler = logging.FileHandler(trainer.run_dir / "train.log", encoding="utf-8")
+def setup(config: Config, resume: bool = False, show_progress: bool = False) -> Trainer:
+    """Everything before the first step: device, threads, seed, data, the run-directory guard (nothing is
+    written before the config is checked against the run's own), model, optimizer and, with resume, the
+    restored state."""
+    device = pick_device(config.training)
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    torch.manual_seed(config.seed)
+    run = RunDir(config.run_path)
+    existing = latest_intact(run) if run.path.exists() else None
+    if existing is not None and not resume:
+        raise ConfigError(f"run_dir {run.path} already holds checkpoints: add --resume to continue it, "
+                          "or set another run_dir")
+    changes = resume_changes(run, config) if resume else []
+    if resume and existing is None:
+        log.warning("--resume: %s has no intact checkpoint yet; starting from scratch", run.path)
+    data = prepare_data(config)
+    model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
+    trainer = Trainer(config, run, data, model, device, show_progress)
+    run.write_config(config_to_yaml(config))
+    run.write_tokenizer(data.tokenizer)
+    if existing is not None:
+        trainer.restore(existing)
+        trainer.changes_on_resume = changes
+    step = existing.step if existing is not None else 0
+    if dropped := run.truncate_metrics(step):
+        log.info("%s: dropped %d records after step %d (those steps are trained again)", run.metrics_path, dropped,
+                 step)
+    return trainer
+
+
+@contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("nmt").addHandler(handler)
+    logger = logging.getLogger("nmt")
+    logger.addHandler(handler)
     try:
-        with StopSignal().installed() as stop:
-            return trainer.run(stop)
+        yield
     finally:
-        logging.getLogger("nmt").removeHandler(handler)
+        logger.removeHandler(handler)
         handler.close()
+
+
+def train(config: Config, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    trainer = setup(config, resume, show_progress)
+    with _log_to(trainer.run_dir.log_path), StopSignal().installed() as stop:
+        return trainer.run(stop)

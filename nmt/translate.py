@@ -1,19 +1,24 @@
-"""Text in, text out around search: encode and batch raw sentences by length, decode greedily or with a
-beam, restore the input order, detokenize. Used by `nmt translate`, `nmt evaluate` and dev validation."""
+"""Text in, text out around search: clean and encode raw sentences as the training corpus was, batch them by
+length, decode greedily or with a beam, restore the input order, detokenize. Used by `nmt translate`,
+`nmt evaluate`, `nmt attention`, `nmt analyze` and dev validation."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from nmt.batching import collate, token_batches
-from nmt.config import DecodingConfig
-from nmt.model import Seq2Seq
+from nmt.checkpoint import LoadedRun, load_model
+from nmt.config import CleanConfig, DecodingConfig
+from nmt.corpus import has_content, normalize
+from nmt.errors import ConfigError
+from nmt.models import Model
+from nmt.progress import progress_bar
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
@@ -32,22 +37,42 @@ class Translation:
         return self.texts[0]
 
 
+BEAM_MEMORY_BYTES = 512 << 20
+"""What beam search's hypothesis buffers (attention rows of every candidate) may take per batch."""
+
+
+def beam_batch_sentences(beam_size: int, longest_src: int, decoding: DecodingConfig) -> int:
+    """Sentences per decoding batch: batch_sentences / beam, fewer when the beam's buffers (about 4 x beam x
+    output limit x source length floats a sentence) would pass BEAM_MEMORY_BYTES."""
+    if beam_size == 1:
+        return decoding.batch_sentences
+    limit = int(longest_src * decoding.max_ratio + decoding.max_extra)
+    per_sentence = 4 * beam_size * limit * longest_src * 4
+    return max(1, min(decoding.batch_sentences // beam_size, BEAM_MEMORY_BYTES // per_sentence))
+
+
 class Translator:
-    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decoding: DecodingConfig):
-        self.model, self.tokenizer, self.decoding = model, tokenizer, decoding
+    def __init__(self, model: Model, tokenizer: Tokenizer, decoding: DecodingConfig, clean: CleanConfig):
+        self.model, self.tokenizer, self.decoding, self.clean = model, tokenizer, decoding, clean
         self.device = next(model.parameters()).device
+
+    @classmethod
+    def for_run(cls, loaded: LoadedRun) -> Translator:
+        """Decode as the run was configured: its decoding settings, its corpus cleaning."""
+        return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
 
     def search_ids(self, src: Sequence[Sequence[int]], beam_size: int, n_best: int = 1,
                    progress: bool = False) -> list[list[Hypothesis]]:
         """Decode encoded source sentences (each ending in EOS) in length-sorted batches; input order kept."""
         results: list[list[Hypothesis]] = [[] for _ in src]
         lengths = np.array([len(s) for s in src])
-        budget = self.decoding.batch_sentences * max(1, int(lengths.max(initial=1)))
-        batches = token_batches(lengths, None, budget, max(1, self.decoding.batch_sentences // beam_size))
+        longest = max(1, int(lengths.max(initial=1)))
+        budget = self.decoding.batch_sentences * longest
+        batches = token_batches(lengths, None, budget, beam_batch_sentences(beam_size, longest, self.decoding))
         was_training = self.model.training
         self.model.eval()
-        with torch.inference_mode(), tqdm(total=len(src), desc="translate", unit="sent", disable=not progress,
-                                          leave=False) as bar:
+        with torch.inference_mode(), progress_bar(total=len(src), desc="translate", unit="sent", enabled=progress,
+                                                  leave=False) as bar:
             for indices in batches:
                 batch = collate([src[i] for i in indices], None, indices).to(self.device)
                 memory, state = self.model.encode(batch.src, batch.src_lengths, batch.src_mask)
@@ -75,9 +100,10 @@ class Translator:
         return results
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
-        """Encode raw lines, truncating overlong ones (with a warning) to decoding.max_src_tokens."""
+        """Clean raw lines as the corpus was cleaned and encode them, truncating overlong ones (with a warning)
+        to decoding.max_src_tokens."""
         limit = self.decoding.max_src_tokens
-        encoded = self.tokenizer.encode_src(lines)
+        encoded = self.tokenizer.encode_src([normalize(line, self.clean) for line in lines])
         for number, ids in enumerate(encoded, start=1):
             if len(ids) > limit:
                 log.warning("input line %d has %d subword tokens: truncated to %d", number, len(ids), limit)
@@ -86,11 +112,14 @@ class Translator:
 
     def translate(self, lines: Sequence[str], beam_size: int | None = None, n_best: int = 1,
                   progress: bool = False) -> list[Translation]:
-        """Translate raw lines; an empty (or whitespace-only) line gives an empty translation."""
+        """Translate raw lines; a line with no content (empty, or only spaces, control or invisible format
+        characters) gives an empty translation."""
         beam = beam_size or self.decoding.beam_size
-        n_best = min(n_best, beam)
+        if n_best > beam:
+            raise ConfigError(f"--n-best {n_best} cannot exceed the beam size ({beam}): a beam keeps {beam} "
+                              "hypotheses")
         encoded = self.encode(lines)
-        todo = [i for i, line in enumerate(lines) if line.strip()]
+        todo = [i for i, line in enumerate(lines) if has_content(normalize(line, self.clean))]
         found = self.search_ids([encoded[i] for i in todo], beam, n_best, progress) if todo else []
         empty = Hypothesis([], 0.0, 0.0, torch.zeros(0, 0))
         by_line = dict(zip(todo, found, strict=True))
@@ -99,3 +128,22 @@ class Translator:
             hyps = by_line.get(i, [empty])
             out.append(Translation(line, hyps, [self.tokenizer.decode_tgt(h.tokens) for h in hyps], encoded[i]))
         return out
+
+
+@dataclass
+class TranslatedLines:
+    translations: list[Translation]
+    beam_size: int
+    n_best: int
+
+
+def translate_lines(run_dir: Path, lines: Sequence[str], beam_size: int | None = None, n_best: int | None = None,
+                    checkpoint: str = "best", overrides: Sequence[str] = (), progress: bool = False
+                    ) -> TranslatedLines:
+    """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings."""
+    loaded = load_model(run_dir, checkpoint, overrides)
+    decoding = loaded.config.decoding
+    beam = beam_size or decoding.beam_size
+    n_best = n_best or min(decoding.n_best, beam)  # an explicit --n-best above the beam is an error
+    translator = Translator.for_run(loaded)
+    return TranslatedLines(translator.translate(lines, beam, n_best, progress), beam, n_best)

@@ -64,7 +64,7 @@ def model_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab:
     if m.attention.type == "bahdanau":
         rnn_in = e + he
     else:
-        rnn_in = e + (hd if dec.input_feeding else 0)
+        rnn_in = e + (hd if m.input_feeding else 0)
     mean_src = src_tokens / sentences
     encoder = src_tokens * directions * 2 * gates_enc * (e * enc.hidden_size + enc.hidden_size**2) * enc.layers
     keys = src_tokens * 2 * he * (a if additive else hd) if m.attention.type != "dot" else 0
@@ -77,36 +77,25 @@ def model_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab:
 
 
 def phase_train(args) -> dict:
-    from nmt.config import load_config
-    from nmt.model import build_model
-    from nmt.prepare import prepare_data
-    from nmt.train import autocast, make_batch, make_optimizer, split_batches, token_loss
+    """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
+    from itertools import islice
 
-    config = load_config(args.config, args.set)
-    if config.training.threads:
-        torch.set_num_threads(config.training.threads)
-    data = prepare_data(config)
-    train = data.splits["train"]
-    model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
-    optimizer = make_optimizer(model, config.training)
-    batches = split_batches(train, config.training, seed=config.seed)
-    device = torch.device("cpu")
+    from nmt.config import load_config
+    from nmt.train import setup
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    config = load_config(args.config, [*args.set, f"run_dir={run_dir}"])
+    trainer = setup(config)
+    vocab = trainer.translator.tokenizer.tgt_vocab_size
+    trainer.model.train()
     tokens = flops = 0.0
     start = 0.0
-    for step, indices in enumerate(batches[: args.warmup + args.steps]):
+    for step, batch in enumerate(islice(trainer.batches(), args.warmup + args.steps)):
         if step == args.warmup:
             start, tokens, flops = time.perf_counter(), 0.0, 0.0
-        batch = make_batch(train, indices)
-        with autocast(device, config.training.precision):
-            logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
-        loss = token_loss(logits, batch.tgt_out, config.training.label_smoothing) / batch.n_tgt_tokens
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.clip_norm or float("inf"))
-        optimizer.step()
+        trainer.train_step([batch])
         tokens += batch.n_tgt_tokens
-        flops += 3 * model_flops(config, int(batch.src_mask.sum()), batch.n_tgt_tokens, batch.size,
-                                 data.tokenizer.tgt_vocab_size)
+        flops += 3 * model_flops(config, int(batch.src_mask.sum()), batch.n_tgt_tokens, batch.size, vocab)
     seconds = time.perf_counter() - start
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
             "train_peak_rss_mb": peak_rss_mb(), "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
@@ -119,9 +108,8 @@ def phase_decode(args) -> dict:
     from nmt.prepare import prepare_data
     from nmt.translate import Translator
 
-    config, tokenizer, model, _ = load_model(Path(args.model))
+    translator = Translator.for_run(load_model(Path(args.model)))
     dev = prepare_data(load_config(args.config, args.set)).splits["dev"]
-    translator = Translator(model, tokenizer, config.decoding)
     src = [list(dev.src_ids(i)) for i in range(len(dev))]
     out = {}
     for beam in (1, 5):
@@ -145,9 +133,12 @@ def phase_budget(args) -> dict:
     for item in overrides:
         command += ["--set", item]
     subprocess.run(command, check=True, cwd=ROOT)
-    best = json.loads((run_dir / "best.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if "dev_bleu" in r][-1]
+    from nmt.checkpoint import find_checkpoint
+    from nmt.rundir import RunDir
+
+    run = RunDir(run_dir)
+    best = find_checkpoint(run, "best").meta
+    last = [r for r in run.metrics() if "dev_bleu" in r][-1]
     return {"budget_minutes": args.budget_minutes, "budget_best_dev_bleu": best["dev_bleu"],
             "budget_steps": last["step"], "budget_run_dir": str(run_dir),
             "budget_train_tokens_per_s": last["train_tokens_per_s"], "budget_peak_rss_mb": last["peak_rss_mb"]}

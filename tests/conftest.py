@@ -23,6 +23,6 @@ def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     raw = toy_config_dict(root, training={"max_steps": 400, "validate_every": 200, "lr": 0.01},
                           model={"attention": {"type": "general"}})
-    result = train(load_config(write_config(root, raw)), progress=False)
+    result = train(load_config(write_config(root, raw)))
     assert result.best_bleu > 80, f"the toy model did not learn the reversal task (dev BLEU {result.best_bleu})"
     return result.run_dir

@@ -1,10 +1,9 @@
-import itertools
 import math
 
 import pytest
 import torch
 
-from nmt.attention import AdditiveAttention, DotAttention, GeneralAttention
+from nmt.models.attention import AdditiveAttention, DotAttention, GeneralAttention
 
 B, TQ, S, H = 3, 4, 6, 8
 
@@ -46,7 +45,7 @@ def test_scores_follow_the_papers_equations():
     torch.manual_seed(1)
     additive, general = AdditiveAttention(H, H, 5), GeneralAttention(H, H)
     q, h = torch.randn(1, 1, H), torch.randn(1, S, H)
-    expected = torch.stack([additive.v(torch.tanh(additive.query_proj(q[0, 0]) + additive.key_proj(h[0, i])))[0]
+    expected = torch.stack([additive.v @ torch.tanh(additive.query_proj(q[0, 0]) + additive.key_proj(h[0, i]))
                             for i in range(S)])
     torch.testing.assert_close(additive.score(q, additive.project_keys(h))[0, 0], expected)
     expected = torch.stack([q[0, 0] @ general.key_proj.weight @ h[0, i] for i in range(S)])
@@ -62,5 +61,5 @@ def test_each_query_step_is_independent():
     memory, mask = torch.randn(B, S, H), torch.ones(B, S, dtype=torch.bool)
     keys, query = attention.project_keys(memory), torch.randn(B, TQ, H)
     all_steps = attention(query, keys, memory, mask)[1]
-    for t, _ in itertools.product(range(TQ), [None]):
+    for t in range(TQ):
         torch.testing.assert_close(all_steps[:, t:t + 1], attention(query[:, t:t + 1], keys, memory, mask)[1])

@@ -1,15 +1,31 @@
-"""Checkpoints are verified on load and never unpickle arbitrary objects."""
+"""Checkpoints are verified on load, never unpickle arbitrary objects, and never load into another model."""
 
+import json
 import os
 import pickle
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from nmt.checkpoint import find_checkpoint, latest_intact, load_model, load_train_state, save_checkpoint, verify
+from nmt.checkpoint import (
+    best_files,
+    checkpoint_meta,
+    find_checkpoint,
+    latest_intact,
+    load_model,
+    load_train_state,
+    save_checkpoint,
+    verify,
+)
 from nmt.config import ModelConfig
 from nmt.errors import CheckpointError
-from nmt.model import build_model
+from nmt.models import build_model
+from nmt.rundir import RunDir
 
 
 class Payload:
@@ -22,62 +38,200 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def small_checkpoints(tmp_path, steps=(1, 2, 3)):
-    model = build_model(ModelConfig(embed_dim=8), 20, 20)
-    for step in steps:
-        save_checkpoint(tmp_path, model, {"progress": {"step": step}}, {"step": step}, keep_last=5)
-    return model
+CONFIG = ModelConfig(embed_dim=8)
 
 
-def test_pickle_payload_in_the_training_state_is_refused(tmp_path):
-    small_checkpoints(tmp_path, steps=(1,))
-    checkpoint = latest_intact(tmp_path)
+def small_checkpoints(tmp_path, steps=(1, 2, 3), bleus=None, keep_last=5) -> RunDir:
+    run = RunDir(tmp_path)
+    model = build_model(CONFIG, 20, 20)
+    for i, step in enumerate(steps):
+        scores = {"dev_bleu": bleus[i]} if bleus else None
+        save_checkpoint(run, model, {"progress": {"step": step}}, checkpoint_meta(step, 0, model, CONFIG, scores),
+                        keep_last=keep_last)
+    return run
+
+
+def test_pickle_payload_in_the_training_state_is_refused_with_our_own_message(tmp_path):
+    run = small_checkpoints(tmp_path, steps=(1,))
+    checkpoint = latest_intact(run)
     marker = tmp_path / "pwned"
-    with open(checkpoint.path / "state.pt", "wb") as handle:
+    with open(checkpoint.files.state, "wb") as handle:
         pickle.dump({"evil": Payload(marker)}, handle)
-    with pytest.raises(CheckpointError, match="refused to load"):
+    with pytest.raises(CheckpointError, match="not a safe checkpoint") as err:
         load_train_state(checkpoint)
     assert not marker.exists()
+    assert "weights_only" not in str(err.value) and "False" not in str(err.value)
 
 
 def test_corrupted_checkpoint_is_named_and_the_newest_intact_one_is_used(tmp_path, caplog):
-    small_checkpoints(tmp_path)
-    newest = tmp_path / "checkpoints" / "step-00000003"
-    with open(newest / "model.safetensors", "r+b") as handle:
+    run = small_checkpoints(tmp_path)
+    newest = run.checkpoint(3)
+    with open(newest.weights, "r+b") as handle:
         handle.seek(100)
         handle.write(b"garbage")
     with pytest.raises(CheckpointError, match="step-00000003/model.safetensors: corrupted"):
         verify(newest)
-    assert latest_intact(tmp_path).step == 2
+    assert latest_intact(run).step == 2
     assert "skipping checkpoint" in caplog.text and "corrupted" in caplog.text
-    (tmp_path / "checkpoints" / "step-00000002" / "state.pt").write_bytes(b"trunc")
-    assert find_checkpoint(tmp_path, "last").step == 1
+    run.checkpoint(2).state.write_bytes(b"trunc")
+    assert find_checkpoint(run, "last").step == 1
 
 
 def test_an_incomplete_checkpoint_without_manifest_is_skipped(tmp_path):
-    small_checkpoints(tmp_path, steps=(1,))
-    (tmp_path / "checkpoints" / "step-00000009").mkdir()
-    assert latest_intact(tmp_path).step == 1
+    run = small_checkpoints(tmp_path, steps=(1,))
+    run.checkpoint(9).folder.mkdir()
+    assert latest_intact(run).step == 1
+
+
+@pytest.mark.parametrize("manifest", ["[]", "{}", '{"model.safetensors": "00"}', "null", '"text"'])
+def test_a_manifest_that_does_not_list_every_file_is_a_corrupted_checkpoint(tmp_path, manifest, caplog):
+    run = small_checkpoints(tmp_path, steps=(1, 2))
+    run.checkpoint(2).manifest.write_text(manifest)
+    with pytest.raises(CheckpointError, match="MANIFEST.json"):
+        verify(run.checkpoint(2))
+    assert latest_intact(run).step == 1
+    assert "step-00000002" in caplog.text
+
+
+@pytest.mark.parametrize("meta", ["garbage{", "[]", '{"step": "x"}'])
+def test_a_garbage_meta_is_a_corrupted_checkpoint(tmp_path, meta):
+    """meta.json is hashed too, so a rewritten one fails the manifest; one rewritten with its manifest fails as
+    metadata. Either way the checkpoint is skipped by name, with no traceback."""
+    run = small_checkpoints(tmp_path, steps=(1, 2))
+    files = run.checkpoint(2)
+    files.meta.write_text(meta)
+    manifest = json.loads(files.manifest.read_text())
+    from nmt.fileio import sha256_of
+
+    manifest["meta.json"] = sha256_of(files.meta)
+    files.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="meta.json"):
+        verify(files)
+    assert latest_intact(run).step == 1
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
-    model = build_model(ModelConfig(embed_dim=8), 20, 20)
+    model = build_model(CONFIG, 20, 20)
     with torch.no_grad():
         model.decoder.combine.weight[0, 0] = float("nan")
     with pytest.raises(CheckpointError, match="decoder.combine.weight is not finite"):
-        save_checkpoint(tmp_path, model, {}, {"step": 1}, keep_last=2)
-    assert latest_intact(tmp_path) is None
+        save_checkpoint(RunDir(tmp_path), model, {}, {"step": 1}, keep_last=2)
+    assert latest_intact(RunDir(tmp_path)) is None
 
 
-def test_keep_last_prunes_old_checkpoints(tmp_path):
-    model = build_model(ModelConfig(embed_dim=8), 20, 20)
-    for step in range(1, 6):
-        save_checkpoint(tmp_path, model, {}, {"step": step}, keep_last=2)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004", "step-00000005"]
+def test_keep_last_prunes_old_checkpoints_but_never_the_best(tmp_path):
+    run = small_checkpoints(tmp_path, steps=(1, 2, 3, 4, 5), bleus=[10.0, 30.0, 20.0, 25.0, 30.0], keep_last=2)
+    assert [f.folder.name for f in run.checkpoints()] == ["step-00000002", "step-00000004", "step-00000005"]
+    assert best_files(run) == run.checkpoint(2)  # the earliest of equal scores, as training reports it
+
+
+def test_the_best_checkpoint_is_found_from_what_is_on_disk(tmp_path):
+    """No separate marker: a crash between a checkpoint's rename and any later write cannot lose the best."""
+    run = small_checkpoints(tmp_path, steps=(1, 2, 3), bleus=[5.0, 40.0, 12.0])
+    assert find_checkpoint(run, "best").step == 2
+    assert find_checkpoint(run, "last").step == 3
+
+
+def test_a_corrupted_best_falls_back_to_the_newest_intact_checkpoint_with_a_warning(tmp_path, caplog):
+    run = small_checkpoints(tmp_path, steps=(1, 2, 3), bleus=[5.0, 40.0, 12.0])
+    run.checkpoint(2).weights.write_bytes(b"broken")
+    found = find_checkpoint(run, "best")
+    assert found.step == 3
+    assert "step-00000002" in caplog.text and "step-00000003" in caplog.text
+
+
+def _edit_run_config(run_dir: Path, edit) -> None:
+    path = RunDir(run_dir).config_path
+    raw = yaml.safe_load(path.read_text())
+    edit(raw["model"])
+    path.write_text(yaml.safe_dump(raw))
+
+
+@pytest.mark.parametrize("edit,named", [
+    (lambda m: m["decoder"].update(hidden_size=32), "model.decoder.hidden_size 64 -> 32"),
+    (lambda m: m["attention"].update(type="concat"), "model.attention.type 'general' -> 'concat'"),
+    (lambda m: m.update(tie_embeddings=True, embed_dim=64), "model.tie_embeddings False -> True"),
+])
+def test_a_config_edited_after_training_is_refused_by_name(trained_run, tmp_path, edit, named):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    _edit_run_config(copy, edit)
+    with pytest.raises(CheckpointError, match="saved with another model") as err:
+        load_model(copy)
+    assert named in str(err.value)
+
+
+def test_shapes_and_tying_are_checked_even_without_a_recorded_model(trained_run, tmp_path):
+    """Checkpoints written before meta.json recorded the model config are still refused by shape and tying."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    for files in RunDir(copy).checkpoints():
+        meta = json.loads(files.meta.read_text())
+        meta.pop("model")
+        files.meta.write_text(json.dumps(meta))
+        manifest = json.loads(files.manifest.read_text())
+        from nmt.fileio import sha256_of
+
+        manifest["meta.json"] = sha256_of(files.meta)
+        files.manifest.write_text(json.dumps(manifest))
+    _edit_run_config(copy, lambda m: m["decoder"].update(hidden_size=32))
+    with pytest.raises(CheckpointError, match=r"decoder\.\S+ \(64, 96\) in the checkpoint, \(32, 96\) in the model"):
+        load_model(copy)
+    _edit_run_config(copy, lambda m: (m["decoder"].update(hidden_size=64), m.update(tie_embeddings=True,
+                                                                                   embed_dim=64)))
+    with pytest.raises(CheckpointError, match="tied|embed"):
+        load_model(copy)
 
 
 def test_load_model_rebuilds_from_the_run_directory_alone(trained_run):
-    config, tokenizer, model, checkpoint = load_model(trained_run, "best")
-    assert config.model.attention.type == "general"
-    assert not model.training
-    assert checkpoint.meta["dev_bleu"] > 80
+    loaded = load_model(trained_run, "best")
+    assert loaded.config.model.attention.type == "general"
+    assert not loaded.model.training
+    assert loaded.checkpoint.meta["dev_bleu"] > 80
+    assert loaded.checkpoint.meta["parameters"] == sum(p.numel() for p in loaded.model.parameters())
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 4 MB filesystem (tmpfs), so a full disk is produced, not simulated."""
+    mount = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
+    if not _mount_tmpfs(mount, "4M"):
+        pytest.skip("needs root and mount to create a size-limited tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+TINY = ModelConfig(embed_dim=8, encoder={"hidden_size": 8}, decoder={"hidden_size": 8})
+
+
+def _fill(folder: Path, leave: int) -> None:
+    free = shutil.disk_usage(folder).free
+    (folder / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+@pytest.mark.parametrize("precheck", [True, False])
+def test_a_really_full_disk_is_a_clear_error_that_removes_the_staging_folder(small_filesystem, monkeypatch,
+                                                                           precheck):
+    """Refused before writing when the free space is visibly short; and when a write itself hits ENOSPC
+    (torch.save raises RuntimeError, not OSError), the staging folder is still removed."""
+    import nmt.checkpoint
+
+    run = RunDir(small_filesystem / "run")
+    model = build_model(TINY, 20, 20)
+    save_checkpoint(run, model, {"progress": {}}, checkpoint_meta(1, 0, model, TINY, {"dev_bleu": 1.0}), keep_last=5)
+    _fill(small_filesystem, leave=1536 * 1024)
+    if not precheck:  # the estimate passes, so the fault comes from the real write
+        monkeypatch.setattr(nmt.checkpoint, "_tensor_bytes", lambda _value: 0)
+    state = {"moments": torch.zeros(768 * 1024)}  # 3 MB of training state
+    with pytest.raises(CheckpointError, match=r"no space left on the device of .*needs about \d+ MB, \d+ MB free"):
+        save_checkpoint(run, model, state, checkpoint_meta(2, 0, model, TINY, None), keep_last=5)
+    assert run.stale_staging() == []
+    assert [verify(c).step for c in run.checkpoints()] == [1]

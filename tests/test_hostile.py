@@ -1,7 +1,7 @@
 """Hostile input never ends in a traceback: a sane result or a one-line error with exit code 2."""
 
-import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +10,14 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from nmt.checkpoint import verify
+from nmt.cli import app
 from nmt.config import load_config
-from nmt.errors import CheckpointError, ConfigError, DataError
+from nmt.corpus import has_content
+from nmt.errors import ConfigError, DataError
+from nmt.rundir import RunDir
 from nmt.toy import toy_config_dict, write_config
 
 NMT = str(Path(sys.executable).parent / "nmt")
@@ -27,13 +32,15 @@ section_names = st.sampled_from(["name", "data", "tokenizer", "model", "training
 
 @FAST
 @given(raw=st.dictionaries(section_names, values, max_size=6))
-def test_random_configs_load_or_fail_cleanly(tmp_path_factory, raw):
+def test_random_configs_fail_cleanly_through_the_cli(tmp_path_factory, raw):
+    """Through the CLI's error mapping (in process, for speed): exit 2 and only `error:` lines, no traceback."""
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    try:
-        load_config(path)
-    except ConfigError as err:
-        assert str(err) and "Traceback" not in str(err)
+    result = CliRunner().invoke(app, ["data", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), result.stderr
 
 
 @FAST
@@ -89,7 +96,7 @@ def test_translate_any_text(trained_translator, lines):
     assert len(results) == len(lines)
     for line, result in zip(lines, results, strict=True):
         assert isinstance(result.text, str)
-        if not line.strip():
+        if not has_content(line):
             assert result.text == ""
 
 
@@ -98,38 +105,70 @@ def trained_translator(trained_run):
     from nmt.checkpoint import load_model
     from nmt.translate import Translator
 
-    config, tokenizer, model, _ = load_model(trained_run)
-    return Translator(model, tokenizer, config.decoding.model_copy(update={"max_src_tokens": 64}))
+    loaded = load_model(trained_run)
+    return Translator(loaded.model, loaded.tokenizer, loaded.config.decoding.model_copy(update={"max_src_tokens": 64}),
+                      loaded.config.data.clean)
 
 
-def test_a_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
-    from nmt import checkpoint
-    from nmt.train import train
-
-    raw = toy_config_dict(tmp_path, training={"max_steps": 10, "validate_every": 5})
-    path = write_config(tmp_path, raw)
-    train(load_config(path), progress=False)
-    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoint.torch, "save", no_space)
-    with pytest.raises(CheckpointError, match="No space left on device"):
-        train(load_config(path, ["training.max_steps=15"]), resume=True, progress=False)
-    after = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert after == before  # nothing half-written, nothing lost
-    assert checkpoint.latest_intact(tmp_path / "run").step == 10
+def _mount(*args: str) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_a_read_only_run_directory_is_a_clear_error(tmp_path):
-    raw = toy_config_dict(tmp_path, training={"max_steps": 5})
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run").chmod(0o500)
+@pytest.fixture
+def mounted(tmp_path):
+    """Mount points made in this test, unmounted afterwards."""
+    points: list[Path] = []
+    yield points
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_training_onto_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, mounted):
+    """The reproduction of the issue: a real 3 MB filesystem fills up during training."""
+    disk = tmp_path / "full"
+    disk.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=3M", "tmpfs", str(disk)):
+        pytest.skip("needs root and mount to create a size-limited tmpfs")
+    mounted.append(disk)
+    raw = toy_config_dict(tmp_path, run_dir=str(disk / "run"),
+                          training={"validate_every": 3, "max_steps": 12, "keep_last": 5})
     result = subprocess.run([NMT, "train", "--config", str(write_config(tmp_path, raw))], capture_output=True,
-                            text=True)
-    assert result.returncode != 0 and "Traceback" not in result.stderr and "run" in result.stderr
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(disk / "run") in errors[0] and "MB free" in errors[0], result.stderr
+    run = RunDir(disk / "run")
+    assert run.stale_staging() == []
+    intact = [verify(files).step for files in run.checkpoints()]
+    assert intact and intact == list(range(3, 3 * len(intact) + 1, 3))
+
+
+def test_a_read_only_run_directory_is_a_clear_error(tmp_path, mounted):
+    """Root ignores file permissions, so the run directory is made read-only by a read-only bind mount."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if not (_mount("--bind", str(run_dir), str(run_dir))):
+        pytest.skip("needs root and mount for a read-only bind mount")
+    mounted.append(run_dir)
+    assert _mount("-o", "remount,ro,bind", str(run_dir))
+    raw = toy_config_dict(tmp_path, training={"max_steps": 5})
+    result = subprocess.run([NMT, "train", "--config", str(write_config(tmp_path, raw))], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir}")
+    assert "Read-only file system" in result.stderr
+
+
+def test_a_run_dir_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    raw = toy_config_dict(tmp_path, run_dir=str(tmp_path / "afile" / "run"), training={"max_steps": 5})
+    result = subprocess.run([NMT, "train", "--config", str(write_config(tmp_path, raw))], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'afile'}")
 
 
 def test_data_error_messages_are_single_lines(tmp_path):

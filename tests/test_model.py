@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
-from nmt.model import build_model
+from nmt.models import build_model
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 SV, TV = 30, 25
@@ -22,7 +22,7 @@ def make_batch():
     return src, lengths, src != PAD_ID, tgt_in
 
 
-def config(enc_rnn="gru", dec_rnn="gru", attention="bahdanau", bidirectional=True, layers=1, input_feeding=True,
+def config(enc_rnn="gru", dec_rnn="gru", attention="bahdanau", bidirectional=True, layers=1, input_feeding=None,
            embed_dim=12, **extra):
     hidden = 16 if (attention != "dot" or not bidirectional) else 8
     return ModelConfig(
@@ -49,7 +49,7 @@ def test_shapes_and_every_parameter_gets_a_gradient(enc_rnn, dec_rnn, attention,
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("attention,input_feeding", [("bahdanau", True), ("general", True), ("general", False),
+@pytest.mark.parametrize("attention,input_feeding", [("bahdanau", None), ("general", True), ("general", False),
                                                      ("dot", False), ("concat", False), ("concat", True)])
 def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feeding):
     model = build_model(config(dec_rnn="lstm", attention=attention, input_feeding=input_feeding), SV, TV).eval()

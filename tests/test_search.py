@@ -108,8 +108,7 @@ def test_trained_model_beam_scores_at_least_greedy_and_batching_changes_nothing(
     from nmt.checkpoint import load_model
     from nmt.translate import Translator
 
-    config, tokenizer, model, _ = load_model(trained_run)
-    translator = Translator(model, tokenizer, config.decoding)
+    translator = Translator.for_run(load_model(trained_run))
     lines = ["ab ca de fo gu", "le mi", "no pa ab ca de fo", "hi jo ku le", "gu", "fo fo fo ab"]
     encoded = translator.encode(lines)
     greedy = translator.search_ids(encoded, beam_size=1)

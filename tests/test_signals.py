@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nmt.checkpoint import latest_intact
+from nmt.rundir import RunDir
 from nmt.toy import toy_config_dict, write_config
 
 NMT = str(Path(sys.executable).parent / "nmt")
@@ -20,7 +21,8 @@ def test_signal_saves_and_exits(tmp_path, signum):
     config = write_config(tmp_path, raw)
     process = subprocess.Popen([NMT, "train", "--config", str(config)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
+    run = RunDir(tmp_path / "run")
+    metrics = run.metrics_path
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
@@ -30,10 +32,10 @@ def test_signal_saves_and_exits(tmp_path, signum):
     _, stderr = process.communicate(timeout=30)
     assert time.monotonic() - sent < 10
     assert process.returncode == 130
-    assert "--resume" in stderr and "Traceback" not in stderr
-    checkpoint = latest_intact(tmp_path / "run")
+    assert f"nmt train --config {run.config_path} --resume" in stderr and "Traceback" not in stderr
+    checkpoint = latest_intact(run)
     assert checkpoint is not None and checkpoint.step >= 3
-    resumed = subprocess.run([NMT, "train", "--config", str(config), "--resume", "--set",
+    resumed = subprocess.run([NMT, "train", "--config", str(run.config_path), "--resume", "--set",
                               f"training.max_steps={checkpoint.step + 2}"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {checkpoint.path}" in resumed.stderr

@@ -1,4 +1,5 @@
 from nmt.config import TokenizerConfig
+from nmt.rundir import RunDir
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 EN = ["the cat sat on the mat .", "a dog ran in the park .", "i like tennis .", "she reads books every day ."] * 30
@@ -14,8 +15,8 @@ def test_round_trip_english_and_unsegmented_japanese(tmp_path):
     src = tokenizer.encode_src(EN[:4])
     assert all(ids[-1] == EOS_ID for ids in src)
     assert tokenizer.src.decode(src[0][:-1]) == EN[0]
-    tokenizer.save(tmp_path)
-    again = Tokenizer.load(tmp_path)
+    RunDir(tmp_path).write_tokenizer(tokenizer)
+    again = RunDir(tmp_path).tokenizer()
     assert again.encode_tgt(JA[:2]) == tokenizer.encode_tgt(JA[:2])
 
 

@@ -1,23 +1,21 @@
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from nmt.checkpoint import checkpoints_dir, find_checkpoint, latest_intact
+from nmt.checkpoint import find_checkpoint, latest_intact
 from nmt.config import load_config
 from nmt.errors import ConfigError
+from nmt.rundir import RunDir
 from nmt.toy import toy_config_dict, write_config
 from nmt.train import train
 
 
 def losses(run_dir) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r["loss"] for r in RunDir(run_dir).metrics() if "loss" in r}
 
 
 def final_weights(run_dir):
-    return load_file(str(find_checkpoint(run_dir, "last").path / "model.safetensors"))
+    return load_file(str(find_checkpoint(RunDir(run_dir), "last").files.weights))
 
 
 @pytest.mark.parametrize("extra", [{}, {"teacher_forcing": 0.7, "accumulate": 2}])
@@ -26,14 +24,14 @@ def test_resume_is_exact(tmp_path, extra):
     common = {"log_every": 1, "validate_every": 10, **extra}
     straight = toy_config_dict(tmp_path / "a", training={"max_steps": 16, **common},
                                model={"encoder": {"dropout": 0.3}, "decoder": {"dropout": 0.3}})
-    train(load_config(write_config(tmp_path / "a", straight)), progress=False)
+    train(load_config(write_config(tmp_path / "a", straight)))
     halves = toy_config_dict(tmp_path / "b", training={"max_steps": 7, **common},
                              model={"encoder": {"dropout": 0.3}, "decoder": {"dropout": 0.3}})
     path = write_config(tmp_path / "b", halves)
-    train(load_config(path), progress=False)
+    train(load_config(path))
     with pytest.raises(ConfigError, match="already holds checkpoints"):
-        train(load_config(path), progress=False)
-    train(load_config(path, ["training.max_steps=16"]), resume=True, progress=False)
+        train(load_config(path))
+    train(load_config(path, ["training.max_steps=16"]), resume=True)
     a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
     assert losses(a) == losses(b)
     wa, wb = final_weights(a), final_weights(b)
@@ -43,32 +41,36 @@ def test_resume_is_exact(tmp_path, extra):
 
 
 def test_training_learns_and_writes_a_complete_run_directory(trained_run):
-    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    run = RunDir(trained_run)
+    rows = list(run.metrics())
     train_losses = [r["loss"] for r in rows if "loss" in r]
     bleus = [r["dev_bleu"] for r in rows if "dev_bleu" in r]
     assert train_losses[-1] < train_losses[0] / 3
-    assert bleus[-1] > 80 and bleus[-1] > bleus[0] or bleus[0] > 80
-    for name in ("config.yaml", "src.model", "tgt.model", "tokenizer.json", "best.json", "train.log"):
-        assert (trained_run / name).is_file(), name
-    checkpoint = latest_intact(trained_run)
-    assert {p.name for p in checkpoint.path.iterdir()} == {"model.safetensors", "state.pt", "meta.json",
-                                                          "MANIFEST.json"}
-    assert len(list(checkpoints_dir(trained_run).iterdir())) <= 3  # keep_last
+    assert bleus[-1] > 80
+    assert bleus[-1] > bleus[0] or bleus[0] > 80
+    for path in (run.config_path, run.log_path, trained_run / "src.model", trained_run / "tgt.model",
+                 trained_run / "tokenizer.json"):
+        assert path.is_file(), path
+    checkpoint = latest_intact(run)
+    files = checkpoint.files
+    assert {p.name for p in checkpoint.path.iterdir()} == {p.name for p in (files.weights, files.state, files.meta,
+                                                                             files.manifest)}
+    assert len(run.checkpoints()) <= 3  # keep_last
 
 
 def test_early_stopping_and_time_budget(tmp_path):
     raw = toy_config_dict(tmp_path, training={"max_steps": 1000, "validate_every": 5, "patience": 1, "lr": 1e-9})
-    result = train(load_config(write_config(tmp_path, raw)), progress=False)
+    result = train(load_config(write_config(tmp_path, raw)))
     assert result.stop_reason == "patience" and result.steps == 10
     raw = toy_config_dict(tmp_path / "t", training={"max_steps": 100000, "max_minutes": 0.05, "validate_every": 1000})
-    result = train(load_config(write_config(tmp_path / "t", raw)), progress=False)
+    result = train(load_config(write_config(tmp_path / "t", raw)))
     assert result.stop_reason == "max_minutes" and 0 < result.steps < 100000
 
 
 def test_fp16_on_cpu_is_a_config_error(tmp_path):
     raw = toy_config_dict(tmp_path, training={"precision": "fp16", "device": "cpu"})
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
-        train(load_config(write_config(tmp_path, raw)), progress=False)
+        train(load_config(write_config(tmp_path, raw)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -76,7 +78,7 @@ def test_fp16_on_cpu_is_a_config_error(tmp_path):
 def test_mixed_precision_on_cuda_learns(tmp_path, precision):
     raw = toy_config_dict(tmp_path, training={"precision": precision, "device": "cuda", "max_steps": 300,
                                               "validate_every": 150, "lr": 0.01})
-    result = train(load_config(write_config(tmp_path, raw)), progress=False)
+    result = train(load_config(write_config(tmp_path, raw)))
     assert result.best_bleu > 50
 
 
@@ -101,12 +103,66 @@ def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkey
     monkeypatch.setattr(train_module, "token_loss", sometimes_nan)
     raw = toy_config_dict(tmp_path, training={"max_steps": 8, "validate_every": 4, "max_nonfinite": 3})
     path = write_config(tmp_path, raw)
-    result = train(load_config(path), progress=False)
+    result = train(load_config(path))
     assert result.steps == 8  # two NaN steps were skipped, not counted as steps
     assert "2 non-finite" in caplog.text
-    checkpoint = latest_intact(tmp_path / "run")
+    checkpoint = latest_intact(RunDir(tmp_path / "run"))
     with pytest.raises(TrainingError, match="3 consecutive non-finite steps"):
-        train(load_config(path, ["training.max_steps=100"]), resume=True, progress=False)
-    assert latest_intact(tmp_path / "run").path == checkpoint.path  # nothing saved from the diverged steps
+        train(load_config(path, ["training.max_steps=100"]), resume=True)
+    assert latest_intact(RunDir(tmp_path / "run")).path == checkpoint.path  # nothing saved from the diverged steps
     for tensor in final_weights(tmp_path / "run").values():
         assert torch.isfinite(tensor).all()
+
+
+def test_resume_refuses_a_different_model_before_writing_anything(tmp_path):
+    raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2})
+    path = write_config(tmp_path, raw)
+    train(load_config(path, ["model.encoder.hidden_size=16"]))
+    run = RunDir(tmp_path / "run")
+    saved = run.config_path.read_text()
+    with pytest.raises(ConfigError, match=r"model.encoder.hidden_size 16 -> 48") as err:
+        train(load_config(path, ["training.max_steps=8"]), resume=True)
+    assert f"nmt train --config {run.config_path} --resume" in str(err.value)
+    assert run.config_path.read_text() == saved  # the run is still usable as it was
+    for refused in ("tokenizer.vocab_size=30", "seed=3", "data.clean.lowercase=true"):
+        with pytest.raises(ConfigError, match=refused.split("=")[0]):
+            train(load_config(run.config_path, [refused]), resume=True)
+
+
+def test_resume_accepts_and_records_budget_changes(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nmt")
+    raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2})
+    path = write_config(tmp_path, raw)
+    train(load_config(path))
+    result = train(load_config(path, ["training.max_steps=6", "training.patience=3"]), resume=True)
+    assert result.steps == 6
+    run = RunDir(tmp_path / "run")
+    assert "training.max_steps 4 -> 6" in caplog.text and "training.patience None -> 3" in caplog.text
+    assert "training.max_steps 4 -> 6" in run.log_path.read_text()
+    assert "max_steps: 6" in run.config_path.read_text()
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, caplog):
+    """A restart loop that always passes --resume recovers a run killed before its first checkpoint."""
+    raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2})
+    path = write_config(tmp_path, raw)
+    result = train(load_config(path), resume=True)
+    assert result.steps == 4
+    assert "no intact checkpoint yet; starting from scratch" in caplog.text
+
+
+def test_metrics_hold_one_row_per_step_after_resume(tmp_path):
+    raw = toy_config_dict(tmp_path, training={"max_steps": 7, "validate_every": 4, "log_every": 1})
+    path = write_config(tmp_path, raw)
+    train(load_config(path))  # checkpoints at 4 and at the end (7); logged steps 1..7
+    run = RunDir(tmp_path / "run")
+    for files in run.checkpoints():
+        if files.folder.name.endswith("7"):
+            import shutil
+
+            shutil.rmtree(files.folder)  # as if killed after step 7 was logged but before it was saved
+    train(load_config(path, ["training.max_steps=9"]), resume=True)
+    steps = [r["step"] for r in run.metrics() if "loss" in r]
+    assert steps == list(range(1, 10))

@@ -9,9 +9,9 @@ Two decoder flows, chosen by the attention type:
 - Luong (2015): the query is the current state s_t; the attentional state h~_t = tanh(W_c [c_t; s_t]) feeds
   the output layer and, with input feeding, the next step's RNN input.
 Both feed h~_t to the output layer, which runs once over all steps after the loop. Without input feeding
-and with full teacher forcing h~_t feeds nothing back, so W_c runs once over all steps too; with Luong
-attention nothing then ties step t to t-1 but the RNN, so the RNN runs as one fused call over the whole
-target and attention scores all steps in one batched product.
+and with full teacher forcing h~_t feeds nothing back, so W_c runs once over all steps too. One fast path:
+when the RNN's input holds nothing attention computed (`rnn_input_is_attention_free`: Luong without input
+feeding), the RNN runs as one fused call over the whole target and attention scores all steps at once.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.attention import Attention, build_attention
 from nmt.config import ModelConfig
-from nmt.dropout import Dropout
+from nmt.models.attention import Attention, build_attention
+from nmt.models.dropout import make_dropout
 from nmt.tokenizer import PAD_ID
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -67,7 +67,7 @@ class Encoder(nn.Module):
         super().__init__()
         enc = cfg.encoder
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
-        self.dropout = Dropout(enc.dropout)
+        self.dropout = make_dropout(enc.dropout)
         self.rnn = RNN_TYPES[enc.rnn](cfg.embed_dim, enc.hidden_size, enc.layers, batch_first=True,
                                       bidirectional=enc.bidirectional, dropout=enc.dropout if enc.layers > 1 else 0.0)
         self.directions = 2 if enc.bidirectional else 1
@@ -87,12 +87,12 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         dec, memory_size = cfg.decoder, cfg.encoder.output_size
-        self.additive_prev_state = cfg.attention.type == "bahdanau"
-        self.input_feeding = dec.input_feeding and not self.additive_prev_state
+        self.queries_previous_state = cfg.attention.type == "bahdanau"
+        self.input_feeding = cfg.input_feeding
         self.layers, self.hidden_size, self.is_lstm = dec.layers, dec.hidden_size, dec.rnn == "lstm"
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
-        self.dropout = Dropout(dec.dropout)
-        if self.additive_prev_state:
+        self.dropout = make_dropout(dec.dropout)
+        if self.queries_previous_state:
             rnn_input = cfg.embed_dim + memory_size
         else:
             rnn_input = cfg.embed_dim + (dec.hidden_size if self.input_feeding else 0)
@@ -104,6 +104,12 @@ class Decoder(nn.Module):
         self.output = nn.Linear(dec.hidden_size, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.embed.weight
+
+    @property
+    def rnn_input_is_attention_free(self) -> bool:
+        """True when nothing attention computes flows into the RNN (Luong without input feeding): with
+        teacher forcing the RNN then runs as one fused call over all steps, and attention scores them at once."""
+        return not self.queries_previous_state and not self.input_feeding
 
     def init_state(self, encoder_final: torch.Tensor) -> DecoderState:
         """s_0 = tanh(W_b [h_fwd; h_bwd]) for every layer with a bridge, else zeros; an LSTM's cell starts at 0."""
@@ -121,7 +127,7 @@ class Decoder(nn.Module):
     ) -> tuple[torch.Tensor, Hidden, torch.Tensor, torch.Tensor]:
         """The sequential part of a step, from the embedded previous token (B, E): the top layer's output
         s_t (B, 1, Hd), the new hidden state, the context c_t (B, 1, Hm) and the weights (B, 1, S)."""
-        if self.additive_prev_state:
+        if self.queries_previous_state:
             query = _top_layer(state.hidden).unsqueeze(1)  # s_{t-1}
             context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
             output, hidden = self.rnn(torch.cat([embedded.unsqueeze(1), context], dim=-1), state.hidden)
@@ -146,55 +152,45 @@ class Decoder(nn.Module):
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         return self.output(self.dropout(attentional))
 
-    def _recur_over(
-        self, inputs: tuple[torch.Tensor, ...], state: DecoderState, memory: EncoderMemory
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`recur` over all steps' embedded inputs: outputs (B, T, Hd), contexts (B, T, Hm), weights (B, T, S)."""
-        outputs, contexts, all_weights = [], [], []
-        for embedded in inputs:
-            output, hidden, context, weights = self.recur(embedded, state, memory)
-            state = DecoderState(hidden, state.feed)
-            outputs.append(output)
-            contexts.append(context)
-            all_weights.append(weights)
-        return torch.cat(outputs, dim=1), torch.cat(contexts, dim=1), torch.cat(all_weights, dim=1)
-
     def forward(
         self, tgt_in: torch.Tensor, state: DecoderState, memory: EncoderMemory, teacher_forcing: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unroll over the target: logits (B, T, V) and attention weights (B, T, S).
 
         With teacher_forcing < 1, each step takes the model's own previous prediction instead of the
-        reference with probability 1 - teacher_forcing; logits are then needed inside the loop."""
+        reference with probability 1 - teacher_forcing, so logits are needed inside the loop. Otherwise
+        h~_t is computed inside the loop only when input feeding needs it; W_c and the output layer run
+        once over all steps after it."""
         embedded = self.dropout(self.embed(tgt_in))  # all steps' inputs in one call
-        inputs = embedded.unbind(1)  # one backward stack, not a zero-filled (B, T, E) gradient per step
-        if teacher_forcing >= 1.0 and not self.input_feeding:
-            # h~_t feeds nothing back: only the RNN (and, for Bahdanau, attention) is sequential; W_c and
-            # the output layer run once over all steps.
-            if self.additive_prev_state:
-                output, context, weights = self._recur_over(inputs, state, memory)
-            else:
-                output, _ = self.rnn(embedded, state.hidden)
-                context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
+        sampling = teacher_forcing < 1.0
+        if not sampling and self.rnn_input_is_attention_free:
+            output, _ = self.rnn(embedded, state.hidden)
+            context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
             return self.logits(self.attentional(context, output)), weights
-        steps, all_weights, step_logits = [], [], []
+        inputs = embedded.unbind(1)  # one backward stack, not a zero-filled (B, T, E) gradient per step
+        outputs, contexts, all_weights, step_logits = [], [], [], []
         prev_embedded = inputs[0]
-        for t in range(tgt_in.shape[1]):
-            attentional, state, weights = self.step(prev_embedded, state, memory)
-            steps.append(attentional)
+        for t in range(len(inputs)):
+            output, hidden, context, weights = self.recur(prev_embedded, state, memory)
+            feed = state.feed
+            if self.input_feeding or sampling:
+                feed = self.attentional(context, output).squeeze(1)
+            state = DecoderState(hidden, feed)
+            outputs.append(output)
+            contexts.append(context)
             all_weights.append(weights)
-            if t + 1 == tgt_in.shape[1]:
-                break
-            prev_embedded = inputs[t + 1]
-            if teacher_forcing < 1.0:
-                step_logits.append(self.logits(attentional))
-                sampled = torch.rand(tgt_in.shape[0], device=tgt_in.device) >= teacher_forcing
-                predicted = self.dropout(self.embed(step_logits[-1].argmax(-1)))
-                prev_embedded = torch.where(sampled.unsqueeze(1), predicted, prev_embedded)
-        if step_logits:
-            step_logits.append(self.logits(steps[-1]))
-            return torch.stack(step_logits, dim=1), torch.stack(all_weights, dim=1)
-        return self.logits(torch.stack(steps, dim=1)), torch.stack(all_weights, dim=1)
+            if sampling:
+                step_logits.append(self.logits(feed))
+            if t + 1 < len(inputs):
+                prev_embedded = inputs[t + 1]
+                if sampling:
+                    use_own = torch.rand(tgt_in.shape[0], device=tgt_in.device) >= teacher_forcing
+                    predicted = self.dropout(self.embed(step_logits[-1].argmax(-1)))
+                    prev_embedded = torch.where(use_own.unsqueeze(1), predicted, prev_embedded)
+        weights = torch.cat(all_weights, dim=1)
+        if sampling:
+            return torch.stack(step_logits, dim=1), weights
+        return self.logits(self.attentional(torch.cat(contexts, dim=1), torch.cat(outputs, dim=1))), weights
 
 
 class Seq2Seq(nn.Module):
@@ -225,11 +221,3 @@ class Seq2Seq(nn.Module):
         """Search's step function: previous ids (N,) -> log-probabilities (N, V), new state, weights (N, S)."""
         attentional, state, weights = self.decoder.step(self.decoder.embed(prev_ids), state, memory)
         return torch.log_softmax(self.decoder.logits(attentional).float(), dim=-1), state, weights
-
-
-def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from nmt.config import AttentionConfig
-from nmt.dropout import Dropout
+from nmt.models.dropout import make_dropout
 
 
 class Attention(nn.Module):
     def __init__(self, dropout: float = 0.0):
         super().__init__()
-        self.dropout = Dropout(dropout)
+        self.dropout = make_dropout(dropout)
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
         """(B, S, Hm) -> (B, S, K): the encoder-side part of the score."""
@@ -51,15 +51,14 @@ class AdditiveAttention(Attention):
         super().__init__(dropout)
         self.query_proj = nn.Linear(query_size, hidden_size, bias=False)  # W_a
         self.key_proj = nn.Linear(memory_size, hidden_size, bias=False)  # U_a
-        self.v = nn.Linear(hidden_size, 1, bias=False)  # v_a
+        self.v = nn.Parameter(torch.empty(hidden_size).uniform_(-hidden_size ** -0.5, hidden_size ** -0.5))  # v_a
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # (B, Tq, S, A)
-        # a matrix-vector product: 40% less time forward and backward than self.v(hidden), an (N, A) x (A, 1) mm
-        return torch.matmul(hidden, self.v.weight.squeeze(0))
+        return torch.matmul(hidden, self.v)  # v_a^T tanh(...) as a matrix-vector product
 
 
 class DotAttention(Attention):

@@ -1,10 +1,9 @@
-"""Inverted dropout whose CPU masks come from 16-bit random integers.
+"""Dropout, with one switch between torch's `nn.Dropout` (the reference) and a faster CPU mask.
 
-`nn.Dropout` draws one Bernoulli sample per element (`bernoulli_`), which cost 5% of a CPU training step of
-the default model; slicing each 64-bit random integer into four 16-bit lanes makes a quarter as many draws
-(forward and backward of a (90, 17, 512) tensor: 3.1 ms against 8.4 ms). torch's int64 `random_()` leaves
-the sign bit 0, so every lane keeps its low 15 bits and the drop probability is rounded to a multiple of
-2^-15. Other devices use `F.dropout`, whose kernels are already fused.
+`nn.Dropout` draws one Bernoulli sample per element (`bernoulli_`). `LaneDropout` slices each 64-bit random
+integer into four 16-bit lanes, a quarter as many draws; BENCHMARKS.md records what it saves. torch's
+int64 `random_()` leaves the sign bit 0, so every lane keeps its low 15 bits and the drop probability is
+rounded to a multiple of 2^-15. On other devices it defers to `F.dropout`, whose kernels are already fused.
 """
 
 from __future__ import annotations
@@ -13,11 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LANE_DROPOUT_ON_CPU = True
+"""The switch: False builds plain `nn.Dropout` everywhere (same distribution; tests/test_dropout.py)."""
+
 LANE_LEVELS = 2**15
 LOW_15_BITS_OF_EACH_LANE = 0x7FFF_7FFF_7FFF_7FFF
 
 
-class Dropout(nn.Module):
+class LaneDropout(nn.Module):
+    """Inverted dropout whose CPU masks come from 16-bit random lanes."""
+
     def __init__(self, p: float):
         super().__init__()
         self.p = p
@@ -36,3 +40,7 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def make_dropout(p: float) -> nn.Module:
+    return LaneDropout(p) if LANE_DROPOUT_ON_CPU else nn.Dropout(p)

@@ -1,0 +1,163 @@
+"""The run directory: every file name of a run, and the small readers and writers around them.
+
+    RUN/config.yaml                   the resolved config: rebuilds the model and reproduces the run alone
+    RUN/src.model, tgt.model          SentencePiece models; tokenizer.json records the special ids
+    RUN/checkpoints/step-00001000/    model.safetensors, state.pt, meta.json, MANIFEST.json (see checkpoint.py)
+    RUN/metrics.jsonl, train.log      training and validation records, one JSON object a line; the log
+    RUN/eval/, attention/, analysis/  what `nmt evaluate`, `nmt attention` and `nmt analyze` write
+
+No other module spells these names: they ask a `RunDir` (or a `CheckpointFiles`) for a path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nmt.errors import CheckpointError
+from nmt.fileio import atomic_write_bytes, atomic_write_text
+from nmt.tokenizer import SPECIAL_IDS, Tokenizer
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """The files of one checkpoint folder; the manifest lists the sha256 of every other file."""
+
+    folder: Path
+
+    WEIGHTS = "model.safetensors"
+    STATE = "state.pt"
+    META = "meta.json"
+    MANIFEST = "MANIFEST.json"
+    HASHED = (WEIGHTS, STATE, META)
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / self.WEIGHTS
+
+    @property
+    def state(self) -> Path:
+        return self.folder / self.STATE
+
+    @property
+    def meta(self) -> Path:
+        return self.folder / self.META
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / self.MANIFEST
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def attention_dir(self) -> Path:
+        return self.path / "attention"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.path / "analysis"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    # Checkpoints ------------------------------------------------------------------------------------------
+
+    def checkpoint(self, step: int) -> CheckpointFiles:
+        return CheckpointFiles(self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:08d}")
+
+    def staging(self, final: CheckpointFiles) -> CheckpointFiles:
+        """Where a checkpoint is written before the rename that publishes it."""
+        return CheckpointFiles(final.folder.with_name(f".{final.folder.name}.tmp"))
+
+    def stale_staging(self) -> list[Path]:
+        """Checkpoint folders a killed or failed process left half-written."""
+        return sorted(self.checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"))
+
+    def checkpoints(self) -> list[CheckpointFiles]:
+        """Every published checkpoint folder, oldest first (intact or not: checkpoint.py verifies)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return [CheckpointFiles(p) for p in sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*")) if p.is_dir()]
+
+    # Config and tokenizer --------------------------------------------------------------------------------
+
+    def write_config(self, yaml_text: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, yaml_text)
+
+    def write_tokenizer(self, tokenizer: Tokenizer) -> None:
+        atomic_write_bytes(self.path / "src.model", tokenizer.src_proto)
+        atomic_write_bytes(self.path / "tgt.model", tokenizer.tgt_proto)
+        info = {"special_ids": SPECIAL_IDS, "src_vocab_size": tokenizer.src_vocab_size,
+                "tgt_vocab_size": tokenizer.tgt_vocab_size}
+        atomic_write_text(self.path / "tokenizer.json", json.dumps(info, indent=2) + "\n")
+
+    def tokenizer(self) -> Tokenizer:
+        try:
+            return Tokenizer((self.path / "src.model").read_bytes(), (self.path / "tgt.model").read_bytes())
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"{self.path}: cannot load the SentencePiece models ({err})") from None
+
+    # Metrics -------------------------------------------------------------------------------------------
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> Iterator[dict[str, Any]]:
+        """The records of metrics.jsonl; a line cut short by a kill is skipped."""
+        if not self.metrics_path.is_file():
+            return
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+    def truncate_metrics(self, step: int) -> int:
+        """Drop the records after `step` (a resumed run replays those steps); returns how many were dropped."""
+        records = list(self.metrics())
+        kept = [r for r in records if int(r.get("step", 0)) <= step]
+        if len(kept) != len(records) or (self.metrics_path.is_file() and len(records) != self._line_count()):
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        return len(records) - len(kept)
+
+    def _line_count(self) -> int:
+        return len(self.metrics_path.read_text(encoding="utf-8").splitlines())
+
+    # Outputs of evaluate / attention / analyze ---------------------------------------------------------
+
+    def eval_files(self, test_set: str, beam_size: int) -> tuple[Path, Path]:
+        """The hypotheses file and the JSON report of one evaluation."""
+        stem = f"{test_set}.beam{beam_size}"
+        return self.eval_dir / f"{stem}.hyp", self.eval_dir / f"{stem}.json"
+
+    def eval_reports(self, test_set: str) -> list[Path]:
+        return sorted(self.eval_dir.glob(f"{test_set}.beam*.json")) if self.eval_dir.is_dir() else []
