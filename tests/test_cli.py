@@ -139,3 +139,47 @@ def test_translate_takes_n_best_from_the_run_config(trained_run):
     assert len(rows) == 2 and rows[0][2] == "DE CA AB"
     refused = run("translate", "--model", trained_run, "ab", "--set", "model.embed_dim=8")
     assert refused.returncode == 2 and "only decoding.* and evaluation.*" in refused.stderr
+
+
+def _one_error_line(result, code=2):
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+
+
+def test_beam_size_and_n_best_are_bounded(trained_run):
+    huge = run("translate", "--model", trained_run, "ab ca", "--beam-size", "100000")
+    assert huge.returncode == 2 and "--beam-size" in huge.stderr and "Traceback" not in huge.stderr
+    over = run("translate", "--model", trained_run, "ab ca", "--set", "decoding.beam_size=65")
+    _one_error_line(over)
+    assert "decoding.beam_size" in over.stderr
+    short = run("translate", "--model", trained_run, "ab ca", "--beam-size", "3", "--n-best", "5")
+    _one_error_line(short)
+    assert "--n-best 5 cannot exceed the beam size (3)" in short.stderr
+
+
+def test_lines_without_content_translate_to_empty_lines(trained_run):
+    """NUL characters or a zero-width space are no sentence: no invented translation."""
+    result = run("translate", "--model", trained_run, stdin="\x00\x00\n\u200b\nab ca\n \u200b\u00a0\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == ["", "", "CA AB", ""]
+
+
+def test_heatmap_file_names_never_collide(trained_run, tmp_path):
+    shared = "ab ca de fo gu hi jo ku le mi no pa ab ca de"  # 44 characters: the first 40 are shared
+    names = set()
+    for sentence in ("!!!", "", shared + " fo", shared + " gu"):
+        result = run("attention", "--model", trained_run, sentence, "--output-dir", tmp_path)
+        assert result.returncode == 0, result.stderr
+        names.add(result.stdout.split("heatmap: ")[1].split()[0])
+    assert len(names) == 4 and all(Path(name).is_file() for name in names)
+
+
+def test_evaluate_on_empty_files_is_one_line(trained_run, tmp_path):
+    (tmp_path / "empty.src").write_text("")
+    (tmp_path / "empty.ref").write_text("")
+    result = run("evaluate", "--model", trained_run, "--src", tmp_path / "empty.src", "--ref", tmp_path / "empty.ref")
+    _one_error_line(result)
+    assert "hold no sentences" in result.stderr

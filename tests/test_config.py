@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nmt.config import config_to_yaml, load_config, parse_config
+from nmt.config import MAX_BEAM, config_to_yaml, load_config, parse_config
 from nmt.errors import ConfigError
 from nmt.toy import toy_config_dict, write_config
 
@@ -105,3 +105,25 @@ def test_resolved_config_round_trips(toy_config_path):
 def test_shipped_configs_are_valid():
     for path in sorted(Path(__file__).parent.parent.glob("configs/*.yaml")):
         load_config(path, check_files=False)
+
+
+def test_input_feeding_is_a_luong_option(tmp_path):
+    raw = toy_config_dict(tmp_path, model={"decoder": {"hidden_size": 64, "input_feeding": True}})
+    with pytest.raises(ConfigError, match="input_feeding applies to Luong attention"):
+        load_config(write_config(tmp_path, raw))
+    luong = toy_config_dict(tmp_path, model={"attention": {"type": "general"}})
+    assert load_config(write_config(tmp_path, luong)).model.input_feeding is True
+    assert load_config(write_config(tmp_path, toy_config_dict(tmp_path))).model.input_feeding is False
+
+
+def test_configs_saved_by_earlier_versions_still_load(tmp_path):
+    """Run directories written before input_feeding became Luong-only recorded `true` with Bahdanau."""
+    raw = toy_config_dict(tmp_path, model={"decoder": {"hidden_size": 64, "input_feeding": True}})
+    config = parse_config(raw, saved_run=True)
+    assert config.model.attention.type == "bahdanau" and config.model.input_feeding is False
+
+
+def test_beam_size_has_a_documented_maximum(tmp_path):
+    raw = toy_config_dict(tmp_path, decoding={"beam_size": MAX_BEAM + 1})
+    with pytest.raises(ConfigError, match="decoding.beam_size"):
+        load_config(write_config(tmp_path, raw))
