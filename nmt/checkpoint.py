@@ -3,7 +3,7 @@
 A checkpoint folder is written under a temporary name and renamed when complete; loading verifies every
 file against the manifest, so a truncated or corrupted checkpoint is reported by name and skipped.
 Weights are safetensors; the training state is read with `torch.load(weights_only=True)`, which refuses
-to unpickle arbitrary objects. Each checkpoint's meta.json holds its step, its dev scores and the model
+to unpickle arbitrary objects. Each checkpoint's metadata file holds its step, its dev scores and the model
 config it was saved with: the best checkpoint is found from what is on disk, never from a separate marker
 that a crash could lose, and loading refuses weights whose model differs from the config's.
 """
@@ -214,7 +214,7 @@ def _model_dump(model: ModelConfig) -> dict[str, Any]:
 
 def checkpoint_meta(step: int, epoch: int, model: nn.Module, model_config: ModelConfig,
                     scores: dict[str, float] | None) -> dict[str, Any]:
-    """What meta.json records: position, dev scores, parameter count and the model config of the weights."""
+    """What a checkpoint's metadata records: position, dev scores, parameter count and the model config of the weights."""
     return {"step": step, "epoch": epoch, **(scores or {}), "parameters": count_parameters(model),
             "model": _model_dump(model_config)}
 
@@ -222,7 +222,7 @@ def checkpoint_meta(step: int, epoch: int, model: nn.Module, model_config: Model
 def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path: Path) -> None:
     saved = checkpoint.meta.get("model")
     if not isinstance(saved, dict):
-        return  # checkpoints written before meta.json recorded the model: the shape checks below still run
+        return  # checkpoints written before the metadata recorded the model: the shape checks below still run
     differences = [d for d in config_diff(saved, _model_dump(config), "model") if not d[0].endswith("dropout")]
     if differences:
         listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)

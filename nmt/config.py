@@ -350,7 +350,7 @@ def _upgrade_saved_run(raw: dict[str, Any]) -> None:
 
 def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool = False,
                  saved_run: bool = False) -> Config:
-    """Validate a raw mapping; `saved_run` accepts what earlier versions wrote into a run's config.yaml."""
+    """Validate a raw mapping; `saved_run` accepts what earlier versions wrote into a run's saved config."""
     if saved_run:
         _upgrade_saved_run(raw)
     try:

@@ -58,6 +58,6 @@ def toy_config_dict(root: Path, **sections) -> dict:
 def write_config(root: Path, raw: dict) -> Path:
     import yaml
 
-    path = root / "config.yaml"
+    path = root / "toy.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
