@@ -67,11 +67,17 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
+def checkpoint_bytes(state_dict: dict[str, torch.Tensor], train_state: dict[str, Any]) -> int:
+    """About what a checkpoint takes on disk: its tensors, and a megabyte for the rest."""
+    return _tensor_bytes(state_dict) + _tensor_bytes(train_state) + MB
+
+
 def _disk_full_error(run: RunDir, final: CheckpointFiles, needed: int) -> DiskFullError:
     free = shutil.disk_usage(run.checkpoints_dir).free
     return DiskFullError(f"cannot write checkpoint {final.folder}: no space left on the device of {run.path} "
                            f"(a checkpoint needs about {needed / MB:,.0f} MB, {free / MB:,.0f} MB free); "
-                           "free some space, or lower training.keep_last, then resume with --resume")
+                           f"free some space (older checkpoints in {run.checkpoints_dir} can go), then resume with "
+                           "--resume")
 
 
 def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], meta: dict[str, Any],
@@ -89,7 +95,7 @@ def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], 
         shutil.rmtree(stale, ignore_errors=True)
     final = run.checkpoint(int(meta["step"]))
     staging = run.staging(final)
-    needed = _tensor_bytes(state_dict) + _tensor_bytes(train_state) + MB
+    needed = checkpoint_bytes(state_dict, train_state)
     if shutil.disk_usage(run.checkpoints_dir).free < needed:
         raise _disk_full_error(run, final, needed)
     try:
@@ -108,9 +114,9 @@ def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], 
             shutil.rmtree(final.folder)
         staging.folder.rename(final.folder)
         fsync_dir(run.checkpoints_dir)
-    except (OSError, RuntimeError) as err:
-        # torch.save reports ENOSPC as an opaque RuntimeError ("unexpected pos ..."): a device with next to
-        # nothing free at the moment of failure tells the same story.
+    except (OSError, RuntimeError, SafetensorError) as err:
+        # ENOSPC arrives as OSError, as SafetensorError, or from torch.save as an opaque RuntimeError ("unexpected
+        # pos ..."): a device with next to nothing free at the moment of failure tells the same story.
         full = (getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
                 or shutil.disk_usage(run.checkpoints_dir).free < MB)
         shutil.rmtree(staging.folder, ignore_errors=True)
@@ -208,22 +214,19 @@ def find_checkpoint(run: RunDir, which: str) -> Checkpoint:
     return found
 
 
-def _model_dump(model: ModelConfig) -> dict[str, Any]:
-    return model.model_dump(mode="json")
-
-
 def checkpoint_meta(step: int, epoch: int, model: nn.Module, model_config: ModelConfig,
                     scores: dict[str, float] | None) -> dict[str, Any]:
-    """What a checkpoint's metadata records: position, dev scores, parameter count and the model config of the weights."""
+    """What a checkpoint's metadata records: position, dev scores, parameter count and the weights' model config."""
     return {"step": step, "epoch": epoch, **(scores or {}), "parameters": count_parameters(model),
-            "model": _model_dump(model_config)}
+            "model": model_config.model_dump(mode="json")}
 
 
 def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path: Path) -> None:
     saved = checkpoint.meta.get("model")
     if not isinstance(saved, dict):
         return  # checkpoints written before the metadata recorded the model: the shape checks below still run
-    differences = [d for d in config_diff(saved, _model_dump(config), "model") if not d[0].endswith("dropout")]
+    differences = [d for d in config_diff(saved, config.model_dump(mode="json"), "model")
+                   if not d[0].endswith("dropout")]
     if differences:
         listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
         raise CheckpointError(f"{checkpoint.path.name} was saved with another model than {config_path} "
@@ -278,7 +281,8 @@ def _shared_names(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _separate_pairs(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
-    """Embedding/output pairs that tying would share, when `model` keeps them separate."""
+    """Same-shaped embedding and output matrices that `model` keeps separate: equal values in a checkpoint
+    mean it was saved with them tied (trained matrices are never equal by chance)."""
     shared = {n for pair in _shared_names(model) for n in pair}
     candidates = [n for n in tensors if n.endswith(("embed.weight", "output.weight")) and n not in shared]
     return [(a, b) for i, a in enumerate(candidates) for b in candidates[i + 1:]
@@ -307,7 +311,7 @@ def load_run_config(run: RunDir, overrides: Sequence[str] = ()) -> Config:
             raise ConfigError(f"--set {assignment!r}: a trained run accepts only decoding.* and evaluation.* "
                               "overrides")
         apply_override(raw, assignment)
-    return parse_config(raw, source=str(run.config_path), saved_run=True)
+    return parse_config(raw, source=str(run.config_path))
 
 
 @dataclass

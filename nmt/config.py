@@ -7,6 +7,7 @@ unknown keys, wrong types and bad values with the key path, and returns a `Confi
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,8 @@ from pydantic import (
 )
 
 from nmt.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -152,8 +155,8 @@ class DecoderConfig(Section):
     dropout: Fraction = 0.2
     input_feeding: bool | None = None
     """Luong attention (dot, general, concat): feed the previous attentional state h~_{t-1} into the next
-    step's RNN input; default true. Bahdanau attention feeds its context c_t instead, so `true` is an
-    error there."""
+    step's RNN input; default true. Bahdanau attention feeds its context c_t instead, so it is always false
+    there (an explicit `true` is turned off with a warning). The resolved config records the value used."""
 
 
 class AttentionConfig(Section):
@@ -175,16 +178,23 @@ class ModelConfig(Section):
 
     @property
     def input_feeding(self) -> bool:
-        """Whether the decoder feeds h~_{t-1} into step t (Luong attention, unless turned off)."""
-        return self.attention.type != "bahdanau" and self.decoder.input_feeding is not False
+        """Whether the decoder feeds h~_{t-1} into step t (resolved by `_resolve_input_feeding`)."""
+        return bool(self.decoder.input_feeding)
+
+    @model_validator(mode="after")
+    def _resolve_input_feeding(self) -> ModelConfig:
+        """Input feeding is a Luong option: on by default there, always off with Bahdanau attention."""
+        bahdanau = self.attention.type == "bahdanau"
+        if bahdanau and self.decoder.input_feeding:
+            log.warning("model.decoder.input_feeding: Bahdanau attention feeds its context vector into the RNN, "
+                        "not h~; input feeding applies to Luong attention (dot, general, concat) and is off here")
+        if self.decoder.input_feeding is None or bahdanau:
+            decoder = self.decoder.model_copy(update={"input_feeding": not bahdanau})
+            object.__setattr__(self, "decoder", decoder)  # frozen model: resolved once, while validating
+        return self
 
     @model_validator(mode="after")
     def _compatible(self) -> ModelConfig:
-        if self.attention.type == "bahdanau" and self.decoder.input_feeding:
-            raise ValueError(
-                "decoder.input_feeding applies to Luong attention (dot, general, concat); Bahdanau attention "
-                "feeds its context vector into the RNN instead: remove the key or set it false"
-            )
         if self.attention.type == "dot" and self.encoder.output_size != self.decoder.hidden_size:
             raise ValueError(
                 f"attention.type dot needs the encoder output size ({self.encoder.output_size}) to equal "
@@ -337,22 +347,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _upgrade_saved_run(raw: dict[str, Any]) -> None:
-    """Configs saved before input_feeding became Luong-only recorded its old default `true` with Bahdanau."""
-    model = raw.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("decoder"), dict):
-        return
-    attention = model.get("attention")
-    kind = attention.get("type", "bahdanau") if isinstance(attention, dict) else "bahdanau"
-    if kind == "bahdanau" and model["decoder"].get("input_feeding") is True:
-        model["decoder"]["input_feeding"] = None
-
-
-def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool = False,
-                 saved_run: bool = False) -> Config:
-    """Validate a raw mapping; `saved_run` accepts what earlier versions wrote into a run's saved config."""
-    if saved_run:
-        _upgrade_saved_run(raw)
+def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool = False) -> Config:
     try:
         return Config.model_validate(raw, context={"check_files": check_files})
     except ValidationError as err:

@@ -1,3 +1,12 @@
+"""The training loop: token-budget batches, teacher forcing, label-smoothed cross-entropy, mixed precision,
+gradient accumulation and clipping, validation with dev BLEU, early stopping, checkpoints and exact resume.
+
+One optimizer step: forward each micro-batch under autocast, scale, backward; then unscale, clip, step,
+update the scaler and the schedule (the order GradScaler needs: clipping sees true gradients).
+Resuming restores weights, optimizer, scheduler, scaler, RNG states and the position in the epoch's
+batch order, so N steps + stop + resume + N steps equal 2N uninterrupted steps on CPU.
+"""
+
 from __future__ import annotations
 
 import itertools
@@ -133,8 +142,6 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
             "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}
 
 
-
-
 class StopSignal:
     """Turns SIGINT / SIGTERM into a flag the loop checks after each step, so it can save and exit cleanly."""
 
@@ -206,11 +213,14 @@ class ThroughputMeter:
 
 
 def stop_reason(cfg: TrainingConfig, progress: Progress, seconds: float, stop: StopSignal) -> str | None:
-    """Why the loop must stop before its next step, if it must: a budget spent or a signal received."""
+    """Why the loop must stop before its next step, if it must: a budget spent, early stopping's patience
+    run out, or a signal received. (The data running out after max_epochs ends the loop by itself.)"""
     if cfg.max_steps is not None and progress.step >= cfg.max_steps:
         return "max_steps"
     if cfg.max_minutes is not None and seconds >= cfg.max_minutes * 60:
         return "max_minutes"
+    if cfg.patience is not None and progress.bad_validations >= cfg.patience:
+        return "patience"
     return stop.received
 
 
@@ -223,7 +233,7 @@ def resume_changes(run: RunDir, config: Config) -> list[tuple[str, object, objec
     """The settings `config` changes from the run's saved config; refuses changes to what was trained."""
     if not run.config_path.is_file():
         return []
-    saved = parse_config(read_yaml(run.config_path), source=str(run.config_path), saved_run=True)
+    saved = parse_config(read_yaml(run.config_path), source=str(run.config_path))
     changes = config_diff(saved.model_dump(mode="json"), config.model_dump(mode="json"))
     refused = [c for c in changes if c[0].startswith(FIXED_ON_RESUME) and not c[0].startswith(WHERE_DATA_LIVES)]
     if refused:
@@ -247,6 +257,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg.precision == "fp16")
         self.progress = Progress()
         self.nonfinite_in_a_row = 0
+        self.last_saved_step: int | None = None
         self.resumed_from: Checkpoint | None = None
         self.changes_on_resume: list[tuple[str, object, object]] = []
 
@@ -263,6 +274,23 @@ class Trainer:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.progress = Progress(**saved["progress"])
         self.resumed_from = checkpoint
+        self.last_saved_step = checkpoint.step
+
+    def apply_optimizer_settings(self) -> None:
+        """Make the config's learning rate, betas, weight decay and plateau settings win over the restored
+        optimizer and scheduler state (resuming with a changed lr must train with that lr)."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.factor, self.scheduler.patience = cfg.schedule.plateau_factor, cfg.schedule.plateau_patience
+            self.scheduler.min_lrs = [cfg.schedule.min_lr] * len(self.optimizer.param_groups)
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr
+        else:
+            self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+            for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+                group["lr"] = cfg.lr * factor(self.scheduler.last_epoch)
 
     def _train_state(self) -> dict:
         return {
@@ -277,7 +305,9 @@ class Trainer:
     def _save(self, scores: dict[str, float] | None) -> Path:
         """A checkpoint with the dev `scores` it was validated with (None: saved on a stop signal)."""
         meta = checkpoint_meta(self.progress.step, self.progress.epoch, self.model, self.config.model, scores)
-        return save_checkpoint(self.run_dir, self.model, self._train_state(), meta, self.cfg.keep_last).folder
+        folder = save_checkpoint(self.run_dir, self.model, self._train_state(), meta, self.cfg.keep_last).folder
+        self.last_saved_step = self.progress.step
+        return folder
 
     # One step -------------------------------------------------------------------------------------------
 
@@ -351,8 +381,7 @@ class Trainer:
             self.scheduler.step(scores["dev_bleu"])
         return scores, improved
 
-    def _validate_and_save(self, started: float) -> bool:
-        """Validate, log, save; True when early stopping's patience has run out."""
+    def _validate_and_save(self, started: float) -> None:
         scores, improved = self._validate()
         progress = self.progress
         progress.elapsed = time.monotonic() - started
@@ -362,7 +391,6 @@ class Trainer:
         log.info("validation at step %d: dev loss %.3f | ppl %.2f | BLEU %.2f%s", progress.step, scores["dev_loss"],
                  scores["dev_ppl"], scores["dev_bleu"], " (best)" if improved else "")
         self._save(scores)
-        return self.cfg.patience is not None and progress.bad_validations >= self.cfg.patience
 
     # The loop ---------------------------------------------------------------------------------------------
 
@@ -395,7 +423,7 @@ class Trainer:
                  f"{count_parameters(self.model):,}", self.config.model.attention.type, self.device, cfg.precision)
         started = time.monotonic() - progress.elapsed
         meter = ThroughputMeter()
-        reason = "epochs"
+        reason = "max_epochs"
         batches = self.batches()
         self.model.train()
         with progress_bar(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
@@ -416,18 +444,18 @@ class Trainer:
                 if progress.step % cfg.log_every == 0:
                     self._report(meter, started, bar)
                 if progress.step % cfg.validate_every == 0:
-                    if self._validate_and_save(started):
-                        why = "patience"
-                        break
+                    self._validate_and_save(started)
                     meter.restart_clock()
             reason = why or reason
+        if progress.step != self.last_saved_step:  # else this step's checkpoint (and its scores) is on disk
+            if stop.received:
+                progress.elapsed = time.monotonic() - started
+                self._save(None)
+            else:
+                self._validate_and_save(started)
         if stop.received:
-            progress.elapsed = time.monotonic() - started
-            path = self._save(None)
-            log.info("%s: saved %s; continue with: nmt train --config %s --resume", stop.received, path,
-                     self.run_dir.config_path)
-        elif progress.step % cfg.validate_every != 0 or progress.step == 0:
-            self._validate_and_save(started)
+            log.info("%s: saved %s; continue with: nmt train --config %s --resume", stop.received,
+                     self.run_dir.checkpoint(progress.step).folder, self.run_dir.config_path)
         log.info("stopped (%s) after %d steps; best dev BLEU %.2f; skipped steps: %d non-finite, %d out of memory",
                  reason, progress.step, progress.best_bleu, progress.skipped_nonfinite, progress.skipped_oom)
         return TrainResult(self.run_dir.path, progress.step, progress.best_bleu, reason)
@@ -452,11 +480,12 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False) -> 
     data = prepare_data(config)
     model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
     trainer = Trainer(config, run, data, model, device, show_progress)
-    run.write_config(config_to_yaml(config))
-    run.write_tokenizer(data.tokenizer)
     if existing is not None:
         trainer.restore(existing)
+        trainer.apply_optimizer_settings()
         trainer.changes_on_resume = changes
+    run.write_config(config_to_yaml(config))
+    run.write_tokenizer(data.tokenizer)
     step = existing.step if existing is not None else 0
     if dropped := run.truncate_metrics(step):
         log.info("%s: dropped %d records after step %d (those steps are trained again)", run.metrics_path, dropped,

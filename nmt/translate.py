@@ -100,10 +100,9 @@ class Translator:
         return results
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
-        """Clean raw lines as the corpus was cleaned and encode them, truncating overlong ones (with a warning)
-        to decoding.max_src_tokens."""
+        """Encode cleaned lines, truncating overlong ones (with a warning) to decoding.max_src_tokens."""
         limit = self.decoding.max_src_tokens
-        encoded = self.tokenizer.encode_src([normalize(line, self.clean) for line in lines])
+        encoded = self.tokenizer.encode_src(lines)
         for number, ids in enumerate(encoded, start=1):
             if len(ids) > limit:
                 log.warning("input line %d has %d subword tokens: truncated to %d", number, len(ids), limit)
@@ -116,10 +115,10 @@ class Translator:
         characters) gives an empty translation."""
         beam = beam_size or self.decoding.beam_size
         if n_best > beam:
-            raise ConfigError(f"--n-best {n_best} cannot exceed the beam size ({beam}): a beam keeps {beam} "
-                              "hypotheses")
-        encoded = self.encode(lines)
-        todo = [i for i, line in enumerate(lines) if has_content(normalize(line, self.clean))]
+            raise ConfigError(f"n-best {n_best} cannot exceed the beam size ({beam}): a beam keeps {beam} hypotheses")
+        cleaned = [normalize(line, self.clean) for line in lines]  # as the training corpus was cleaned
+        encoded = self.encode(cleaned)
+        todo = [i for i, line in enumerate(cleaned) if has_content(line)]
         found = self.search_ids([encoded[i] for i in todo], beam, n_best, progress) if todo else []
         empty = Hypothesis([], 0.0, 0.0, torch.zeros(0, 0))
         by_line = dict(zip(todo, found, strict=True))

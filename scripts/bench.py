@@ -81,8 +81,10 @@ def phase_train(args) -> dict:
     from itertools import islice
 
     from nmt.config import load_config
+    from nmt.models import dropout
     from nmt.train import setup
 
+    dropout.LANE_DROPOUT_ON_CPU = not args.reference_dropout
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(args.config, [*args.set, f"run_dir={run_dir}"])
     trainer = setup(config)
@@ -99,7 +101,7 @@ def phase_train(args) -> dict:
     seconds = time.perf_counter() - start
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
             "train_peak_rss_mb": peak_rss_mb(), "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
-            "precision": config.training.precision}
+            "precision": config.training.precision, "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
 
 
 def phase_decode(args) -> dict:
@@ -165,13 +167,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--budget-minutes", type=float, help="also train for this long and report dev BLEU")
+    parser.add_argument("--reference-dropout", action="store_true",
+                        help="train with nn.Dropout instead of the 16-bit-lane CPU dropout (LANE_DROPOUT_ON_CPU)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(PHASES[args.phase](args)))
         return
-    argv = ["--config", str(args.config), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    argv = ["--config", str(args.config), "--warmup", str(args.warmup), "--steps", str(args.steps),
+            *(["--reference-dropout"] if args.reference_dropout else [])]
     for item in args.set:
         argv += ["--set", item]
     figures: dict = {"config": str(args.config), "overrides": args.set, "cpu_threads": torch.get_num_threads(),

@@ -26,3 +26,45 @@ def trained_run(tmp_path_factory) -> Path:
     result = train(load_config(write_config(root, raw)))
     assert result.best_bleu > 80, f"the toy model did not learn the reversal task (dev BLEU {result.best_bleu})"
     return result.run_dir
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A factory of real size-limited filesystems (tmpfs, as root), unmounted afterwards; skips without root."""
+    import os
+    import shutil
+    import subprocess
+    import uuid
+
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        point = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
+        point.mkdir()
+        done = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(point)],
+            capture_output=True).returncode == 0
+        if not done:
+            pytest.skip("needs root and mount to create a size-limited tmpfs")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def rewrite_meta():
+    """Edit a checkpoint's meta.json and re-hash it into the manifest, as a tool that knew the format would."""
+    import json
+
+    from nmt.fileio import sha256_of
+
+    def rewrite(files, edit) -> None:
+        files.meta.write_text(edit(files.meta.read_text()))
+        manifest = json.loads(files.manifest.read_text())
+        manifest[files.META] = sha256_of(files.meta)
+        files.manifest.write_text(json.dumps(manifest))
+
+    return rewrite

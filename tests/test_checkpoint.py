@@ -4,8 +4,6 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from nmt.checkpoint import (
     latest_intact,
     load_model,
     load_train_state,
+    load_weights,
     save_checkpoint,
     verify,
 )
@@ -94,17 +93,12 @@ def test_a_manifest_that_does_not_list_every_file_is_a_corrupted_checkpoint(tmp_
 
 
 @pytest.mark.parametrize("meta", ["garbage{", "[]", '{"step": "x"}'])
-def test_a_garbage_meta_is_a_corrupted_checkpoint(tmp_path, meta):
+def test_a_garbage_meta_is_a_corrupted_checkpoint(tmp_path, meta, rewrite_meta):
     """meta.json is hashed too, so a rewritten one fails the manifest; one rewritten with its manifest fails as
     metadata. Either way the checkpoint is skipped by name, with no traceback."""
     run = small_checkpoints(tmp_path, steps=(1, 2))
     files = run.checkpoint(2)
-    files.meta.write_text(meta)
-    manifest = json.loads(files.manifest.read_text())
-    from nmt.fileio import sha256_of
-
-    manifest["meta.json"] = sha256_of(files.meta)
-    files.manifest.write_text(json.dumps(manifest))
+    rewrite_meta(files, lambda _text: meta)
     with pytest.raises(CheckpointError, match="meta.json"):
         verify(files)
     assert latest_intact(run).step == 1
@@ -161,26 +155,29 @@ def test_a_config_edited_after_training_is_refused_by_name(trained_run, tmp_path
     assert named in str(err.value)
 
 
-def test_shapes_and_tying_are_checked_even_without_a_recorded_model(trained_run, tmp_path):
-    """Checkpoints written before meta.json recorded the model config are still refused by shape and tying."""
+def test_shapes_are_checked_even_without_a_recorded_model(trained_run, tmp_path, rewrite_meta):
+    """Checkpoints written before the metadata recorded the model config are still refused by shape."""
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
     for files in RunDir(copy).checkpoints():
-        meta = json.loads(files.meta.read_text())
-        meta.pop("model")
-        files.meta.write_text(json.dumps(meta))
-        manifest = json.loads(files.manifest.read_text())
-        from nmt.fileio import sha256_of
-
-        manifest["meta.json"] = sha256_of(files.meta)
-        files.manifest.write_text(json.dumps(manifest))
+        rewrite_meta(files, lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "model"}))
     _edit_run_config(copy, lambda m: m["decoder"].update(hidden_size=32))
     with pytest.raises(CheckpointError, match=r"decoder\.\S+ \(64, 96\) in the checkpoint, \(32, 96\) in the model"):
         load_model(copy)
-    _edit_run_config(copy, lambda m: (m["decoder"].update(hidden_size=64), m.update(tie_embeddings=True,
-                                                                                   embed_dim=64)))
-    with pytest.raises(CheckpointError, match="tied|embed"):
-        load_model(copy)
+
+
+@pytest.mark.parametrize("saved_tied", [True, False])
+def test_flipped_tying_is_refused_even_without_a_recorded_model(tmp_path, saved_tied):
+    """Same shapes either way: only the tying tells the two apart, and loading must not guess."""
+    square = {"embed_dim": 16, "encoder": {"hidden_size": 8}, "decoder": {"hidden_size": 16}}
+    saved, loading = (ModelConfig(**square, tie_embeddings=t) for t in (saved_tied, not saved_tied))
+    run = RunDir(tmp_path)
+    model = build_model(saved, 20, 20)
+    save_checkpoint(run, model, {}, {"step": 1}, keep_last=2)  # metadata without the model config
+    expected = "one tied matrix in the model but differ" if not saved_tied else "tied in the checkpoint but separate"
+    with pytest.raises(CheckpointError, match=expected):
+        load_weights(build_model(loading, 20, 20), latest_intact(run))
+    load_weights(build_model(saved, 20, 20), latest_intact(run))  # the right model still loads
 
 
 def test_load_model_rebuilds_from_the_run_directory_alone(trained_run):
@@ -191,24 +188,6 @@ def test_load_model_rebuilds_from_the_run_directory_alone(trained_run):
     assert loaded.checkpoint.meta["parameters"] == sum(p.numel() for p in loaded.model.parameters())
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return done.returncode == 0
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A real 4 MB filesystem (tmpfs), so a full disk is produced, not simulated."""
-    mount = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
-    if not _mount_tmpfs(mount, "4M"):
-        pytest.skip("needs root and mount to create a size-limited tmpfs")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 TINY = ModelConfig(embed_dim=8, encoder={"hidden_size": 8}, decoder={"hidden_size": 8})
 
 
@@ -217,19 +196,20 @@ def _fill(folder: Path, leave: int) -> None:
     (folder / "filler").write_bytes(b"\0" * max(0, free - leave))
 
 
-@pytest.mark.parametrize("precheck", [True, False])
-def test_a_really_full_disk_is_a_clear_error_that_removes_the_staging_folder(small_filesystem, monkeypatch,
-                                                                           precheck):
+@pytest.mark.parametrize("fails_in", ["estimate", "torch.save", "safetensors"])
+def test_a_really_full_disk_is_a_clear_error_that_removes_the_staging_folder(tmpfs, monkeypatch, fails_in):
     """Refused before writing when the free space is visibly short; and when a write itself hits ENOSPC
-    (torch.save raises RuntimeError, not OSError), the staging folder is still removed."""
+    (torch.save raises RuntimeError, safetensors its own error, neither an OSError), the staging folder is
+    still removed and the error is the same one line."""
     import nmt.checkpoint
 
-    run = RunDir(small_filesystem / "run")
+    disk = tmpfs("4M")
+    run = RunDir(disk / "run")
     model = build_model(TINY, 20, 20)
     save_checkpoint(run, model, {"progress": {}}, checkpoint_meta(1, 0, model, TINY, {"dev_bleu": 1.0}), keep_last=5)
-    _fill(small_filesystem, leave=1536 * 1024)
-    if not precheck:  # the estimate passes, so the fault comes from the real write
-        monkeypatch.setattr(nmt.checkpoint, "_tensor_bytes", lambda _value: 0)
+    _fill(disk, leave={"estimate": 1536, "torch.save": 1536, "safetensors": 4}[fails_in] * 1024)
+    if fails_in != "estimate":  # the estimate passes, so the fault comes from the real write
+        monkeypatch.setattr(nmt.checkpoint, "checkpoint_bytes", lambda *_: 0)
     state = {"moments": torch.zeros(768 * 1024)}  # 3 MB of training state
     with pytest.raises(CheckpointError, match=r"no space left on the device of .*needs about \d+ MB, \d+ MB free"):
         save_checkpoint(run, model, state, checkpoint_meta(2, 0, model, TINY, None), keep_last=5)

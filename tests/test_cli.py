@@ -157,7 +157,7 @@ def test_beam_size_and_n_best_are_bounded(trained_run):
     assert "decoding.beam_size" in over.stderr
     short = run("translate", "--model", trained_run, "ab ca", "--beam-size", "3", "--n-best", "5")
     _one_error_line(short)
-    assert "--n-best 5 cannot exceed the beam size (3)" in short.stderr
+    assert "n-best 5 cannot exceed the beam size (3)" in short.stderr
 
 
 def test_lines_without_content_translate_to_empty_lines(trained_run):

@@ -107,20 +107,15 @@ def test_shipped_configs_are_valid():
         load_config(path, check_files=False)
 
 
-def test_input_feeding_is_a_luong_option(tmp_path):
+def test_input_feeding_is_a_luong_option_and_the_resolved_config_says_so(tmp_path, caplog):
     raw = toy_config_dict(tmp_path, model={"decoder": {"hidden_size": 64, "input_feeding": True}})
-    with pytest.raises(ConfigError, match="input_feeding applies to Luong attention"):
-        load_config(write_config(tmp_path, raw))
-    luong = toy_config_dict(tmp_path, model={"attention": {"type": "general"}})
-    assert load_config(write_config(tmp_path, luong)).model.input_feeding is True
-    assert load_config(write_config(tmp_path, toy_config_dict(tmp_path))).model.input_feeding is False
-
-
-def test_configs_saved_by_earlier_versions_still_load(tmp_path):
-    """Run directories written before input_feeding became Luong-only recorded `true` with Bahdanau."""
-    raw = toy_config_dict(tmp_path, model={"decoder": {"hidden_size": 64, "input_feeding": True}})
-    config = parse_config(raw, saved_run=True)
-    assert config.model.attention.type == "bahdanau" and config.model.input_feeding is False
+    config = load_config(write_config(tmp_path, raw))
+    assert config.model.input_feeding is False and config.model.decoder.input_feeding is False
+    assert "Bahdanau attention feeds its context vector" in caplog.text
+    luong = load_config(write_config(tmp_path, toy_config_dict(tmp_path, model={"attention": {"type": "general"}})))
+    assert luong.model.decoder.input_feeding is True
+    bahdanau = load_config(write_config(tmp_path, toy_config_dict(tmp_path)))
+    assert "input_feeding: false" in config_to_yaml(bahdanau)
 
 
 def test_beam_size_has_a_documented_maximum(tmp_path):

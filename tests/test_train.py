@@ -166,3 +166,28 @@ def test_metrics_hold_one_row_per_step_after_resume(tmp_path):
     train(load_config(path, ["training.max_steps=9"]), resume=True)
     steps = [r["step"] for r in run.metrics() if "loss" in r]
     assert steps == list(range(1, 10))
+
+
+def test_a_changed_learning_rate_on_resume_is_the_one_trained_with(tmp_path):
+    from nmt.train import setup
+
+    raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2, "lr": 0.001})
+    path = write_config(tmp_path, raw)
+    train(load_config(path))
+    trainer = setup(load_config(path, ["training.max_steps=6", "training.lr=0.005"]), resume=True)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.005]
+    trainer.train_step([next(trainer.batches())])
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.005]
+
+
+def test_resuming_a_finished_run_again_changes_nothing(tmp_path):
+    """A restart loop that always passes --resume must not re-validate, re-log or rewrite the last checkpoint."""
+    raw = toy_config_dict(tmp_path, training={"max_steps": 5, "validate_every": 2})
+    path = write_config(tmp_path, raw)
+    train(load_config(path))
+    run = RunDir(tmp_path / "run")
+    rows, meta = list(run.metrics()), run.checkpoint(5).meta.read_text()
+    result = train(load_config(path), resume=True)
+    assert result.steps == 5 and result.stop_reason == "max_steps"
+    assert list(run.metrics()) == rows
+    assert run.checkpoint(5).meta.read_text() == meta

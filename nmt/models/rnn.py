@@ -8,8 +8,9 @@ Two decoder flows, chosen by the attention type:
   together with the embedding of y_{t-1}.
 - Luong (2015): the query is the current state s_t; the attentional state h~_t = tanh(W_c [c_t; s_t]) feeds
   the output layer and, with input feeding, the next step's RNN input.
-Both feed h~_t to the output layer, which runs once over all steps after the loop. Without input feeding
-and with full teacher forcing h~_t feeds nothing back, so W_c runs once over all steps too. One fast path:
+Both feed h~_t to the output layer, which runs once over all steps after the loop (inside it only under
+scheduled sampling, which needs each step's prediction). Without input feeding and with full teacher
+forcing h~_t feeds nothing back, so W_c runs once over all steps too. One fast path:
 when the RNN's input holds nothing attention computed (`rnn_input_is_attention_free`: Luong without input
 feeding), the RNN runs as one fused call over the whole target and attention scores all steps at once.
 """
@@ -168,16 +169,19 @@ class Decoder(nn.Module):
             context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
             return self.logits(self.attentional(context, output)), weights
         inputs = embedded.unbind(1)  # one backward stack, not a zero-filled (B, T, E) gradient per step
-        outputs, contexts, all_weights, step_logits = [], [], [], []
+        feeds_back = self.input_feeding or sampling  # h~_t is needed inside the loop
+        outputs, contexts, attentionals, all_weights, step_logits = [], [], [], [], []
         prev_embedded = inputs[0]
         for t in range(len(inputs)):
             output, hidden, context, weights = self.recur(prev_embedded, state, memory)
             feed = state.feed
-            if self.input_feeding or sampling:
+            if feeds_back:
                 feed = self.attentional(context, output).squeeze(1)
+                attentionals.append(feed)
+            else:
+                outputs.append(output)
+                contexts.append(context)
             state = DecoderState(hidden, feed)
-            outputs.append(output)
-            contexts.append(context)
             all_weights.append(weights)
             if sampling:
                 step_logits.append(self.logits(feed))
@@ -190,6 +194,8 @@ class Decoder(nn.Module):
         weights = torch.cat(all_weights, dim=1)
         if sampling:
             return torch.stack(step_logits, dim=1), weights
+        if feeds_back:
+            return self.logits(torch.stack(attentionals, dim=1)), weights
         return self.logits(self.attentional(torch.cat(contexts, dim=1), torch.cat(outputs, dim=1))), weights
 
 
