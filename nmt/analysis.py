@@ -129,7 +129,7 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
 @dataclass
 class RunSummary:
     run: str
-    attention: str
+    model: str  # architecture and attention, e.g. "rnn, bahdanau" or "transformer 3+3x256, 4 heads"
     parameters: int | None  # None for runs trained before checkpoints recorded it
     minutes: float
     tokens_per_s: float
@@ -155,7 +155,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     last = validations[-1]
     tests = run.eval_reports("test")
     test_bleu = json.loads(tests[0].read_text())["scores"]["BLEU"]["score"] if tests else None
-    return RunSummary(run_dir.name, config.model.attention.type, meta.get("parameters"), last["elapsed"] / 60,
+    return RunSummary(run_dir.name, config.model.summary, meta.get("parameters"), last["elapsed"] / 60,
                       last["train_tokens_per_s"], last["peak_rss_mb"], meta["dev_bleu"], meta.get("dev_chrf", 0.0),
                       test_bleu, meta.get("dev_attention_entropy", 0.0))
 

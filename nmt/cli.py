@@ -276,9 +276,9 @@ def compare(
 
     summaries = [summarize_run(run) for run in runs]
     typer.echo(format_table(
-        ["run", "attention", "params", "train min", "tok/s", "peak MB", "dev BLEU", "dev chrF", "test BLEU",
+        ["run", "model", "params", "train min", "tok/s", "peak MB", "dev BLEU", "dev chrF", "test BLEU",
          "entropy"],
-        [[s.run, s.attention, "-" if s.parameters is None else f"{s.parameters:,}", f"{s.minutes:.1f}",
+        [[s.run, s.model, "-" if s.parameters is None else f"{s.parameters:,}", f"{s.minutes:.1f}",
           f"{s.tokens_per_s:,.0f}", f"{s.peak_rss_mb:,.0f}", f"{s.dev_bleu:.2f}", f"{s.dev_chrf:.2f}",
           "-" if s.test_bleu is None else f"{s.test_bleu:.2f}", f"{s.entropy:.3f}"] for s in summaries]))
     typer.echo(f"plot: {compare_plot(summaries, output)}")

@@ -160,13 +160,48 @@ class DecoderConfig(Section):
 
 
 class AttentionConfig(Section):
-    type: Literal["bahdanau", "dot", "general", "concat"] = "bahdanau"
+    """The RNN decoder's attention over the encoder outputs."""
+
+    type: Literal["bahdanau", "dot", "general", "concat", "multihead"] = "bahdanau"
     dim: PositiveInt | None = None
-    """Hidden size of the additive scorers (bahdanau, concat); default: the decoder hidden size."""
+    """Hidden size of the additive scorers (bahdanau, concat) or of all heads together (multihead); default:
+    the decoder hidden size."""
+    heads: PositiveInt = 4
+    """multihead: scaled dot-product heads computed in parallel and concatenated (dim must divide by it)."""
     dropout: Fraction = 0.0
 
 
+
+class TransformerConfig(Section):
+    """The Transformer of Vaswani et al. (2017): `model.type: transformer`."""
+
+    d_model: PositiveInt = 256
+    heads: PositiveInt = 4
+    ff_size: PositiveInt = 1024
+    encoder_layers: PositiveInt = 3
+    decoder_layers: PositiveInt = 3
+    dropout: Fraction = 0.1
+    """On embeddings + positions, on each sublayer's output and after the feed-forward ReLU."""
+    attention_dropout: Fraction = 0.1
+    """On the attention weights."""
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: PositiveInt = 1024
+    norm: Literal["pre", "post"] = "pre"
+    """pre: x + Sublayer(LayerNorm(x)) with a final LayerNorm (stable without long warmup); post: the paper's."""
+    tie: Literal["none", "decoder", "all"] = "decoder"
+    """decoder: target embeddings = output layer; all: source embeddings too (needs tokenizer.joint)."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        return self
+
+
 class ModelConfig(Section):
+    type: Literal["rnn", "transformer"] = "rnn"
+    """rnn: the encoder/decoder/attention keys below; transformer: the `transformer` section."""
+    transformer: TransformerConfig = TransformerConfig()
     embed_dim: PositiveInt = 256
     encoder: EncoderConfig = EncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
@@ -193,8 +228,22 @@ class ModelConfig(Section):
             object.__setattr__(self, "decoder", decoder)  # frozen model: resolved once, while validating
         return self
 
+    @property
+    def summary(self) -> str:
+        """What `nmt compare` and the training log call the architecture."""
+        if self.type == "transformer":
+            t = self.transformer
+            return f"transformer {t.encoder_layers}+{t.decoder_layers}x{t.d_model}, {t.heads} heads"
+        if self.attention.type == "multihead":
+            return f"rnn, multihead ({self.attention.heads})"
+        return f"rnn, {self.attention.type}"
+
     @model_validator(mode="after")
     def _compatible(self) -> ModelConfig:
+        attention_dim = self.attention.dim or self.decoder.hidden_size
+        if self.attention.type == "multihead" and attention_dim % self.attention.heads:
+            raise ValueError(f"attention.type multihead: attention.dim ({attention_dim}) must be a multiple of "
+                             f"attention.heads ({self.attention.heads})")
         if self.attention.type == "dot" and self.encoder.output_size != self.decoder.hidden_size:
             raise ValueError(
                 f"attention.type dot needs the encoder output size ({self.encoder.output_size}) to equal "
@@ -296,6 +345,16 @@ class Config(Section):
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
+
+    @model_validator(mode="after")
+    def _transformer_needs(self) -> Config:
+        if self.model.type == "transformer":
+            if self.model.transformer.tie == "all" and not self.tokenizer.joint:
+                raise ValueError("model.transformer.tie all shares source and target embeddings: set "
+                                 "tokenizer.joint: true")
+            if self.training.teacher_forcing < 1.0:
+                raise ValueError("training.teacher_forcing below 1 (scheduled sampling) is for model.type rnn")
+        return self
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -419,8 +419,8 @@ class Trainer:
         stop = stop or StopSignal()
         cfg, progress = self.cfg, self.progress
         self._log_resume()
-        log.info("model: %s parameters, %s attention, device %s, precision %s",
-                 f"{count_parameters(self.model):,}", self.config.model.attention.type, self.device, cfg.precision)
+        log.info("model: %s, %s parameters, device %s, precision %s", self.config.model.summary,
+                 f"{count_parameters(self.model):,}", self.device, cfg.precision)
         started = time.monotonic() - progress.elapsed
         meter = ThroughputMeter()
         reason = "max_epochs"

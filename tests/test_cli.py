@@ -124,7 +124,7 @@ def test_attention_analyze_and_compare_commands(trained_run, tmp_path):
     result = run("compare", trained_run, other / "run", "--output", tmp_path / "cmp.png")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "attention" in lines[0] and "dev BLEU" in lines[0]
+    assert "model" in lines[0] and "dev BLEU" in lines[0]
     assert any("general" in line for line in lines) and any("bahdanau" in line for line in lines)
     assert (tmp_path / "cmp.png").is_file()
     result = run("compare", tmp_path)

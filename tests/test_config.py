@@ -122,3 +122,18 @@ def test_beam_size_has_a_documented_maximum(tmp_path):
     raw = toy_config_dict(tmp_path, decoding={"beam_size": MAX_BEAM + 1})
     with pytest.raises(ConfigError, match="decoding.beam_size"):
         load_config(write_config(tmp_path, raw))
+
+
+def test_transformer_settings_are_checked_against_the_rest_of_the_config(tmp_path):
+    transformer = {"type": "transformer", "transformer": {"tie": "all"}}
+    with pytest.raises(ConfigError, match="set tokenizer.joint: true"):
+        load_config(write_config(tmp_path, toy_config_dict(tmp_path, model=transformer)))
+    with pytest.raises(ConfigError, match="multiple of heads"):
+        load_config(write_config(tmp_path, toy_config_dict(tmp_path, model={
+            "type": "transformer", "transformer": {"d_model": 30, "heads": 4}})))
+    with pytest.raises(ConfigError, match="scheduled sampling"):
+        load_config(write_config(tmp_path, toy_config_dict(tmp_path, model={"type": "transformer"},
+                                                           training={"teacher_forcing": 0.5})))
+    with pytest.raises(ConfigError, match="attention.heads"):
+        load_config(write_config(tmp_path, toy_config_dict(tmp_path, model={
+            "attention": {"type": "multihead", "heads": 3}})))

@@ -37,7 +37,7 @@ def exact_match(model, seqs) -> float:
 
 
 @pytest.mark.parametrize("attention,input_feeding", [("bahdanau", None), ("dot", True), ("general", False),
-                                                     ("concat", True)])
+                                                     ("concat", True), ("multihead", True)])
 def test_each_attention_type_learns_to_reverse(attention, input_feeding):
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)

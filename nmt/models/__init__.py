@@ -1,7 +1,9 @@
-"""The models, behind one `build_model`: the RNN encoder-decoder with Bahdanau or Luong attention (`rnn.py`).
+"""The models, behind one `build_model`: the RNN encoder-decoder with Bahdanau, Luong or multi-head attention
+(`rnn.py`) and the Transformer (`transformer.py`).
 
 Every model offers the same interface to training and search: `forward(src, lengths, src_mask, tgt_in)`
--> (logits, weights), `encode(...)` -> (memory, decoder state) and `step_log_probs(prev_ids, state, memory)`.
+-> (logits, weights), `encode(...)` -> (memory, decoder state) with `memory.repeat` and `state.select` for
+beams, and `step_log_probs(prev_ids, state, memory)`. This is the one place that branches on model.type.
 """
 
 from __future__ import annotations
@@ -10,17 +12,24 @@ from torch import nn
 
 from nmt.config import ModelConfig
 from nmt.models.rnn import Seq2Seq
+from nmt.models.transformer import Transformer
 
-Model = Seq2Seq
+Model = Seq2Seq | Transformer
 """Any model `build_model` returns."""
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Model:
+    if cfg.type == "transformer":
+        t = cfg.transformer
+        return Transformer(src_vocab_size, tgt_vocab_size, t.d_model, t.heads, t.ff_size, t.encoder_layers,
+                           t.decoder_layers, t.dropout, t.attention_dropout, t.positions, t.max_positions, t.norm,
+                           t.tie)
     return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, each tied matrix once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Model", "Seq2Seq", "build_model", "count_parameters"]
+__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters"]

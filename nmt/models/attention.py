@@ -1,4 +1,5 @@
-"""Bahdanau (additive) and Luong (dot, general, concat) attention under one stateless interface.
+"""Bahdanau (additive) and Luong (dot, general, concat) attention under one stateless interface; multi-head
+attention (nmt.models.multihead) shares it.
 
     keys = attention.project_keys(memory)                    # once per batch: depends only on the encoder
     context, weights = attention(query, keys, values, mask)  # any number of query steps at once
@@ -15,6 +16,7 @@ from torch import nn
 
 from nmt.config import AttentionConfig
 from nmt.models.dropout import make_dropout
+from nmt.models.multihead import MultiHeadAttention
 
 
 class Attention(nn.Module):
@@ -82,7 +84,9 @@ class GeneralAttention(DotAttention):
         return self.key_proj(memory)
 
 
-def build_attention(cfg: AttentionConfig, query_size: int, memory_size: int) -> Attention:
+def build_attention(cfg: AttentionConfig, query_size: int, memory_size: int) -> Attention | MultiHeadAttention:
+    if cfg.type == "multihead":  # the context stands in for c_t, so it keeps the memory size
+        return MultiHeadAttention(query_size, memory_size, cfg.dim or query_size, cfg.heads, cfg.dropout, memory_size)
     if cfg.type in ("bahdanau", "concat"):
         return AdditiveAttention(query_size, memory_size, cfg.dim or query_size, cfg.dropout)
     if cfg.type == "general":

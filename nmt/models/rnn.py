@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from nmt.config import ModelConfig
 from nmt.models.attention import Attention, build_attention
 from nmt.models.dropout import make_dropout
+from nmt.models.multihead import MultiHeadAttention
 from nmt.tokenizer import PAD_ID
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -99,7 +100,8 @@ class Decoder(nn.Module):
             rnn_input = cfg.embed_dim + (dec.hidden_size if self.input_feeding else 0)
         self.rnn = RNN_TYPES[dec.rnn](rnn_input, dec.hidden_size, dec.layers, batch_first=True,
                                       dropout=dec.dropout if dec.layers > 1 else 0.0)
-        self.attention: Attention = build_attention(cfg.attention, dec.hidden_size, memory_size)
+        self.attention: Attention | MultiHeadAttention = build_attention(cfg.attention, dec.hidden_size,
+                                                                         memory_size)
         self.combine = nn.Linear(memory_size + dec.hidden_size, dec.hidden_size, bias=False)  # W_c
         self.bridge = nn.Linear(memory_size, dec.layers * dec.hidden_size) if cfg.bridge else None
         self.output = nn.Linear(dec.hidden_size, vocab_size, bias=False)
@@ -123,6 +125,12 @@ class Decoder(nn.Module):
         hidden: Hidden = (h0, torch.zeros_like(h0)) if self.is_lstm else h0
         return DecoderState(hidden, encoder_final.new_zeros(batch, self.hidden_size))
 
+    def attend(self, query: torch.Tensor, memory: EncoderMemory) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context (B, Tq, Hm) and weights over the source (B, Tq, S); multi-head weights averaged over heads."""
+        context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
+        assert weights is not None  # the RNN decoder always takes the explicit path
+        return context, weights.mean(dim=1) if weights.dim() == 4 else weights
+
     def recur(
         self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> tuple[torch.Tensor, Hidden, torch.Tensor, torch.Tensor]:
@@ -130,12 +138,12 @@ class Decoder(nn.Module):
         s_t (B, 1, Hd), the new hidden state, the context c_t (B, 1, Hm) and the weights (B, 1, S)."""
         if self.queries_previous_state:
             query = _top_layer(state.hidden).unsqueeze(1)  # s_{t-1}
-            context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
+            context, weights = self.attend(query, memory)
             output, hidden = self.rnn(torch.cat([embedded.unsqueeze(1), context], dim=-1), state.hidden)
         else:
             rnn_input = torch.cat([embedded, state.feed], dim=-1) if self.input_feeding else embedded
             output, hidden = self.rnn(rnn_input.unsqueeze(1), state.hidden)
-            context, weights = self.attention(output, memory.keys, memory.values, memory.mask)  # query s_t
+            context, weights = self.attend(output, memory)  # query s_t
         return output, hidden, context, weights
 
     def attentional(self, context: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -166,7 +174,7 @@ class Decoder(nn.Module):
         sampling = teacher_forcing < 1.0
         if not sampling and self.rnn_input_is_attention_free:
             output, _ = self.rnn(embedded, state.hidden)
-            context, weights = self.attention(output, memory.keys, memory.values, memory.mask)
+            context, weights = self.attend(output, memory)
             return self.logits(self.attentional(context, output)), weights
         inputs = embedded.unbind(1)  # one backward stack, not a zero-filled (B, T, E) gradient per step
         feeds_back = self.input_feeding or sampling  # h~_t is needed inside the loop

@@ -1,0 +1,82 @@
+"""Multi-head scaled dot-product attention (Vaswani et al. 2017, sec. 3.2), stateless like nmt.models.attention.
+
+    keys = attention.project_keys(memory)                    # once per batch: W^K h and W^V h, side by side
+    context, weights = attention(query, keys, values, mask)  # any number of query steps at once
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(dh)) V, per head; the heads are concatenated and projected by W^O.
+
+Shapes: B batch, T query steps, S key positions, Hq query size, Hm memory size, D = heads x dh the attention
+size, O the output size (default Hm, so that the context can stand in for the RNN decoder's c_t).
+
+`project_keys` returns one tensor (B, S, 2D) holding the key and the value projections, batch on dim 0, so
+`EncoderMemory.repeat` and a decoder's key/value cache (concatenated along dim 1) handle it like any other
+tensor. `forward` therefore reads keys and values from `keys`; its `values` argument is accepted for the
+shared (query, keys, values, mask) signature and ignored.
+
+Two paths compute the same context: the explicit softmax, the reference, which returns the weights
+(B, heads, T, S) with masked positions exactly 0; and torch's fused `scaled_dot_product_attention`
+(`need_weights=False`), faster and lighter in training, which returns no weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, query_size: int, memory_size: int, dim: int, heads: int, dropout: float = 0.0,
+                 out_size: int | None = None):
+        super().__init__()
+        if heads < 1 or dim % heads != 0:
+            raise ValueError(f"multi-head attention: dim {dim} must be a positive multiple of heads {heads}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.dropout = dropout  # on the attention weights, training only
+        self.query_proj = nn.Linear(query_size, dim)  # W^Q, all heads at once
+        self.memory_proj = nn.Linear(memory_size, 2 * dim)  # W^K and W^V stacked: one matmul for both
+        self.out_proj = nn.Linear(dim, out_size or memory_size)  # W^O
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, S, Hm) -> keys and values (B, S, 2D); position-wise, so a cache may grow it along dim 1."""
+        return self.memory_proj(memory)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, heads, L, dh)."""
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    @staticmethod
+    def _broadcast_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, S) padding mask -> (B, 1, 1, S); (B or 1, T, S) e.g. causal -> (B or 1, 1, T, S)."""
+        if mask is None or mask.dim() == 4:
+            return mask
+        if mask.dim() == 2:
+            return mask[:, None, None, :]
+        if mask.dim() == 3:
+            return mask[:, None]
+        raise ValueError(f"attention mask must be (B, S) or (B, T, S), got shape {tuple(mask.shape)}")
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor | None,
+        need_weights: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Query (B, T, Hq), keys from `project_keys` (B, S, 2D), mask True at positions to attend to
+        ((B, S), (B, T, S) or broadcastable; None: all) -> context (B, T, O) and weights (B, heads, T, S), or
+        None with `need_weights=False` (fused path). `values` is ignored: `keys` already holds W^V h."""
+        q = self._split_heads(self.query_proj(query))  # (B, heads, T, dh)
+        k, v = (self._split_heads(part) for part in keys.split(self.dim, dim=-1))  # (B, heads, S, dh) each
+        mask4 = self._broadcast_mask(mask)
+        p = self.dropout if self.training else 0.0
+        weights: torch.Tensor | None = None
+        if need_weights:
+            scores = torch.matmul(q, k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (B, heads, T, S)
+            if mask4 is not None:
+                scores = scores.masked_fill(~mask4, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
+            heads_out = torch.matmul(F.dropout(weights, p, self.training).to(v.dtype), v)
+        else:
+            heads_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4, dropout_p=p)
+        context = heads_out.transpose(1, 2).flatten(2)  # (B, T, D): the heads concatenated
+        return self.out_proj(context), weights

@@ -1,0 +1,299 @@
+"""The Transformer encoder-decoder (Vaswani et al. 2017), behind the same interface as the RNN `Seq2Seq`:
+`forward` (teacher forced), `encode` -> (memory, state), `step_log_probs` for search, plus `attention_maps`.
+
+Shapes: B batch, S source positions, T target positions, D = d_model, F the feed-forward size, heads,
+dh = D / heads, V target vocabulary, N decoding rows (sentences x beams).
+
+Recipe (sec. 3 and 5.4 of the paper, with the pre-norm of Wang et al. 2019 as the default):
+- embeddings scaled by sqrt(D), plus sinusoidal (sec. 3.5) or learned positions, then dropout;
+- each sublayer (self-attention, cross-attention, feed-forward) is wrapped as
+  pre-norm  x + Dropout(Sublayer(LayerNorm(x))), with a final LayerNorm on each stack, or
+  post-norm LayerNorm(x + Dropout(Sublayer(x))), the paper's original;
+- attention dropout on the weights (`attention_dropout`) and dropout after the feed-forward ReLU (`dropout`,
+  as tensor2tensor's relu_dropout);
+- tie="decoder" shares the target embedding with the output layer (sec. 3.4), tie="all" also the source
+  embedding (one matrix over a joint vocabulary, Press & Wolf 2017).
+
+Incremental decoding keeps each decoder layer's self-attention keys and values of the positions decoded so
+far in `TransformerState` (handed in and out, reordered by `select` for beams), and the cross-attention keys
+and values, projected once per batch, in `TransformerMemory`. The fused attention path runs wherever weights
+are not needed; the explicit one gives the last layer's cross-attention weights in eval mode and at each step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.models.multihead import MultiHeadAttention
+from nmt.tokenizer import PAD_ID
+
+
+@dataclass
+class TransformerMemory:
+    """What every decoder step reads: encoder output, source mask, each decoder layer's cross-attention keys."""
+
+    output: torch.Tensor  # (B, S, D) the encoder stack's output
+    mask: torch.Tensor  # (B, S) True at real tokens
+    cross_keys: tuple[torch.Tensor, ...]  # per decoder layer (B, S, 2D): W^K h and W^V h, projected once
+
+    def repeat(self, times: int) -> TransformerMemory:
+        """Each sentence `times` times in a row (for beams); projections reused, not recomputed."""
+        return TransformerMemory(self.output.repeat_interleave(times, dim=0),
+                                 self.mask.repeat_interleave(times, dim=0),
+                                 tuple(k.repeat_interleave(times, dim=0) for k in self.cross_keys))
+
+
+@dataclass
+class TransformerState:
+    """The decoder's self-attention cache: per layer, keys and values (B, t, 2D) of the t positions so far."""
+
+    cache: tuple[torch.Tensor, ...]
+    position: int  # t: the index of the next position to decode (same for every row)
+
+    def select(self, index: torch.Tensor) -> TransformerState:
+        """Keep / reorder batch rows (beam search)."""
+        return TransformerState(tuple(c.index_select(0, index) for c in self.cache), self.position)
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...) (sec. 3.5): (length, D)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+    return table
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2 (eq. 2), with dropout after the ReLU."""
+
+    def __init__(self, d_model: int, ff_size: int, dropout: float):
+        super().__init__()
+        self.inner, self.outer, self.dropout = nn.Linear(d_model, ff_size), nn.Linear(ff_size, d_model), dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(F.dropout(F.relu(self.inner(x)), self.dropout, self.training))
+
+
+class Sublayer(nn.Module):
+    """A residual connection around one sublayer, with its LayerNorm before (pre) or after (post) it."""
+
+    def __init__(self, d_model: int, dropout: float, norm: Literal["pre", "post"]):
+        super().__init__()
+        self.norm, self.pre, self.dropout = nn.LayerNorm(d_model), norm == "pre", dropout
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the sublayer reads: LayerNorm(x) with pre-norm, x itself with post-norm."""
+        return self.norm(x) if self.pre else x
+
+    def residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        x = x + F.dropout(out, self.dropout, self.training)
+        return x if self.pre else self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float, attention_dropout: float,
+                 norm: Literal["pre", "post"]):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, d_model, d_model, heads, attention_dropout)
+        self.ff = FeedForward(d_model, ff_size, dropout)
+        self.attn_sub, self.ff_sub = Sublayer(d_model, dropout, norm), Sublayer(d_model, dropout, norm)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, S, D), mask (B, S) -> (B, S, D) and self-attention weights (B, heads, S, S) or None."""
+        h = self.attn_sub.inputs(x)
+        out, weights = self.self_attn(h, self.self_attn.project_keys(h), None, mask, need_weights)
+        x = self.attn_sub.residual(x, out)
+        return self.ff_sub.residual(x, self.ff(self.ff_sub.inputs(x))), weights
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float, attention_dropout: float,
+                 norm: Literal["pre", "post"]):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, d_model, d_model, heads, attention_dropout)
+        self.cross_attn = MultiHeadAttention(d_model, d_model, d_model, heads, attention_dropout)
+        self.ff = FeedForward(d_model, ff_size, dropout)
+        self.self_sub, self.cross_sub, self.ff_sub = (Sublayer(d_model, dropout, norm) for _ in range(3))
+
+    def forward(
+        self, x: torch.Tensor, cache: torch.Tensor | None, self_mask: torch.Tensor | None, cross_keys: torch.Tensor,
+        src_mask: torch.Tensor, need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """New positions x (B, T, D) after `cache` (B, t, 2D) of earlier ones (None: none) -> output (B, T, D),
+        the grown cache (B, t + T, 2D), self-attention weights (B, heads, T, t + T) and cross-attention
+        weights (B, heads, T, S), the weights None unless `need_weights`."""
+        h = self.self_sub.inputs(x)
+        keys = self.self_attn.project_keys(h)
+        if cache is not None:
+            keys = torch.cat([cache, keys], dim=1)
+        out, self_weights = self.self_attn(h, keys, None, self_mask, need_weights)
+        x = self.self_sub.residual(x, out)
+        out, cross_weights = self.cross_attn(self.cross_sub.inputs(x), cross_keys, None, src_mask, need_weights)
+        x = self.cross_sub.residual(x, out)
+        x = self.ff_sub.residual(x, self.ff(self.ff_sub.inputs(x)))
+        return x, keys, self_weights, cross_weights
+
+
+class Transformer(nn.Module):
+    def __init__(
+        self, src_vocab_size: int, tgt_vocab_size: int, d_model: int, heads: int, ff_size: int,
+        encoder_layers: int, decoder_layers: int, dropout: float, attention_dropout: float,
+        positions: Literal["sinusoidal", "learned"] = "sinusoidal", max_positions: int = 1024,
+        norm: Literal["pre", "post"] = "pre", tie: Literal["none", "decoder", "all"] = "decoder",
+    ):
+        super().__init__()
+        if tie == "all" and src_vocab_size != tgt_vocab_size:
+            raise ValueError(f"tie='all' shares one embedding matrix, which needs a joint vocabulary: source "
+                             f"vocabulary {src_vocab_size} != target vocabulary {tgt_vocab_size}")
+        for name, value, choices in (("positions", positions, ("sinusoidal", "learned")),
+                                     ("norm", norm, ("pre", "post")), ("tie", tie, ("none", "decoder", "all"))):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        self.d_model, self.max_positions, self.dropout = d_model, max_positions, dropout
+        self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD_ID)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
+        learned = positions == "learned"
+        self.learned_positions = nn.Embedding(max_positions, d_model) if learned else None
+        self.sinusoids: torch.Tensor | None  # a fixed table, rebuilt rather than saved with the weights
+        self.register_buffer("sinusoids", None if learned else sinusoidal_positions(max_positions, d_model),
+                             persistent=False)
+        layer_args = (d_model, heads, ff_size, dropout, attention_dropout, norm)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(decoder_layers))
+        # pre-norm leaves each stack's output unnormalized: one LayerNorm closes it; post-norm already ends in one
+        self.encoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.output = nn.Linear(d_model, tgt_vocab_size, bias=False)
+        self._init_weights()
+        if tie in ("decoder", "all"):
+            self.output.weight = self.tgt_embed.weight
+        if tie == "all":
+            self.src_embed.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform matrices; embeddings N(0, 1/D), so that the sqrt(D)-scaled embedding has unit variance."""
+        for name, parameter in self.named_parameters():
+            if parameter.dim() > 1 and "embed" not in name and "positions" not in name:
+                nn.init.xavier_uniform_(parameter)
+        for embedding in (self.src_embed, self.tgt_embed):
+            nn.init.normal_(embedding.weight, std=self.d_model ** -0.5)
+            with torch.no_grad():
+                embedding.weight[PAD_ID].zero_()
+        if self.learned_positions is not None:
+            nn.init.normal_(self.learned_positions.weight, std=self.d_model ** -0.5)
+
+    def _positions(self, start: int, length: int) -> torch.Tensor:
+        """Position encodings of positions start .. start + length - 1: (length, D)."""
+        if start + length > self.max_positions:
+            raise ValueError(f"sequence of {start + length} positions is longer than max_positions "
+                             f"{self.max_positions}")
+        if self.sinusoids is not None:
+            return self.sinusoids[start:start + length]
+        assert self.learned_positions is not None
+        return self.learned_positions.weight[start:start + length]
+
+    def _embed(self, embedding: nn.Embedding, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, L) ids -> Dropout(sqrt(D) E[ids] + PE) (B, L, D) (sec. 3.4, 3.5, 5.4)."""
+        x = embedding(ids) * math.sqrt(self.d_model) + self._positions(start, ids.shape[1])
+        return F.dropout(x, self.dropout, self.training)
+
+    def _encode(self, src: torch.Tensor, src_mask: torch.Tensor, need_weights: bool = False
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, S) ids -> encoder output (B, S, D) and, with `need_weights`, each layer's self-attention weights."""
+        x, all_weights = self._embed(self.src_embed, src), []
+        for layer in self.encoder_layers:
+            x, weights = layer(x, src_mask, need_weights)
+            if weights is not None:
+                all_weights.append(weights)
+        return self.encoder_norm(x), all_weights
+
+    def _start(self, output: torch.Tensor, src_mask: torch.Tensor) -> tuple[TransformerMemory, TransformerState]:
+        """Project every decoder layer's cross-attention keys and values once; caches start empty (B, 0, 2D)."""
+        layers = cast("list[DecoderLayer]", list(self.decoder_layers))
+        cross_keys = tuple(layer.cross_attn.project_keys(output) for layer in layers)
+        empty = output.new_zeros(output.shape[0], 0, 2 * self.d_model)
+        return TransformerMemory(output, src_mask, cross_keys), TransformerState((empty,) * len(cross_keys), 0)
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor
+               ) -> tuple[TransformerMemory, TransformerState]:
+        """Run the encoder once: memory for every decoder step, and the state at position 0. `lengths` is
+        unused (the mask says it all) and kept for the shared interface."""
+        return self._start(self._encode(src, src_mask)[0], src_mask)
+
+    def _decode(
+        self, x: torch.Tensor, state: TransformerState, memory: TransformerMemory, self_mask: torch.Tensor | None,
+        need_weights: Literal["none", "last", "all"],
+    ) -> tuple[torch.Tensor, TransformerState, list[torch.Tensor], list[torch.Tensor]]:
+        """Embedded new positions (B, T, D) -> decoder output (B, T, D), the state with the grown caches, and
+        the self- and cross-attention weights of the layers that `need_weights` asks for (explicit path)."""
+        caches: list[torch.Tensor] = []
+        self_weights: list[torch.Tensor] = []
+        cross_weights: list[torch.Tensor] = []
+        last = len(self.decoder_layers) - 1
+        for i, (layer, cache, keys) in enumerate(zip(self.decoder_layers, state.cache, memory.cross_keys,
+                                                     strict=True)):
+            explicit = need_weights == "all" or (need_weights == "last" and i == last)
+            x, cache, sw, cw = layer(x, cache, self_mask, keys, memory.mask, explicit)
+            caches.append(cache)
+            if sw is not None and cw is not None:
+                self_weights.append(sw)
+                cross_weights.append(cw)
+        state = TransformerState(tuple(caches), state.position + x.shape[1])
+        return self.decoder_norm(x), state, self_weights, cross_weights
+
+    @staticmethod
+    def causal_mask(length: int, device: torch.device) -> torch.Tensor:
+        """(1, T, T), True where position j <= i may be attended to from position i."""
+        return torch.ones(length, length, dtype=torch.bool, device=device).tril().unsqueeze(0)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
+                teacher_forcing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced: logits (B, T, V) and, in eval mode, the last decoder layer's cross-attention
+        weights averaged over heads (B, T, S); None in training, where the fused path skips them."""
+        if teacher_forcing < 1.0:
+            raise ValueError("teacher_forcing < 1 (scheduled sampling) is for RNN decoders only: the Transformer "
+                             "decodes all target positions in parallel from the reference")
+        memory, state = self.encode(src, lengths, src_mask)
+        x = self._embed(self.tgt_embed, tgt_in)
+        need: Literal["none", "last"] = "none" if self.training else "last"
+        x, _, _, cross = self._decode(x, state, memory, self.causal_mask(tgt_in.shape[1], tgt_in.device), need)
+        weights = cross[-1].mean(dim=1) if cross else None
+        return self.output(x), weights
+
+    def step_log_probs(
+        self, prev_ids: torch.Tensor, state: TransformerState, memory: TransformerMemory
+    ) -> tuple[torch.Tensor, TransformerState, torch.Tensor]:
+        """Search's step function: previous ids (N,) -> log-probabilities (N, V) float32, the state with one
+        more position in every cache, and the last layer's cross-attention weights averaged over heads (N, S)."""
+        x = self._embed(self.tgt_embed, prev_ids.unsqueeze(1), start=state.position)
+        x, state, _, cross = self._decode(x, state, memory, None, "last")  # the new position sees all cached ones
+        log_probs = torch.log_softmax(self.output(x.squeeze(1)).float(), dim=-1)
+        return log_probs, state, cross[-1].mean(dim=1).squeeze(1)
+
+    @torch.no_grad()
+    def attention_maps(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                       tgt_in: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every layer's exact attention weights (explicit path, eval mode), teacher forced on `tgt_in`:
+        "encoder_self" (layers, B, heads, S, S), "decoder_self" (layers, B, heads, T, T),
+        "cross" (layers, B, heads, T, S)."""
+        was_training = self.training
+        self.eval()
+        try:
+            output, encoder_self = self._encode(src, src_mask, need_weights=True)
+            memory, state = self._start(output, src_mask)
+            x = self._embed(self.tgt_embed, tgt_in)
+            causal = self.causal_mask(tgt_in.shape[1], tgt_in.device)
+            _, _, decoder_self, cross = self._decode(x, state, memory, causal, "all")
+        finally:
+            self.train(was_training)
+        return {"encoder_self": torch.stack(encoder_self), "decoder_self": torch.stack(decoder_self),
+                "cross": torch.stack(cross)}
