@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nmt.attention_stats import AttentionStats, attention_stats
 from nmt.checkpoint import best_files, load_model, load_run_config, read_meta
@@ -18,19 +19,35 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.evaluate import eval_set
 from nmt.fileio import atomic_write_text
 from nmt.metrics import bleu, chrf
-from nmt.plots import bar_panels, heatmap_html, heatmap_png
+from nmt.models import Transformer
+from nmt.plots import bar_panels, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.rundir import RunDir
+from nmt.tokenizer import BOS_ID, PAD_ID
 from nmt.translate import Translator
+
+ATTENTION_KINDS = ("cross", "encoder", "decoder")
+"""cross: target over source; encoder: source self-attention; decoder: target self-attention (causal)."""
+
+
+@dataclass
+class HeadSummary:
+    """One head's focus over a sentence: mean entropy and mean largest weight of its rows."""
+
+    layer: int  # 1-based
+    head: int  # 1-based
+    entropy: float
+    max_weight: float
 
 
 @dataclass
 class SentenceAttention:
     source: str
     translation: str
-    src_labels: list[str]
-    tgt_labels: list[str]
-    weights: np.ndarray  # (T, S)
-    stats: AttentionStats
+    col_labels: list[str]  # what is attended to (source tokens; target inputs for decoder self-attention)
+    row_labels: list[str]  # who attends (target outputs; source tokens for encoder self-attention)
+    weights: np.ndarray  # (rows, cols): the drawn head, or the heads' average when all are drawn
+    stats: AttentionStats  # of `weights`
+    heads: list[HeadSummary]  # every layer and head of the chosen kind (Transformer runs; empty for RNNs)
     png: Path
     html: Path
 
@@ -41,26 +58,76 @@ def file_stem(sentence: str) -> str:
     return f"{slug}-{hashlib.sha1(sentence.encode()).hexdigest()[:8]}"
 
 
+def _pick(count: int, chosen: int | None, what: str) -> int | None:
+    """A 1-based --layer/--head checked against what the model has; None stays None."""
+    if chosen is not None and not 1 <= chosen <= count:
+        raise ConfigError(f"--{what} {chosen}: the model has {count} {what}s (1 to {count})")
+    return chosen
+
+
+def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
+    """maps (layers, heads, rows, cols) -> one summary per layer and head."""
+    found = []
+    for layer in range(maps.shape[0]):
+        for head in range(maps.shape[1]):
+            summary = attention_stats(maps[layer, head]).summary()
+            found.append(HeadSummary(layer + 1, head + 1, summary["entropy"][0], summary["max_weight"][0]))
+    return found
+
+
 def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
-                     checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = ()
-                     ) -> SentenceAttention:
-    """Translate one sentence and draw where each target token looked."""
+                     checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = (),
+                     kind: str = "cross", layer: int | None = None, head: int | None = None) -> SentenceAttention:
+    """Translate one sentence and draw where each token looked. An RNN has one cross-attention map; for a
+    Transformer, `kind` picks cross-, encoder self- or decoder self-attention, `layer` one layer (default the
+    last) and `head` one head (default: a grid of all heads of that layer)."""
+    if kind not in ATTENTION_KINDS:
+        raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
     loaded = load_model(run_dir, checkpoint, overrides)
-    translator = Translator.for_run(loaded)
-    translation = translator.translate([sentence], beam_size or 1)[0]
+    translation = Translator.for_run(loaded).translate([sentence], beam_size or 1)[0]
     best = translation.hypotheses[0]
-    src_labels = loaded.tokenizer.src_pieces(translation.src_ids)
-    tgt_labels = loaded.tokenizer.tgt_pieces(best.tokens)
-    weights = best.attention.numpy()
-    if len(tgt_labels) < weights.shape[0]:
-        tgt_labels.append("</s>")
-    folder = out_dir or loaded.run.attention_dir
+    tokenizer = loaded.tokenizer
+    src_labels = tokenizer.src_pieces(translation.src_ids)
+    tgt_labels = tokenizer.tgt_pieces(best.tokens)
+    rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
+    tgt_out = (tgt_labels + ["</s>"])[:rows]
     title = f"{sentence} -> {translation.text}"
-    stem = folder / file_stem(sentence)
-    png = heatmap_png(weights, src_labels, tgt_labels, stem.with_suffix(".png"), title)
-    page = heatmap_html(weights, src_labels, tgt_labels, stem.with_suffix(".html"), title)
-    return SentenceAttention(sentence, translation.text, src_labels, tgt_labels, weights,
-                             attention_stats(best.attention, threshold), png, page)
+    heads: list[HeadSummary] = []
+    suffix = ""
+    if not isinstance(loaded.model, Transformer):
+        if kind != "cross" or layer is not None or head is not None:
+            raise ConfigError("--kind, --layer and --head select among a Transformer's attentions; this RNN run "
+                              "has one cross-attention map")
+        weights = best.attention
+        panels = [("cross-attention", weights.numpy())]
+        row_labels, col_labels = tgt_out, src_labels
+    else:
+        src = torch.tensor([translation.src_ids])
+        tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
+        maps = loaded.model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
+        chosen = {"cross": maps["cross"], "encoder": maps["encoder_self"], "decoder": maps["decoder_self"]}[kind]
+        chosen = chosen[:, 0].float()  # (layers, heads, rows, cols)
+        layer = _pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
+        head = _pick(chosen.shape[1], head, "head")
+        heads = _summaries(chosen)
+        row_labels, col_labels = {"cross": (tgt_out, src_labels), "encoder": (src_labels, src_labels),
+                                  "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
+        in_layer = chosen[layer - 1]
+        if head is None:
+            weights = in_layer.mean(dim=0)
+            panels = [(f"{kind} layer {layer} head {h + 1}", in_layer[h].numpy()) for h in range(in_layer.shape[0])]
+        else:
+            weights = in_layer[head - 1]
+            panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
+        suffix = f".{kind}-layer{layer}" + (f"-head{head}" if head else "")
+    stem = f"{(out_dir or loaded.run.attention_dir) / file_stem(sentence)}{suffix}"
+    if len(panels) == 1:
+        png = heatmap_png(panels[0][1], col_labels, row_labels, Path(f"{stem}.png"), title)
+    else:
+        png = save_figure(heads_figure(panels, col_labels, row_labels, title), Path(f"{stem}.png"))
+    page = heatmap_html(panels, col_labels, row_labels, Path(f"{stem}.html"), title)
+    return SentenceAttention(sentence, translation.text, col_labels, row_labels, weights.numpy(),
+                             attention_stats(weights, threshold), heads, png, page)
 
 
 @dataclass

@@ -108,6 +108,12 @@ class Which(str, Enum):
     last = "last"  # the newest intact checkpoint
 
 
+class Kind(str, Enum):
+    cross = "cross"
+    encoder = "encoder"
+    decoder = "decoder"
+
+
 class Split(str, Enum):
     dev = "dev"
     test = "test"
@@ -216,17 +222,29 @@ def attention(
                                                     "(default RUN_DIR/attention).")] = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
+    kind: Annotated[Kind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
+                                       "self-attention.")] = Kind.cross,
+    layer: Annotated[int | None, typer.Option("--layer", min=1, help="Transformer: which layer (default the "
+                                              "last).")] = None,
+    head: Annotated[int | None, typer.Option("--head", min=1, help="Transformer: one head (default a grid of "
+                                             "all heads).")] = None,
 ) -> None:
-    """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics."""
+    """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics;
+    for a Transformer, per layer and head too."""
     from nmt.analysis import inspect_sentence
 
     found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint.value, output_dir,
-                             set_ or [])
+                             set_ or [], kind.value, layer, head)
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
+    if found.heads:
+        typer.echo(format_table(["layer", "head", "entropy", "max weight"],
+                                [[h.layer, h.head, f"{h.entropy:.3f}", f"{h.max_weight:.3f}"] for h in found.heads]))
+        typer.echo("")
     rows = [[label, f"{e:.3f}", f"{m:.3f}", n] for label, e, m, n in
-            zip(found.tgt_labels, stats.entropy, stats.max_weight, stats.above_threshold, strict=True)]
-    typer.echo(format_table(["target", "entropy", "max weight", f"> {threshold:g}"], rows))
+            zip(found.row_labels, stats.entropy, stats.max_weight, stats.above_threshold, strict=True)]
+    shown = "heads averaged" if found.heads and head is None else "weights"
+    typer.echo(format_table(["token", f"entropy ({shown})", "max weight", f"> {threshold:g}"], rows))
     summary = stats.summary()
     typer.echo("mean ± std: " + ", ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in summary.items()))
     typer.echo(f"heatmap: {found.png}\n         {found.html}")

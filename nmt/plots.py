@@ -73,30 +73,59 @@ def heatmap_figure(weights, src_labels: Sequence[str], tgt_labels: Sequence[str]
     return fig
 
 
-def heatmap_png(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], path: Path, title: str = "") -> Path:
-    fig = heatmap_figure(weights, src_labels, tgt_labels, title)
+def heads_figure(panels: Sequence[tuple[str, object]], src_labels: Sequence[str], tgt_labels: Sequence[str],
+                 title: str = "") -> plt.Figure:
+    """A grid of heatmaps sharing their labels, one per attention head (exercise 4.6: each head's pattern)."""
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    families = font_for(list(src_labels) + list(tgt_labels) + [title])
+    width, height = max(3.0, 0.3 * len(src_labels) + 1.5), max(2.5, 0.3 * len(tgt_labels) + 1.2)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    font = {"family": families, "fontsize": 7}
+    for ax, (caption, weights) in zip(axes.flat, panels, strict=False):
+        ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(src_labels)), labels=list(src_labels), rotation=60, ha="right", fontdict=font)
+        ax.set_yticks(range(len(tgt_labels)), labels=list(tgt_labels), fontdict=font)
+        ax.set_title(caption, fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontproperties={"family": families}, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 
 
-def heatmap_html(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], path: Path, title: str = "") -> Path:
-    """The same heatmap as a self-contained HTML table (no scripts, no external files)."""
+def heatmap_png(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], path: Path, title: str = "") -> Path:
+    return save_figure(heatmap_figure(weights, src_labels, tgt_labels, title), path)
+
+
+def heatmap_html(panels: Sequence[tuple[str, object]], src_labels: Sequence[str], tgt_labels: Sequence[str],
+                 path: Path, title: str = "") -> Path:
+    """The heatmaps (one per head, or one) as self-contained HTML tables (no scripts, no external files)."""
     head = "".join(f"<th class='src'>{html.escape(s)}</th>" for s in src_labels)
-    body = []
-    for i, label in enumerate(tgt_labels):
-        cells = "".join(
-            f"<td style='background:rgba(33,102,172,{float(w):.3f});color:{'#fff' if float(w) > 0.6 else '#000'}'"
-            f" title='{html.escape(label)} / {html.escape(src_labels[j])}: {float(w):.4f}'>{float(w):.2f}</td>"
-            for j, w in enumerate(weights[i]))
-        body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    tables = []
+    for caption, weights in panels:
+        body = []
+        for i, label in enumerate(tgt_labels):
+            cells = "".join(
+                f"<td style='background:rgba(33,102,172,{float(w):.3f});color:{'#fff' if float(w) > 0.6 else '#000'}'"
+                f" title='{html.escape(label)} / {html.escape(src_labels[j])}: {float(w):.4f}'>{float(w):.2f}</td>"
+                for j, w in enumerate(weights[i]))  # type: ignore[index]
+            body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+        tables.append(f"<h4>{html.escape(caption)}</h4><table><tr><th></th>{head}</tr>{''.join(body)}</table>")
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>attention</title><style>"
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:3px 6px;font-size:13px;"
         "text-align:center}th.src{writing-mode:vertical-rl;transform:rotate(180deg)}td{border:1px solid #eee}"
-        f"</style></head><body><h3>{html.escape(title)}</h3><table><tr><th></th>{head}</tr>{''.join(body)}"
-        "</table><p>rows: target tokens; columns: source tokens; cells: attention weights</p></body></html>\n"
+        f"</style></head><body><h3>{html.escape(title)}</h3>{''.join(tables)}"
+        "<p>rows: query tokens; columns: attended tokens; cells: attention weights</p></body></html>\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -114,7 +143,4 @@ def bar_panels(labels: Sequence[str], series: dict[str, Sequence[float]], path: 
         ax.set_title(name)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -18,6 +18,12 @@ E + Hd with input feeding):
   combine   T * 2*(He + Hd)*Hd                 h~ = tanh(W_c [c; s])
   output    T * 2*Hd*V                         logits
 Element-wise work (tanh, sigmoid, softmax) is not counted.
+
+For `model.type: transformer` (D = d_model, F = ff_size, L layers, mean lengths S and T):
+  encoder   S * L * (8*D*D + 4*D*F + 4*S*D)              q, k, v, o projections; feed-forward; scores + context
+  decoder   T * L * (8*D*D + 4*T*D + 4*D*D + 4*S*D + 4*D*F) self-attention; cross q, o; cross scores; feed-forward
+            + S * L * 4*D*D                              cross-attention keys and values, once per batch
+  output    T * 2*D*V
 """
 
 from __future__ import annotations
@@ -53,8 +59,20 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> f
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def transformer_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab: int) -> float:
+    t = config.model.transformer
+    d, f = t.d_model, t.ff_size
+    mean_src, mean_tgt = src_tokens / sentences, tgt_tokens / sentences
+    encoder = src_tokens * t.encoder_layers * (8 * d * d + 4 * d * f + 4 * mean_src * d)
+    decoder = tgt_tokens * t.decoder_layers * (12 * d * d + 4 * mean_tgt * d + 4 * mean_src * d + 4 * d * f)
+    cross_keys = src_tokens * t.decoder_layers * 4 * d * d
+    return encoder + decoder + cross_keys + tgt_tokens * 2 * d * vocab
+
+
 def model_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab: int) -> float:
-    """Forward FLOPs of one batch by the formula in this file's docstring."""
+    """Forward FLOPs of one batch by the formulas in this file's docstring."""
+    if config.model.type == "transformer":
+        return transformer_flops(config, src_tokens, tgt_tokens, sentences, vocab)
     m = config.model
     enc, dec = m.encoder, m.decoder
     gates_enc, gates_dec = (3 if enc.rnn == "gru" else 4), (3 if dec.rnn == "gru" else 4)

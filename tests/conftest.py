@@ -28,6 +28,23 @@ def trained_run(tmp_path_factory) -> Path:
     return result.run_dir
 
 
+TOY_TRANSFORMER = {"type": "transformer", "transformer": {
+    "d_model": 32, "heads": 4, "ff_size": 64, "encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0,
+    "attention_dropout": 0.0, "tie": "all"}}
+
+
+@pytest.fixture(scope="session")
+def trained_transformer(tmp_path_factory) -> Path:
+    """A small Transformer trained on the reversal corpus (shared, trained once)."""
+    from nmt.train import train
+
+    root = tmp_path_factory.mktemp("transformer")
+    raw = toy_config_dict(root, model=TOY_TRANSFORMER, tokenizer={"joint": True, "vocab_size": 60},
+                          training={"max_steps": 500, "validate_every": 250, "lr": 0.004, "label_smoothing": 0.0,
+                                    "schedule": {"type": "warmup_inverse_sqrt", "warmup_steps": 50}})
+    return train(load_config(write_config(root, raw))).run_dir
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A factory of real size-limited filesystems (tmpfs, as root), unmounted afterwards; skips without root."""

@@ -34,7 +34,7 @@ def test_heatmap_has_the_right_shape_and_labels(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == src
     assert [t.get_text() for t in ax.get_yticklabels()] == tgt
     assert sorted(t.get_text() for t in ax.texts) == sorted([".70", ".20", ".10", ".10", ".10", ".80"])
-    page = heatmap_html(weights, src, tgt, tmp_path / "h.html", "t").read_text(encoding="utf-8")
+    page = heatmap_html([("head 1", weights)], src, tgt, tmp_path / "h.html", "t").read_text(encoding="utf-8")
     assert page.count("<tr>") == 3 and "▁私" in page and "0.80" in page and "<script" not in page
 
 
@@ -49,13 +49,40 @@ def test_bucket_edges():
 def test_attention_command_library_on_a_trained_run(trained_run, tmp_path):
     found = inspect_sentence(trained_run, "ab ca de", out_dir=tmp_path)
     assert found.translation == "DE CA AB"
-    assert found.weights.shape == (len(found.tgt_labels), len(found.src_labels))
+    assert found.weights.shape == (len(found.row_labels), len(found.col_labels)) and found.heads == []
     assert found.png.stat().st_size > 1000 and found.html.is_file()
     # a model that learned to reverse looks at the mirrored source word: focused attention
     assert np.mean(found.stats.max_weight) > 0.5
     summary = summarize_run(trained_run)
-    assert summary.attention == "general" and summary.dev_bleu > 80 and summary.parameters > 10_000
+    assert summary.model == "rnn, general" and summary.dev_bleu > 80 and summary.parameters > 10_000
     assert summary.tokens_per_s > 0 and summary.peak_rss_mb > 0
+
+
+def test_transformer_attention_by_kind_layer_and_head(trained_transformer, tmp_path):
+    grid = inspect_sentence(trained_transformer, "ab ca de", out_dir=tmp_path)
+    assert grid.translation == "DE CA AB"
+    layers, heads = 2, 4
+    assert [(h.layer, h.head) for h in grid.heads] == [(la, he) for la in range(1, layers + 1)
+                                                       for he in range(1, heads + 1)]
+    assert grid.weights.shape == (len(grid.row_labels), len(grid.col_labels))
+    np.testing.assert_allclose(grid.weights.sum(-1), 1.0, rtol=1e-5)  # the heads' average is a distribution
+    assert grid.html.read_text(encoding="utf-8").count("<table>") == heads
+    assert grid.png.name.endswith(".cross-layer2.png") and grid.png.stat().st_size > 1000
+    one = inspect_sentence(trained_transformer, "ab ca de", out_dir=tmp_path, kind="encoder", layer=1, head=3)
+    assert one.row_labels == one.col_labels and one.weights.shape == (len(one.col_labels),) * 2
+    assert one.html.read_text(encoding="utf-8").count("<table>") == 1 and one.png != grid.png
+    causal = inspect_sentence(trained_transformer, "ab ca de", out_dir=tmp_path, kind="decoder", head=1)
+    assert causal.col_labels[0] == "<s>"
+    assert np.all(np.triu(causal.weights, k=1) == 0.0)  # no position looks ahead
+    with pytest.raises(ConfigError, match="--layer 3: the model has 2 layers"):
+        inspect_sentence(trained_transformer, "ab", out_dir=tmp_path, layer=3)
+    with pytest.raises(ConfigError, match="--head 5: the model has 4 heads"):
+        inspect_sentence(trained_transformer, "ab", out_dir=tmp_path, head=5)
+
+
+def test_an_rnn_run_has_no_layers_or_heads_to_choose(trained_run, tmp_path):
+    with pytest.raises(ConfigError, match="this RNN run has one cross-attention map"):
+        inspect_sentence(trained_run, "ab", out_dir=tmp_path, layer=1)
 
 
 def test_fonts_cover_the_labels_and_never_draw_placeholder_boxes():
