@@ -183,3 +183,19 @@ def test_evaluate_on_empty_files_is_one_line(trained_run, tmp_path):
     result = run("evaluate", "--model", trained_run, "--src", tmp_path / "empty.src", "--ref", tmp_path / "empty.ref")
     _one_error_line(result)
     assert "hold no sentences" in result.stderr
+
+
+def test_sweep_trains_one_run_per_value_and_compares_them(tmp_path):
+    from nmt.toy import toy_config_dict, write_config
+
+    raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2})
+    script = Path(__file__).resolve().parent.parent / "scripts" / "sweep.py"
+    result = subprocess.run([sys.executable, str(script), "--config", str(write_config(tmp_path, raw)),
+                             "--key", "model.attention.dropout", "--values", "0", "0.2"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for value in ("0", "0.2"):
+        run = RunDir(tmp_path / f"run-dropout-{value}")
+        assert f"dropout: {float(value)}" in run.config_path.read_text()
+        assert any(line.startswith(f"run-dropout-{value} ") for line in result.stdout.splitlines())
+    assert (tmp_path / "compare-dropout.png").is_file()

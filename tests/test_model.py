@@ -2,24 +2,12 @@ import itertools
 
 import pytest
 import torch
+from batches import random_batch
 
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt.models import build_model
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 SV, TV = 30, 25
-
-
-def make_batch():
-    torch.manual_seed(0)
-    src = torch.randint(4, SV, (3, 7))
-    lengths = torch.tensor([7, 5, 2])
-    for row, n in enumerate(lengths):
-        src[row, n - 1] = EOS_ID
-        src[row, n:] = PAD_ID
-    tgt_in = torch.randint(4, TV, (3, 6))
-    tgt_in[:, 0] = BOS_ID
-    return src, lengths, src != PAD_ID, tgt_in
 
 
 def config(enc_rnn="gru", dec_rnn="gru", attention="bahdanau", bidirectional=True, layers=1, input_feeding=None,
@@ -39,7 +27,7 @@ COMBINATIONS = list(itertools.product(["gru", "lstm"], ["gru", "lstm"], ["bahdan
 @pytest.mark.parametrize("enc_rnn,dec_rnn,attention,bidirectional,layers", COMBINATIONS)
 def test_shapes_and_every_parameter_gets_a_gradient(enc_rnn, dec_rnn, attention, bidirectional, layers):
     model = build_model(config(enc_rnn, dec_rnn, attention, bidirectional, layers), SV, TV)
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV)
     logits, weights = model(src, lengths, mask, tgt_in)
     assert logits.shape == (3, 6, TV) and weights.shape == (3, 6, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 6))
@@ -53,7 +41,7 @@ def test_shapes_and_every_parameter_gets_a_gradient(enc_rnn, dec_rnn, attention,
                                                      ("dot", False), ("concat", False), ("concat", True)])
 def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feeding):
     model = build_model(config(dec_rnn="lstm", attention=attention, input_feeding=input_feeding), SV, TV).eval()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV)
     logits, weights = model(src, lengths, mask, tgt_in)
     memory, state = model.encode(src, lengths, mask)
     for t in range(tgt_in.shape[1]):
@@ -64,7 +52,7 @@ def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feedin
 
 def test_padding_does_not_change_a_sentences_output():
     model = build_model(config(attention="general"), SV, TV).eval()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV)
     full, _ = model(src, lengths, mask, tgt_in)
     alone, _ = model(src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:])
     torch.testing.assert_close(full[2:], alone, atol=1e-5, rtol=1e-5)
@@ -73,7 +61,7 @@ def test_padding_does_not_change_a_sentences_output():
 def test_tied_embeddings_share_the_matrix_and_scheduled_sampling_runs():
     model = build_model(config(tie_embeddings=True, embed_dim=16), SV, TV)
     assert model.decoder.output.weight is model.decoder.embed.weight
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV)
     torch.manual_seed(0)
     sampled, _ = model(src, lengths, mask, tgt_in, teacher_forcing=0.0)
     forced, _ = model(src, lengths, mask, tgt_in, teacher_forcing=1.0)

@@ -149,12 +149,19 @@ def test_resume_accepts_and_records_budget_changes(tmp_path, caplog):
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, caplog):
-    """A restart loop that always passes --resume recovers a run killed before its first checkpoint."""
+    """A restart loop that always passes --resume recovers a run killed before its first checkpoint; the
+    run's config is still checked."""
+    import shutil
+
     raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2})
     path = write_config(tmp_path, raw)
     result = train(load_config(path), resume=True)
     assert result.steps == 4
     assert "no intact checkpoint yet; starting from scratch" in caplog.text
+    shutil.rmtree(RunDir(result.run_dir).checkpoints_dir)  # killed before its first checkpoint
+    with pytest.raises(ConfigError, match="model.decoder.hidden_size 64 -> 32"):
+        train(load_config(path, ["model.decoder.hidden_size=32"]), resume=True)
+    assert train(load_config(path), resume=True).steps == 4
 
 
 def test_metrics_hold_one_row_per_step_after_resume(tmp_path):

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from batches import random_batch
 
 from nmt.batching import collate
 from nmt.models.multihead import MultiHeadAttention
@@ -25,19 +26,6 @@ def make_model(layers: int = 2, heads: int = 2, **extra) -> Transformer:
     args = dict(d_model=16, heads=heads, ff_size=32, encoder_layers=layers, decoder_layers=layers, dropout=0.0,
                 attention_dropout=0.0)
     return Transformer(extra.pop("src_vocab_size", SV), extra.pop("tgt_vocab_size", TV), **{**args, **extra})
-
-
-def make_batch():
-    """Three sources of lengths 7, 5, 2 (EOS last, padded) and targets with BOS first."""
-    torch.manual_seed(1)
-    src = torch.randint(4, SV, (3, 7))
-    lengths = torch.tensor([7, 5, 2])
-    for row, n in enumerate(lengths):
-        src[row, n - 1] = EOS_ID
-        src[row, n:] = PAD_ID
-    tgt_in = torch.randint(4, TV, (3, 6))
-    tgt_in[:, 0] = BOS_ID
-    return src, lengths, src != PAD_ID, tgt_in
 
 
 def attention_inputs(heads: int = 4):
@@ -103,7 +91,7 @@ def test_rnn_style_use_keys_projected_once_and_repeated_rows_agree():
 @pytest.mark.parametrize("layers,heads", [(1, 1), (2, 4)])
 def test_shapes_maps_and_every_parameter_gets_a_gradient(layers, heads):
     model = make_model(layers, heads, positions="learned", tie="none")
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     logits, weights = model(src, lengths, mask, tgt_in)
     assert logits.shape == (3, 6, TV) and weights is None  # training: fused path, no weights
     logits.logsumexp(-1).sum().backward()
@@ -125,7 +113,7 @@ def test_shapes_maps_and_every_parameter_gets_a_gradient(layers, heads):
 
 def test_training_fused_path_equals_eval_explicit_path_without_dropout():
     model = make_model()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     fused, _ = model(src, lengths, mask, tgt_in)
     explicit, _ = model.eval()(src, lengths, mask, tgt_in)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
@@ -133,7 +121,7 @@ def test_training_fused_path_equals_eval_explicit_path_without_dropout():
 
 def test_later_target_tokens_do_not_change_earlier_logits():
     model = make_model().eval()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     changed = tgt_in.clone()
     changed[:, 3:] = torch.randint(4, TV, (3, 3))
     before, _ = model(src, lengths, mask, tgt_in)
@@ -144,7 +132,7 @@ def test_later_target_tokens_do_not_change_earlier_logits():
 
 def test_padding_does_not_change_a_sentences_output():
     model = make_model().eval()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     tgt_in[2, 4:] = PAD_ID  # the short sentence's target is padded too
     full, full_weights = model(src, lengths, mask, tgt_in)
     alone, alone_weights = model(src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:, :4])
@@ -155,7 +143,7 @@ def test_padding_does_not_change_a_sentences_output():
 @pytest.mark.parametrize("norm,positions", [("pre", "sinusoidal"), ("post", "learned")])
 def test_cached_steps_equal_the_teacher_forced_forward(norm, positions):
     model = make_model(norm=norm, positions=positions).eval()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     logits, weights = model(src, lengths, mask, tgt_in)
     memory, state = model.encode(src, lengths, mask)
     for t in range(tgt_in.shape[1]):
@@ -168,7 +156,7 @@ def test_cached_steps_equal_the_teacher_forced_forward(norm, positions):
 
 def test_beam_of_one_equals_greedy_through_search():
     model = make_model(heads=4).eval()
-    src, lengths, mask, _ = make_batch()
+    src, lengths, mask, _ = random_batch(SV, TV, seed=1)
     max_lengths = torch.tensor([9, 7, 4])
     with torch.inference_mode():
         memory, state = model.encode(src, lengths, mask)
@@ -187,7 +175,7 @@ def test_beam_of_one_equals_greedy_through_search():
 def test_memory_repeat_and_state_select_keep_rows_together():
     """Beams: rows repeated, then reordered within a sentence; each row keeps its own cache."""
     model = make_model().eval()
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     memory, state = model.encode(src, lengths, mask)
     for t in range(2):
         _, state, _ = model.step_log_probs(tgt_in[:, t], state, memory)
@@ -225,7 +213,7 @@ def test_post_norm_runs_and_differs_from_pre_norm():
     missing, unexpected = post.load_state_dict(pre.state_dict(), strict=False)
     assert not missing and set(unexpected) == {f"{stack}_norm.{p}" for stack in ("encoder", "decoder")
                                                for p in ("weight", "bias")}
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     pre_logits, _ = pre(src, lengths, mask, tgt_in)
     post_logits, post_weights = post(src, lengths, mask, tgt_in)
     assert torch.isfinite(post_logits).all() and post_weights is not None
@@ -234,7 +222,7 @@ def test_post_norm_runs_and_differs_from_pre_norm():
 
 def test_clear_errors_for_scheduled_sampling_and_overlong_inputs():
     model = make_model(max_positions=6)
-    src, lengths, mask, tgt_in = make_batch()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     with pytest.raises(ValueError, match="RNN"):
         model(src, lengths, mask, tgt_in[:, :5], teacher_forcing=0.5)
     with pytest.raises(ValueError, match="max_positions"):
@@ -308,7 +296,7 @@ def test_a_tiny_transformer_learns_to_reverse_sequences(one_thread):
 
 def test_layer_head_combinations_are_the_same_interface():
     """Every (layers, heads) pair decodes through search: the interface does not depend on the size."""
-    src, lengths, mask, _ = make_batch()
+    src, lengths, mask, _ = random_batch(SV, TV, seed=1)
     for layers, heads in itertools.product([1, 2], [1, 4]):
         model = make_model(layers, heads).eval()
         with torch.inference_mode():
