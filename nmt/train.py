@@ -66,6 +66,23 @@ def pick_device(cfg: TrainingConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the device computes it natively, else fp32; other choices stay as they are."""
+    if precision != "auto":
+        return precision
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    return "bf16" if native else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return nullcontext()
@@ -122,7 +139,7 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
     total, tokens = 0.0, 0
     for indices in split_batches(dev, config.training, seed=None):
         batch = make_batch(dev, indices).to(device)
-        with autocast(device, config.training.precision):
+        with autocast(device, resolve_precision(config.training.precision, device)):
             logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         assert batch.tgt_out is not None  # dev batches have targets
         total += float(token_loss(logits, batch.tgt_out, 0.0))
@@ -254,7 +271,8 @@ class Trainer:
         self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
         self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg.precision == "fp16")
+        self.precision = resolve_precision(self.cfg.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.progress = Progress()
         self.nonfinite_in_a_row = 0
         self.last_saved_step: int | None = None
@@ -330,7 +348,7 @@ class Trainer:
         try:
             for batch in batches:
                 assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
-                with autocast(self.device, self.cfg.precision):
+                with autocast(self.device, self.precision):
                     logits, _ = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
                                            self.cfg.teacher_forcing)
                 loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
@@ -420,7 +438,7 @@ class Trainer:
         cfg, progress = self.cfg, self.progress
         self._log_resume()
         log.info("model: %s, %s parameters, device %s, precision %s", self.config.model.summary,
-                 f"{count_parameters(self.model):,}", self.device, cfg.precision)
+                 f"{count_parameters(self.model):,}", self.device, self.precision)
         started = time.monotonic() - progress.elapsed
         meter = ThroughputMeter()
         reason = "max_epochs"

@@ -119,7 +119,7 @@ def phase_train(args) -> dict:
     seconds = time.perf_counter() - start
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
             "train_peak_rss_mb": peak_rss_mb(), "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
-            "precision": config.training.precision, "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
+            "precision": trainer.precision, "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
 
 
 def phase_decode(args) -> dict:

@@ -217,3 +217,15 @@ def test_a_transformer_trains_through_the_trainer_and_translates(trained_transfo
     greedy = translate_lines(trained_transformer, ["ab ca de fo"], beam_size=1).translations[0].text
     beam = translate_lines(trained_transformer, ["ab ca de fo"], beam_size=4).translations[0].text
     assert greedy == beam == "FO DE CA AB"
+
+
+def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from nmt import train as train_module
+    from nmt.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
