@@ -12,7 +12,6 @@ No other module spells these names: they ask a `RunDir` (or a `CheckpointFiles`)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,28 +128,22 @@ class RunDir:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def metrics(self) -> Iterator[dict[str, Any]]:
+    def _metrics_lines(self) -> list[str]:
+        return self.metrics_path.read_text(encoding="utf-8").splitlines() if self.metrics_path.is_file() else []
+
+    def metrics(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl; a line cut short by a kill is skipped."""
-        if not self.metrics_path.is_file():
-            return
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                yield record
+        return _records(self._metrics_lines())
 
     def truncate_metrics(self, step: int) -> int:
-        """Drop the records after `step` (a resumed run replays those steps); returns how many were dropped."""
-        records = list(self.metrics())
+        """Keep the records up to `step` (a resumed run trains the later steps again) and drop lines a kill cut
+        short; returns how many records were dropped."""
+        lines = self._metrics_lines()
+        records = _records(lines)
         kept = [r for r in records if int(r.get("step", 0)) <= step]
-        if len(kept) != len(records) or (self.metrics_path.is_file() and len(records) != self._line_count()):
+        if len(kept) != len(lines):
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         return len(records) - len(kept)
-
-    def _line_count(self) -> int:
-        return len(self.metrics_path.read_text(encoding="utf-8").splitlines())
 
     # Outputs of evaluate / attention / analyze ---------------------------------------------------------
 
@@ -161,3 +154,15 @@ class RunDir:
 
     def eval_reports(self, test_set: str) -> list[Path]:
         return sorted(self.eval_dir.glob(f"{test_set}.beam*.json")) if self.eval_dir.is_dir() else []
+
+
+def _records(lines: list[str]) -> list[dict[str, Any]]:
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
