@@ -13,20 +13,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.attention_stats import AttentionStats, attention_stats
+from nmt.attention_stats import AttentionStats, attention_stats, entropy
+from nmt.batching import collate
 from nmt.checkpoint import best_files, load_model, load_run_config, read_meta
 from nmt.errors import CheckpointError, ConfigError
 from nmt.evaluate import eval_set
 from nmt.fileio import atomic_write_text
 from nmt.metrics import bleu, chrf
 from nmt.models import Transformer
-from nmt.plots import bar_panels, heads_figure, heatmap_html, heatmap_png, save_figure
+from nmt.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.rundir import RunDir
 from nmt.tokenizer import BOS_ID, PAD_ID
 from nmt.translate import Translator
 
-ATTENTION_KINDS = ("cross", "encoder", "decoder")
-"""cross: target over source; encoder: source self-attention; decoder: target self-attention (causal)."""
+MAP_KEYS = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}
+"""`Transformer.attention_maps` key of each kind: cross: target over source; encoder: source
+self-attention; decoder: target self-attention (causal)."""
+ATTENTION_KINDS = tuple(MAP_KEYS)
 
 
 @dataclass
@@ -104,9 +107,9 @@ def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_
     else:
         src = torch.tensor([translation.src_ids])
         tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
-        maps = loaded.model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
-        chosen = {"cross": maps["cross"], "encoder": maps["encoder_self"], "decoder": maps["decoder_self"]}[kind]
-        chosen = chosen[:, 0].float()  # (layers, heads, rows, cols)
+        with torch.no_grad():
+            maps = loaded.model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
+        chosen = maps[MAP_KEYS[kind]][:, 0].float()  # (layers, heads, rows, cols)
         layer = _pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
         head = _pick(chosen.shape[1], head, "head")
         heads = _summaries(chosen)
@@ -151,29 +154,74 @@ def bucket_edges(lengths: Sequence[int], edges: Sequence[int] | None) -> list[in
 
 
 @dataclass
+class HeadEntropies:
+    """Mean attention entropy of every layer and head by source-length bucket (Transformer runs)."""
+
+    kind: str  # cross, encoder or decoder
+    buckets: list[str]
+    entropy: np.ndarray  # (buckets, layers, heads), nats
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "buckets": self.buckets, "entropy": self.entropy.round(4).tolist()}
+
+
+@dataclass
 class Analysis:
     rows: list[BucketRow]
-    png: Path
+    heads: HeadEntropies | None  # None for RNN runs: one attention, already in `rows`
+    png: Path  # the bucket statistics
+    heads_png: Path | None  # the heads' entropy per layer (Transformers)
     report: Path
+
+
+def head_entropies(model: Transformer, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+                   kind: str, batch_size: int = 64) -> np.ndarray:
+    """(sentences, layers, heads): each head's mean row entropy of `kind` attention, teacher forced on the
+    given translations (every generated position, EOS included). Padded rows are left out; padded columns
+    carry weight 0 and so add nothing."""
+    found = []
+    for start in range(0, len(src_ids), batch_size):
+        chunk = slice(start, start + batch_size)
+        batch = collate(src_ids[chunk], tgt_ids[chunk], np.arange(len(src_ids[chunk])))
+        assert batch.tgt_in is not None and batch.tgt_mask is not None
+        with torch.no_grad():
+            maps = model.attention_maps(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)[MAP_KEYS[kind]]
+        rows = (batch.src_mask if kind == "encoder" else batch.tgt_mask).double()  # (B, R)
+        per_row = entropy(maps)  # (layers, B, heads, R)
+        mean = (per_row * rows[None, :, None, :]).sum(-1) / rows.sum(-1)[None, :, None]
+        found.append(mean.permute(1, 0, 2))
+    return torch.cat(found).numpy()
 
 
 def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = None, ref_file: Path | None = None,
             edges: Sequence[int] | None = None, beam_size: int | None = None, checkpoint: str = "best",
-            progress: bool = False, overrides: Sequence[str] = ()) -> Analysis:
+            progress: bool = False, overrides: Sequence[str] = (), kind: str = "cross") -> Analysis:
     """BLEU, chrF, mean attention entropy and mean maximum weight per source-length bucket, of a split of the
-    run's corpus or of two aligned files."""
+    run's corpus or of two aligned files; for a Transformer also the entropy of every layer and head of
+    `kind` attention per bucket (the statistics in `rows` are of the attention search returns: the last
+    layer's cross-attention averaged over heads)."""
+    if kind not in ATTENTION_KINDS:
+        raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
     loaded = load_model(run_dir, checkpoint, overrides)
     config = loaded.config
     found = eval_set(config, split, src_file, ref_file)
     name, sources, references = found.name, found.sources, found.references
     translator = Translator.for_run(loaded)
     translations = translator.translate(sources, beam_size or 1, progress=progress)
+    model = loaded.model
+    if isinstance(model, Transformer):
+        per_sentence = head_entropies(model, [t.src_ids for t in translations],
+                                      [t.hypotheses[0].tokens for t in translations], kind)
+    elif kind != "cross":
+        raise ConfigError(f"--kind {kind}: this RNN run has one cross-attention; --kind is for Transformers")
     lengths = [len(s.split()) for s in sources]
     bounds = bucket_edges(lengths, edges)
-    rows, low = [], 1
+    rows, head_rows, low = [], [], 1
     for high in bounds:
         members = [i for i, n in enumerate(lengths) if low <= n <= high]
         if members:
+            if isinstance(model, Transformer):
+                head_rows.append(per_sentence[members].mean(axis=0))
             hyps = [translations[i].text for i in members]
             refs = [references[i] for i in members]
             summaries = [attention_stats(translations[i].hypotheses[0].attention).summary() for i in members
@@ -188,9 +236,14 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
                                                 "mean attention entropy (nats)": [r.entropy for r in rows],
                                                 "mean max weight": [r.max_weight for r in rows]},
                       folder / f"{name}.png", f"{run_dir.name}: {name} by source length")
+    heads = HeadEntropies(kind, [r.label for r in rows], np.stack(head_rows)) if head_rows else None
+    heads_png = None if heads is None else head_lines(
+        heads.buckets, heads.entropy, folder / f"{name}.{kind}-heads.png",
+        f"{run_dir.name}: {name}, {kind} attention entropy per layer and head")
     report = folder / f"{name}.json"
-    atomic_write_text(report, json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
-    return Analysis(rows, png, report)
+    atomic_write_text(report, json.dumps({"buckets": [r.__dict__ for r in rows],
+                                          "heads": heads and heads.to_dict()}, indent=2) + "\n")
+    return Analysis(rows, heads, png, heads_png, report)
 
 
 @dataclass

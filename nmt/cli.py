@@ -130,6 +130,8 @@ RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Fi
 SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
 SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
 RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
+KindOption = Annotated[Kind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
+                                         "self-attention.")]
 BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1, max=MAX_BEAM,
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
 
@@ -222,8 +224,7 @@ def attention(
                                                     "(default RUN_DIR/attention).")] = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
-    kind: Annotated[Kind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
-                                       "self-attention.")] = Kind.cross,
+    kind: KindOption = Kind.cross,
     layer: Annotated[int | None, typer.Option("--layer", min=1, help="Transformer: which layer (default the "
                                               "last).")] = None,
     head: Annotated[int | None, typer.Option("--head", min=1, help="Transformer: one head (default a grid of "
@@ -271,15 +272,25 @@ def analyze(
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
+    kind: KindOption = Kind.cross,
 ) -> None:
-    """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir."""
+    """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir;
+    for a Transformer also the entropy of every layer and head by source length."""
     from nmt.analysis import analyze as run_analysis
 
     found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
-                         checkpoint.value, progress=_progress(), overrides=set_ or [])
+                         checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind.value)
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
                               f"{r.max_weight:.3f}"] for r in found.rows]))
+    if found.heads is not None:
+        heads = found.heads
+        typer.echo(f"\n{heads.kind} attention entropy (nats) per layer and head, by source length in words:")
+        layers, count = heads.entropy.shape[1:]
+        typer.echo(format_table(["layer", "head", *heads.buckets],
+                                [[layer + 1, head + 1, *(f"{e:.3f}" for e in heads.entropy[:, layer, head])]
+                                 for layer in range(layers) for head in range(count)]))
+        typer.echo(f"plot: {found.heads_png}")
     typer.echo(f"plot: {found.png}\nreport: {found.report}")
 
 

@@ -144,3 +144,20 @@ def bar_panels(labels: Sequence[str], series: dict[str, Sequence[float]], path: 
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def head_lines(buckets: Sequence[str], entropy, path: Path, title: str) -> Path:
+    """One panel per layer, one line per head: entropy (buckets, layers, heads) over the length buckets."""
+    layers, heads = entropy.shape[1], entropy.shape[2]
+    fig, axes = plt.subplots(1, layers, figsize=(3.6 * layers, 3.2), squeeze=False, sharey=True)
+    for layer, ax in enumerate(axes.flat):
+        for head in range(heads):
+            ax.plot(range(len(buckets)), entropy[:, layer, head], marker="o", label=f"head {head + 1}")
+        ax.set_xticks(range(len(buckets)), labels=list(buckets))
+        ax.set_xlabel("source length (words)")
+        ax.set_title(f"layer {layer + 1}")
+    axes.flat[0].set_ylabel("mean entropy (nats)")
+    axes.flat[-1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

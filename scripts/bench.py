@@ -100,7 +100,7 @@ def phase_train(args) -> dict:
 
     from nmt.config import load_config
     from nmt.models import dropout
-    from nmt.train import setup
+    from nmt.train import peak_memory_mb, setup
 
     dropout.LANE_DROPOUT_ON_CPU = not args.reference_dropout
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -117,8 +117,9 @@ def phase_train(args) -> dict:
         tokens += batch.n_tgt_tokens
         flops += 3 * model_flops(config, int(batch.src_mask.sum()), batch.n_tgt_tokens, batch.size, vocab)
     seconds = time.perf_counter() - start
+    peaks = peak_memory_mb(trainer.device)
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
-            "train_peak_rss_mb": peak_rss_mb(), "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
+            **{f"train_{name}": value for name, value in peaks.items()}, "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
             "precision": trainer.precision, "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
 
 
@@ -129,8 +130,8 @@ def phase_decode(args) -> dict:
     from nmt.translate import Translator
 
     translator = Translator.for_run(load_model(Path(args.model)))
-    dev = prepare_data(load_config(args.config, args.set)).splits["dev"]
-    src = [list(dev.src_ids(i)) for i in range(len(dev))]
+    split = prepare_data(load_config(args.config, args.set)).splits[args.split]
+    src = [list(split.src_ids(i)) for i in range(len(split))]
     out = {}
     for beam in (1, 5):
         translator.search_ids(src[:32], beam_size=beam)  # warm-up
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="trained run directory, for decoding speed")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--split", default="dev", help="the split decoded for decoding speed")
     parser.add_argument("--budget-minutes", type=float, help="also train for this long and report dev BLEU")
     parser.add_argument("--reference-dropout", action="store_true",
                         help="train with nn.Dropout instead of the 16-bit-lane CPU dropout (LANE_DROPOUT_ON_CPU)")
@@ -194,7 +196,7 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     argv = ["--config", str(args.config), "--warmup", str(args.warmup), "--steps", str(args.steps),
-            *(["--reference-dropout"] if args.reference_dropout else [])]
+            "--split", args.split, *(["--reference-dropout"] if args.reference_dropout else [])]
     for item in args.set:
         argv += ["--set", item]
     figures: dict = {"config": str(args.config), "overrides": args.set, "cpu_threads": torch.get_num_threads(),

@@ -1,13 +1,17 @@
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from nmt.analysis import bucket_edges, inspect_sentence, summarize_run
+from nmt.analysis import analyze, bucket_edges, head_entropies, inspect_sentence, summarize_run
 from nmt.attention_stats import attention_stats, entropy
+from nmt.checkpoint import load_model
 from nmt.errors import ConfigError
 from nmt.plots import heatmap_figure, heatmap_html
+from nmt.tokenizer import EOS_ID
+from nmt.translate import Translator
 
 
 def test_statistics_match_hand_computed_values():
@@ -83,6 +87,36 @@ def test_transformer_attention_by_kind_layer_and_head(trained_transformer, tmp_p
 def test_an_rnn_run_has_no_layers_or_heads_to_choose(trained_run, tmp_path):
     with pytest.raises(ConfigError, match="this RNN run has one cross-attention map"):
         inspect_sentence(trained_run, "ab", out_dir=tmp_path, layer=1)
+    with pytest.raises(ConfigError, match="--kind encoder: this RNN run has one cross-attention"):
+        analyze(trained_run, "test", kind="encoder")
+
+
+def test_head_entropies_of_a_batch_equal_each_sentence_alone_and_the_inspected_heads(trained_transformer,
+                                                                                      tmp_path):
+    model = load_model(trained_transformer).model
+    src = [[5, 6, 7, 8, EOS_ID], [5, EOS_ID], [7, 6, EOS_ID]]  # sources end in EOS, as encoded
+    tgt = [[9, 10, 11, 12], [9], [10, 11]]
+    for kind in ("cross", "encoder", "decoder"):
+        together = head_entropies(model, src, tgt, kind)
+        assert together.shape == (3, 2, 4)
+        alone = np.concatenate([head_entropies(model, [s], [t], kind) for s, t in zip(src, tgt, strict=True)])
+        np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)  # padding left out exactly
+    found = inspect_sentence(trained_transformer, "ab ca de", out_dir=tmp_path, kind="encoder")
+    translation = Translator.for_run(load_model(trained_transformer)).translate(["ab ca de"], 1)[0]
+    mine = head_entropies(model, [translation.src_ids], [translation.hypotheses[0].tokens], "encoder")[0]
+    np.testing.assert_allclose(mine.ravel(), [h.entropy for h in found.heads], rtol=1e-5)
+
+
+def test_analyze_reports_every_layer_and_head_by_length(trained_transformer):
+    found = analyze(trained_transformer, "test", edges=[3, 5], kind="cross")
+    assert found.heads is not None and found.heads.kind == "cross"
+    assert found.heads.buckets == [r.label for r in found.rows]
+    assert found.heads.entropy.shape == (len(found.rows), 2, 4)
+    assert np.all(np.isfinite(found.heads.entropy)) and np.all(found.heads.entropy >= 0)
+    assert found.heads_png is not None and found.heads_png.stat().st_size > 1000
+    report = json.loads(found.report.read_text())
+    assert [b["label"] for b in report["buckets"]] == found.heads.buckets
+    np.testing.assert_allclose(report["heads"]["entropy"], found.heads.entropy, atol=1e-4)
 
 
 def test_fonts_cover_the_labels_and_never_draw_placeholder_boxes():

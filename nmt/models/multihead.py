@@ -25,6 +25,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Every backend but cuDNN's: it builds an execution plan per (B, T, S) shape, and token batches bring a new
+# shape almost every step. On an H100 that cost 5 ms of CPU time per call in bf16 and made AMP training three
+# times slower than fp32 (BENCHMARKS.md); memory-efficient attention, which takes masks, runs instead.
+FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class MultiHeadAttention(nn.Module):
@@ -77,6 +83,7 @@ class MultiHeadAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1)
             heads_out = torch.matmul(F.dropout(weights, p, self.training).to(v.dtype), v)
         else:
-            heads_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4, dropout_p=p)
+            with sdpa_kernel(FUSED_BACKENDS):
+                heads_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4, dropout_p=p)
         context = heads_out.transpose(1, 2).flatten(2)  # (B, T, D): the heads concatenated
         return self.out_proj(context), weights
