@@ -15,7 +15,7 @@ import torch
 
 from nmt.attention_stats import AttentionStats, attention_stats, entropy
 from nmt.batching import collate
-from nmt.checkpoint import best_files, load_model, load_run_config, read_meta
+from nmt.checkpoint import LoadedRun, best_files, load_model, load_run_config, read_meta
 from nmt.errors import CheckpointError, ConfigError
 from nmt.evaluate import eval_set
 from nmt.fileio import atomic_write_text
@@ -43,14 +43,24 @@ class HeadSummary:
 
 
 @dataclass
-class SentenceAttention:
+class AttentionView:
+    """One sentence's translation and attention, ready to draw (`nmt attention`) or to serve (`nmt serve`)."""
+
     source: str
     translation: str
+    kind: str  # cross, encoder or decoder
+    layer: int | None  # 1-based, Transformers; None for an RNN
+    head: int | None  # 1-based; None: the heads averaged (or an RNN's single map)
     col_labels: list[str]  # what is attended to (source tokens; target inputs for decoder self-attention)
     row_labels: list[str]  # who attends (target outputs; source tokens for encoder self-attention)
-    weights: np.ndarray  # (rows, cols): the drawn head, or the heads' average when all are drawn
+    panels: list[tuple[str, np.ndarray]]  # (caption, weights): every head of the layer, or the one drawn
+    weights: np.ndarray  # (rows, cols): the chosen head, or the heads' average
     stats: AttentionStats  # of `weights`
     heads: list[HeadSummary]  # every layer and head of the chosen kind (Transformer runs; empty for RNNs)
+
+
+@dataclass
+class SentenceAttention(AttentionView):
     png: Path
     html: Path
 
@@ -78,25 +88,22 @@ def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
     return found
 
 
-def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
-                     checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = (),
-                     kind: str = "cross", layer: int | None = None, head: int | None = None) -> SentenceAttention:
-    """Translate one sentence and draw where each token looked. An RNN has one cross-attention map; for a
+def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
+                   kind: str = "cross", layer: int | None = None, head: int | None = None,
+                   translator: Translator | None = None) -> AttentionView:
+    """Translate one sentence and collect where each token looked. An RNN has one cross-attention map; for a
     Transformer, `kind` picks cross-, encoder self- or decoder self-attention, `layer` one layer (default the
-    last) and `head` one head (default: a grid of all heads of that layer)."""
+    last) and `head` one head (default: all heads of that layer, and their average as `weights`)."""
     if kind not in ATTENTION_KINDS:
         raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
-    loaded = load_model(run_dir, checkpoint, overrides)
-    translation = Translator.for_run(loaded).translate([sentence], beam_size or 1)[0]
+    translation = (translator or Translator.for_run(loaded)).translate([sentence], beam_size or 1)[0]
     best = translation.hypotheses[0]
     tokenizer = loaded.tokenizer
     src_labels = tokenizer.src_pieces(translation.src_ids)
     tgt_labels = tokenizer.tgt_pieces(best.tokens)
     rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
     tgt_out = (tgt_labels + ["</s>"])[:rows]
-    title = f"{sentence} -> {translation.text}"
     heads: list[HeadSummary] = []
-    suffix = ""
     if not isinstance(loaded.model, Transformer):
         if kind != "cross" or layer is not None or head is not None:
             raise ConfigError("--kind, --layer and --head select among a Transformer's attentions; this RNN run "
@@ -122,15 +129,26 @@ def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_
         else:
             weights = in_layer[head - 1]
             panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
-        suffix = f".{kind}-layer{layer}" + (f"-head{head}" if head else "")
+    return AttentionView(sentence, translation.text, kind, layer, head, col_labels, row_labels, panels,
+                         weights.numpy(), attention_stats(weights, threshold), heads)
+
+
+def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
+                     checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = (),
+                     kind: str = "cross", layer: int | None = None, head: int | None = None) -> SentenceAttention:
+    """`attention_view` of a trained run, drawn as a heatmap (one head, or a grid of all heads) in PNG and
+    HTML under `out_dir` (default RUN_DIR/attention)."""
+    loaded = load_model(run_dir, checkpoint, overrides)
+    view = attention_view(loaded, sentence, threshold, beam_size, kind, layer, head)
+    title = f"{sentence} -> {view.translation}"
+    suffix = "" if view.layer is None else f".{kind}-layer{view.layer}" + (f"-head{view.head}" if view.head else "")
     stem = f"{(out_dir or loaded.run.attention_dir) / file_stem(sentence)}{suffix}"
-    if len(panels) == 1:
-        png = heatmap_png(panels[0][1], col_labels, row_labels, Path(f"{stem}.png"), title)
+    if len(view.panels) == 1:
+        png = heatmap_png(view.panels[0][1], view.col_labels, view.row_labels, Path(f"{stem}.png"), title)
     else:
-        png = save_figure(heads_figure(panels, col_labels, row_labels, title), Path(f"{stem}.png"))
-    page = heatmap_html(panels, col_labels, row_labels, Path(f"{stem}.html"), title)
-    return SentenceAttention(sentence, translation.text, col_labels, row_labels, weights.numpy(),
-                             attention_stats(weights, threshold), heads, png, page)
+        png = save_figure(heads_figure(view.panels, view.col_labels, view.row_labels, title), Path(f"{stem}.png"))
+    page = heatmap_html(view.panels, view.col_labels, view.row_labels, Path(f"{stem}.html"), title)
+    return SentenceAttention(**vars(view), png=png, html=page)
 
 
 @dataclass

@@ -311,3 +311,32 @@ def compare(
           f"{s.tokens_per_s:,.0f}", f"{s.peak_rss_mb:,.0f}", f"{s.dev_bleu:.2f}", f"{s.dev_chrf:.2f}",
           "-" if s.test_bleu is None else f"{s.test_bleu:.2f}", f"{s.entropy:.3f}"] for s in summaries]))
     typer.echo(f"plot: {compare_plot(summaries, output)}")
+
+
+@command
+def serve(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="A run directory to serve, or NAME=RUN_DIR; "
+                                             "repeat for several (the first is the default model).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes the server to the network "
+                                      "(it has no authentication).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the models.")]
+    = 1,
+    checkpoint: CheckpointOption = Which.best,
+    max_batch: Annotated[int, typer.Option(min=1, help="Sentences decoded together at most.")] = 64,
+    batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to share its "
+                                                 "batch.")] = 5.0,
+    max_texts: Annotated[int, typer.Option(min=1, help="Texts in one /translate request at most.")] = 64,
+) -> None:
+    """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
+    /models, /health) with its OpenAPI docs at /docs."""
+    try:
+        from nmt.server import Limits
+        from nmt.server import serve as run_server
+        from nmt.service import served_runs
+    except ImportError as err:
+        raise NmtError(f"nmt serve needs the serving extra ({err.name} is missing): pip install 'nmt[serve]'") \
+            from None
+
+    run_server(served_runs(model), host, port, workers, checkpoint.value,
+               Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms))

@@ -119,8 +119,9 @@ def phase_train(args) -> dict:
     seconds = time.perf_counter() - start
     peaks = peak_memory_mb(trainer.device)
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
-            **{f"train_{name}": value for name, value in peaks.items()}, "train_steps": args.steps, "batch_tokens": config.training.batch_tokens,
-            "precision": trainer.precision, "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
+            **{f"train_{name}": value for name, value in peaks.items()}, "train_steps": args.steps,
+            "batch_tokens": config.training.batch_tokens, "precision": trainer.precision,
+            "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
 
 
 def phase_decode(args) -> dict:

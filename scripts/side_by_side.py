@@ -92,7 +92,8 @@ def peer_train(pair: str, python: Path, workdir: Path, data: Path, seconds: floa
     if not rates:
         raise SystemExit(f"JoeyNMT training printed no throughput; see {workdir}")
     steady = sorted(rates[1:] or rates)  # the median: one slow window (another process) moves it little
-    steps = [int(x) for x in re.findall(r"Step:\s*(\d+)", output)]
+    logged = re.findall(r"Step:\s*(\d+)", output) + re.findall(r"Interrupt at epoch \d+, step (\d+)", output)
+    steps = [int(x) for x in logged]
     return {"tokens_per_s": steady[len(steady) // 2], "peak_rss_mb": rss, "best_dev_bleu": max(bleus, default=None),
             "steps": max(steps, default=0)}
 

@@ -1,0 +1,269 @@
+"""`nmt serve`: the REST API (FastAPI, OpenAPI docs at /docs) and the attention explorer page at /, over
+the runs in a `ModelRegistry`. Translation requests go through a `MicroBatcher`; every client mistake is a
+4xx JSON body {"error": {"field": ..., "message": ...}}, never a 500 or a traceback in the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from nmt.config import MAX_BEAM
+from nmt.microbatch import MicroBatcher
+from nmt.service import ClientError, ModelRegistry
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SETTINGS_VARIABLE = "NMT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
+
+
+class Limits(BaseModel):
+    max_texts: int = 64  # texts in one /translate request
+    max_body_bytes: int = 1 << 20
+    max_batch_sentences: int = 64
+    batch_wait_ms: float = 5.0
+
+
+# Requests and responses -------------------------------------------------------------------------------
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Beam = Annotated[int | None, Field(ge=1, le=MAX_BEAM, description="1 = greedy; default: the run's")]
+
+
+class TranslateRequest(Strict):
+    text: str | list[str] = Field(description="One text, or a list of texts translated together")
+    model: str | None = Field(None, description="A served model's name (GET /models); default: the first")
+    beam_size: Beam = None
+    n_best: int | None = Field(None, ge=1, le=MAX_BEAM, description="Hypotheses returned per text")
+    length_penalty: float | None = Field(None, ge=0.0, description="GNMT alpha; default: the run's")
+
+
+class Hypothesis(BaseModel):
+    text: str
+    score: float  # what the beam ranks by: log p / length penalty
+    log_prob: float
+    tokens: int  # target subwords, EOS not counted
+
+
+class TranslationOut(BaseModel):
+    source: str
+    text: str  # the best hypothesis, as `nmt translate` prints it
+    hypotheses: list[Hypothesis]
+
+
+class TranslateResponse(BaseModel):
+    model: str
+    beam_size: int
+    n_best: int
+    length_penalty: float
+    translations: list[TranslationOut]
+
+
+class AttentionRequest(Strict):
+    text: str
+    model: str | None = None
+    beam_size: Beam = None
+    kind: Literal["cross", "encoder", "decoder"] = "cross"
+    layer: int | None = Field(None, ge=1, description="Transformers: default the last layer")
+    head: int | None = Field(None, ge=1, description="Transformers: default all heads (grid) and their average")
+    threshold: float = Field(0.1, ge=0.0, le=1.0, description="Count positions above this weight")
+
+
+class Panel(BaseModel):
+    caption: str
+    weights: list[list[float]]  # rows x columns
+
+
+class HeadStatistics(BaseModel):
+    layer: int
+    head: int
+    entropy: float
+    max_weight: float
+
+
+class AttentionResponse(BaseModel):
+    model: str
+    source: str
+    translation: str
+    kind: str
+    layer: int | None
+    head: int | None
+    row_tokens: list[str]  # who attends: target outputs (source tokens for encoder self-attention)
+    col_tokens: list[str]  # what is attended to
+    weights: list[list[float]]  # the chosen head, or the heads' average
+    panels: list[Panel]  # every head of the layer (grid), or the one chosen
+    entropy: list[float]  # per row, nats
+    max_weight: list[float]
+    above_threshold: list[int]
+    threshold: float
+    summary: dict[str, tuple[float, float]]  # (mean, std) of each statistic
+    heads: list[HeadStatistics]  # every layer and head of this kind (Transformers)
+
+
+# The application --------------------------------------------------------------------------------------
+
+def _error(status: int, field: str | None, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, by Content-Length or while reading a chunked body."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _error(413, "body", f"{int(declared)} bytes; at most {self.limit}")(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                scope.setdefault("state", {})["body_too_large"] = True
+                raise ValueError("request body over the limit")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _field(location: Sequence) -> str:
+    """pydantic's error location as the client wrote it: ("body", "text", "list[str]", 1) -> "text[1]" (the
+    member of a union that was tried is left out)."""
+    parts: list[str] = []
+    for part in location[1:] if location and location[0] == "body" else location:
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
+        elif part not in ("str", "int", "float", "bool") and "[" not in str(part):
+            parts.append(str(part))
+    return ".".join(parts) or "body"
+
+
+def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits()
+    batcher = MicroBatcher(registry.translate, limits.max_batch_sentences, limits.batch_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="nmt", summary="Translate and inspect attention with trained nmt runs.", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+
+    @app.exception_handler(ClientError)
+    async def client_error(_request: Request, err: ClientError) -> JSONResponse:
+        return _error(err.status, err.field, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        if first.get("type") == "json_invalid":
+            return _error(422, "body", f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+        return _error(422, _field(first.get("loc", ())), first["msg"])
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        if getattr(request.state, "body_too_large", False):
+            return _error(413, "body", f"request body over {limits.max_body_bytes} bytes")
+        return _error(err.status_code, None, str(err.detail))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": list(registry.models)}
+
+    @app.get("/models")
+    async def models() -> list[dict]:
+        """The served runs: architecture, attention, size, dev BLEU, languages, decoding defaults."""
+        return [served.describe() for served in registry.models.values()]
+
+    @app.post("/translate", response_model=TranslateResponse)
+    async def translate(request: TranslateRequest) -> TranslateResponse:
+        """Translate one text or a list; requests arriving together are decoded in one batch."""
+        texts = [request.text] if isinstance(request.text, str) else request.text
+        decoding = registry.decoding(request.model, request.beam_size, request.n_best, request.length_penalty)
+        registry.check_texts(decoding.model, texts, limits.max_texts)
+        found = await batcher.submit(decoding, texts)
+        return TranslateResponse(
+            model=decoding.model, beam_size=decoding.beam_size, n_best=decoding.n_best,
+            length_penalty=decoding.length_penalty,
+            translations=[TranslationOut(source=t.source, text=t.text, hypotheses=[
+                Hypothesis(text=text, score=h.score, log_prob=h.log_prob, tokens=len(h.tokens))
+                for h, text in zip(t.hypotheses, t.texts, strict=True)])
+                for t in found])
+
+    @app.post("/attention", response_model=AttentionResponse)
+    async def attention(request: AttentionRequest) -> AttentionResponse:
+        """One text's translation with its attention weights and the statistics `nmt attention` prints."""
+        registry.check_texts(request.model, [request.text], 1)
+        served, view = await batcher.run(registry.attention, request.model, request.text, request.beam_size,
+                                         request.kind, request.layer, request.head, request.threshold)
+        stats = view.stats
+        return AttentionResponse(
+            model=served.name, source=view.source, translation=view.translation, kind=view.kind, layer=view.layer,
+            head=view.head, row_tokens=view.row_labels, col_tokens=view.col_labels, weights=view.weights.tolist(),
+            panels=[Panel(caption=caption, weights=weights.tolist()) for caption, weights in view.panels],
+            entropy=stats.entropy, max_weight=stats.max_weight, above_threshold=stats.above_threshold,
+            threshold=stats.threshold, summary=stats.summary(),
+            heads=[HeadStatistics(**vars(h)) for h in view.heads])
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one `--workers` process, built from the settings `serve` put in the environment."""
+    import torch
+
+    settings = json.loads(os.environ[SETTINGS_VARIABLE])
+    torch.set_num_threads(settings["threads"])
+    registry = ModelRegistry([(name, Path(path)) for name, path in settings["runs"]], settings["checkpoint"])
+    return create_app(registry, Limits(**settings["limits"]))
+
+
+def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          checkpoint: str = "best", limits: Limits | None = None) -> None:
+    """Load the runs, then serve until Ctrl-C or SIGTERM (uvicorn shuts down cleanly on both)."""
+    import uvicorn
+
+    limits = limits or Limits()
+    if host not in LOCAL_HOSTS:
+        log.warning("listening on %s: anyone who can reach port %d can use this server; it has no authentication",
+                    host, port)
+    registry = ModelRegistry(runs, checkpoint)  # a bad run directory fails here, before binding the port
+    if workers == 1:
+        uvicorn.run(create_app(registry, limits), host=host, port=port, log_level="info")
+        return
+    import torch
+
+    os.environ[SETTINGS_VARIABLE] = json.dumps({
+        "runs": [(name, str(path)) for name, path in runs], "checkpoint": checkpoint, "limits": limits.model_dump(),
+        "threads": max(1, torch.get_num_threads() // workers)})
+    uvicorn.run("nmt.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="info")

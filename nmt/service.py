@@ -1,0 +1,153 @@
+"""Trained runs loaded once and served: translation with per-request decoding settings, attention views and
+model descriptions, with every client mistake turned into a `ClientError` that names the field. This is what
+`nmt serve` exposes over HTTP (nmt/server.py), kept free of HTTP so that it is testable on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmt.analysis import AttentionView, attention_view
+from nmt.checkpoint import LoadedRun, load_model
+from nmt.config import MAX_BEAM
+from nmt.corpus import has_content, normalize
+from nmt.errors import ConfigError, NmtError
+from nmt.models import Transformer, count_parameters
+from nmt.translate import Translation, Translator
+
+
+class ClientError(NmtError):
+    """A request the server cannot honour because of what the client sent (HTTP 4xx)."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The settings one translation request decodes with; requests that share them can share a batch."""
+
+    model: str
+    beam_size: int
+    n_best: int
+    length_penalty: float
+
+
+@dataclass
+class ServedModel:
+    name: str
+    loaded: LoadedRun
+    translator: Translator  # the run's own decoding settings
+
+    def describe(self) -> dict:
+        config, meta = self.loaded.config, self.loaded.checkpoint.meta
+        model = self.loaded.model
+        layers = heads = None
+        if isinstance(model, Transformer):
+            layers, heads = config.model.transformer.decoder_layers, config.model.transformer.heads
+        elif config.model.attention.type == "multihead":
+            layers, heads = 1, config.model.attention.heads
+        return {"name": self.name, "architecture": config.model.summary, "type": config.model.type,
+                "attention": "multi-head" if isinstance(model, Transformer) else config.model.attention.type,
+                "layers": layers, "heads": heads, "parameters": count_parameters(model),
+                "dev_bleu": meta.get("dev_bleu"), "step": meta.get("step"),
+                "checkpoint": self.loaded.checkpoint.path.name,
+                "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
+                "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
+                "max_src_tokens": config.decoding.max_src_tokens}
+
+    def translator_for(self, length_penalty: float) -> Translator:
+        decoding = self.loaded.config.decoding
+        if length_penalty == decoding.length_penalty:
+            return self.translator
+        changed = decoding.model_copy(update={"length_penalty": length_penalty})
+        return Translator(self.loaded.model, self.loaded.tokenizer, changed, self.loaded.config.data.clean)
+
+
+def served_runs(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    """`--model` values: RUN_DIR (served under the folder's name) or NAME=RUN_DIR."""
+    found = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name:
+            name, path = Path(spec).resolve().name, spec
+        found.append((name, Path(path)))
+    return found
+
+
+class ModelRegistry:
+    """The served runs by name, the first one the default."""
+
+    def __init__(self, runs: Sequence[tuple[str, Path]], checkpoint: str = "best"):
+        if not runs:
+            raise ConfigError("--model: give at least one run directory to serve")
+        self.models: dict[str, ServedModel] = {}
+        for name, run_dir in runs:
+            if name in self.models:
+                raise ConfigError(f"--model {run_dir}: two served runs are both named {name!r}; serve one as "
+                                  "NAME=RUN_DIR")
+            loaded = load_model(run_dir, checkpoint)
+            self.models[name] = ServedModel(name, loaded, Translator.for_run(loaded))
+
+    def get(self, name: str | None) -> ServedModel:
+        if name is None:
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise ClientError("model", f"unknown model {name!r}; served: {', '.join(self.models)}", status=404)
+        return self.models[name]
+
+    def decoding(self, name: str | None, beam_size: int | None, n_best: int | None,
+                 length_penalty: float | None) -> Decoding:
+        """A request's decoding settings, each defaulting to the run's own; checked against each other."""
+        served = self.get(name)
+        own = served.loaded.config.decoding
+        beam = beam_size or own.beam_size
+        if not 1 <= beam <= MAX_BEAM:
+            raise ClientError("beam_size", f"{beam} is outside 1..{MAX_BEAM}")
+        best = n_best or min(own.n_best, beam)
+        if best > beam:
+            raise ClientError("n_best", f"{best} cannot exceed the beam size ({beam})")
+        penalty = own.length_penalty if length_penalty is None else length_penalty
+        if penalty < 0:
+            raise ClientError("length_penalty", f"{penalty} must be >= 0")
+        return Decoding(served.name, beam, best, penalty)
+
+    def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> None:
+        """Refuse what cannot be translated faithfully: no texts, too many, an empty one, or one longer than
+        the model takes (`decoding.max_src_tokens`; the server truncates nothing)."""
+        if not texts:
+            raise ClientError("text", "give one text or a non-empty list of texts")
+        if len(texts) > max_texts:
+            raise ClientError("text", f"{len(texts)} texts in one request; at most {max_texts}", status=413)
+        served = self.get(name)
+        clean, limit = served.loaded.config.data.clean, served.loaded.config.decoding.max_src_tokens
+        cleaned = [normalize(text, clean) for text in texts]
+        where = (lambda i: "text") if len(texts) == 1 else (lambda i: f"text[{i}]")
+        for i, line in enumerate(cleaned):
+            if not has_content(line):
+                raise ClientError(where(i), "is empty or only whitespace")
+        for i, ids in enumerate(served.loaded.tokenizer.encode_src(cleaned)):
+            if len(ids) > limit:
+                raise ClientError(where(i), f"has {len(ids)} subword tokens; {served.name} takes at most {limit} "
+                                            "(decoding.max_src_tokens)")
+
+    def translate(self, decoding: Decoding, texts: Sequence[str]) -> list[Translation]:
+        served = self.models[decoding.model]
+        return served.translator_for(decoding.length_penalty).translate(texts, decoding.beam_size, decoding.n_best)
+
+    def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
+                  head: int | None, threshold: float) -> tuple[ServedModel, AttentionView]:
+        served = self.get(name)
+        if not isinstance(served.loaded.model, Transformer):
+            for field, value in (("kind", kind if kind != "cross" else None), ("layer", layer), ("head", head)):
+                if value is not None:
+                    raise ClientError(field, f"{served.name} is an RNN with one cross-attention map; {field} "
+                                             "selects among a Transformer's attentions")
+        try:
+            return served, attention_view(served.loaded, text, threshold, beam_size, kind, layer, head,
+                                          served.translator)
+        except ConfigError as err:  # "--layer 9: the model has 3 layers": the field is the message's first word
+            field = str(err).split()[0].lstrip("-")
+            raise ClientError(field, str(err).removeprefix("--")) from None

@@ -1,0 +1,215 @@
+// The attention explorer: one panel per chosen model, each with its translation, n-best list and heatmap,
+// drawn from POST /translate and POST /attention. Plain DOM, no external files (works offline).
+"use strict";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+let models = {};  // name -> GET /models entry
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function api(path, body) {
+  const response = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  if (!response.ok) {
+    const error = data.error || {};
+    throw new Error(error.field ? `${error.field}: ${error.message}` : (error.message || response.statusText));
+  }
+  return data;
+}
+
+function setStatus(message, isError = false) {
+  const status = $("#status");
+  status.textContent = message;
+  status.classList.toggle("error", isError);
+}
+
+function fixed(value, digits = 3) {
+  return Number(value).toFixed(digits);
+}
+
+// A heatmap table: rows attend to columns; with `stats`, entropy and max weight per row beside it.
+function heatmap(rows, cols, weights, {stats = null, small = false, threshold = 0.1, hover = null} = {}) {
+  const table = element("table", {class: "heatmap"});
+  const head = element("tr", {}, element("th"));
+  cols.forEach((token) => head.append(element("th", {class: "col", text: token})));
+  if (stats) head.append(element("th", {class: "col", text: "entropy"}), element("th", {class: "col", text: "max"}));
+  table.append(head);
+  rows.forEach((token, i) => {
+    const rowHeader = element("th", {class: "row", text: token, title: "click: highlight what it attends to"});
+    const row = element("tr", {"data-row": i}, rowHeader);
+    weights[i].forEach((weight, j) => {
+      const cell = element("td", {
+        class: "cell", "data-weight": weight, "data-row": i, "data-col": j,
+        title: `${token} → ${cols[j]}: ${fixed(weight, 4)}`,
+      });
+      cell.style.background = `rgba(33, 102, 172, ${weight})`;
+      cell.style.color = weight > 0.6 ? "#fff" : "#000";
+      if (!small) cell.textContent = weight >= 0.005 ? fixed(weight, 2).replace(/^0/, "") : "";
+      if (hover) cell.addEventListener("mouseenter", () => hover(`${token} → ${cols[j]}: ${fixed(weight, 4)}`));
+      row.append(cell);
+    });
+    if (stats) {
+      row.append(element("td", {class: "stat entropy", text: fixed(stats.entropy[i])}),
+                 element("td", {class: "stat max-weight", text: fixed(stats.max_weight[i])}));
+    }
+    rowHeader.addEventListener("click", () => highlight(table, i, threshold));
+    table.append(row);
+  });
+  return table;
+}
+
+// Outline the cells of row `i` above the threshold and mark their column headers; a second click clears.
+function highlight(table, i, threshold) {
+  const already = table.querySelector(`tr[data-row="${i}"] th.row.selected`);
+  table.querySelectorAll(".hl, th.selected").forEach((node) => node.classList.remove("hl", "selected"));
+  if (already) return;
+  table.querySelector(`tr[data-row="${i}"] th.row`).classList.add("selected");
+  const headers = table.querySelectorAll("tr:first-child th.col");
+  table.querySelectorAll(`td.cell[data-row="${i}"]`).forEach((cell) => {
+    if (Number(cell.dataset.weight) > threshold) {
+      cell.classList.add("hl");
+      headers[Number(cell.dataset.col)].classList.add("hl");
+    }
+  });
+}
+
+function selector(label, cls, options, value) {
+  const select = element("select", {class: cls});
+  for (const [optionValue, text] of options) {
+    const option = element("option", {value: optionValue, text});
+    if (String(optionValue) === String(value)) option.selected = true;
+    select.append(option);
+  }
+  return [element("label", {}, `${label} `, select), select];
+}
+
+// One model's panel: translation, n-best, then the attention view for its kind / layer / head selection.
+class Panel {
+  constructor(name) {
+    this.info = models[name];
+    this.node = element("section", {class: "panel", "data-model": name});
+    this.choice = {kind: "cross", layer: this.info.layers || null, head: null};
+  }
+
+  async show(text, beam, threshold) {
+    this.text = text;
+    this.beam = beam;
+    this.threshold = threshold;
+    const info = this.info;
+    const bleu = info.dev_bleu == null ? "" : `, dev BLEU ${fixed(info.dev_bleu, 2)}`;
+    this.node.replaceChildren(
+      element("h2", {text: info.name}),
+      element("div", {class: "meta", text: `${info.architecture}, ${info.src_lang} → ${info.tgt_lang}, ` +
+        `${info.parameters.toLocaleString()} parameters${bleu}`}),
+    );
+    const nBest = Math.min(beam, 5);
+    const translated = await api("/translate", {text, model: info.name, beam_size: beam, n_best: nBest});
+    const found = translated.translations[0];
+    const list = element("ol", {class: "nbest"});
+    found.hypotheses.forEach((h) => list.append(
+      element("li", {}, element("span", {class: "score", text: fixed(h.score)}), element("span", {class: "hyp", text: h.text}))));
+    this.node.append(element("div", {class: "translation", text: found.text}),
+      element("details", {open: ""}, element("summary", {text: `n-best (beam ${beam}), score = log p / length penalty`}), list));
+    this.attentionNode = element("div", {class: "attention"});
+    this.node.append(this.attentionNode);
+    await this.drawAttention();
+  }
+
+  selectors() {
+    const bar = element("div", {class: "selectors"});
+    if (!this.info.layers || this.info.type !== "transformer") return bar;
+    const [kindLabel, kind] = selector("Attention", "kind-select",
+      [["cross", "cross (target → source)"], ["encoder", "encoder self"], ["decoder", "decoder self"]], this.choice.kind);
+    const layers = Array.from({length: this.info.layers}, (_, i) => [i + 1, `layer ${i + 1}`]);
+    const [layerLabel, layer] = selector("Layer", "layer-select", layers, this.choice.layer);
+    const heads = [["", "all heads (grid)"], ...Array.from({length: this.info.heads}, (_, i) => [i + 1, `head ${i + 1}`])];
+    const [headLabel, head] = selector("Head", "head-select", heads, this.choice.head ?? "");
+    const redraw = () => {
+      this.choice = {kind: kind.value, layer: Number(layer.value), head: head.value ? Number(head.value) : null};
+      this.drawAttention().catch((err) => setStatus(err.message, true));
+    };
+    [kind, layer, head].forEach((select) => select.addEventListener("change", redraw));
+    bar.append(kindLabel, layerLabel, headLabel);
+    return bar;
+  }
+
+  async drawAttention() {
+    const request = {text: this.text, model: this.info.name, beam_size: this.beam, threshold: this.threshold};
+    if (this.info.type === "transformer") Object.assign(request, this.choice);
+    const view = await api("/attention", request);
+    this.view = view;
+    const hoverLine = element("div", {class: "hover", text: " "});
+    const hover = (message) => { hoverLine.textContent = message; };
+    const what = view.head ? `head ${view.head}` : (view.layer ? "heads averaged" : "attention");
+    const where = view.layer ? `${view.kind} attention, layer ${view.layer}, ${what}` : "cross-attention";
+    const [entropy, std] = view.summary.entropy;
+    const children = [this.selectors(),
+      element("div", {class: "meta", text: `${where}: mean entropy ${fixed(entropy)} ± ${fixed(std)} nats, ` +
+        `mean max weight ${fixed(view.summary.max_weight[0])}`}),
+      heatmap(view.row_tokens, view.col_tokens, view.weights,
+              {stats: view, threshold: this.threshold, hover}), hoverLine];
+    if (view.panels.length > 1) {
+      const grid = element("div", {class: "grid"});
+      view.panels.forEach((panel) => grid.append(element("figure", {},
+        element("figcaption", {text: panel.caption}),
+        heatmap(view.row_tokens, view.col_tokens, panel.weights, {small: true, threshold: this.threshold, hover}))));
+      children.push(element("h3", {text: `every head of layer ${view.layer}`}), grid);
+    }
+    if (view.heads.length) {
+      const table = element("table", {class: "heads-table"},
+        element("tr", {}, ...["layer", "head", "entropy", "max weight"].map((h) => element("th", {text: h}))));
+      view.heads.forEach((h) => table.append(element("tr", {}, element("td", {text: h.layer}),
+        element("td", {text: h.head}), element("td", {text: fixed(h.entropy)}), element("td", {text: fixed(h.max_weight)}))));
+      children.push(element("details", {}, element("summary", {text: `${view.kind} attention statistics of every head`}), table));
+    }
+    this.attentionNode.replaceChildren(...children);
+  }
+}
+
+async function translate(event) {
+  event.preventDefault();
+  const text = $("#text").value;
+  const beam = Number($("#beam").value) || 1;
+  const threshold = Number($("#threshold").value);
+  const names = [$("#model-a").value, $("#model-b").value].filter((name, i, all) => name && all.indexOf(name) === i);
+  setStatus("translating…");
+  const panels = names.map((name) => new Panel(name));
+  $("#panels").replaceChildren(...panels.map((panel) => panel.node));
+  try {
+    const started = performance.now();
+    await Promise.all(panels.map((panel) => panel.show(text, beam, threshold)));
+    setStatus(`done in ${Math.round(performance.now() - started)} ms`);
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function start() {
+  try {
+    const found = await api("/models");
+    models = Object.fromEntries(found.map((m) => [m.name, m]));
+    for (const m of found) {
+      const label = `${m.name} (${m.architecture})`;
+      $("#model-a").append(element("option", {value: m.name, text: label}));
+      $("#model-b").append(element("option", {value: m.name, text: label}));
+    }
+    $("#beam").value = found[0].beam_size;
+    setStatus(`${found.length} model${found.length > 1 ? "s" : ""} served`);
+  } catch (err) {
+    setStatus(`cannot list the models: ${err.message}`, true);
+  }
+  $("#query").addEventListener("submit", translate);
+}
+
+start();

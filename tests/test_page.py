@@ -1,0 +1,96 @@
+"""The attention explorer page in a real browser: Debian's chromium driven by Playwright against a real
+`nmt serve` process on 127.0.0.1. Skipped, with the reason, where chromium or Playwright is missing (CI
+installs chromium first: .ci/run)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from serve_bench import free_port, start_server  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+
+
+def post(port: int, path: str, body: dict) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    return json.loads(connection.getresponse().read())
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, trained_transformer, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("page") / "server.log"
+    process = start_server([Path(f"transformer={trained_transformer}"), Path(f"rnn={trained_run}")], port, [], log)
+    yield port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def cell_weights(page, panel: str) -> list[float]:
+    return page.eval_on_selector_all(f"{panel} .attention > table.heatmap td.cell",
+                                     "cells => cells.map(c => Number(c.dataset.weight))")
+
+
+def test_the_page_translates_draws_attention_and_switches_heads_and_models(server, tmp_path):
+    port = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelectorAll('#model-a option').length == 2")
+        page.fill("#text", "ab ca de")
+        page.fill("#beam", "3")
+        page.click("#translate")
+        transformer = ".panel[data-model=transformer]"
+        page.wait_for_selector(f"{transformer} .attention > table.heatmap td.cell")
+
+        expected = post(port, "/attention", {"text": "ab ca de", "model": "transformer", "beam_size": 3})
+        assert page.inner_text(f"{transformer} .translation") == expected["translation"] == "DE CA AB"
+        assert cell_weights(page, transformer) == pytest.approx(sum(expected["weights"], []), abs=1e-6)
+        shown_entropy = page.eval_on_selector_all(f"{transformer} .attention > table.heatmap td.entropy",
+                                                  "cells => cells.map(c => c.textContent)")
+        assert shown_entropy == [f"{e:.3f}" for e in expected["entropy"]]
+        assert page.locator(f"{transformer} .grid figure").count() == 4  # every head of the last layer
+        assert page.locator(f"{transformer} .nbest li").count() == 3
+
+        page.select_option(f"{transformer} .layer-select", "1")
+        page.wait_for_selector(f"{transformer} .attention .meta:has-text('layer 1')")
+        page.select_option(f"{transformer} .head-select", "2")
+        page.wait_for_selector(f"{transformer} .attention .meta:has-text('head 2')")
+        head = post(port, "/attention", {"text": "ab ca de", "model": "transformer", "beam_size": 3, "layer": 1,
+                                         "head": 2})
+        assert cell_weights(page, transformer) == pytest.approx(sum(head["weights"], []), abs=1e-6)
+
+        first = page.locator(f"{transformer} .attention > table.heatmap td.cell").first
+        first.hover()
+        hover = page.inner_text(f"{transformer} .hover")
+        assert f"{head['row_tokens'][0]} → {head['col_tokens'][0]}" in hover and f"{head['weights'][0][0]:.4f}" in hover
+        page.locator(f"{transformer} .attention > table.heatmap th.row").first.click()
+        above = sum(w > 0.1 for w in head["weights"][0])
+        assert page.locator(f"{transformer} .attention > table.heatmap td.cell.hl").count() == above
+        assert page.locator(f"{transformer} .attention > table.heatmap th.col.hl").count() == above
+
+        page.select_option("#model-b", "rnn")
+        page.click("#translate")
+        rnn = ".panel[data-model=rnn]"
+        page.wait_for_selector(f"{rnn} .attention > table.heatmap td.cell")
+        expected_rnn = post(port, "/attention", {"text": "ab ca de", "model": "rnn", "beam_size": 3})
+        assert page.inner_text(f"{rnn} .translation") == expected_rnn["translation"]
+        assert cell_weights(page, rnn) == pytest.approx(sum(expected_rnn["weights"], []), abs=1e-6)
+        assert page.locator(f"{rnn} .head-select").count() == 0  # an RNN has one map
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+        shot = page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert len(shot) > 20_000
+        browser.close()
