@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -225,6 +226,10 @@ def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path
     saved = checkpoint.meta.get("model")
     if not isinstance(saved, dict):
         return  # checkpoints written before the metadata recorded the model: the shape checks below still run
+    try:  # a setting added since the checkpoint was written takes its default, which is how it was trained
+        saved = ModelConfig.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        pass  # from a newer version or edited: compared as recorded
     differences = [d for d in config_diff(saved, config.model_dump(mode="json"), "model")
                    if not d[0].endswith("dropout")]
     if differences:

@@ -325,7 +325,7 @@ def serve(
     checkpoint: CheckpointOption = Which.best,
     max_batch: Annotated[int, typer.Option(min=1, help="Sentences decoded together at most.")] = 64,
     batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to share its "
-                                                 "batch.")] = 5.0,
+                                                 "batch.")] = 2.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Texts in one /translate request at most.")] = 64,
 ) -> None:
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,

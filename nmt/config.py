@@ -169,6 +169,9 @@ class AttentionConfig(Section):
     heads: PositiveInt = 4
     """multihead: scaled dot-product heads computed in parallel and concatenated (dim must divide by it)."""
     dropout: Fraction = 0.0
+    scale: bool = False
+    """dot / general: divide the scores by sqrt(decoder hidden size), as scaled dot-product attention does
+    (Vaswani et al. 2017), so that they start near unit variance."""
 
 
 
@@ -244,6 +247,8 @@ class ModelConfig(Section):
         if self.attention.type == "multihead" and attention_dim % self.attention.heads:
             raise ValueError(f"attention.type multihead: attention.dim ({attention_dim}) must be a multiple of "
                              f"attention.heads ({self.attention.heads})")
+        if self.attention.scale and self.attention.type not in ("dot", "general"):
+            raise ValueError(f"attention.scale is for the dot and general scores, not {self.attention.type}")
         if self.attention.type == "dot" and self.encoder.output_size != self.decoder.hidden_size:
             raise ValueError(
                 f"attention.type dot needs the encoder output size ({self.encoder.output_size}) to equal "

@@ -27,7 +27,7 @@ class _Request:
 
 
 class MicroBatcher:
-    def __init__(self, decode: Callable[[Any, list[str]], list], max_sentences: int = 64, max_wait_ms: float = 5.0):
+    def __init__(self, decode: Callable[[Any, list[str]], list], max_sentences: int = 64, max_wait_ms: float = 2.0):
         """`decode(key, texts)` returns one result per text, in order; `key` holds the shared settings."""
         self.decode, self.max_sentences, self.max_wait = decode, max_sentences, max_wait_ms / 1000
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-decode")

@@ -33,7 +33,7 @@ class Limits(BaseModel):
     max_texts: int = 64  # texts in one /translate request
     max_body_bytes: int = 1 << 20
     max_batch_sentences: int = 64
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 2.0
 
 
 # Requests and responses -------------------------------------------------------------------------------

@@ -56,6 +56,22 @@ def test_scores_follow_the_papers_equations():
     assert math.isclose(float(-(weights * weights.log()).sum()), math.log(S), rel_tol=1e-5)
 
 
+def test_attention_scale_divides_dot_and_general_scores_by_the_root_of_the_size():
+    from nmt.config import AttentionConfig, ModelConfig
+    from nmt.models.attention import build_attention
+
+    torch.manual_seed(2)
+    q, h = torch.randn(1, 2, H), torch.randn(1, S, H)
+    for kind in ("dot", "general"):
+        plain = build_attention(AttentionConfig(type=kind), H, H)
+        scaled = build_attention(AttentionConfig(type=kind, scale=True), H, H)
+        scaled.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(scaled.score(q, scaled.project_keys(h)),
+                                   plain.score(q, plain.project_keys(h)) / math.sqrt(H))
+    with pytest.raises(ValueError, match="attention.scale is for the dot and general scores, not bahdanau"):
+        ModelConfig(attention={"type": "bahdanau", "scale": True})
+
+
 def test_each_query_step_is_independent():
     attention = scorers()["bahdanau"]
     memory, mask = torch.randn(B, S, H), torch.ones(B, S, dtype=torch.bool)

@@ -155,6 +155,24 @@ def test_a_config_edited_after_training_is_refused_by_name(trained_run, tmp_path
     assert named in str(err.value)
 
 
+def test_a_setting_added_after_the_checkpoint_takes_its_default(trained_run, tmp_path, rewrite_meta):
+    """A checkpoint recorded before `attention.scale` existed loads while the config keeps the default."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+
+    def older(text: str) -> str:
+        meta = json.loads(text)
+        del meta["model"]["attention"]["scale"]
+        return json.dumps(meta)
+
+    for files in RunDir(copy).checkpoints():
+        rewrite_meta(files, older)
+    assert load_model(copy).config.model.attention.scale is False
+    _edit_run_config(copy, lambda m: m["attention"].update(scale=True))
+    with pytest.raises(CheckpointError, match="model.attention.scale False -> True"):
+        load_model(copy)
+
+
 def test_shapes_are_checked_even_without_a_recorded_model(trained_run, tmp_path, rewrite_meta):
     """Checkpoints written before the metadata recorded the model config are still refused by shape."""
     copy = tmp_path / "run"

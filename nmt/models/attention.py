@@ -64,20 +64,25 @@ class AdditiveAttention(Attention):
 
 
 class DotAttention(Attention):
-    """Luong dot: e_i = s_t^T h_i (needs Hq == Hm)."""
+    """Luong dot: e_i = s_t^T h_i (needs Hq == Hm), times `scale` (1, or 1/sqrt(Hq) with attention.scale)."""
+
+    def __init__(self, dropout: float = 0.0, scale: float = 1.0):
+        super().__init__(dropout)
+        self.scale = scale
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
         return memory
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(query, keys.transpose(1, 2))
+        scores = torch.bmm(query, keys.transpose(1, 2))
+        return scores if self.scale == 1.0 else scores * self.scale
 
 
 class GeneralAttention(DotAttention):
     """Luong general: e_i = s_t^T W_a h_i, with W_a h_i computed once per batch as the keys."""
 
-    def __init__(self, query_size: int, memory_size: int, dropout: float = 0.0):
-        super().__init__(dropout)
+    def __init__(self, query_size: int, memory_size: int, dropout: float = 0.0, scale: float = 1.0):
+        super().__init__(dropout, scale)
         self.key_proj = nn.Linear(memory_size, query_size, bias=False)  # W_a
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
@@ -89,6 +94,7 @@ def build_attention(cfg: AttentionConfig, query_size: int, memory_size: int) -> 
         return MultiHeadAttention(query_size, memory_size, cfg.dim or query_size, cfg.heads, cfg.dropout, memory_size)
     if cfg.type in ("bahdanau", "concat"):
         return AdditiveAttention(query_size, memory_size, cfg.dim or query_size, cfg.dropout)
+    scale = query_size ** -0.5 if cfg.scale else 1.0
     if cfg.type == "general":
-        return GeneralAttention(query_size, memory_size, cfg.dropout)
-    return DotAttention(cfg.dropout)
+        return GeneralAttention(query_size, memory_size, cfg.dropout, scale)
+    return DotAttention(cfg.dropout, scale)
