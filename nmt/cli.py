@@ -98,9 +98,11 @@ def train(
     from nmt.train import train as run_training
 
     result = run_training(_config(config, set_), resume=resume)
+    if result.rank != 0:  # under torchrun, rank 0 reports
+        return
     typer.echo(f"{result.run_dir}: {result.steps} steps ({result.stop_reason}), best dev BLEU {result.best_bleu:.2f}")
-    if result.stop_reason in ("SIGINT", "SIGTERM"):
-        raise typer.Exit(130)
+    if result.stop_reason in ("SIGINT", "SIGTERM") and result.ranks == 1:
+        raise typer.Exit(130)  # under torchrun a saved, clean stop exits 0: a non-zero rank reads as a crash there
 
 
 class Which(str, Enum):

@@ -299,6 +299,9 @@ class TrainingConfig(Section):
     """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
     threads: PositiveInt | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed_timeout_minutes: Annotated[float, Field(gt=0.0)] = 30.0
+    """Under torchrun: how long a rank waits for the others (rank 0's validation included) before the job
+    ends with an error instead of hanging."""
 
     @model_validator(mode="after")
     def _budget(self) -> TrainingConfig:

@@ -1,7 +1,8 @@
 """Read aligned sentence pairs from any declared source, normalize them and filter the training split.
 
-Readers are strict: a misaligned pair of files, a line that is not UTF-8 or a short TSV row is an error
-naming the file and line, never a silently shifted corpus."""
+Readers stream pairs one at a time, so a corpus larger than memory passes through. They are strict: a
+misaligned pair of files, a line that is not UTF-8 or a short TSV row is an error naming the file and
+line, never a silently shifted corpus."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import BinaryIO
 
@@ -55,28 +57,32 @@ def read_stream(handle: BinaryIO, name: str) -> list[str]:
     return list(_decode_lines(handle, name))
 
 
-def read_text_pair(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
-    src, tgt = list(read_lines(src_path)), list(read_lines(tgt_path))
-    if len(src) != len(tgt):
-        raise DataError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: the sides must be aligned line by line"
-        )
-    return src, tgt
+Pair = tuple[str, str]
 
 
-def read_tsv(path: Path, src_column: int, tgt_column: int) -> tuple[list[str], list[str]]:
-    src, tgt = [], []
+def read_text_pairs(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
+    """The aligned lines of two files; when one ends first, an error with both line counts."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    for number, (s, t) in enumerate(zip_longest(src, tgt), start=1):
+        if s is None or t is None:
+            src_count = number - 1 if s is None else number + sum(1 for _ in src)
+            tgt_count = number - 1 if t is None else number + sum(1 for _ in tgt)
+            raise DataError(f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: the sides must be "
+                            "aligned line by line")
+        yield s, t
+
+
+def read_tsv(path: Path, src_column: int, tgt_column: int) -> Iterator[Pair]:
     needed = max(src_column, tgt_column) + 1
     for number, line in enumerate(read_lines(path), start=1):
         cells = line.split("\t")
         if len(cells) < needed:
             raise DataError(f"{path} line {number}: expected at least {needed} tab-separated columns, got {len(cells)}")
-        src.append(cells[src_column])
-        tgt.append(cells[tgt_column])
-    return src, tgt
+        yield cells[src_column], cells[tgt_column]
 
 
-def read_hf(source: HfSource) -> tuple[list[str], list[str]]:
+def read_hf(source: HfSource) -> Iterator[Pair]:
+    """Rows of a Hugging Face dataset, read one at a time from its memory-mapped Arrow files."""
     import datasets  # imported here: it is slow to import and only this reader needs it
 
     try:
@@ -87,39 +93,42 @@ def read_hf(source: HfSource) -> tuple[list[str], list[str]]:
     for column in columns:
         if column not in dataset.column_names:
             raise DataError(f"Hugging Face dataset {source.name!r}: no field {column!r} (has {dataset.column_names})")
-    if source.field:
-        rows = dataset[source.field]
+    for row in dataset:
+        if not source.field:
+            yield row[source.src_field], row[source.tgt_field]
+            continue
         try:
-            return [row[source.src_field] for row in rows], [row[source.tgt_field] for row in rows]
+            yield row[source.field][source.src_field], row[source.field][source.tgt_field]
         except (KeyError, TypeError):
             raise DataError(
                 f"Hugging Face dataset {source.name!r}: {source.field!r} entries lack "
                 f"{source.src_field!r} or {source.tgt_field!r}"
             ) from None
-    return list(dataset[source.src_field]), list(dataset[source.tgt_field])
 
 
-def read_source(source: Source, data: DataConfig) -> tuple[list[str], list[str]]:
-    """Read one split's raw pairs, fetching URLs through the mirror and the download cache."""
+def read_pairs(source: Source, data: DataConfig) -> Iterator[Pair]:
+    """One split's raw pairs, fetching URLs through the mirror and the download cache first."""
 
     def local(location: str, sha256: str | None) -> Path:
         return fetch(location, Path(data.download_dir), data.mirrors(), data.mirror_subdir, sha256)
 
     if isinstance(source, TextSource):
-        return read_text_pair(local(source.src, source.src_sha256), local(source.tgt, source.tgt_sha256))
+        return read_text_pairs(local(source.src, source.src_sha256), local(source.tgt, source.tgt_sha256))
     if isinstance(source, TsvSource):
         return read_tsv(local(source.path, source.sha256), source.src_column, source.tgt_column)
     return read_hf(source)
 
 
 _SPACES = re.compile(r"\s+")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")  # exactly Unicode's category Cc
 
 
 def normalize(text: str, clean: CleanConfig) -> str:
-    """Unicode normalization, control characters to spaces, whitespace collapsed, optional lowercasing."""
+    """Unicode normalization, control characters (line breaks among them) to spaces, whitespace collapsed,
+    optional lowercasing. The result is one line."""
     if clean.unicode_normalization != "none":
         text = unicodedata.normalize(clean.unicode_normalization, text)
-    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    text = _CONTROLS.sub(" ", text)
     if clean.collapse_whitespace:
         text = _SPACES.sub(" ", text).strip()
     if clean.lowercase:
@@ -143,22 +152,30 @@ def drop_reason(src: str, tgt: str, clean: CleanConfig) -> str | None:
     return None
 
 
-def clean_corpus(src: list[str], tgt: list[str], clean: CleanConfig, filter_pairs: bool) -> Corpus:
-    """Normalize every pair; with `filter_pairs` (the training split) drop empty, overlong and unbalanced ones.
+def clean_pairs(pairs: Iterable[Pair], clean: CleanConfig, filter_pairs: bool, dropped: Counter[str]
+                ) -> Iterator[Pair]:
+    """Normalize every pair; with `filter_pairs` (the training split) drop empty, overlong and unbalanced ones,
+    counting them in `dropped` by reason.
 
     Dev and test are never filtered: dropping hard sentences would flatter the scores."""
-    corpus = Corpus([], [])
-    for raw_src, raw_tgt in zip(src, tgt, strict=True):
+    for raw_src, raw_tgt in pairs:
         s, t = normalize(raw_src, clean), normalize(raw_tgt, clean)
         reason = drop_reason(s, t, clean) if filter_pairs else None
         if reason:
-            corpus.dropped[reason] += 1
+            dropped[reason] += 1
             continue
-        corpus.src.append(s)
-        corpus.tgt.append(t)
-    return corpus
+        yield s, t
+
+
+def stream_split(data: DataConfig, split: str, dropped: Counter[str]) -> Iterator[Pair]:
+    """A split's cleaned pairs, one at a time (what `nmt data` writes to its cache)."""
+    return clean_pairs(read_pairs(data.split(split), data), data.clean, split == "train", dropped)
 
 
 def load_split(data: DataConfig, split: str) -> Corpus:
-    src, tgt = read_source(data.split(split), data)
-    return clean_corpus(src, tgt, data.clean, filter_pairs=(split == "train"))
+    """A split's cleaned pairs in memory: for the dev and test sets that evaluation reads whole."""
+    corpus = Corpus([], [])
+    for s, t in stream_split(data, split, corpus.dropped):
+        corpus.src.append(s)
+        corpus.tgt.append(t)
+    return corpus

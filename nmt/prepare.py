@@ -1,44 +1,63 @@
 """The data pipeline behind `nmt data`: read and clean every split, train SentencePiece on the training
 split, encode, and cache the result under a key made of the config fields it depends on.
 
+Every stage streams, so a corpus larger than memory prepares in bounded memory: cleaned pairs go straight
+to the cache's text files, SentencePiece samples at most `tokenizer.max_sentences` of them, and encoding
+appends chunk by chunk to flat token files that training memory-maps.
+
 A second run with the same fields loads the cache (memory-mapped arrays); a changed field, or a changed
 local input file, builds a new one. The cache folder is built aside and renamed into place when complete."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from nmt.batching import padding_fraction, token_batches
 from nmt.config import Config, DataConfig, HfSource, Source, TextSource, TokenizerConfig, TsvSource, is_url
-from nmt.corpus import load_split
+from nmt.corpus import stream_split
 from nmt.fileio import atomic_write_bytes, atomic_write_text
+from nmt.progress import progress_bar
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SRC_SPM, TGT_SPM = "src.spm", "tgt.spm"
+SIDES = ("src", "tgt")
+ENCODE_CHUNK = 20_000  # sentences encoded at a time
 
 
 @dataclass
 class EncodedSplit:
-    """A split's subword ids as flat arrays with offsets (memory-mapped from the cache), plus its text."""
+    """A split's subword ids as flat arrays with offsets (memory-mapped from the cache), and its cleaned text
+    (read from the cache only when asked for: training never holds the training text in memory)."""
 
     src_tokens: np.ndarray
     src_offsets: np.ndarray
     tgt_tokens: np.ndarray
     tgt_offsets: np.ndarray
-    src_text: list[str]
-    tgt_text: list[str]
+    text_files: tuple[Path, Path]
+
+    @cached_property
+    def src_text(self) -> list[str]:
+        return _read_lines(self.text_files[0])
+
+    @cached_property
+    def tgt_text(self) -> list[str]:
+        return _read_lines(self.text_files[1])
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
@@ -94,47 +113,99 @@ def cache_key(data: DataConfig, tokenizer: TokenizerConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flatten(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = np.fromiter((t for s in sequences for t in s), dtype=np.int32, count=int(offsets[-1]))
-    return tokens, offsets
-
-
-def _build(config: Config, folder: Path) -> None:
-    data = config.data
-    corpora = {name: load_split(data, name) for name in SPLITS if getattr(data, name) is not None}
-    tokenizer = Tokenizer.train(corpora["train"].src, corpora["train"].tgt, config.tokenizer)
-    atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
-    atomic_write_bytes(folder / TGT_SPM, tokenizer.tgt_proto)
-    stats: dict = {"splits": {}, "src_vocab_size": tokenizer.src_vocab_size,
-                   "tgt_vocab_size": tokenizer.tgt_vocab_size}
-    for name, corpus in corpora.items():
-        src_tokens, src_offsets = _flatten(tokenizer.encode_src(corpus.src, progress=f"encode {name} source"))
-        tgt_tokens, tgt_offsets = _flatten(tokenizer.encode_tgt(corpus.tgt, progress=f"encode {name} target"))
-        for label, array in (("src_tokens", src_tokens), ("src_offsets", src_offsets),
-                             ("tgt_tokens", tgt_tokens), ("tgt_offsets", tgt_offsets)):
-            np.save(folder / f"{name}.{label}.npy", array)
-        (folder / f"{name}.src.txt").write_text("".join(s + "\n" for s in corpus.src), encoding="utf-8")
-        (folder / f"{name}.tgt.txt").write_text("".join(t + "\n" for t in corpus.tgt), encoding="utf-8")
-        stats["splits"][name] = {"pairs": len(corpus), "src_tokens": int(len(src_tokens)),
-                                 "tgt_tokens": int(len(tgt_tokens)), "dropped": dict(corpus.dropped)}
-    atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+def _text_file(folder: Path, split: str, side: str) -> Path:
+    return folder / f"{split}.{side}.txt"
 
 
 def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
+def _iter_lines(path: Path) -> Iterator[str]:
+    """One cleaned sentence per line (cleaning turned every line break inside a sentence into a space)."""
+    with path.open(encoding="utf-8", newline="\n") as handle:
+        for line in handle:
+            yield line.removesuffix("\n")
+
+
+def _write_pairs(data: DataConfig, split: str, folder: Path) -> tuple[int, Counter[str]]:
+    """Stream a split's cleaned pairs into its two text files; its pair count and the pairs dropped."""
+    dropped: Counter[str] = Counter()
+    count = 0
+    with _text_file(folder, split, "src").open("w", encoding="utf-8", newline="\n") as src, \
+            _text_file(folder, split, "tgt").open("w", encoding="utf-8", newline="\n") as tgt, \
+            progress_bar(desc=f"read {split}", unit="pair", leave=False) as bar:
+        for s, t in stream_split(data, split, dropped):
+            src.write(s + "\n")
+            tgt.write(t + "\n")
+            count += 1
+            if count % 10_000 == 0:
+                bar.update(10_000)
+    return count, dropped
+
+
+def _encode_file(lines: Path, encode: Callable[[list[str]], list[list[int]]], tokens_path: Path,
+                 offsets_path: Path, count: int, desc: str) -> int:
+    """Encode a text file chunk by chunk, appending int32 ids to `tokens_path`; writes the offsets, returns
+    the number of tokens."""
+    lengths = []
+    source = _iter_lines(lines)
+    with tokens_path.open("wb") as out, progress_bar(total=count, desc=desc, unit="sent", leave=False) as bar:
+        while chunk := list(itertools.islice(source, ENCODE_CHUNK)):
+            ids = encode(chunk)
+            lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+            out.write(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32).tobytes())
+            bar.update(len(chunk))
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    np.save(offsets_path, offsets)
+    return int(offsets[-1])
+
+
+def _tokens_file(folder: Path, split: str, side: str) -> Path:
+    return folder / f"{split}.{side}_tokens.int32"
+
+
+def _offsets_file(folder: Path, split: str, side: str) -> Path:
+    return folder / f"{split}.{side}_offsets.npy"
+
+
+def _build(config: Config, folder: Path) -> None:
+    data = config.data
+    pairs, dropped = {}, {}
+    for name in SPLITS:
+        if getattr(data, name) is not None:
+            pairs[name], dropped[name] = _write_pairs(data, name, folder)
+    tokenizer = Tokenizer.train(_iter_lines(_text_file(folder, "train", "src")),
+                                _iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
+    atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
+    atomic_write_bytes(folder / TGT_SPM, tokenizer.tgt_proto)
+    stats: dict = {"splits": {}, "src_vocab_size": tokenizer.src_vocab_size,
+                   "tgt_vocab_size": tokenizer.tgt_vocab_size}
+    encoders = {"src": tokenizer.encode_src, "tgt": tokenizer.encode_tgt}
+    for name, count in pairs.items():
+        tokens = {side: _encode_file(_text_file(folder, name, side), encoders[side], _tokens_file(folder, name, side),
+                                     _offsets_file(folder, name, side), count, f"encode {name} {side}")
+                  for side in SIDES}
+        stats["splits"][name] = {"pairs": count, "src_tokens": tokens["src"], "tgt_tokens": tokens["tgt"],
+                                 "dropped": dict(dropped[name])}
+    atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+
+
+def _map_tokens(path: Path) -> np.ndarray:
+    """The int32 ids of a token file, memory-mapped (numpy cannot map an empty file)."""
+    return np.memmap(path, dtype=np.int32, mode="r") if path.stat().st_size else np.zeros(0, dtype=np.int32)
+
+
 def load_cache(folder: Path) -> PreparedData:
     stats = json.loads((folder / "stats.json").read_text())
     splits = {}
     for name in stats["splits"]:
-        arrays = {label: np.load(folder / f"{name}.{label}.npy", mmap_mode="r")
-                  for label in ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets")}
-        splits[name] = EncodedSplit(**arrays, src_text=_read_lines(folder / f"{name}.src.txt"),
-                                    tgt_text=_read_lines(folder / f"{name}.tgt.txt"))
+        splits[name] = EncodedSplit(
+            _map_tokens(_tokens_file(folder, name, "src")), np.load(_offsets_file(folder, name, "src"), mmap_mode="r"),
+            _map_tokens(_tokens_file(folder, name, "tgt")), np.load(_offsets_file(folder, name, "tgt"), mmap_mode="r"),
+            (_text_file(folder, name, "src"), _text_file(folder, name, "tgt")))
     tokenizer = Tokenizer((folder / SRC_SPM).read_bytes(), (folder / TGT_SPM).read_bytes())
     return PreparedData(tokenizer, splits, stats, folder, reused=True)
 

@@ -6,14 +6,14 @@ directory still holds one model per side so that loading never depends on that c
 from __future__ import annotations
 
 import io
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
 from nmt.config import TokenizerConfig
 from nmt.errors import DataError
-from nmt.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +21,19 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 
 
-def train_sentencepiece(lines: Sequence[str], cfg: TokenizerConfig, what: str) -> bytes:
-    """Train one SentencePiece model in memory and return its serialized proto."""
-    if not lines:
+def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, what: str) -> bytes:
+    """Train one SentencePiece model in memory and return its serialized proto. `lines` is streamed:
+    SentencePiece keeps a random sample of at most `max_sentences` of them."""
+    lines = iter(lines)
+    first = next(lines, None)
+    if first is None:
         raise DataError(f"cannot train the {what} tokenizer: no training sentences")
-    log.info("training SentencePiece %s (%s, vocab %d) on %d sentences", what, cfg.model_type, cfg.vocab_size,
-             len(lines))
+    log.info("training SentencePiece %s (%s, vocab %d) on a sample of at most %d sentences", what, cfg.model_type,
+             cfg.vocab_size, cfg.max_sentences)
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
+            sentence_iterator=itertools.chain([first], lines),
             model_writer=model,
             model_type=cfg.model_type,
             vocab_size=cfg.vocab_size,
@@ -61,9 +64,9 @@ class Tokenizer:
         self.tgt = spm.SentencePieceProcessor(model_proto=tgt_proto)
 
     @classmethod
-    def train(cls, src_lines: Sequence[str], tgt_lines: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
+    def train(cls, src_lines: Iterable[str], tgt_lines: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
         if cfg.joint:
-            proto = train_sentencepiece(list(src_lines) + list(tgt_lines), cfg, "joint")
+            proto = train_sentencepiece(itertools.chain(src_lines, tgt_lines), cfg, "joint")
             return cls(proto, proto)
         return cls(train_sentencepiece(src_lines, cfg, "source"), train_sentencepiece(tgt_lines, cfg, "target"))
 
@@ -75,13 +78,13 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self.tgt.get_piece_size()
 
-    def encode_src(self, lines: Sequence[str], progress: str | None = None) -> list[list[int]]:
+    def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
         """Source ids end with EOS, so the encoder sees where a sentence stops."""
-        return [ids + [EOS_ID] for ids in _encode(self.src, lines, progress)]
+        return [ids + [EOS_ID] for ids in self.src.encode(list(lines))]
 
-    def encode_tgt(self, lines: Sequence[str], progress: str | None = None) -> list[list[int]]:
+    def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
         """Target ids without BOS/EOS: batching adds them for the teacher-forcing shift."""
-        return _encode(self.tgt, lines, progress)
+        return self.tgt.encode(list(lines))
 
     def decode_tgt(self, ids: Sequence[int]) -> str:
         return self.tgt.decode([i for i in ids if i > EOS_ID])
@@ -92,13 +95,3 @@ class Tokenizer:
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.tgt.id_to_piece(int(i)) for i in ids]
 
-
-def _encode(processor: spm.SentencePieceProcessor, lines: Sequence[str], progress: str | None) -> list[list[int]]:
-    chunk = 20_000
-    out: list[list[int]] = []
-    with progress_bar(total=len(lines), desc=progress, unit="sent", enabled=progress is not None, leave=False) as bar:
-        for start in range(0, len(lines), chunk):
-            part = list(lines[start:start + chunk])
-            out.extend(processor.encode(part))
-            bar.update(len(part))
-    return out

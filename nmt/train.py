@@ -5,6 +5,11 @@ One optimizer step: forward each micro-batch under autocast, scale, backward; th
 update the scaler and the schedule (the order GradScaler needs: clipping sees true gradients).
 Resuming restores weights, optimizer, scheduler, scaler, RNG states and the position in the epoch's
 batch order, so N steps + stop + resume + N steps equal 2N uninterrupted steps on CPU.
+
+Under torchrun (nmt.distributed) every rank builds the same batch order and a step takes `accumulate`
+batches per rank from it, so N ranks together take what one process with `accumulate: N` takes, and the
+loss is divided by the step's target tokens over all ranks: the update is the same. Rank 0 alone validates,
+writes checkpoints and logs; the decision to stop is shared by one collective at the top of every step.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nmt.attention_stats import attention_stats
@@ -36,6 +43,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
+from nmt.distributed import World
 from nmt.errors import ConfigError, TrainingError
 from nmt.metrics import bleu, chrf
 from nmt.models import Model, build_model, count_parameters
@@ -54,16 +62,18 @@ class TrainResult:
     steps: int
     best_bleu: float
     stop_reason: str
+    rank: int = 0
+    ranks: int = 1  # processes in the job: more than 1 under torchrun
 
 
-def pick_device(cfg: TrainingConfig) -> torch.device:
+def pick_device(cfg: TrainingConfig, world: World) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("training.device: cuda was asked for but no CUDA GPU is available")
-        return torch.device("cuda")
+        return world.device(cuda=True)
     if cfg.precision == "fp16":
         raise ConfigError("training.precision: fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
-    return torch.device("cpu")
+    return world.device(cuda=False)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -202,6 +212,15 @@ class Progress:
 
 
 @dataclass
+class StepShare:
+    """This rank's part of one optimizer step."""
+
+    batches: list[Batch]  # its micro-batches, on the device
+    tokens: int  # target tokens of the whole step, over every rank: the loss is divided by this
+    weight: float = 1.0  # 0 for a rank whose share ran out at the end of the data: it computes and adds nothing
+
+
+@dataclass
 class StepResult:
     loss: float  # mean per target token
     tokens: int
@@ -232,16 +251,20 @@ class ThroughputMeter:
         return self.tokens / max(1e-9, time.monotonic() - self.start)
 
 
-def stop_reason(cfg: TrainingConfig, progress: Progress, seconds: float, stop: StopSignal) -> str | None:
+def stop_reasons(cfg: TrainingConfig, progress: Progress, seconds: float | None, stop: StopSignal) -> set[str]:
     """Why the loop must stop before its next step, if it must: a budget spent, early stopping's patience
-    run out, or a signal received. (The data running out after max_epochs ends the loop by itself.)"""
+    run out, or a signal received. `seconds` is None on ranks other than 0, whose clock decides alone.
+    (The data running out after max_epochs ends the loop by itself.)"""
+    reasons = set()
     if cfg.max_steps is not None and progress.step >= cfg.max_steps:
-        return "max_steps"
-    if cfg.max_minutes is not None and seconds >= cfg.max_minutes * 60:
-        return "max_minutes"
+        reasons.add("max_steps")
+    if cfg.max_minutes is not None and seconds is not None and seconds >= cfg.max_minutes * 60:
+        reasons.add("max_minutes")
     if cfg.patience is not None and progress.bad_validations >= cfg.patience:
-        return "patience"
-    return stop.received
+        reasons.add("patience")
+    if stop.received:
+        reasons.add(stop.received)
+    return reasons
 
 
 # What a resumed run may not change: it would no longer continue the same model on the same data.
@@ -267,10 +290,14 @@ class Trainer:
     """One training run's model, optimizer and progress; `setup` builds it, `run` is the loop."""
 
     def __init__(self, config: Config, run: RunDir, data: PreparedData, model: Model, device: torch.device,
-                 show_progress: bool = False):
+                 show_progress: bool = False, world: World | None = None):
         self.config, self.cfg, self.run_dir = config, config.training, run
         self.train_split, self.dev_split = data.splits["train"], data.splits["dev"]
         self.model, self.device, self.show_progress = model, device, show_progress
+        self.world = world or World.single()
+        # What the training forward runs through: DDP all-reduces the gradients during backward.
+        self.trained: nn.Module = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None
+                                                          ) if self.world.distributed else model
         self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
         self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
@@ -290,12 +317,32 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["rng_cpu"])
-        if self.device.type == "cuda" and saved.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state_all(saved["rng_cuda"])
+        self._restore_rng(saved, checkpoint.step)
         self.progress = Progress(**saved["progress"])
         self.resumed_from = checkpoint
         self.last_saved_step = checkpoint.step
+
+    def _rng_state(self) -> dict[str, torch.Tensor | None]:
+        cuda = self.device.type == "cuda"
+        return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}
+
+    def _restore_rng(self, saved: dict, step: int) -> None:
+        """Every rank's own RNG state when the world size is the one saved (exact resume); otherwise rank 0
+        takes the first rank's and the others a fresh seed (dropout then differs from an uninterrupted run)."""
+        ranks = saved.get("rng_ranks") or [{"cpu": saved["rng_cpu"], "cuda": None}]
+        world = self.world
+        if len(ranks) == world.size or world.is_main:
+            state = ranks[world.rank]
+            torch.set_rng_state(state["cpu"])
+            if self.device.type == "cuda" and state["cuda"] is not None:
+                torch.cuda.set_rng_state(state["cuda"], self.device)
+            elif self.device.type == "cuda" and saved.get("rng_cuda") is not None:  # a single-process checkpoint
+                torch.cuda.set_rng_state_all(saved["rng_cuda"])
+        else:
+            torch.manual_seed(self.config.seed + 1_000_003 * world.rank + step)
+        if len(ranks) != world.size and world.is_main:
+            log.warning("resuming %d ranks from a checkpoint of %d: the data order continues exactly, the "
+                        "dropout masks of ranks past the first do not", world.size, len(ranks))
 
     def apply_optimizer_settings(self) -> None:
         """Make the config's learning rate, betas, weight decay and plateau settings win over the restored
@@ -313,57 +360,87 @@ class Trainer:
             for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
                 group["lr"] = cfg.lr * factor(self.scheduler.last_epoch)
 
-    def _train_state(self) -> dict:
+    def _train_state(self, rng_ranks: list[dict]) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "rng_ranks": rng_ranks,
             "progress": asdict(self.progress),
         }
 
-    def _save(self, scores: dict[str, float] | None) -> Path:
-        """A checkpoint with the dev `scores` it was validated with (None: saved on a stop signal)."""
-        meta = checkpoint_meta(self.progress.step, self.progress.epoch, self.model, self.config.model, scores)
-        folder = save_checkpoint(self.run_dir, self.model, self._train_state(), meta, self.cfg.keep_last).folder
+    def _save(self, scores: dict[str, float] | None) -> None:
+        """A checkpoint with the dev `scores` it was validated with (None: saved on a stop signal). Every rank
+        calls it: rank 0 gathers their RNG states and writes; the others wait until the checkpoint is on disk."""
+        rng_ranks = self.world.gather(self._rng_state())
+        if rng_ranks is not None:
+            meta = checkpoint_meta(self.progress.step, self.progress.epoch, self.model, self.config.model, scores)
+            save_checkpoint(self.run_dir, self.model, self._train_state(rng_ranks), meta, self.cfg.keep_last)
+        self.world.barrier()
         self.last_saved_step = self.progress.step
-        return folder
 
     # One step -------------------------------------------------------------------------------------------
 
-    def batches(self) -> Iterator[Batch]:
-        """The training batches from the saved position on, epoch after epoch, each epoch its own order."""
+    def batch_order(self) -> Iterator[np.ndarray]:
+        """The sentence indices of every training batch from the saved position on, epoch after epoch, each
+        epoch its own order from (seed, epoch): the same on every rank."""
         progress = self.progress
         while self.cfg.max_epochs is None or progress.epoch < self.cfg.max_epochs:
             order = split_batches(self.train_split, self.cfg, seed=self.config.seed * 1_000_003 + progress.epoch)
             while progress.position < len(order):
                 indices = order[progress.position]
                 progress.position += 1
-                yield make_batch(self.train_split, indices).to(self.device)
+                yield indices
             progress.epoch += 1
             progress.position = 0
 
-    def train_step(self, batches: list[Batch]) -> StepResult | None:
-        """One optimizer step over `accumulate` micro-batches; None when it was skipped (non-finite, GPU OOM)."""
-        tokens = sum(b.n_tgt_tokens for b in batches)
+    def next_share(self, order: Iterator[np.ndarray]) -> StepShare | None:
+        """Take one step's batches from `order` (`accumulate` per rank) and return this rank's share; None
+        when the data has run out. A rank left without a batch at the very end repeats one with weight 0."""
+        per_rank = self.cfg.accumulate
+        step = list(itertools.islice(order, per_rank * self.world.size))
+        if not step:
+            return None
+        tokens = int(sum(int(self.train_split.tgt_lengths[i].sum()) + len(i) for i in step))  # + EOS per sentence
+        mine = step[self.world.rank * per_rank:(self.world.rank + 1) * per_rank]
+        weight = 1.0 if mine else 0.0
+        batches = [make_batch(self.train_split, indices).to(self.device) for indices in mine or step[:1]]
+        return StepShare(batches, tokens, weight)
+
+    def _gradient_sync(self, last: bool):
+        """DDP all-reduces gradients on the step's last micro-batch only; `no_sync()` on the others."""
+        if last or not isinstance(self.trained, DistributedDataParallel):
+            return nullcontext()
+        return self.trained.no_sync()
+
+    def train_step(self, share: StepShare) -> StepResult | None:
+        """One optimizer step over this rank's micro-batches; None when it was skipped (non-finite, GPU OOM).
+        Under DDP gradients are all-reduced (averaged) with the last micro-batch's backward only."""
+        scale = share.weight * self.world.size / share.tokens  # DDP averages over ranks; this makes it a sum
         loss_sum = 0.0
         try:
-            for batch in batches:
+            for position, batch in enumerate(share.batches):
                 assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
-                with autocast(self.device, self.precision):
-                    logits, _ = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
-                                           self.cfg.teacher_forcing)
-                loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-                self.scaler.scale(loss / tokens).backward()
-                loss_sum += float(loss.detach())
+                with self._gradient_sync(last=position == len(share.batches) - 1):
+                    with autocast(self.device, self.precision):
+                        logits, _ = self.trained(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
+                                                 self.cfg.teacher_forcing)
+                    loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+                    self.scaler.scale(loss * scale).backward()
+                loss_sum += float(loss.detach()) * share.weight
         except torch.cuda.OutOfMemoryError:
+            if self.world.distributed:  # skipping here alone would leave the other ranks waiting in all-reduce
+                raise TrainingError(f"rank {self.world.rank}: out of GPU memory on {len(share.batches)} batches; "
+                                    "lower training.batch_tokens") from None
             self.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             self.progress.skipped_oom += 1
             log.warning("step %d: out of GPU memory on %d sentences; batch skipped (lower training.batch_tokens)",
-                        self.progress.step + 1, sum(b.size for b in batches))
+                        self.progress.step + 1, sum(b.size for b in share.batches))
             return None
+        loss_sum = self.world.sum([loss_sum], self.device)[0]
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         if not (math.isfinite(loss_sum) and bool(torch.isfinite(norm))):
@@ -375,7 +452,7 @@ class Trainer:
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         self.nonfinite_in_a_row = 0
-        return StepResult(loss_sum / tokens, tokens)
+        return StepResult(loss_sum / share.tokens, share.tokens)
 
     def _skip_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -391,8 +468,11 @@ class Trainer:
     # Validation -----------------------------------------------------------------------------------------
 
     def _validate(self) -> tuple[dict[str, float], bool]:
-        """Dev scores, and whether dev BLEU is the best so far (which also drives patience and plateau)."""
-        scores = validate(self.model, self.translator, self.dev_split, self.config, self.device)
+        """Dev scores, and whether dev BLEU is the best so far (which also drives patience and plateau).
+        Rank 0 validates; the others take its scores, so patience and the plateau schedule agree."""
+        scores = validate(self.model, self.translator, self.dev_split, self.config, self.device) \
+            if self.world.is_main else None
+        scores = self.world.broadcast(scores)
         progress = self.progress
         improved = scores["dev_bleu"] > progress.best_bleu
         progress.bad_validations = 0 if improved else progress.bad_validations + 1
@@ -406,9 +486,11 @@ class Trainer:
         scores, improved = self._validate()
         progress = self.progress
         progress.elapsed = time.monotonic() - started
-        self.run_dir.append_metrics({
-            "step": progress.step, "epoch": progress.epoch + 1, **scores, "elapsed": progress.elapsed,
-            "train_tokens_per_s": progress.tokens / max(1e-9, progress.train_seconds), **peak_memory_mb(self.device)})
+        if self.world.is_main:
+            self.run_dir.append_metrics({
+                "step": progress.step, "epoch": progress.epoch + 1, **scores, "elapsed": progress.elapsed,
+                "train_tokens_per_s": progress.tokens / max(1e-9, progress.train_seconds),
+                **peak_memory_mb(self.device)})
         log.info("validation at step %d: dev loss %.3f | ppl %.2f | BLEU %.2f%s", progress.step, scores["dev_loss"],
                  scores["dev_ppl"], scores["dev_bleu"], " (best)" if improved else "")
         self._save(scores)
@@ -428,33 +510,41 @@ class Trainer:
         progress = self.progress
         rate, mean_loss = meter.tokens_per_s(), meter.mean_loss()
         lr = self.optimizer.param_groups[0]["lr"]
+        meter.reset()
+        if not self.world.is_main:
+            return
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}")
         if bar.disable:
             log.info("step %d | epoch %d | loss %.3f | %s tok/s | lr %.2e", progress.step, progress.epoch + 1,
                      mean_loss, f"{rate:,.0f}", lr)
         self.run_dir.append_metrics({"step": progress.step, "epoch": progress.epoch + 1, "loss": mean_loss,
                                      "tokens_per_s": rate, "lr": lr, "elapsed": time.monotonic() - started})
-        meter.reset()
 
     def run(self, stop: StopSignal | None = None) -> TrainResult:
         stop = stop or StopSignal()
         cfg, progress = self.cfg, self.progress
         self._log_resume()
-        log.info("model: %s, %s parameters, device %s, precision %s", self.config.model.summary,
-                 f"{count_parameters(self.model):,}", self.device, self.precision)
+        world = self.world
+        log.info("model: %s, %s parameters, device %s, precision %s%s", self.config.model.summary,
+                 f"{count_parameters(self.model):,}", self.device, self.precision,
+                 f", {world.size} ranks" if world.distributed else "")
         started = time.monotonic() - progress.elapsed
         meter = ThroughputMeter()
         reason = "max_epochs"
-        batches = self.batches()
+        order = self.batch_order()
         self.model.train()
         with progress_bar(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
-                          enabled=self.show_progress) as bar, logging_redirect_tqdm():
-            while (why := stop_reason(cfg, progress, time.monotonic() - started, stop)) is None:
-                micro = list(itertools.islice(batches, cfg.accumulate))
-                if not micro:
+                          enabled=self.show_progress and world.is_main) as bar, logging_redirect_tqdm():
+            while True:
+                seconds = time.monotonic() - started if world.is_main else None
+                why = world.agree_stop(stop_reasons(cfg, progress, seconds, stop), self.device)
+                if why is not None:
+                    break
+                share = self.next_share(order)
+                if share is None:
                     break
                 step_start = time.monotonic()
-                result = self.train_step(micro)
+                result = self.train_step(share)
                 progress.train_seconds += time.monotonic() - step_start
                 if result is None:
                     continue
@@ -468,28 +558,33 @@ class Trainer:
                     self._validate_and_save(started)
                     meter.restart_clock()
             reason = why or reason
+        signalled = reason in ("SIGINT", "SIGTERM")  # received by this rank or another
         if progress.step != self.last_saved_step:  # else this step's checkpoint (and its scores) is on disk
-            if stop.received:
+            if signalled:
                 progress.elapsed = time.monotonic() - started
                 self._save(None)
             else:
                 self._validate_and_save(started)
-        if stop.received:
-            log.info("%s: saved %s; continue with: nmt train --config %s --resume", stop.received,
+        if signalled:
+            log.info("%s: saved %s; continue with: nmt train --config %s --resume", reason,
                      self.run_dir.checkpoint(progress.step).folder, self.run_dir.config_path)
         log.info("stopped (%s) after %d steps; best dev BLEU %.2f; skipped steps: %d non-finite, %d out of memory",
                  reason, progress.step, progress.best_bleu, progress.skipped_nonfinite, progress.skipped_oom)
-        return TrainResult(self.run_dir.path, progress.step, progress.best_bleu, reason)
+        return TrainResult(self.run_dir.path, progress.step, progress.best_bleu, reason, world.rank, world.size)
 
 
-def setup(config: Config, resume: bool = False, show_progress: bool = False) -> Trainer:
-    """Everything before the first step: device, threads, seed, data, the run-directory guard (nothing is
-    written before the config is checked against the run's own), model, optimizer and, with resume, the
-    restored state."""
-    device = pick_device(config.training)
+def setup(config: Config, resume: bool = False, show_progress: bool = False, world: World | None = None
+          ) -> Trainer:
+    """Everything before the first step: device, threads, process group, seed, data, the run-directory guard
+    (nothing is written before the config is checked against the run's own), model, optimizer and, with
+    resume, the restored state. Under torchrun rank 0 prepares the data first (the others then read its
+    cache) and alone writes to the run directory; DDP starts every rank from rank 0's weights."""
+    world = world or World.single()
+    device = pick_device(config.training, world)
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
-    torch.manual_seed(config.seed)
+    world.init(device, config.training.distributed_timeout_minutes)
+    torch.manual_seed(config.seed + 1_000_003 * world.rank)  # rank 0 seeds as a single process does
     run = RunDir(config.run_path)
     existing = latest_intact(run) if run.path.exists() else None
     if existing is not None and not resume:
@@ -498,13 +593,19 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False) -> 
     changes = resume_changes(run, config) if resume else []
     if resume and existing is None:
         log.warning("--resume: %s has no intact checkpoint yet; starting from scratch", run.path)
+    if not world.is_main:
+        world.barrier()  # rank 0 builds the cache
     data = prepare_data(config)
+    if world.is_main:
+        world.barrier()
     model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
-    trainer = Trainer(config, run, data, model, device, show_progress)
+    trainer = Trainer(config, run, data, model, device, show_progress, world)
     if existing is not None:
         trainer.restore(existing)
         trainer.apply_optimizer_settings()
         trainer.changes_on_resume = changes
+    if not world.is_main:
+        return trainer
     run.write_config(config_to_yaml(config))
     run.write_tokenizer(data.tokenizer)
     step = existing.step if existing is not None else 0
@@ -528,6 +629,14 @@ def _log_to(path: Path) -> Iterator[None]:
 
 
 def train(config: Config, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    trainer = setup(config, resume, show_progress)
-    with _log_to(trainer.run_dir.log_path), StopSignal().installed() as stop:
-        return trainer.run(stop)
+    """Train in this process, or as one rank of a torchrun job (World.from_environment says which)."""
+    world = World.from_environment()
+    if not world.is_main:  # the other ranks report warnings and errors only, and write no log file
+        logging.getLogger("nmt").setLevel(logging.WARNING)
+    try:
+        trainer = setup(config, resume, show_progress, world)
+        with _log_to(trainer.run_dir.log_path) if world.is_main else nullcontext(), \
+                StopSignal().installed() as stop:
+            return trainer.run(stop)
+    finally:
+        world.close()

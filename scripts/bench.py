@@ -96,8 +96,6 @@ def model_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab:
 
 def phase_train(args) -> dict:
     """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
-    from itertools import islice
-
     from nmt.config import load_config
     from nmt.models import dropout
     from nmt.train import peak_memory_mb, setup
@@ -110,12 +108,15 @@ def phase_train(args) -> dict:
     trainer.model.train()
     tokens = flops = 0.0
     start = 0.0
-    for step, batch in enumerate(islice(trainer.batches(), args.warmup + args.steps)):
+    order = trainer.batch_order()
+    for step in range(args.warmup + args.steps):
         if step == args.warmup:
             start, tokens, flops = time.perf_counter(), 0.0, 0.0
-        trainer.train_step([batch])
-        tokens += batch.n_tgt_tokens
-        flops += 3 * model_flops(config, int(batch.src_mask.sum()), batch.n_tgt_tokens, batch.size, vocab)
+        share = trainer.next_share(order)
+        trainer.train_step(share)
+        tokens += share.tokens
+        flops += sum(3 * model_flops(config, int(b.src_mask.sum()), b.n_tgt_tokens, b.size, vocab)
+                     for b in share.batches)
     seconds = time.perf_counter() - start
     peaks = peak_memory_mb(trainer.device)
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,

@@ -1,10 +1,11 @@
 import gzip
 import json
+from collections import Counter
 
 import pytest
 
 from nmt.config import CleanConfig, HfSource, parse_config
-from nmt.corpus import clean_corpus, normalize, read_hf, read_lines, read_text_pair, read_tsv
+from nmt.corpus import clean_pairs, normalize, read_hf, read_lines, read_text_pairs, read_tsv
 from nmt.errors import DataError
 
 
@@ -32,15 +33,17 @@ def test_misaligned_files_name_both_files_and_counts(tmp_path):
     (tmp_path / "x.en").write_text("a\nb\nc\n")
     (tmp_path / "x.ja").write_text("a\nb\n")
     with pytest.raises(DataError, match=r"x.en has 3 lines but .*x.ja has 2"):
-        read_text_pair(tmp_path / "x.en", tmp_path / "x.ja")
+        list(read_text_pairs(tmp_path / "x.en", tmp_path / "x.ja"))
+    with pytest.raises(DataError, match=r"x.ja has 2 lines but .*x.en has 3"):
+        list(read_text_pairs(tmp_path / "x.ja", tmp_path / "x.en"))
 
 
 def test_tsv_columns_and_short_rows(tmp_path):
     (tmp_path / "p.tsv").write_text("id1\thello\thallo\nid2\tyes\tja\n")
-    assert read_tsv(tmp_path / "p.tsv", 1, 2) == (["hello", "yes"], ["hallo", "ja"])
+    assert list(read_tsv(tmp_path / "p.tsv", 1, 2)) == [("hello", "hallo"), ("yes", "ja")]
     (tmp_path / "short.tsv").write_text("a\tb\nonly\n")
     with pytest.raises(DataError, match=r"short.tsv line 2: expected at least 2"):
-        read_tsv(tmp_path / "short.tsv", 0, 1)
+        list(read_tsv(tmp_path / "short.tsv", 0, 1))
 
 
 def test_hugging_face_reader_on_local_json_files(tmp_path):
@@ -48,13 +51,12 @@ def test_hugging_face_reader_on_local_json_files(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = HfSource(format="hf", name="json", data_files=str(tmp_path / "d.jsonl"), field="translation",
                       src_field="en", tgt_field="de")
-    src, tgt = read_hf(source)
-    assert src == [f"sentence {i}" for i in range(5)] and tgt == [f"Satz {i}" for i in range(5)]
+    assert list(read_hf(source)) == [(f"sentence {i}", f"Satz {i}") for i in range(5)]
     flat = [{"en": "a", "de": "b"}]
     (tmp_path / "f.jsonl").write_text(json.dumps(flat[0]) + "\n")
     wrong = HfSource(format="hf", name="json", data_files=str(tmp_path / "f.jsonl"), src_field="en", tgt_field="fr")
     with pytest.raises(DataError, match="no field 'fr'"):
-        read_hf(wrong)
+        list(read_hf(wrong))
 
 
 def test_hf_source_is_accepted_by_the_config_schema(tmp_path):
@@ -69,6 +71,7 @@ def test_hf_source_is_accepted_by_the_config_schema(tmp_path):
 def test_normalization():
     clean = CleanConfig(unicode_normalization="NFKC", lowercase=True)
     assert normalize("  Ｈｅｌｌｏ\t\x00 WORLD  ", clean) == "hello world"
+    assert normalize("two\r\nlines\x85end\x7f", CleanConfig(collapse_whitespace=False)) == "two  lines end "
     assert normalize("ｶﾀｶﾅ", CleanConfig(unicode_normalization="none")) == "ｶﾀｶﾅ"
 
 
@@ -76,7 +79,8 @@ def test_cleaning_drops_and_counts_by_reason():
     clean = CleanConfig(max_chars=20, max_length_ratio=3.0)
     src = ["ok pair", "", "x" * 30, "short", "fine too"]
     tgt = ["okay pr", "empty src", "long", "much longer text", "bien ok"]
-    corpus = clean_corpus(src, tgt, clean, filter_pairs=True)
-    assert corpus.src == ["ok pair", "fine too"]
-    assert corpus.dropped == {"empty": 1, "too_long": 1, "length_ratio": 1}
-    assert len(clean_corpus(src, tgt, clean, filter_pairs=False)) == 5  # dev/test keep everything
+    dropped: Counter[str] = Counter()
+    kept = list(clean_pairs(zip(src, tgt, strict=True), clean, True, dropped))
+    assert kept == [("ok pair", "okay pr"), ("fine too", "bien ok")]
+    assert dropped == {"empty": 1, "too_long": 1, "length_ratio": 1}
+    assert len(list(clean_pairs(zip(src, tgt, strict=True), clean, False, Counter()))) == 5  # dev/test keep everything

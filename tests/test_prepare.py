@@ -42,3 +42,22 @@ def test_a_failed_build_leaves_no_cache(toy_config_path, tmp_path):
         prepare_data(config)
     cache = tmp_path / "cache"
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_streamed_cache_holds_the_cleaned_text_and_its_ids_across_chunks(toy_config_path, monkeypatch):
+    """Encoding appends chunk by chunk: a chunk size that splits the corpus unevenly changes nothing."""
+    import nmt.prepare
+    from nmt.corpus import load_split
+
+    monkeypatch.setattr(nmt.prepare, "ENCODE_CHUNK", 7)
+    config = load_config(toy_config_path, ["data.clean.lowercase=true"])
+    prepared = prepare_data(config)
+    train = prepared.splits["train"]
+    corpus = load_split(config.data, "train")
+    assert train.src_text == corpus.src and train.tgt_text == corpus.tgt  # cleaned (lowercased) text
+    assert train.tgt_text[0] == train.tgt_text[0].lower()
+    tokenizer = prepared.tokenizer
+    for i in (0, 6, 7, 8, 700, len(train) - 1):
+        assert list(train.src_ids(i)) == tokenizer.encode_src([corpus.src[i]])[0]
+        assert list(train.tgt_ids(i)) == tokenizer.encode_tgt([corpus.tgt[i]])[0]
+    assert prepared.stats["splits"]["train"]["tgt_tokens"] == int(train.tgt_lengths.sum())

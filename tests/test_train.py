@@ -187,7 +187,7 @@ def test_a_changed_learning_rate_on_resume_is_the_one_trained_with(tmp_path):
     train(load_config(path))
     trainer = setup(load_config(path, ["training.max_steps=6", "training.lr=0.005"]), resume=True)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.005]
-    trainer.train_step([next(trainer.batches())])
+    trainer.train_step(trainer.next_share(trainer.batch_order()))
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.005]
 
 
