@@ -29,7 +29,7 @@ from torch import nn
 from nmt.config import Config, ModelConfig, apply_override, config_diff, parse_config, read_yaml
 from nmt.errors import CheckpointError, ConfigError, DiskFullError
 from nmt.fileio import atomic_write_text, fsync_dir, sha256_of
-from nmt.models import Model, build_model, count_parameters
+from nmt.models import Model, build_model, count_parameters, quantize_int8
 from nmt.rundir import CheckpointFiles, RunDir
 from nmt.tokenizer import Tokenizer
 
@@ -83,22 +83,30 @@ def _disk_full_error(run: RunDir, final: CheckpointFiles, needed: int) -> DiskFu
 
 def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], meta: dict[str, Any],
                     keep_last: int) -> CheckpointFiles:
-    """Write checkpoint `step-N` atomically (files fsynced, manifest, then a rename), then prune old ones.
+    """Write checkpoint `step-N` atomically, then prune old ones."""
+    final = run.checkpoint(int(meta["step"]))
+    write_checkpoint(run, final, model.state_dict(), train_state, meta)
+    prune(run, keep_last)
+    return final
+
+
+def write_checkpoint(run: RunDir, final: CheckpointFiles, state_dict: dict[str, torch.Tensor],
+                     train_state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write a checkpoint folder atomically: files fsynced, manifest, then a rename.
 
     Any failure (a full disk raises OSError from our writes but RuntimeError from torch.save) removes the
     staging folder, so a failed save never keeps the disk full, and leaves earlier checkpoints as they were."""
-    state_dict = model.state_dict()
     for name, tensor in state_dict.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"refusing to save a checkpoint: parameter {name} is not finite")
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     for stale in run.stale_staging():  # left by a process killed while writing
         shutil.rmtree(stale, ignore_errors=True)
-    final = run.checkpoint(int(meta["step"]))
     staging = run.staging(final)
     needed = checkpoint_bytes(state_dict, train_state)
     if shutil.disk_usage(run.checkpoints_dir).free < needed:
         raise _disk_full_error(run, final, needed)
+    shutil.rmtree(staging.folder, ignore_errors=True)  # a killed earlier write of the same folder
     try:
         staging.folder.mkdir()
         # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
@@ -125,8 +133,6 @@ def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], 
             raise _disk_full_error(run, final, needed) from None
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
         raise CheckpointError(f"cannot write checkpoint {final.folder}: {reason}") from None
-    prune(run, keep_last)
-    return final
 
 
 def read_meta(files: CheckpointFiles) -> dict[str, Any]:
@@ -198,7 +204,13 @@ def prune(run: RunDir, keep_last: int) -> None:
 
 
 def find_checkpoint(run: RunDir, which: str) -> Checkpoint:
-    """'best' (by dev BLEU) or 'last'; a corrupted best falls back to the newest intact one, with a warning."""
+    """'best' (by dev BLEU), 'last' or 'averaged' (written by `nmt average`); a corrupted best falls back to
+    the newest intact one, with a warning."""
+    if which == "averaged":
+        if not run.averaged_checkpoint().folder.is_dir():
+            raise CheckpointError(f"{run.path}: no averaged checkpoint (write one with: nmt average --model "
+                                  f"{run.path})")
+        return verify(run.averaged_checkpoint())
     if which == "best" and (best := best_files(run)) is not None:
         try:
             return verify(best)
@@ -331,11 +343,17 @@ class LoadedRun:
 
 
 def load_model(run_dir: Path, which: str = "best", overrides: Sequence[str] = (),
-               device: str | torch.device = "cpu") -> LoadedRun:
+               device: str | torch.device = "cpu", quantize: str | None = None) -> LoadedRun:
+    """A run's model ready to decode; `quantize="int8"` makes it a dynamically quantized CPU model."""
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"quantize: {quantize!r} is not supported (int8 is)")
+    if quantize and torch.device(device).type != "cpu":
+        raise ConfigError("quantize: int8 decoding runs on the CPU only")
     run = RunDir(run_dir)
     config = load_run_config(run, overrides)
     tokenizer = run.tokenizer()
     checkpoint = find_checkpoint(run, which)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     load_weights(model, checkpoint, config.model, run.config_path)
-    return LoadedRun(run, config, tokenizer, model.to(device).eval(), checkpoint)
+    model = model.to(device).eval()
+    return LoadedRun(run, config, tokenizer, quantize_int8(model) if quantize else model, checkpoint)

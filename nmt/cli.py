@@ -108,6 +108,7 @@ def train(
 class Which(str, Enum):
     best = "best"  # by dev BLEU
     last = "last"  # the newest intact checkpoint
+    averaged = "averaged"  # written by nmt average
 
 
 class Kind(str, Enum):
@@ -127,15 +128,30 @@ RunSetOption = Annotated[
                  "--set decoding.length_penalty=0.6 (repeatable)."),
 ]
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
-CheckpointOption = Annotated[Which, typer.Option("--checkpoint", help="By dev BLEU, or the newest.")]
+CheckpointOption = Annotated[Which, typer.Option("--checkpoint", help="best (by dev BLEU), last (the newest) or "
+                                                 "averaged (written by nmt average).")]
 RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")]
 SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
 SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
 RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
 KindOption = Annotated[Kind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
                                          "self-attention.")]
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
+QuantizeOption = Annotated[Quantize | None, typer.Option("--quantize", help="int8: dynamically quantized linear "
+                                                         "and RNN layers, faster CPU decoding.")]
 BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1, max=MAX_BEAM,
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
+
+
+ModelsOption = Annotated[list[Path] | None, typer.Option("--model", "-m", help="Run directory of a trained model; "
+                                                         "repeat for an ensemble of runs with the same vocabularies.")]
+
+
+def _run_dirs(models: list[Path] | None, config: Path | None) -> list[Path]:
+    return models if models else [_run_dir(None, config)]
 
 
 def _run_dir(model: Path | None, config: Path | None) -> Path:
@@ -153,7 +169,7 @@ def _progress() -> bool:
 @command
 def translate(
     sentence: Annotated[str | None, typer.Argument(help="A sentence to translate (else --input or stdin).")] = None,
-    model: ModelOption = None,
+    model: ModelsOption = None,
     config: RunConfigOption = None,
     input_: Annotated[Path | None, typer.Option("--input", "-i", help="File to translate, one sentence a line.")]
     = None,
@@ -165,10 +181,19 @@ def translate(
                                                "decoding.n_best.")] = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Draw each translation from the model instead of "
+                                         "searching (back-translation); beam and n-best do not apply.")] = False,
+    temperature: Annotated[float, typer.Option(help="--sample: divide the logits by this (> 0).")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="--sample: keep the K most probable tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(max=1.0, help="--sample: keep the smallest set of tokens whose "
+                                         "probability reaches P (0 < P <= 1).")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="--sample: seed for reproducible draws.")] = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept."""
     from nmt.corpus import read_lines, read_stream
     from nmt.fileio import atomic_write_text
+    from nmt.search import Sampling
     from nmt.translate import translate_lines
 
     if sentence is not None:
@@ -179,8 +204,16 @@ def translate(
         raise typer.BadParameter("give a sentence, --input FILE, or pipe text into standard input")
     else:
         lines = read_stream(sys.stdin.buffer, "<stdin>")
-    done = translate_lines(_run_dir(model, config), lines, beam_size, n_best, checkpoint.value, set_ or [],
-                           progress=input_ is not None and _progress())
+    if temperature <= 0 or top_p <= 0:
+        raise typer.BadParameter("--temperature and --top-p must be above 0")
+    if not sample and (temperature != 1.0 or top_k or top_p != 1.0 or seed is not None):
+        raise typer.BadParameter("--temperature, --top-k, --top-p and --seed go with --sample")
+    if sample and (beam_size or n_best):
+        raise typer.BadParameter("--sample draws one translation per line: leave out --beam-size and --n-best")
+    done = translate_lines(_run_dirs(model, config), lines, beam_size, n_best, checkpoint.value, set_ or [],
+                           progress=input_ is not None and _progress(),
+                           sampling=Sampling(temperature, top_k, top_p, seed) if sample else None,
+                           quantize=quantize and quantize.value)
     if done.n_best == 1:
         text = "".join(t.text + "\n" for t in done.translations)
     else:
@@ -194,7 +227,7 @@ def translate(
 
 @command
 def evaluate(
-    model: ModelOption = None,
+    model: ModelsOption = None,
     config: RunConfigOption = None,
     split: SplitOption = None,
     src: SrcOption = None,
@@ -202,12 +235,13 @@ def evaluate(
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
     from nmt.evaluate import evaluate as run_evaluation
 
-    report = run_evaluation(_run_dir(model, config), split and split.value, src, ref, checkpoint.value, beam_size,
-                            progress=_progress(), overrides=set_ or [])
+    report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint.value, beam_size,
+                            progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value)
     typer.echo(f"{report.name}: {report.sentences} sentences")
     for score in report.scores:
         typer.echo(str(score))
@@ -253,13 +287,15 @@ def attention(
     typer.echo(f"heatmap: {found.png}\n         {found.html}")
 
 
-def _parse_buckets(text: str | None) -> list[int] | None:
-    if not text:
-        return None
+def _numbers(option: str, text: str, kind: type[int] | type[float], example: str) -> list:
     try:
-        return [int(part) for part in text.split(",")]
+        return [kind(part) for part in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"--buckets {text!r}: give comma-separated lengths, e.g. 8,12") from None
+        raise typer.BadParameter(f"{option} {text!r}: give comma-separated numbers, e.g. {example}") from None
+
+
+def _parse_buckets(text: str | None) -> list[int] | None:
+    return _numbers("--buckets", text, int, "8,12") if text else None
 
 
 @command
@@ -297,6 +333,85 @@ def analyze(
 
 
 @command
+def score(
+    src: Annotated[Path, typer.Option("--src", help="Source sentences, one a line.")],
+    ref: Annotated[Path, typer.Option("--ref", help="The translations to score, aligned with --src.")],
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSONL here, not stdout.")] = None,
+    checkpoint: CheckpointOption = Which.best,
+    set_: RunSetOption = None,
+) -> None:
+    """Forced decoding: each translation's log-probability under the model, per sentence and per token (JSONL)."""
+    import json
+
+    from nmt.corpus import read_text_pairs
+    from nmt.fileio import atomic_write_text
+    from nmt.score import score_pairs
+
+    pairs = list(read_text_pairs(src, ref))
+    scored = score_pairs(_run_dir(model, config), [s for s, _ in pairs], [t for _, t in pairs], checkpoint.value,
+                         set_ or [])
+    text = "".join(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in scored)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+
+
+@command
+def tune(
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    beams: Annotated[str, typer.Option(help="Beam sizes to try, comma-separated.")] = "1,3,5,8",
+    length_penalties: Annotated[str, typer.Option(help="Length penalties (GNMT alpha) to try, comma-separated.")]
+    = "0,0.6,1.0,1.5",
+    split: SplitOption = None,
+    checkpoint: CheckpointOption = Which.best,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table; leave the run's config as it is.")]
+    = False,
+) -> None:
+    """Search beam size and length penalty on the dev set; write the best into the run's decoding settings."""
+    from nmt.tune import tune as run_tune
+
+    beam_sizes = _numbers("--beams", beams, int, "1,5")
+    if not all(1 <= b <= MAX_BEAM for b in beam_sizes):
+        raise typer.BadParameter(f"--beams {beams!r}: beam sizes go from 1 to {MAX_BEAM}")
+    alphas = _numbers("--length-penalties", length_penalties, float, "0,1.0")
+    if any(a < 0 for a in alphas):
+        raise typer.BadParameter(f"--length-penalties {length_penalties!r}: a length penalty is >= 0")
+    found = run_tune(_run_dir(model, config), beam_sizes, alphas, split.value if split else "dev", checkpoint.value,
+                     write=not dry_run)
+    typer.echo(format_table(
+        ["beam", "length penalty", f"{found.split} BLEU", "chrF", "sent/s", ""],
+        [[p.beam_size, f"{p.length_penalty:g}", f"{p.bleu:.2f}", f"{p.chrf:.2f}", f"{p.sentences_per_s:,.1f}",
+          " ".join(filter(None, ["current" if p.current else "", "best" if p is found.best else ""]))]
+         for p in found.points]))
+    best = found.best
+    verb = "written to" if found.written else "not written (--dry-run) to"
+    typer.echo(f"best: beam {best.beam_size}, length penalty {best.length_penalty:g} ({found.split} BLEU "
+               f"{best.bleu:.2f}); {verb} {_run_dir(model, config) / 'config.yaml'}")
+
+
+@command
+def average(
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    last: Annotated[int | None, typer.Option("--last", min=2, help="Average the newest K checkpoints.")] = None,
+    best: Annotated[int | None, typer.Option("--best", min=2, help="Average the K with the highest dev BLEU.")]
+    = None,
+) -> None:
+    """Average checkpoints' weights into checkpoints/averaged (select it with --checkpoint averaged)."""
+    from nmt.average import average as run_average
+
+    found = run_average(_run_dir(model, config), last, best)
+    typer.echo(f"averaged steps {', '.join(map(str, found.steps))}: dev BLEU {found.dev_bleu:.2f} (greedy)")
+    if found.best_single is not None:
+        typer.echo(f"best single checkpoint: step {found.best_single.step}, dev BLEU {found.best_single.dev_bleu:.2f}")
+    typer.echo(f"written: {found.path}")
+
+
+@command
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to put side by side.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the comparison plot.")]
@@ -329,6 +444,7 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to share its "
                                                  "batch.")] = 2.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Texts in one /translate request at most.")] = 64,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
     /models, /health) with its OpenAPI docs at /docs."""
@@ -341,4 +457,5 @@ def serve(
             from None
 
     run_server(served_runs(model), host, port, workers, checkpoint.value,
-               Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms))
+               Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms),
+               quantize and quantize.value)

@@ -316,6 +316,18 @@ MAX_BEAM = 64
 """The largest beam: search memory grows with beam x output length x source length."""
 
 
+class TunedDecoding(Section):
+    """What `nmt tune` chose the decoding settings on: written into a run's config.yaml, never by hand."""
+
+    split: str
+    checkpoint: str
+    bleu: float
+    before: dict[str, float]
+    """The settings (and their BLEU on `split`) that the tuned ones replaced."""
+    beams: list[int]
+    length_penalties: list[float]
+
+
 class DecodingConfig(Section):
     beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM)] = 1
     length_penalty: Annotated[float, Field(ge=0.0)] = 0.0
@@ -327,6 +339,7 @@ class DecodingConfig(Section):
     max_src_tokens: PositiveInt = 256
     """Longer inputs are truncated (with a warning)."""
     batch_sentences: PositiveInt = 128
+    tuned: TunedDecoding | None = None
 
     @model_validator(mode="after")
     def _n_best(self) -> DecodingConfig:

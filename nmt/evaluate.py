@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.checkpoint import load_model
 from nmt.config import Config
 from nmt.corpus import load_split, read_lines
+from nmt.ensemble import load_models
 from nmt.errors import DataError
 from nmt.fileio import atomic_write_text
 from nmt.metrics import Score, score_all, scores_to_dict
@@ -52,10 +52,10 @@ def eval_set(config: Config, split: str | None, src_file: Path | None, ref_file:
     return EvalSet(name, corpus.src, corpus.tgt)
 
 
-def evaluate(run_dir: Path, split: str | None = None, src_file: Path | None = None, ref_file: Path | None = None,
-             checkpoint: str = "best", beam_size: int | None = None, progress: bool = False,
-             overrides: Sequence[str] = ()) -> EvaluationReport:
-    loaded = load_model(run_dir, checkpoint, overrides)
+def evaluate(run_dir: Path | Sequence[Path], split: str | None = None, src_file: Path | None = None,
+             ref_file: Path | None = None, checkpoint: str = "best", beam_size: int | None = None,
+             progress: bool = False, overrides: Sequence[str] = (), quantize: str | None = None) -> EvaluationReport:
+    loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize)
     config = loaded.config
     found = eval_set(config, split, src_file, ref_file)
     translator = Translator.for_run(loaded)
@@ -66,5 +66,7 @@ def evaluate(run_dir: Path, split: str | None = None, src_file: Path | None = No
     atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
     report = {"test_set": found.name, "sentences": len(found.sources), "checkpoint": loaded.checkpoint.path.name,
               "beam_size": beam, "scores": scores_to_dict(scores)}
+    if not isinstance(run_dir, Path) and len(run_dir) > 1:
+        report["ensemble"] = [str(path) for path in run_dir]
     atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return EvaluationReport(found.name, scores, hyp_path, report_path, len(found.sources))

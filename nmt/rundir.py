@@ -89,6 +89,10 @@ class RunDir:
     def checkpoint(self, step: int) -> CheckpointFiles:
         return CheckpointFiles(self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:08d}")
 
+    def averaged_checkpoint(self) -> CheckpointFiles:
+        """What `nmt average` writes: outside the step-N series, so pruning and resuming never touch it."""
+        return CheckpointFiles(self.checkpoints_dir / "averaged")
+
     def staging(self, final: CheckpointFiles) -> CheckpointFiles:
         """Where a checkpoint is written before the rename that publishes it."""
         return CheckpointFiles(final.folder.with_name(f".{final.folder.name}.tmp"))

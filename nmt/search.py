@@ -42,10 +42,48 @@ def _hypothesis(tokens: torch.Tensor, attention: torch.Tensor, steps: int, eos: 
     return Hypothesis(ids, score, log_prob, attention[:steps].float().cpu())
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Draw each token from the model's distribution instead of taking the best (for back-translation):
+    logits divided by `temperature`, then cut to the `top_k` most probable (0: all) and to the smallest set
+    whose probability reaches `top_p` (1.0: all). A `seed` makes the draws reproducible."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def picker(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        generator = torch.Generator(device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+
+        def pick(log_probs: torch.Tensor) -> torch.Tensor:
+            logits = log_probs.float() / self.temperature
+            if self.top_k:
+                kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if self.top_p < 1.0:
+                ordered, order = logits.sort(dim=-1, descending=True)
+                probs = ordered.softmax(dim=-1)
+                outside = probs.cumsum(dim=-1) - probs >= self.top_p  # the most probable token always stays
+                logits = logits.scatter(-1, order, ordered.masked_fill(outside, float("-inf")))
+            return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+        return pick
+
+
+def _argmax(log_probs: torch.Tensor) -> torch.Tensor:
+    return log_probs.argmax(dim=-1)
+
+
 @torch.no_grad()
 def greedy_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, bos: int, eos: int,
-                  pad: int) -> list[Hypothesis]:
-    """Take the most probable token at every step; each sentence stops at its own EOS or length limit."""
+                  pad: int, pick: Callable[[torch.Tensor], torch.Tensor] = _argmax) -> list[Hypothesis]:
+    """Take the most probable token at every step (or the one `pick` draws, for sampling); each sentence
+    stops at its own EOS or length limit. Scores are the model's log-probabilities of the tokens taken."""
     batch = max_lengths.shape[0]
     device = max_lengths.device
     prev = torch.full((batch,), bos, dtype=torch.long, device=device)
@@ -55,7 +93,8 @@ def greedy_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, bos: i
     tokens, attention = [], []
     for t in range(int(max_lengths.max())):
         log_probs, state, weights = step_fn(prev, state)
-        best_lp, best = log_probs.max(dim=-1)
+        best = pick(log_probs)
+        best_lp = log_probs.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         best = best.masked_fill(finished, pad)
         log_prob += best_lp.masked_fill(finished, 0.0)
         steps += (~finished).long()

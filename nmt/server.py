@@ -243,12 +243,13 @@ def app_from_environment() -> FastAPI:
 
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
     torch.set_num_threads(settings["threads"])
-    registry = ModelRegistry([(name, Path(path)) for name, path in settings["runs"]], settings["checkpoint"])
+    registry = ModelRegistry([(name, Path(path)) for name, path in settings["runs"]], settings["checkpoint"],
+                             settings["quantize"])
     return create_app(registry, Limits(**settings["limits"]))
 
 
 def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          checkpoint: str = "best", limits: Limits | None = None) -> None:
+          checkpoint: str = "best", limits: Limits | None = None, quantize: str | None = None) -> None:
     """Load the runs, then serve until Ctrl-C or SIGTERM (uvicorn shuts down cleanly on both)."""
     import uvicorn
 
@@ -256,14 +257,15 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
     if host not in LOCAL_HOSTS:
         log.warning("listening on %s: anyone who can reach port %d can use this server; it has no authentication",
                     host, port)
-    registry = ModelRegistry(runs, checkpoint)  # a bad run directory fails here, before binding the port
+    registry = ModelRegistry(runs, checkpoint, quantize)  # a bad run directory fails here, before binding the port
     if workers == 1:
         uvicorn.run(create_app(registry, limits), host=host, port=port, log_level="info")
         return
     import torch
 
     os.environ[SETTINGS_VARIABLE] = json.dumps({
-        "runs": [(name, str(path)) for name, path in runs], "checkpoint": checkpoint, "limits": limits.model_dump(),
+        "runs": [(name, str(path)) for name, path in runs], "checkpoint": checkpoint, "quantize": quantize,
+        "limits": limits.model_dump(),
         "threads": max(1, torch.get_num_threads() // workers)})
     uvicorn.run("nmt.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info")

@@ -80,7 +80,7 @@ def served_runs(specs: Sequence[str]) -> list[tuple[str, Path]]:
 class ModelRegistry:
     """The served runs by name, the first one the default."""
 
-    def __init__(self, runs: Sequence[tuple[str, Path]], checkpoint: str = "best"):
+    def __init__(self, runs: Sequence[tuple[str, Path]], checkpoint: str = "best", quantize: str | None = None):
         if not runs:
             raise ConfigError("--model: give at least one run directory to serve")
         self.models: dict[str, ServedModel] = {}
@@ -88,7 +88,7 @@ class ModelRegistry:
             if name in self.models:
                 raise ConfigError(f"--model {run_dir}: two served runs are both named {name!r}; serve one as "
                                   "NAME=RUN_DIR")
-            loaded = load_model(run_dir, checkpoint)
+            loaded = load_model(run_dir, checkpoint, quantize=quantize)
             self.models[name] = ServedModel(name, loaded, Translator.for_run(loaded))
 
     def get(self, name: str | None) -> ServedModel:

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from nmt.batching import collate, token_batches
-from nmt.checkpoint import LoadedRun, load_model
+from nmt.checkpoint import LoadedRun
 from nmt.config import CleanConfig, DecodingConfig
 from nmt.corpus import has_content, normalize
+from nmt.ensemble import load_models
 from nmt.errors import ConfigError
 from nmt.models import Model
 from nmt.progress import progress_bar
-from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ class Translator:
         return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
 
     def search_ids(self, src: Sequence[Sequence[int]], beam_size: int, n_best: int = 1,
-                   progress: bool = False) -> list[list[Hypothesis]]:
-        """Decode encoded source sentences (each ending in EOS) in length-sorted batches; input order kept."""
+                   progress: bool = False, sampling: Sampling | None = None) -> list[list[Hypothesis]]:
+        """Decode encoded source sentences (each ending in EOS) in length-sorted batches; input order kept.
+        With `sampling`, each sentence is one draw from the model instead of a search."""
         results: list[list[Hypothesis]] = [[] for _ in src]
+        pick = sampling.picker(self.device) if sampling is not None else None
         lengths = np.array([len(s) for s in src])
         longest = max(1, int(lengths.max(initial=1)))
         budget = self.decoding.batch_sentences * longest
@@ -82,7 +85,9 @@ class Translator:
                 def step(prev, state, memory=memory):
                     return self.model.step_log_probs(prev, state, memory)
 
-                if beam_size == 1:
+                if pick is not None:
+                    found = [[h] for h in greedy_search(step, state, max_lengths, BOS_ID, EOS_ID, PAD_ID, pick)]
+                elif beam_size == 1:
                     found = [[h] for h in greedy_search(step, state, max_lengths, BOS_ID, EOS_ID, PAD_ID)]
                 else:
                     order = torch.arange(batch.size, device=self.device).repeat_interleave(beam_size)
@@ -110,7 +115,7 @@ class Translator:
         return encoded
 
     def translate(self, lines: Sequence[str], beam_size: int | None = None, n_best: int = 1,
-                  progress: bool = False) -> list[Translation]:
+                  progress: bool = False, sampling: Sampling | None = None) -> list[Translation]:
         """Translate raw lines; a line with no content (empty, or only spaces, control or invisible format
         characters) gives an empty translation."""
         beam = beam_size or self.decoding.beam_size
@@ -119,7 +124,7 @@ class Translator:
         cleaned = [normalize(line, self.clean) for line in lines]  # as the training corpus was cleaned
         encoded = self.encode(cleaned)
         todo = [i for i, line in enumerate(cleaned) if has_content(line)]
-        found = self.search_ids([encoded[i] for i in todo], beam, n_best, progress) if todo else []
+        found = self.search_ids([encoded[i] for i in todo], beam, n_best, progress, sampling) if todo else []
         empty = Hypothesis([], 0.0, 0.0, torch.zeros(0, 0))
         by_line = dict(zip(todo, found, strict=True))
         out = []
@@ -136,13 +141,15 @@ class TranslatedLines:
     n_best: int
 
 
-def translate_lines(run_dir: Path, lines: Sequence[str], beam_size: int | None = None, n_best: int | None = None,
-                    checkpoint: str = "best", overrides: Sequence[str] = (), progress: bool = False
+def translate_lines(run_dir: Path | Sequence[Path], lines: Sequence[str], beam_size: int | None = None,
+                    n_best: int | None = None, checkpoint: str = "best", overrides: Sequence[str] = (),
+                    progress: bool = False, sampling: Sampling | None = None, quantize: str | None = None
                     ) -> TranslatedLines:
-    """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings."""
-    loaded = load_model(run_dir, checkpoint, overrides)
+    """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings.
+    With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble."""
+    loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize)
     decoding = loaded.config.decoding
-    beam = beam_size or decoding.beam_size
-    n_best = n_best or min(decoding.n_best, beam)  # an explicit --n-best above the beam is an error
+    beam = 1 if sampling else beam_size or decoding.beam_size
+    n_best = 1 if sampling else n_best or min(decoding.n_best, beam)  # an explicit --n-best above the beam is an error
     translator = Translator.for_run(loaded)
-    return TranslatedLines(translator.translate(lines, beam, n_best, progress), beam, n_best)
+    return TranslatedLines(translator.translate(lines, beam, n_best, progress, sampling), beam, n_best)

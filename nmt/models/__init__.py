@@ -27,9 +27,21 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> M
     return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
 
 
+def quantize_int8(model: Model) -> Model:
+    """Dynamic int8 quantization for CPU decoding: the weights of every linear and RNN layer stored as int8,
+    activations quantized on the fly (torch.ao's engine; embeddings stay float). For inference only."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch 2.13 announces a future move of these kernels; they work as they are
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, each tied matrix once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters"]
+__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters", "quantize_int8"]

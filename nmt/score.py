@@ -1,0 +1,64 @@
+"""Forced decoding: how probable a trained model finds given translations, sentence by sentence and token by
+token (for filtering a corpus, reranking n-best lists, or spotting what a model finds surprising).
+
+Sources and translations are cleaned and encoded as in training; the decoder is teacher-forced on the
+translation, and each target token's log-probability (EOS included) is read from its output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nmt.batching import collate, token_batches
+from nmt.checkpoint import load_model
+from nmt.corpus import normalize
+from nmt.errors import DataError
+from nmt.translate import Translator
+
+
+@dataclass
+class ScoredPair:
+    index: int  # line number in the input, from 0
+    log_prob: float  # sum over the target tokens and EOS
+    tokens: list[str]  # target subword pieces, then "</s>"
+    token_log_probs: list[float]
+
+    @property
+    def per_token(self) -> float:
+        return self.log_prob / len(self.token_log_probs)
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "log_prob": round(self.log_prob, 4), "per_token": round(self.per_token, 4),
+                "tokens": self.tokens, "token_log_probs": [round(p, 4) for p in self.token_log_probs]}
+
+
+def score_pairs(run_dir: Path, sources: Sequence[str], targets: Sequence[str], checkpoint: str = "best",
+                overrides: Sequence[str] = ()) -> list[ScoredPair]:
+    """Every pair's scores, in input order."""
+    if len(sources) != len(targets):
+        raise DataError(f"score: {len(sources)} source lines but {len(targets)} translations")
+    loaded = load_model(run_dir, checkpoint, overrides)
+    config, model, tokenizer = loaded.config, loaded.model, loaded.tokenizer
+    translator = Translator.for_run(loaded)
+    src = translator.encode([normalize(line, config.data.clean) for line in sources])
+    tgt = tokenizer.encode_tgt([normalize(line, config.data.clean) for line in targets])
+    src_lengths = np.array([len(s) for s in src])
+    tgt_lengths = np.array([len(t) for t in tgt])
+    budget = config.decoding.batch_sentences * int(max(src_lengths.max(initial=1), tgt_lengths.max(initial=0) + 1))
+    results: dict[int, ScoredPair] = {}
+    with torch.inference_mode():
+        for indices in token_batches(src_lengths, tgt_lengths, budget, config.decoding.batch_sentences):
+            batch = collate([src[i] for i in indices], [tgt[i] for i in indices], indices).to(translator.device)
+            assert batch.tgt_in is not None and batch.tgt_out is not None
+            logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+            chosen = logits.float().log_softmax(dim=-1).gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)
+            for row, index in enumerate(indices):
+                length = len(tgt[index]) + 1
+                values = chosen[row, :length].tolist()
+                results[int(index)] = ScoredPair(int(index), float(sum(values)),
+                                                 [*tokenizer.tgt_pieces(tgt[index]), "</s>"], values)
+    return [results[index] for index in range(len(sources))]

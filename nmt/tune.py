@@ -1,0 +1,83 @@
+"""Choose a run's beam size and length penalty on held-out data, as a user should before shipping it.
+
+Decodes the dev set (or another split) once per grid point, scores each with BLEU, and, unless told not to,
+writes the best choice into the run's config.yaml under `decoding`, with a `decoding.tuned` record of
+what it was chosen on. The run's current setting is always part of the grid, so the choice is never worse
+on that split; ties go to the current setting, then to the smaller (faster) beam."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmt.checkpoint import load_model
+from nmt.config import TunedDecoding, config_to_yaml
+from nmt.errors import ConfigError
+from nmt.evaluate import eval_set
+from nmt.metrics import bleu, chrf
+from nmt.translate import Translator
+
+BEAMS = (1, 3, 5, 8)
+LENGTH_PENALTIES = (0.0, 0.6, 1.0, 1.5)
+
+
+@dataclass
+class GridPoint:
+    beam_size: int
+    length_penalty: float
+    bleu: float
+    chrf: float
+    sentences_per_s: float
+    current: bool  # the run's setting before tuning
+
+
+@dataclass
+class TuneResult:
+    split: str
+    points: list[GridPoint]
+    best: GridPoint
+    written: bool
+
+
+def grid(beams: Sequence[int], penalties: Sequence[float], current: tuple[int, float]) -> list[tuple[int, float]]:
+    """Every (beam, alpha) pair, the current one included; greedy search has no length penalty, so beam 1
+    appears once (with alpha 0, or the current alpha when the run decodes greedily)."""
+    if not beams or not penalties:
+        raise ConfigError("tune: give at least one beam size and one length penalty")
+    points = {(1, current[1] if current[0] == 1 else 0.0) if beam == 1 else (beam, alpha)
+              for beam in beams for alpha in penalties}
+    points.add(current)
+    return sorted(points)
+
+
+def tune(run_dir: Path, beams: Sequence[int] = BEAMS, penalties: Sequence[float] = LENGTH_PENALTIES,
+         split: str = "dev", checkpoint: str = "best", write: bool = True) -> TuneResult:
+    loaded = load_model(run_dir, checkpoint)
+    config = loaded.config
+    data = eval_set(config, split, None, None)
+    current = (config.decoding.beam_size, config.decoding.length_penalty)
+    points = []
+    for beam, alpha in grid(beams, penalties, current):
+        decoding = config.decoding.model_copy(update={"beam_size": beam, "length_penalty": alpha, "n_best": 1})
+        translator = Translator(loaded.model, loaded.tokenizer, decoding, config.data.clean)
+        started = time.perf_counter()
+        hypotheses = [t.text for t in translator.translate(data.sources, beam)]
+        seconds = time.perf_counter() - started
+        points.append(GridPoint(beam, alpha, bleu(hypotheses, data.references, config.evaluation).score,
+                                chrf(hypotheses, data.references, config.evaluation).score,
+                                len(data.sources) / max(seconds, 1e-9), (beam, alpha) == current))
+    best = max(points, key=lambda p: (round(p.bleu, 2), p.current, -p.beam_size))
+    if write:
+        before = next(p for p in points if p.current)
+        record = TunedDecoding(split=split, checkpoint=loaded.checkpoint.path.name, bleu=round(best.bleu, 2),
+                               before={"beam_size": before.beam_size, "length_penalty": before.length_penalty,
+                                       "bleu": round(before.bleu, 2)},
+                               beams=sorted({p.beam_size for p in points}),
+                               length_penalties=sorted({p.length_penalty for p in points}))
+        decoding = config.decoding.model_copy(update={
+            "beam_size": best.beam_size, "length_penalty": best.length_penalty,
+            "n_best": min(config.decoding.n_best, best.beam_size), "tuned": record})
+        loaded.run.write_config(config_to_yaml(config.model_copy(update={"decoding": decoding})))
+    return TuneResult(data.name, points, best, write)
