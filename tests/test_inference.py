@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripted distribution
 
 from nmt.checkpoint import load_model, load_run_config
 from nmt.corpus import load_split
@@ -18,8 +19,6 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.rundir import RunDir
 from nmt.search import Sampling, greedy_search
 from nmt.translate import Translator, translate_lines
-
-from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripted distribution
 
 SOURCES = ["ab ca de fo", "gu hi jo", "ku le mi no pa", "ca ca"]
 
