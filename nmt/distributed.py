@@ -3,7 +3,8 @@ collectives the training loop needs beyond DistributedDataParallel's own gradien
 
 A plain `nmt train` has no torchrun variables in its environment and gets `World.single()`: every method
 here is then a no-op, so the loop has one code path. Under torchrun the process group uses gloo on the CPU
-and NCCL on CUDA, with a timeout, so a rank that stops answering ends the job with an error, not a hang.
+and NCCL on CUDA, with a timeout: a rank that stops answering ends the job with an error once
+`training.distributed_timeout_minutes` have passed, instead of hanging for ever.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ log = logging.getLogger(__name__)
 STOP_REASONS = ("max_steps", "max_minutes", "patience", "SIGINT", "SIGTERM")
 
 
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Each rank's own RNG seed (different dropout masks); rank 0 at step 0 seeds as a single process does."""
+    return seed + 1_000_003 * rank + step
+
+
 @dataclass(frozen=True)
 class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    launched: bool = False  # by torchrun: a process group is used even with one process (the NCCL/gloo path)
 
     @classmethod
     def single(cls) -> World:
@@ -42,14 +49,15 @@ class World:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             return cls.single()
         try:
-            return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
+                       launched=True)
         except ValueError:
             raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
 
     @property
     def distributed(self) -> bool:
-        """Whether a process group is in use (torchrun, even with one process: the NCCL/gloo path itself)."""
-        return dist.is_available() and dist.is_initialized()
+        """Whether this process is one rank of a process group (under torchrun, after `init`)."""
+        return self.launched and dist.is_available() and dist.is_initialized()
 
     @property
     def is_main(self) -> bool:
@@ -69,7 +77,7 @@ class World:
 
     def init(self, device: torch.device, timeout_minutes: float) -> None:
         """Join the process group torchrun set up (its rendezvous is in MASTER_ADDR / MASTER_PORT)."""
-        if "RANK" not in os.environ or dist.is_initialized():
+        if not self.launched or dist.is_initialized():
             return
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,11 +63,11 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
 
-    @property
+    @cached_property
     def src_lengths(self) -> np.ndarray:
         return np.diff(self.src_offsets)
 
-    @property
+    @cached_property
     def tgt_lengths(self) -> np.ndarray:
         return np.diff(self.tgt_offsets)
 
@@ -141,6 +142,7 @@ def _write_pairs(data: DataConfig, split: str, folder: Path) -> tuple[int, Count
             count += 1
             if count % 10_000 == 0:
                 bar.update(10_000)
+        bar.update(count % 10_000)
     return count, dropped
 
 
@@ -210,9 +212,20 @@ def load_cache(folder: Path) -> PreparedData:
     return PreparedData(tokenizer, splits, stats, folder, reused=True)
 
 
+def cache_folder(config: Config) -> Path:
+    return Path(config.data.cache_dir) / cache_key(config.data, config.tokenizer)
+
+
+def wait_for_cache(config: Config, poll_seconds: float = 0.5) -> None:
+    """Block until another process (torchrun's rank 0) has published the cache for `config`."""
+    done = cache_folder(config) / "stats.json"
+    while not done.is_file():
+        time.sleep(poll_seconds)
+
+
 def prepare_data(config: Config) -> PreparedData:
     """Return the encoded corpus for `config`, from the cache when its key matches, else built now."""
-    folder = Path(config.data.cache_dir) / cache_key(config.data, config.tokenizer)
+    folder = cache_folder(config)
     if (folder / "stats.json").is_file():
         log.info("reusing cached corpus %s", folder)
         return load_cache(folder)

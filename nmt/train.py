@@ -43,11 +43,11 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
-from nmt.distributed import World
+from nmt.distributed import World, rank_seed
 from nmt.errors import ConfigError, TrainingError
 from nmt.metrics import bleu, chrf
 from nmt.models import Model, build_model, count_parameters
-from nmt.prepare import EncodedSplit, PreparedData, prepare_data
+from nmt.prepare import EncodedSplit, PreparedData, prepare_data, wait_for_cache
 from nmt.progress import progress_bar
 from nmt.rundir import RunDir
 from nmt.tokenizer import PAD_ID
@@ -217,7 +217,7 @@ class StepShare:
 
     batches: list[Batch]  # its micro-batches, on the device
     tokens: int  # target tokens of the whole step, over every rank: the loss is divided by this
-    weight: float = 1.0  # 0 for a rank whose share ran out at the end of the data: it computes and adds nothing
+    weight: float = 1.0  # 0 for a rank whose share ran out at the end of the data: it runs a batch, adds nothing
 
 
 @dataclass
@@ -295,9 +295,11 @@ class Trainer:
         self.train_split, self.dev_split = data.splits["train"], data.splits["dev"]
         self.model, self.device, self.show_progress = model, device, show_progress
         self.world = world or World.single()
-        # What the training forward runs through: DDP all-reduces the gradients during backward.
-        self.trained: nn.Module = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None
-                                                          ) if self.world.distributed else model
+        # What the training forward runs through: DDP all-reduces the gradients during backward. Without
+        # device_ids it leaves the inputs where they are (src_lengths stays on the CPU); the only buffers
+        # (position tables) are constants, so they are not broadcast at every forward.
+        self.trained: nn.Module = DistributedDataParallel(model, broadcast_buffers=False) \
+            if self.world.distributed else model
         self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
         self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
@@ -336,10 +338,10 @@ class Trainer:
             torch.set_rng_state(state["cpu"])
             if self.device.type == "cuda" and state["cuda"] is not None:
                 torch.cuda.set_rng_state(state["cuda"], self.device)
-            elif self.device.type == "cuda" and saved.get("rng_cuda") is not None:  # a single-process checkpoint
+            elif self.device.type == "cuda" and saved.get("rng_cuda") is not None:  # written before rng_ranks
                 torch.cuda.set_rng_state_all(saved["rng_cuda"])
         else:
-            torch.manual_seed(self.config.seed + 1_000_003 * world.rank + step)
+            torch.manual_seed(rank_seed(self.config.seed, world.rank, step))
         if len(ranks) != world.size and world.is_main:
             log.warning("resuming %d ranks from a checkpoint of %d: the data order continues exactly, the "
                         "dropout masks of ranks past the first do not", world.size, len(ranks))
@@ -365,8 +367,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "rng_ranks": rng_ranks,
             "progress": asdict(self.progress),
         }
@@ -416,7 +416,8 @@ class Trainer:
         return self.trained.no_sync()
 
     def train_step(self, share: StepShare) -> StepResult | None:
-        """One optimizer step over this rank's micro-batches; None when it was skipped (non-finite, GPU OOM).
+        """One optimizer step over this rank's micro-batches; None when it was skipped (non-finite, or out of
+        GPU memory in a single process; under DDP that is an error, as the other ranks cannot skip with it).
         Under DDP gradients are all-reduced (averaged) with the last micro-batch's backward only."""
         scale = share.weight * self.world.size / share.tokens  # DDP averages over ranks; this makes it a sum
         loss_sum = 0.0
@@ -575,16 +576,18 @@ class Trainer:
 
 def setup(config: Config, resume: bool = False, show_progress: bool = False, world: World | None = None
           ) -> Trainer:
-    """Everything before the first step: device, threads, process group, seed, data, the run-directory guard
-    (nothing is written before the config is checked against the run's own), model, optimizer and, with
-    resume, the restored state. Under torchrun rank 0 prepares the data first (the others then read its
-    cache) and alone writes to the run directory; DDP starts every rank from rank 0's weights."""
+    """Everything before the first step: device, threads, the run-directory guard (nothing is written before
+    the config is checked against the run's own), data, process group, seed, model, optimizer and, with
+    resume, the restored state.
+
+    Under torchrun rank 0 prepares the data while the others wait for its cache to appear (before the
+    process group exists, so a long preparation meets no collective timeout), every rank checks that it
+    resumes the checkpoint rank 0 resumes (on several machines the run directory and the data cache must be
+    on a filesystem they share), and rank 0 alone writes to the run directory."""
     world = world or World.single()
     device = pick_device(config.training, world)
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
-    world.init(device, config.training.distributed_timeout_minutes)
-    torch.manual_seed(config.seed + 1_000_003 * world.rank)  # rank 0 seeds as a single process does
     run = RunDir(config.run_path)
     existing = latest_intact(run) if run.path.exists() else None
     if existing is not None and not resume:
@@ -594,10 +597,15 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False, wor
     if resume and existing is None:
         log.warning("--resume: %s has no intact checkpoint yet; starting from scratch", run.path)
     if not world.is_main:
-        world.barrier()  # rank 0 builds the cache
+        wait_for_cache(config)
     data = prepare_data(config)
-    if world.is_main:
-        world.barrier()
+    world.init(device, config.training.distributed_timeout_minutes)
+    resumed = existing.step if existing is not None else None
+    if (agreed := world.broadcast(resumed)) != resumed:
+        raise ConfigError(f"rank {world.rank} finds {'no checkpoint' if resumed is None else f'step {resumed}'} in "
+                          f"{run.path} but rank 0 resumes {'none' if agreed is None else f'step {agreed}'}: the "
+                          "run directory and data.cache_dir must be on a filesystem every machine shares")
+    torch.manual_seed(rank_seed(config.seed, world.rank))
     model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
     trainer = Trainer(config, run, data, model, device, show_progress, world)
     if existing is not None:

@@ -113,6 +113,8 @@ def phase_train(args) -> dict:
         if step == args.warmup:
             start, tokens, flops = time.perf_counter(), 0.0, 0.0
         share = trainer.next_share(order)
+        if share is None:
+            raise SystemExit(f"the training data ran out after {step} steps: lower --steps or raise max_epochs")
         trainer.train_step(share)
         tokens += share.tokens
         flops += sum(3 * model_flops(config, int(b.src_mask.sum()), b.n_tgt_tokens, b.size, vocab)

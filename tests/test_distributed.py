@@ -198,3 +198,15 @@ def test_uneven_shards_finish_the_epoch(tmp_path):
                                 batch_tokens=budget, accumulate=2)))
     assert one.steps == steps
     assert max_difference(weights(tmp_path / "uneven", steps), weights(one.run_dir, steps)) < 1e-5
+
+
+def test_a_steps_token_count_is_its_batches_target_tokens(tmp_path):
+    """The loss divisor each rank computes from the batch order alone equals the collated batches' count."""
+    from nmt.train import setup
+
+    trainer = setup(load_config(toy(tmp_path, "count", accumulate=3)))
+    order = trainer.batch_order()
+    for _ in range(5):
+        share = trainer.next_share(order)
+        assert share is not None and len(share.batches) == 3
+        assert share.tokens == sum(b.n_tgt_tokens for b in share.batches)

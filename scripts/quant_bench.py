@@ -1,0 +1,61 @@
+"""int8 against fp32 CPU decoding of a run's dev set: sentences/s and BLEU.
+
+    NMT_DATA_MIRROR=../shared/data python scripts/quant_bench.py runs/enja_bahdanau runs/multi30k_deen_transformer
+
+Each run's dev set is decoded greedily (or with --beam-size) once to warm up, then --repeats times per
+precision, alternating fp32 and int8; the median time counts. One JSON line per run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from nmt.checkpoint import load_model  # noqa: E402
+from nmt.evaluate import eval_set  # noqa: E402
+from nmt.metrics import bleu  # noqa: E402
+from nmt.translate import Translator  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    for run in args.runs:
+        translators = {name: Translator.for_run(load_model(run, quantize=quantize))
+                       for name, quantize in (("fp32", None), ("int8", "int8"))}
+        run_config = load_model(run).config
+        dev = eval_set(run_config, "dev", None, None)
+        seconds: dict[str, list[float]] = {name: [] for name in translators}
+        texts: dict[str, list[str]] = {}
+        for name, translator in translators.items():  # warm-up
+            texts[name] = [t.text for t in translator.translate(dev.sources, args.beam_size)]
+        for _ in range(args.repeats):
+            for name, translator in translators.items():
+                started = time.perf_counter()
+                translator.translate(dev.sources, args.beam_size)
+                seconds[name].append(time.perf_counter() - started)
+        evaluation = run_config.evaluation
+        result = {"run": str(run), "sentences": len(dev.sources), "beam_size": args.beam_size,
+                  "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}
+        for name in translators:
+            result[f"{name}_sent_per_s"] = round(len(dev.sources) / statistics.median(seconds[name]), 1)
+            result[f"{name}_bleu"] = round(bleu(texts[name], dev.references, evaluation).score, 2)
+        result["speedup"] = round(result["int8_sent_per_s"] / result["fp32_sent_per_s"], 2)
+        result["identical"] = round(sum(a == b for a, b in zip(texts["fp32"], texts["int8"], strict=True))
+                                    / len(dev.sources), 3)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
