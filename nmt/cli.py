@@ -142,6 +142,13 @@ class Quantize(str, Enum):
 
 QuantizeOption = Annotated[Quantize | None, typer.Option("--quantize", help="int8: dynamically quantized linear "
                                                          "and RNN layers, faster CPU decoding.")]
+class Runtime(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+RuntimeOption = Annotated[Runtime, typer.Option("--runtime", help="torch: the checkpoint; onnx: the run's ONNX "
+                                                "export (nmt export) on onnxruntime.")]
 BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1, max=MAX_BEAM,
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
 
@@ -160,6 +167,16 @@ def _run_dir(model: Path | None, config: Path | None) -> Path:
     if config is not None:
         return load_config(config, check_files=False).run_path
     raise typer.BadParameter("give --model RUN_DIR or --config X.yaml")
+
+
+def _write_out(text: str, output: Path | None) -> None:
+    """To standard output, or atomically to a file."""
+    from nmt.fileio import atomic_write_text
+
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
 
 
 def _progress() -> bool:
@@ -189,10 +206,10 @@ def translate(
                                          "probability reaches P (0 < P <= 1).")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="--sample: seed for reproducible draws.")] = None,
     quantize: QuantizeOption = None,
+    runtime: RuntimeOption = Runtime.torch,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept."""
     from nmt.corpus import read_lines, read_stream
-    from nmt.fileio import atomic_write_text
     from nmt.search import Sampling
     from nmt.translate import translate_lines
 
@@ -213,16 +230,13 @@ def translate(
     done = translate_lines(_run_dirs(model, config), lines, beam_size, n_best, checkpoint.value, set_ or [],
                            progress=input_ is not None and _progress(),
                            sampling=Sampling(temperature, top_k, top_p, seed) if sample else None,
-                           quantize=quantize and quantize.value)
+                           quantize=quantize and quantize.value, runtime=runtime.value)
     if done.n_best == 1:
         text = "".join(t.text + "\n" for t in done.translations)
     else:
         text = "".join(f"{i}\t{h.score:.4f}\t{line}\n" for i, t in enumerate(done.translations)
                        for h, line in zip(t.hypotheses, t.texts, strict=True))
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        atomic_write_text(output, text)
+    _write_out(text, output)
 
 
 @command
@@ -236,12 +250,14 @@ def evaluate(
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
     quantize: QuantizeOption = None,
+    runtime: RuntimeOption = Runtime.torch,
 ) -> None:
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
     from nmt.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint.value, beam_size,
-                            progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value)
+                            progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value,
+                            runtime=runtime.value)
     typer.echo(f"{report.name}: {report.sentences} sentences")
     for score in report.scores:
         typer.echo(str(score))
@@ -346,17 +362,12 @@ def score(
     import json
 
     from nmt.corpus import read_text_pairs
-    from nmt.fileio import atomic_write_text
     from nmt.score import score_pairs
 
     pairs = list(read_text_pairs(src, ref))
     scored = score_pairs(_run_dir(model, config), [s for s, _ in pairs], [t for _, t in pairs], checkpoint.value,
                          set_ or [])
-    text = "".join(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in scored)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        atomic_write_text(output, text)
+    _write_out("".join(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in scored), output)
 
 
 @command
@@ -409,6 +420,26 @@ def average(
     if found.best_single is not None:
         typer.echo(f"best single checkpoint: step {found.best_single.step}, dev BLEU {found.best_single.dev_bleu:.2f}")
     typer.echo(f"written: {found.path}")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@command
+def export(
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="onnx: the encoder and one decoder step.")]
+    = ExportFormat.onnx,
+    checkpoint: CheckpointOption = Which.best,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default RUN/export/onnx).")] = None,
+) -> None:
+    """Export a run for decoding outside PyTorch; translate and evaluate run it with --runtime onnx."""
+    from nmt.export import export_onnx
+
+    folder = export_onnx(_run_dir(model, config), checkpoint.value, output)
+    typer.echo(f"{format_.value}: {folder}")
 
 
 @command

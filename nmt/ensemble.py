@@ -18,6 +18,7 @@ from torch import nn
 
 from nmt.checkpoint import LoadedRun, load_model
 from nmt.errors import ConfigError
+from nmt.export import load_onnx
 from nmt.models import Model
 
 
@@ -61,12 +62,18 @@ class Ensemble(nn.Module):
 
 
 def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides: Sequence[str] = (),
-                quantize: str | None = None) -> LoadedRun:
-    """One run as it is, or several as an Ensemble in the first run's LoadedRun."""
+                quantize: str | None = None, runtime: str = "torch") -> LoadedRun:
+    """One run as it is, or several as an Ensemble in the first run's LoadedRun; `runtime="onnx"` decodes
+    each run's ONNX export (nmt export) on onnxruntime instead of its PyTorch checkpoint."""
     run_dirs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
     if not run_dirs:
         raise ConfigError("--model: give at least one run directory")
-    loaded = [load_model(run_dir, which, overrides, quantize=quantize) for run_dir in run_dirs]
+    if runtime == "onnx":
+        if quantize:
+            raise ConfigError("--quantize applies to PyTorch decoding, not to --runtime onnx")
+        loaded = [load_onnx(run_dir, overrides) for run_dir in run_dirs]
+    else:
+        loaded = [load_model(run_dir, which, overrides, quantize=quantize) for run_dir in run_dirs]
     first = loaded[0]
     if len(loaded) == 1:
         return first

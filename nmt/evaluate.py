@@ -54,8 +54,9 @@ def eval_set(config: Config, split: str | None, src_file: Path | None, ref_file:
 
 def evaluate(run_dir: Path | Sequence[Path], split: str | None = None, src_file: Path | None = None,
              ref_file: Path | None = None, checkpoint: str = "best", beam_size: int | None = None,
-             progress: bool = False, overrides: Sequence[str] = (), quantize: str | None = None) -> EvaluationReport:
-    loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize)
+             progress: bool = False, overrides: Sequence[str] = (), quantize: str | None = None,
+             runtime: str = "torch") -> EvaluationReport:
+    loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
     config = loaded.config
     found = eval_set(config, split, src_file, ref_file)
     translator = Translator.for_run(loaded)

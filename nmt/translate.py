@@ -55,7 +55,7 @@ def beam_batch_sentences(beam_size: int, longest_src: int, decoding: DecodingCon
 class Translator:
     def __init__(self, model: Model, tokenizer: Tokenizer, decoding: DecodingConfig, clean: CleanConfig):
         self.model, self.tokenizer, self.decoding, self.clean = model, tokenizer, decoding, clean
-        self.device = next(model.parameters()).device
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX models have none
 
     @classmethod
     def for_run(cls, loaded: LoadedRun) -> Translator:
@@ -143,11 +143,11 @@ class TranslatedLines:
 
 def translate_lines(run_dir: Path | Sequence[Path], lines: Sequence[str], beam_size: int | None = None,
                     n_best: int | None = None, checkpoint: str = "best", overrides: Sequence[str] = (),
-                    progress: bool = False, sampling: Sampling | None = None, quantize: str | None = None
-                    ) -> TranslatedLines:
+                    progress: bool = False, sampling: Sampling | None = None, quantize: str | None = None,
+                    runtime: str = "torch") -> TranslatedLines:
     """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings.
     With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble."""
-    loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize)
+    loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
     decoding = loaded.config.decoding
     beam = 1 if sampling else beam_size or decoding.beam_size
     n_best = 1 if sampling else n_best or min(decoding.n_best, beam)  # an explicit --n-best above the beam is an error

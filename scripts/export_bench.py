@@ -1,0 +1,55 @@
+"""ONNX export checked on a real run: token ids from onnxruntime against PyTorch on the whole dev set, and
+decoding speed of both.
+
+    NMT_DATA_MIRROR=../shared/data python scripts/export_bench.py runs/enja_bahdanau --beam-size 1 5
+
+Exports the run (RUN/export/onnx), decodes its dev set with each runtime and beam size, and prints one JSON
+line per beam size: the share of sentences with identical token ids, sentences/s for each runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from nmt.checkpoint import load_run_config  # noqa: E402
+from nmt.evaluate import eval_set  # noqa: E402
+from nmt.export import export_onnx  # noqa: E402
+from nmt.rundir import RunDir  # noqa: E402
+from nmt.translate import translate_lines  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--beam-size", type=int, nargs="+", default=[1])
+    args = parser.parse_args()
+    started = time.perf_counter()
+    export_onnx(args.run)
+    exported = time.perf_counter() - started
+    dev = eval_set(load_run_config(RunDir(args.run)), "dev", None, None).sources
+    for beam in args.beam_size:
+        ids, rates = {}, {}
+        for runtime in ("torch", "onnx"):
+            translate_lines(args.run, dev[:50], beam_size=beam, runtime=runtime)  # warm-up
+            started = time.perf_counter()
+            found = translate_lines(args.run, dev, beam_size=beam, runtime=runtime).translations
+            rates[runtime] = round(len(dev) / (time.perf_counter() - started), 1)
+            ids[runtime] = [t.hypotheses[0].tokens for t in found]
+        same = sum(a == b for a, b in zip(ids["torch"], ids["onnx"], strict=True))
+        print(json.dumps({"run": str(args.run), "beam_size": beam, "sentences": len(dev),
+                          "identical_ids": f"{same}/{len(dev)}", "torch_sent_per_s": rates["torch"],
+                          "onnx_sent_per_s": rates["onnx"], "export_s": round(exported, 1),
+                          "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
