@@ -424,21 +424,25 @@ def average(
 
 class ExportFormat(str, Enum):
     onnx = "onnx"
+    ctranslate2 = "ctranslate2"
 
 
 @command
 def export(
     model: ModelOption = None,
     config: RunConfigOption = None,
-    format_: Annotated[ExportFormat, typer.Option("--format", help="onnx: the encoder and one decoder step.")]
+    format_: Annotated[ExportFormat, typer.Option("--format", help="onnx: the encoder and one decoder step; "
+                                                  "ctranslate2: a Transformer run as a CTranslate2 model.")]
     = ExportFormat.onnx,
     checkpoint: CheckpointOption = Which.best,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default RUN/export/onnx).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default RUN/export/FORMAT).")]
+    = None,
 ) -> None:
-    """Export a run for decoding outside PyTorch; translate and evaluate run it with --runtime onnx."""
-    from nmt.export import export_onnx
+    """Export a run for decoding outside PyTorch; translate and evaluate run an ONNX export with --runtime onnx."""
+    from nmt.export import export_ctranslate2, export_onnx
 
-    folder = export_onnx(_run_dir(model, config), checkpoint.value, output)
+    write = export_onnx if format_ is ExportFormat.onnx else export_ctranslate2
+    folder = write(_run_dir(model, config), checkpoint.value, output)
     typer.echo(f"{format_.value}: {folder}")
 
 

@@ -31,3 +31,23 @@ def test_onnx_runtime_gives_the_same_token_ids_on_the_dev_set(fixture, request, 
         onnx = translate_lines(run, dev, beam_size=beam, runtime="onnx").translations
         assert [t.hypotheses[0].tokens for t in onnx] == torch_ids
         assert all(t.hypotheses[0].tokens for t in onnx)  # real translations, not empty ones
+
+
+def test_ctranslate2_gives_the_same_greedy_token_ids_for_a_transformer(trained_transformer, trained_run, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 (the export extra) is not installed")
+    from nmt.checkpoint import load_model
+    from nmt.export import export_ctranslate2
+    from nmt.translate import Translator
+
+    with pytest.raises(ConfigError, match="for Transformer runs"):
+        export_ctranslate2(trained_run, output=tmp_path / "rnn")
+    folder = export_ctranslate2(trained_transformer, output=tmp_path / "ct2")
+    loaded = load_model(trained_transformer)
+    tokenizer = loaded.tokenizer
+    dev = load_split(loaded.config.data, "dev").src
+    sources = Translator.for_run(loaded).encode(dev)  # ending in </s>, as the exported model expects
+    found = ctranslate2.Translator(str(folder), device="cpu").translate_batch(
+        [tokenizer.src_pieces(s) for s in sources], beam_size=1, max_decoding_length=64)
+    ct2_ids = [[tokenizer.tgt.piece_to_id(p) for p in r.hypotheses[0]] for r in found]
+    torch_ids = [t.hypotheses[0].tokens for t in translate_lines(trained_transformer, dev, beam_size=1).translations]
+    assert ct2_ids == torch_ids
