@@ -405,6 +405,8 @@ class Trainer:
             return None
         tokens = int(sum(int(self.train_split.tgt_lengths[i].sum()) + len(i) for i in step))  # + EOS per sentence
         mine = step[self.world.rank * per_rank:(self.world.rank + 1) * per_rank]
+        # DDP needs every rank's backward: a rank without a batch repeats one and adds it with weight 0. (With
+        # fp16, an overflow in that copy makes the step's gradients NaN and the step is skipped, like any other.)
         weight = 1.0 if mine else 0.0
         batches = [make_batch(self.train_split, indices).to(self.device) for indices in mine or step[:1]]
         return StepShare(batches, tokens, weight)
