@@ -4,7 +4,8 @@ decoding speed of both.
     NMT_DATA_MIRROR=../shared/data python scripts/export_bench.py runs/enja_bahdanau --beam-size 1 5
 
 Exports the run (RUN/export/onnx), decodes its dev set with each runtime and beam size, and prints one JSON
-line per beam size: the share of sentences with identical token ids, sentences/s for each runtime."""
+line per beam size: the share of sentences with identical token ids, sentences/s for each runtime. For a
+Transformer run, also a CTranslate2 export decoded greedily by CTranslate2 itself."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.checkpoint import load_run_config  # noqa: E402
+from nmt.checkpoint import load_model, load_run_config  # noqa: E402
 from nmt.evaluate import eval_set  # noqa: E402
-from nmt.export import export_onnx  # noqa: E402
+from nmt.export import export_ctranslate2, export_onnx  # noqa: E402
 from nmt.rundir import RunDir  # noqa: E402
-from nmt.translate import translate_lines  # noqa: E402
+from nmt.translate import Translator, translate_lines  # noqa: E402
 
 
 def main() -> None:
@@ -49,6 +50,27 @@ def main() -> None:
                           "onnx_sent_per_s": rates["onnx"], "export_s": round(exported, 1),
                           "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}),
               flush=True)
+    if load_run_config(RunDir(args.run)).model.type == "transformer":
+        ctranslate2_greedy(args.run, dev)
+
+
+def ctranslate2_greedy(run: Path, dev: list[str]) -> None:
+    import ctranslate2
+
+    folder = export_ctranslate2(run)
+    loaded = load_model(run)
+    tokenizer = loaded.tokenizer
+    sources = [tokenizer.src_pieces(ids) for ids in Translator.for_run(loaded).encode(dev)]
+    engine = ctranslate2.Translator(str(folder), device="cpu", intra_threads=torch.get_num_threads())
+    engine.translate_batch(sources[:50], beam_size=1)  # warm-up
+    started = time.perf_counter()
+    found = engine.translate_batch(sources, beam_size=1, max_batch_size=128, max_decoding_length=256)
+    rate = round(len(dev) / (time.perf_counter() - started), 1)
+    ct2_ids = [[tokenizer.tgt.piece_to_id(p) for p in r.hypotheses[0]] for r in found]
+    torch_ids = [t.hypotheses[0].tokens for t in translate_lines(run, dev, beam_size=1).translations]
+    same = sum(a == b for a, b in zip(ct2_ids, torch_ids, strict=True))
+    print(json.dumps({"run": str(run), "runtime": "ctranslate2", "beam_size": 1, "identical_ids": f"{same}/{len(dev)}",
+                      "ctranslate2_sent_per_s": rate}), flush=True)
 
 
 if __name__ == "__main__":
