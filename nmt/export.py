@@ -67,8 +67,8 @@ def rebuild(model: Model, memory: list[torch.Tensor], state: list[torch.Tensor])
         hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = (state[0], state[1]) if model.decoder.is_lstm \
             else state[0]
         return EncoderMemory(*memory), DecoderState(hidden, state[-1])
-    # The step reads neither the encoder output (its keys are projected) nor the position, which the
-    # cache's length gives: a dynamic dimension of the exported graph.
+    # The step reads neither the encoder output (its keys are projected; the mask stands in for it) nor the
+    # position, which the cache's length gives: a dynamic dimension of the exported graph.
     return (TransformerMemory(memory[0], memory[0], tuple(memory[1:])),
             TransformerState(tuple(state), state[0].shape[1]))
 
@@ -111,7 +111,7 @@ def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) 
     """Write encoder.onnx, step.onnx and layout.json for a run's checkpoint into `output` (RUN/export/onnx)."""
     loaded = load_model(run_dir, which)
     model, layout = loaded.model, Layout.of(loaded.model)
-    folder = output or onnx_folder(RunDir(run_dir))
+    folder = output or RunDir(run_dir).export_dir("onnx")
     folder.mkdir(parents=True, exist_ok=True)
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, PAD_ID, PAD_ID]]) % loaded.tokenizer.src_vocab_size
     lengths = (src != PAD_ID).sum(dim=1)
@@ -199,13 +199,9 @@ class OnnxModel(nn.Module):
 def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> LoadedRun:
     """A run's exported model as a LoadedRun that the Translator decodes like a PyTorch one."""
     run = RunDir(run_dir)
-    model = OnnxModel(onnx_folder(run))
+    model = OnnxModel(run.export_dir("onnx"))
     checkpoint = verify(CheckpointFiles(run.checkpoints_dir / model.checkpoint))
     return LoadedRun(run, load_run_config(run, overrides), run.tokenizer(), model, checkpoint)  # type: ignore[arg-type]
-
-
-def onnx_folder(run: RunDir) -> Path:
-    return run.path / "export" / "onnx"
 
 
 def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None = None) -> Path:
@@ -260,7 +256,7 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
     spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
     spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
     spec.validate()
-    folder = output or RunDir(run_dir).path / "export" / "ctranslate2"
+    folder = output or RunDir(run_dir).export_dir("ctranslate2")
     folder.mkdir(parents=True, exist_ok=True)
     spec.save(str(folder))
     (folder / "nmt.json").write_text(json.dumps({"checkpoint": loaded.checkpoint.path.name,

@@ -80,6 +80,10 @@ class RunDir:
     def analysis_dir(self) -> Path:
         return self.path / "analysis"
 
+    def export_dir(self, format_: str) -> Path:
+        """Where `nmt export --format FORMAT` writes."""
+        return self.path / "export" / format_
+
     @property
     def eval_dir(self) -> Path:
         return self.path / "eval"
