@@ -9,6 +9,7 @@ and NCCL on CUDA, with a timeout: a rank that stops answering ends the job with 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Sequence
@@ -85,7 +86,9 @@ class World:
         log.info("rank %d of %d joined the %s process group", self.rank, self.size, backend)
 
     def close(self) -> None:
+        """Leave the process group (after a barrier on the normal path: see train.train)."""
         if dist.is_available() and dist.is_initialized():
+            gc.collect()  # objects that hold the group (DDP's reducer) are released first
             dist.destroy_process_group()
 
     # Collectives (each a no-op for a single process) --------------------------------------------------------

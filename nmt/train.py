@@ -643,10 +643,13 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> T
     world = World.from_environment()
     if not world.is_main:  # the other ranks report warnings and errors only, and write no log file
         logging.getLogger("nmt").setLevel(logging.WARNING)
-    try:
-        trainer = setup(config, resume, show_progress, world)
-        with _log_to(trainer.run_dir.log_path) if world.is_main else nullcontext(), \
-                StopSignal().installed() as stop:
-            return trainer.run(stop)
-    finally:
-        world.close()
+    trainer = setup(config, resume, show_progress, world)
+    with _log_to(trainer.run_dir.log_path) if world.is_main else nullcontext(), StopSignal().installed() as stop:
+        result = trainer.run(stop)
+    # Leave the process group on success only (after an error another rank may be inside a collective, and
+    # torchrun ends the job): all ranks meet, DDP's reducer goes, then the group, before the interpreter's
+    # own teardown, where gloo's threads would otherwise abort the process.
+    world.barrier()
+    del trainer
+    world.close()
+    return result
