@@ -69,8 +69,9 @@ def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides:
     if not run_dirs:
         raise ConfigError("--model: give at least one run directory")
     if runtime == "onnx":
-        if quantize:
-            raise ConfigError("--quantize applies to PyTorch decoding, not to --runtime onnx")
+        if quantize or which != "best":
+            raise ConfigError("--quantize and --checkpoint apply to PyTorch decoding, not to --runtime onnx: the "
+                              "export holds one checkpoint (choose it with nmt export --checkpoint)")
         loaded = [load_onnx(run_dir, overrides) for run_dir in run_dirs]
     else:
         loaded = [load_model(run_dir, which, overrides, quantize=quantize) for run_dir in run_dirs]

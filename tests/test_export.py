@@ -24,6 +24,8 @@ def test_onnx_runtime_gives_the_same_token_ids_on_the_dev_set(fixture, request, 
     with pytest.raises(ConfigError, match="no exported model"):
         translate_lines(run, ["ab"], runtime="onnx")
     folder = export_onnx(run)
+    with pytest.raises(ConfigError, match="not to --runtime onnx"):
+        translate_lines(run, ["ab"], checkpoint="last", runtime="onnx")
     assert (folder / "encoder.onnx").is_file() and (folder / "step.onnx").is_file()
     dev = load_split(load_run_config(RunDir(run)).data, "dev").src
     for beam in (1, 3):

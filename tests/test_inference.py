@@ -15,7 +15,7 @@ from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripte
 
 from nmt.checkpoint import load_model, load_run_config
 from nmt.corpus import load_split
-from nmt.errors import CheckpointError, ConfigError
+from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.rundir import RunDir
 from nmt.search import Sampling, greedy_search
 from nmt.translate import Translator, translate_lines
@@ -68,7 +68,7 @@ def test_forced_decoding_scores_equal_the_searchs_own_log_probabilities(trained_
         assert pair.tokens[-1] == "</s>" and len(pair.tokens) == len(pair.token_log_probs)
     wrong = score_pairs(trained_run, SOURCES, ["AB AB AB"] * len(SOURCES))
     assert all(w.log_prob < s.log_prob - 1 for w, s in zip(wrong, scored, strict=True))
-    with pytest.raises(Exception, match="3 source lines but 1 translations"):
+    with pytest.raises(DataError, match="3 source lines but 1 translations"):
         score_pairs(trained_run, SOURCES[:3], ["x"])
 
 
