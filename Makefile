@@ -8,7 +8,7 @@ CONFIG ?= configs/enja_bahdanau.yaml
 # A local corpus mirror is used before any download when it exists (these machines are offline).
 export NMT_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: install test lint quickstart bench clean
+.PHONY: install test test-slow test-portable test-all lint quickstart bench clean
 
 $(BIN)/nmt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,20 @@ $(BIN)/nmt: pyproject.toml
 
 install: $(BIN)/nmt
 
+# The fast tier (the README's test command): every module, no long trainings.
 test: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# Long trainings and end-to-end runs.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+# The numerics-sensitive tests again on another kernel path (AVX2 instead of this CPU's best): a threshold or an
+# equality that holds on one CPU only fails here before it fails on a user's machine.
+test-portable: install
+	ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -m numerics
+
+test-all: install
 	$(BIN)/python -m pytest
 
 lint: install

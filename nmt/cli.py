@@ -100,7 +100,7 @@ def train(
     result = run_training(_config(config, set_), resume=resume)
     if result.rank != 0:  # under torchrun, rank 0 reports
         return
-    typer.echo(f"{result.run_dir}: {result.steps} steps ({result.stop_reason}), best dev BLEU {result.best_bleu:.2f}")
+    typer.echo(result.summary())
     if result.stop_reason in ("SIGINT", "SIGTERM") and result.ranks == 1:
         raise typer.Exit(130)  # under torchrun a saved, clean stop exits 0: a non-zero rank reads as a crash there
 

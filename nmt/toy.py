@@ -11,12 +11,17 @@ from typing import Any
 WORDS = "ab ca de fo gu hi jo ku le mi no pa".split()
 
 
+def reverse_words(sentence: str) -> str:
+    """The task's answer: the words in reverse order, upper-cased ("ab ca" -> "CA AB")."""
+    return " ".join(word.upper() for word in reversed(sentence.split()))
+
+
 def reversal_pairs(count: int, seed: int, min_len: int = 2, max_len: int = 6) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     pairs = []
     for _ in range(count):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(min_len, max_len))]
-        pairs.append((" ".join(words), " ".join(w.upper() for w in reversed(words))))
+        source = " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_len, max_len)))
+        pairs.append((source, reverse_words(source)))
     return pairs
 
 

@@ -64,6 +64,13 @@ class TrainResult:
     stop_reason: str
     rank: int = 0
     ranks: int = 1  # processes in the job: more than 1 under torchrun
+    minutes: float = 0.0  # wall-clock training time over all sessions of the run
+    tokens_per_s: float = 0.0  # target tokens per second inside optimizer steps, over all sessions
+
+    def summary(self) -> str:
+        """One line that says what the run reached and how fast: what to compare across machines."""
+        return (f"{self.run_dir}: {self.steps} steps ({self.stop_reason}) in {self.minutes:.1f} min, "
+                f"{self.tokens_per_s:,.0f} target tokens/s, best dev BLEU {self.best_bleu:.2f}")
 
 
 def pick_device(cfg: TrainingConfig, world: World) -> torch.device:
@@ -573,7 +580,8 @@ class Trainer:
                      self.run_dir.checkpoint(progress.step).folder, self.run_dir.config_path)
         log.info("stopped (%s) after %d steps; best dev BLEU %.2f; skipped steps: %d non-finite, %d out of memory",
                  reason, progress.step, progress.best_bleu, progress.skipped_nonfinite, progress.skipped_oom)
-        return TrainResult(self.run_dir.path, progress.step, progress.best_bleu, reason, world.rank, world.size)
+        return TrainResult(self.run_dir.path, progress.step, progress.best_bleu, reason, world.rank, world.size,
+                           progress.elapsed / 60, progress.tokens / max(1e-9, progress.train_seconds))
 
 
 def setup(config: Config, resume: bool = False, show_progress: bool = False, world: World | None = None

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from toy_runs import MIN_DEV_BLEU
 
 from nmt.analysis import analyze, bucket_edges, head_entropies, inspect_sentence, summarize_run
 from nmt.attention_stats import attention_stats, entropy
@@ -11,7 +12,10 @@ from nmt.checkpoint import load_model
 from nmt.errors import ConfigError
 from nmt.plots import heatmap_figure, heatmap_html
 from nmt.tokenizer import EOS_ID
+from nmt.toy import reverse_words
 from nmt.translate import Translator
+
+pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
 
 
 def test_statistics_match_hand_computed_values():
@@ -52,19 +56,19 @@ def test_bucket_edges():
 
 def test_attention_command_library_on_a_trained_run(trained_run, tmp_path):
     found = inspect_sentence(trained_run, "ab ca de", out_dir=tmp_path)
-    assert found.translation == "DE CA AB"
+    assert found.translation == reverse_words("ab ca de")  # the fixture learned the probes (conftest)
     assert found.weights.shape == (len(found.row_labels), len(found.col_labels)) and found.heads == []
     assert found.png.stat().st_size > 1000 and found.html.is_file()
     # a model that learned to reverse looks at the mirrored source word: focused attention
     assert np.mean(found.stats.max_weight) > 0.5
     summary = summarize_run(trained_run)
-    assert summary.model == "rnn, general" and summary.dev_bleu > 80 and summary.parameters > 10_000
+    assert summary.model == "rnn, general" and summary.dev_bleu >= MIN_DEV_BLEU and summary.parameters > 10_000
     assert summary.tokens_per_s > 0 and summary.peak_rss_mb > 0
 
 
 def test_transformer_attention_by_kind_layer_and_head(trained_transformer, tmp_path):
     grid = inspect_sentence(trained_transformer, "ab ca de", out_dir=tmp_path)
-    assert grid.translation == "DE CA AB"
+    assert grid.translation == reverse_words("ab ca de")
     layers, heads = 2, 4
     assert [(h.layer, h.head) for h in grid.heads] == [(la, he) for la in range(1, layers + 1)
                                                        for he in range(1, heads + 1)]

@@ -5,6 +5,8 @@ import torch
 
 from nmt.models.attention import AdditiveAttention, DotAttention, GeneralAttention
 
+pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
+
 B, TQ, S, H = 3, 4, 6, 8
 
 

@@ -69,12 +69,16 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+DEV_BLEU_TOLERANCE = 1.0
+
 TRANSFORMER = {"type": "transformer", "transformer": {
     "d_model": 32, "heads": 4, "ff_size": 64, "encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0,
     "attention_dropout": 0.0}}
 
 
-@pytest.mark.parametrize("model", [None, TRANSFORMER], ids=["rnn", "transformer"])
+@pytest.mark.numerics
+@pytest.mark.parametrize("model", [None, pytest.param(TRANSFORMER, marks=pytest.mark.slow)],
+                         ids=["rnn", "transformer"])
 def test_two_ranks_train_as_one_process_accumulating_two(tmp_path, model):
     two = toy(tmp_path, "two", model)
     job = torchrun(two)
@@ -89,8 +93,12 @@ def test_two_ranks_train_as_one_process_accumulating_two(tmp_path, model):
     assert steps == list(range(1, 9))
     assert run.log_path.read_text().count("stopped (max_steps)") == 1
     assert "2 ranks" in run.log_path.read_text()
-    dev = [r["dev_bleu"] for r in run.metrics() if "dev_bleu" in r]
-    assert dev == [r["dev_bleu"] for r in RunDir(one.run_dir).metrics() if "dev_bleu" in r]
+    # Rank 0 validates at the same steps; its weights differ from the single process's in the last bits (other
+    # processes sum in another order), so a near-tie in decoding may flip a token: scores within DEV_BLEU_TOLERANCE.
+    dev = {r["step"]: r["dev_bleu"] for r in run.metrics() if "dev_bleu" in r}
+    single = {r["step"]: r["dev_bleu"] for r in RunDir(one.run_dir).metrics() if "dev_bleu" in r}
+    assert dev.keys() == single.keys() and dev
+    assert all(abs(dev[step] - single[step]) <= DEV_BLEU_TOLERANCE for step in dev), (dev, single)
     assert sorted(p.name for p in run.path.iterdir()) == sorted(p.name for p in RunDir(one.run_dir).path.iterdir())
 
 
@@ -132,25 +140,35 @@ def wait_for(condition, job: subprocess.Popen, what: str, seconds: float = JOB_S
         time.sleep(0.02)
 
 
+STEPS_AFTER_SIGNAL = 10  # a signal stops training at the next step boundary, whatever the CPU's speed
+
+
+def last_logged_step(run: RunDir) -> int:
+    return max(r["step"] for r in run.metrics() if "loss" in r)
+
+
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_both_and_saves_once(tmp_path):
     config = toy(tmp_path, "job", max_steps=100000, validate_every=100000)
     job = torchrun(config, wait=False)
     run = RunDir(tmp_path / "job")
     wait_for(lambda: run.metrics_path.exists() and run.metrics_path.read_text().count("\n") >= 3, job,
              "three logged steps")
+    logged = last_logged_step(run)
     os.kill(rank_pids(job)[1], signal.SIGTERM)
-    sent = time.monotonic()
-    stderr = finish(job, timeout=60)
-    assert time.monotonic() - sent < 30
+    stderr = finish(job, timeout=60)  # a hang guard, not a speed claim
     assert "Traceback" not in stderr
     saved = run.checkpoints()
     assert len(saved) == 1, saved
     meta = json.loads(saved[0].meta.read_text())
-    assert "dev_bleu" not in meta and meta["step"] >= 3  # saved on the signal, not after a validation
+    assert "dev_bleu" not in meta  # saved on the signal, not after a validation
+    assert logged <= meta["step"] <= logged + STEPS_AFTER_SIGNAL, (logged, meta["step"])
     log = run.log_path.read_text()
     assert log.count("SIGTERM: saved") == 1 and "stopped (SIGTERM)" in log
 
 
+@pytest.mark.slow
+@pytest.mark.numerics
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     dropout = {"encoder": {"hidden_size": 48, "dropout": 0.3}, "decoder": {"hidden_size": 64, "dropout": 0.3}}
     whole = toy(tmp_path, "whole", dropout, max_steps=16)
@@ -169,6 +187,8 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert max_difference(weights(tmp_path / "whole", 16), weights(run.path, 16)) < 1e-6
 
 
+@pytest.mark.slow
+@pytest.mark.numerics
 def test_resume_with_another_number_of_ranks_continues_the_same_data(tmp_path):
     """4 steps in one process accumulating 2, then 4 more on 2 ranks: the same as 8 steps in one process."""
     single = toy(tmp_path, "single", accumulate=2)
@@ -180,6 +200,8 @@ def test_resume_with_another_number_of_ranks_continues_the_same_data(tmp_path):
     assert max_difference(weights(tmp_path / "single", 8), weights(tmp_path / "switched", 8)) < 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.numerics
 def test_uneven_shards_finish_the_epoch(tmp_path):
     """An odd number of batches: at the last step rank 1 has none and adds a zero-weight batch, not a hang."""
     config = load_config(toy(tmp_path, "uneven", max_steps=None, max_epochs=1, validate_every=1000))

@@ -69,7 +69,11 @@ HOSTILE_CORPORA = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(HOSTILE_CORPORA))
+FAST_CASES = {"invalid_utf8", "misaligned"}  # the others run in the slow tier
+
+
+@pytest.mark.parametrize("case", [c if c in FAST_CASES else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in sorted(HOSTILE_CORPORA)])
 def test_hostile_corpora_through_the_cli(tmp_path, case):
     src_bytes, tgt_bytes, expected = HOSTILE_CORPORA[case]
     raw = toy_config_dict(tmp_path)

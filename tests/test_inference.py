@@ -20,6 +20,8 @@ from nmt.rundir import RunDir
 from nmt.search import Sampling, greedy_search
 from nmt.translate import Translator, translate_lines
 
+pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
+
 SOURCES = ["ab ca de fo", "gu hi jo", "ku le mi no pa", "ca ca"]
 
 

@@ -1,5 +1,6 @@
 """Learning is shown, not assumed: each attention type must learn to reverse sequences (>= 95% exact match
-on held-out sequences, greedy decoding) within 1,500 steps."""
+on held-out sequences, greedy decoding) within 1,500 steps; scripts/learning_spread.py measures how many steps
+it takes over seeds and CPU kernel paths (the budget is far above the worst)."""
 
 import pytest
 import torch
@@ -36,19 +37,23 @@ def exact_match(model, seqs) -> float:
     return sum(h.tokens == list(reversed(s)) for h, s in zip(hyps, seqs, strict=True)) / len(seqs)
 
 
-@pytest.mark.parametrize("attention,input_feeding", [("bahdanau", None), ("dot", True), ("general", False),
-                                                     ("concat", True), ("multihead", True)])
-def test_each_attention_type_learns_to_reverse(attention, input_feeding):
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
+INPUT_FEEDING = {"bahdanau": None, "dot": True, "general": False, "concat": True, "multihead": True}
+MAX_STEPS = 1500
+
+
+def learn_to_reverse(attention: str, seed: int = 0, max_steps: int = MAX_STEPS) -> tuple[int, float, float]:
+    """Train until >= 95% exact match on held-out sequences (checked every 100 steps) or `max_steps`;
+    returns (steps taken, exact match, last loss / first loss). scripts/learning_spread.py calls it too."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     cfg = ModelConfig(embed_dim=32, encoder=EncoderConfig(hidden_size=32, dropout=0.0),
-                      decoder=DecoderConfig(hidden_size=64, dropout=0.0, input_feeding=input_feeding),
+                      decoder=DecoderConfig(hidden_size=64, dropout=0.0, input_feeding=INPUT_FEEDING[attention]),
                       attention=AttentionConfig(type=attention))
     model = build_model(cfg, 4 + SYMBOLS, 4 + SYMBOLS)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     held_out = sequences(300, torch.Generator().manual_seed(99))
     accuracy, first_loss, loss = 0.0, None, None
-    for step in range(1, 1501):
+    for step in range(1, max_steps + 1):
         batch = batch_of(sequences(64, generator))
         logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         loss = token_loss(logits, batch.tgt_out, 0.0) / batch.n_tgt_tokens
@@ -61,5 +66,13 @@ def test_each_attention_type_learns_to_reverse(attention, input_feeding):
             accuracy = exact_match(model, held_out)
             if accuracy >= 0.95:
                 break
-    assert float(loss.detach()) < first_loss / 4
-    assert accuracy >= 0.95, f"{attention}: {accuracy:.1%} exact match after {step} steps"
+    return step, accuracy, float(loss.detach()) / first_loss
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+@pytest.mark.parametrize("attention", list(INPUT_FEEDING))
+def test_each_attention_type_learns_to_reverse(attention):
+    steps, accuracy, loss_ratio = learn_to_reverse(attention)
+    assert loss_ratio < 1 / 4
+    assert accuracy >= 0.95, f"{attention}: {accuracy:.1%} exact match after {steps} steps"

@@ -7,6 +7,8 @@ from batches import random_batch
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt.models import build_model
 
+pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
+
 SV, TV = 30, 25
 
 

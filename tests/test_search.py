@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from nmt.search import beam_search, greedy_search
+from nmt.toy import reverse_words
+
+pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
 
 PAD, BOS, EOS, A, B, C = 0, 2, 3, 4, 5, 6
 V, S = 7, 3
@@ -119,4 +122,4 @@ def test_trained_model_beam_scores_at_least_greedy_and_batching_changes_nothing(
     for batched, alone in zip(beam, one_at_a_time, strict=True):
         assert batched[0].tokens == alone[0].tokens
         assert batched[0].log_prob == pytest.approx(alone[0].log_prob, abs=1e-4)
-    assert [t.text for t in translator.translate(lines[:2], beam_size=1)] == ["GU FO DE CA AB", "MI LE"]
+    assert [t.text for t in translator.translate(lines[:2], beam_size=1)] == [reverse_words(s) for s in lines[:2]]

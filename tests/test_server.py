@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from toy_runs import MIN_DEV_BLEU
 
 from nmt.analysis import attention_view
 from nmt.checkpoint import load_model, load_run_config
@@ -20,6 +21,7 @@ from nmt.corpus import load_split
 from nmt.rundir import RunDir
 from nmt.server import Limits, create_app
 from nmt.service import ModelRegistry, served_runs
+from nmt.toy import reverse_words
 
 ROOT = Path(__file__).resolve().parent.parent
 NMT = str(Path(sys.executable).parent / "nmt")
@@ -69,7 +71,7 @@ def test_n_best_scores_and_length_penalty(client):
     found = client.post("/translate", json=body).json()
     hypotheses = found["translations"][0]["hypotheses"]
     assert len(hypotheses) == 3 and found["n_best"] == 3 and found["length_penalty"] == 0.0
-    assert hypotheses[0]["text"] == found["translations"][0]["text"] == "FO DE CA AB"
+    assert hypotheses[0]["text"] == found["translations"][0]["text"] == reverse_words("ab ca de fo")
     assert [h["score"] for h in hypotheses] == sorted((h["score"] for h in hypotheses), reverse=True)
     assert all(h["score"] == h["log_prob"] for h in hypotheses)  # alpha 0: ranked by log p alone
     penalized = client.post("/translate", json={**body, "length_penalty": 1.0}).json()["translations"][0]
@@ -152,7 +154,7 @@ def test_attention_matches_the_library_view(client, trained_transformer, trained
                                           "threshold": 0.3}).json()
     view = attention_view(loaded, "ab ca de", threshold=0.3, layer=1, head=3)
     np.testing.assert_allclose(one["weights"], view.weights, atol=1e-6)
-    assert one["above_threshold"] == view.stats.above_threshold and one["translation"] == "DE CA AB"
+    assert one["above_threshold"] == view.stats.above_threshold and one["translation"] == reverse_words("ab ca de")
     rnn = client.post("/attention", json={"text": "ab ca de"}).json()  # the first model is the default
     assert rnn["model"] == "rnn" and rnn["layer"] is None and len(rnn["panels"]) == 1
     np.testing.assert_allclose(np.sum(rnn["weights"], axis=1), 1.0, rtol=1e-5)
@@ -162,7 +164,7 @@ def test_models_and_health(client):
     models = {m["name"]: m for m in client.get("/models").json()}
     assert models["transformer"]["layers"] == 2 and models["transformer"]["heads"] == 4
     assert models["transformer"]["type"] == "transformer" and models["rnn"]["attention"] == "general"
-    assert models["rnn"]["dev_bleu"] > 80 and models["rnn"]["parameters"] > 10_000
+    assert models["rnn"]["dev_bleu"] >= MIN_DEV_BLEU and models["rnn"]["parameters"] > 10_000
     assert client.get("/health").json() == {"status": "ok", "models": ["rnn", "transformer"]}
     assert "attention explorer" in client.get("/").text
     assert client.get("/docs").status_code == 200 and "/translate" in client.get("/openapi.json").json()["paths"]
@@ -173,6 +175,7 @@ def test_served_run_names(tmp_path):
         ("enja", Path("runs/enja")), ("ja", Path("runs/x")), ("b=c", Path("a/b=c"))]
 
 
+@pytest.mark.slow
 def test_a_real_server_under_bounded_load_answers_every_request_and_stops_cleanly(trained_run, tmp_path):
     figures = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_bench.py"), "--model", str(trained_run),

@@ -1,4 +1,5 @@
-"""SIGINT / SIGTERM during training save a checkpoint and exit within seconds, saying how to resume."""
+"""SIGINT / SIGTERM during training stop it at the next step boundary, save a checkpoint and exit, saying how
+to resume. Promptness is counted in steps after the signal, not in seconds (a slower CPU takes longer per step)."""
 
 import signal
 import subprocess
@@ -13,9 +14,11 @@ from nmt.rundir import RunDir
 from nmt.toy import toy_config_dict, write_config
 
 NMT = str(Path(sys.executable).parent / "nmt")
+STEPS_AFTER_SIGNAL = 10
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_and_exits(tmp_path, signum):
     raw = toy_config_dict(tmp_path, training={"max_steps": 100000, "validate_every": 100000, "log_every": 1})
     config = write_config(tmp_path, raw)
@@ -27,14 +30,13 @@ def test_signal_saves_and_exits(tmp_path, signum):
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
         time.sleep(0.2)
-    sent = time.monotonic()
+    logged = max(r["step"] for r in run.metrics() if "loss" in r)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=30)
-    assert time.monotonic() - sent < 10
+    _, stderr = process.communicate(timeout=60)  # a hang guard, not a speed claim
     assert process.returncode == 130
     assert f"nmt train --config {run.config_path} --resume" in stderr and "Traceback" not in stderr
     checkpoint = latest_intact(run)
-    assert checkpoint is not None and checkpoint.step >= 3
+    assert checkpoint is not None and logged <= checkpoint.step <= logged + STEPS_AFTER_SIGNAL, (logged, checkpoint)
     resumed = subprocess.run([NMT, "train", "--config", str(run.config_path), "--resume", "--set",
                               f"training.max_steps={checkpoint.step + 2}"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

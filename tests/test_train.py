@@ -1,12 +1,15 @@
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy_runs import MIN_DEV_BLEU
 
 from nmt.checkpoint import find_checkpoint, latest_intact
 from nmt.config import load_config
 from nmt.errors import ConfigError
 from nmt.rundir import RunDir
-from nmt.toy import toy_config_dict, write_config
+from nmt.toy import reverse_words, toy_config_dict, write_config
 from nmt.train import train
 
 
@@ -23,8 +26,10 @@ TRANSFORMER = {"type": "transformer", "transformer": {"d_model": 32, "heads": 4,
                                                      "decoder_layers": 2, "dropout": 0.2, "attention_dropout": 0.2}}
 
 
-@pytest.mark.parametrize("extra,model", [({}, RNN_DROPOUT), ({"teacher_forcing": 0.7, "accumulate": 2}, RNN_DROPOUT),
-                                         ({"accumulate": 2}, TRANSFORMER)], ids=["rnn", "rnn-sampling", "transformer"])
+@pytest.mark.numerics
+@pytest.mark.parametrize("extra,model", [
+    ({}, RNN_DROPOUT), pytest.param({"teacher_forcing": 0.7, "accumulate": 2}, RNN_DROPOUT, marks=pytest.mark.slow),
+    ({"accumulate": 2}, TRANSFORMER)], ids=["rnn", "rnn-sampling", "transformer"])
 def test_resume_is_exact(tmp_path, extra, model):
     """N steps + stop + resume + N steps == 2N uninterrupted steps (losses and weights), on CPU."""
     common = {"log_every": 1, "validate_every": 10, **extra}
@@ -44,14 +49,14 @@ def test_resume_is_exact(tmp_path, extra, model):
         assert torch.equal(wa[name], wb[name]), name
 
 
+@pytest.mark.numerics
 def test_training_learns_and_writes_a_complete_run_directory(trained_run):
     run = RunDir(trained_run)
     rows = list(run.metrics())
     train_losses = [r["loss"] for r in rows if "loss" in r]
     bleus = [r["dev_bleu"] for r in rows if "dev_bleu" in r]
     assert train_losses[-1] < train_losses[0] / 3
-    assert bleus[-1] > 80
-    assert bleus[-1] > bleus[0] or bleus[0] > 80
+    assert bleus[-1] >= MIN_DEV_BLEU and (bleus[-1] > bleus[0] or bleus[0] >= MIN_DEV_BLEU), bleus
     for path in (run.config_path, run.log_path, trained_run / "src.model", trained_run / "tgt.model",
                  trained_run / "tokenizer.json"):
         assert path.is_file(), path
@@ -69,6 +74,10 @@ def test_early_stopping_and_time_budget(tmp_path):
     raw = toy_config_dict(tmp_path / "t", training={"max_steps": 100000, "max_minutes": 0.05, "validate_every": 1000})
     result = train(load_config(write_config(tmp_path / "t", raw)))
     assert result.stop_reason == "max_minutes" and 0 < result.steps < 100000
+    # the summary line `nmt train` ends with: what the budget reached on this machine, and how fast
+    assert result.minutes >= 0.05 and result.tokens_per_s > 0  # stopped because the budget was spent
+    assert re.fullmatch(rf".*/run: {result.steps} steps \(max_minutes\) in \d+\.\d min, [\d,]+ target tokens/s, "
+                        rf"best dev BLEU -?\d+\.\d\d", result.summary()), result.summary()
 
 
 def test_fp16_on_cpu_is_a_config_error(tmp_path):
@@ -77,7 +86,7 @@ def test_fp16_on_cpu_is_a_config_error(tmp_path):
         train(load_config(write_config(tmp_path, raw)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (and a CUDA build of torch)")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_on_cuda_learns(tmp_path, precision):
     raw = toy_config_dict(tmp_path, training={"precision": precision, "device": "cuda", "max_steps": 300,
@@ -204,6 +213,7 @@ def test_resuming_a_finished_run_again_changes_nothing(tmp_path):
     assert run.checkpoint(5).meta.read_text() == meta
 
 
+@pytest.mark.numerics
 def test_a_transformer_trains_through_the_trainer_and_translates(trained_transformer):
     """The toy reversal task end to end with model.type transformer: loss falls, dev BLEU rises, and the run
     directory decodes with greedy and beam search."""
@@ -213,10 +223,10 @@ def test_a_transformer_trains_through_the_trainer_and_translates(trained_transfo
     losses = [r["loss"] for r in run.metrics() if "loss" in r]
     bleus = [r["dev_bleu"] for r in run.metrics() if "dev_bleu" in r]
     assert losses[-1] < losses[0] / 3
-    assert bleus[-1] > bleus[0] and max(bleus) > 80, bleus
+    assert bleus[-1] >= MIN_DEV_BLEU and (bleus[-1] > bleus[0] or bleus[0] >= MIN_DEV_BLEU), bleus
     greedy = translate_lines(trained_transformer, ["ab ca de fo"], beam_size=1).translations[0].text
     beam = translate_lines(trained_transformer, ["ab ca de fo"], beam_size=4).translations[0].text
-    assert greedy == beam == "FO DE CA AB"
+    assert greedy == beam == reverse_words("ab ca de fo")
 
 
 def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):

@@ -18,6 +18,8 @@ from nmt.models.transformer import Transformer
 from nmt.search import beam_search, greedy_search
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
+
 SV, TV = 30, 25
 
 
@@ -252,6 +254,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
+@pytest.mark.numerics
 def test_a_tiny_transformer_learns_to_reverse_sequences(one_thread):
     torch.manual_seed(0)
     train, vocab = reversal_data(3000, seed=1), 14
