@@ -56,6 +56,7 @@ def test_data_prints_statistics(toy_config_path):
     assert "reused cache" in run("data", "--config", toy_config_path).stdout
 
 
+@pytest.mark.slow
 def test_translate_through_argument_file_and_stdin(trained_run, tmp_path):
     sentences = ["ab ca de", "", "fo gu hi jo"]
     one = run("translate", "--model", trained_run, "ab ca de", "--beam-size", "1")

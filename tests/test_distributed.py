@@ -76,9 +76,9 @@ TRANSFORMER = {"type": "transformer", "transformer": {
     "attention_dropout": 0.0}}
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
-@pytest.mark.parametrize("model", [None, pytest.param(TRANSFORMER, marks=pytest.mark.slow)],
-                         ids=["rnn", "transformer"])
+@pytest.mark.parametrize("model", [None, TRANSFORMER], ids=["rnn", "transformer"])
 def test_two_ranks_train_as_one_process_accumulating_two(tmp_path, model):
     two = toy(tmp_path, "two", model)
     job = torchrun(two)

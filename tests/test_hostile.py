@@ -112,6 +112,7 @@ def trained_translator(trained_run):
                       loaded.config.data.clean)
 
 
+@pytest.mark.slow
 def test_training_onto_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, tmpfs):
     """The reproduction of the issue: a real 3 MB filesystem fills up during training."""
     disk = tmpfs("3M")
@@ -129,6 +130,7 @@ def test_training_onto_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp
     assert intact and intact == list(range(3, 3 * len(intact) + 1, 3))
 
 
+@pytest.mark.slow
 def test_a_read_only_run_directory_is_a_clear_error(tmp_path, tmpfs):
     """Root ignores file permissions, so the run directory is a read-only filesystem."""
     run_dir = tmpfs("1M", "ro")
@@ -141,6 +143,7 @@ def test_a_read_only_run_directory_is_a_clear_error(tmp_path, tmpfs):
     assert not any(run_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_dir_under_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     raw = toy_config_dict(tmp_path, run_dir=str(tmp_path / "afile" / "run"), training={"max_steps": 5})
