@@ -72,7 +72,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
 @command
 def data(config: ConfigOption, set_: SetOption = None) -> None:
     """Read or download the corpora, clean them, train SentencePiece, encode and cache; print statistics."""
-    from nmt.prepare import summarize_data
+    from nmt.data.prepare import summarize_data
 
     cfg = _config(config, set_)
     summary = summarize_data(cfg)
@@ -95,7 +95,7 @@ def train(
                                          "if there is none yet).")] = False,
 ) -> None:
     """Train the model the config describes; checkpoints, dev scores and logs go to the run directory."""
-    from nmt.train import train as run_training
+    from nmt.training.trainer import train as run_training
 
     result = run_training(_config(config, set_), resume=resume)
     if result.rank != 0:  # under torchrun, rank 0 reports
@@ -209,9 +209,9 @@ def translate(
     runtime: RuntimeOption = Runtime.torch,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept."""
-    from nmt.corpus import read_lines, read_stream
-    from nmt.search import Sampling
-    from nmt.translate import translate_lines
+    from nmt.data.corpus import read_lines, read_stream
+    from nmt.inference.search import Sampling
+    from nmt.inference.translate import translate_lines
 
     if sentence is not None:
         lines = [sentence]
@@ -253,7 +253,7 @@ def evaluate(
     runtime: RuntimeOption = Runtime.torch,
 ) -> None:
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
-    from nmt.evaluate import evaluate as run_evaluation
+    from nmt.inference.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint.value, beam_size,
                             progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value,
@@ -284,7 +284,7 @@ def attention(
 ) -> None:
     """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics;
     for a Transformer, per layer and head too."""
-    from nmt.analysis import inspect_sentence
+    from nmt.inspect.analysis import inspect_sentence
 
     found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint.value, output_dir,
                              set_ or [], kind.value, layer, head)
@@ -330,7 +330,7 @@ def analyze(
 ) -> None:
     """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir;
     for a Transformer also the entropy of every layer and head by source length."""
-    from nmt.analysis import analyze as run_analysis
+    from nmt.inspect.analysis import analyze as run_analysis
 
     found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
                          checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind.value)
@@ -361,8 +361,8 @@ def score(
     """Forced decoding: each translation's log-probability under the model, per sentence and per token (JSONL)."""
     import json
 
-    from nmt.corpus import read_text_pairs
-    from nmt.score import score_pairs
+    from nmt.data.corpus import read_text_pairs
+    from nmt.inference.score import score_pairs
 
     pairs = list(read_text_pairs(src, ref))
     scored = score_pairs(_run_dir(model, config), [s for s, _ in pairs], [t for _, t in pairs], checkpoint.value,
@@ -383,7 +383,7 @@ def tune(
     = False,
 ) -> None:
     """Search beam size and length penalty on the dev set; write the best into the run's decoding settings."""
-    from nmt.tune import tune as run_tune
+    from nmt.inference.tune import tune as run_tune
 
     beam_sizes = _numbers("--beams", beams, int, "1,5")
     if not all(1 <= b <= MAX_BEAM for b in beam_sizes):
@@ -413,7 +413,7 @@ def average(
     = None,
 ) -> None:
     """Average checkpoints' weights into checkpoints/averaged (select it with --checkpoint averaged)."""
-    from nmt.average import average as run_average
+    from nmt.inference.average import average as run_average
 
     found = run_average(_run_dir(model, config), last, best)
     typer.echo(f"averaged steps {', '.join(map(str, found.steps))}: dev BLEU {found.dev_bleu:.2f} (greedy)")
@@ -439,7 +439,7 @@ def export(
     = None,
 ) -> None:
     """Export a run for decoding outside PyTorch; translate and evaluate run an ONNX export with --runtime onnx."""
-    from nmt.export import export_ctranslate2, export_onnx
+    from nmt.export.onnx import export_ctranslate2, export_onnx
 
     write = export_onnx if format_ is ExportFormat.onnx else export_ctranslate2
     folder = write(_run_dir(model, config), checkpoint.value, output)
@@ -453,7 +453,7 @@ def compare(
     = Path("compare.png"),
 ) -> None:
     """Runs side by side: attention, size, training time and speed, memory, dev/test scores, attention entropy."""
-    from nmt.analysis import compare_plot, summarize_run
+    from nmt.inspect.analysis import compare_plot, summarize_run
 
     summaries = [summarize_run(run) for run in runs]
     typer.echo(format_table(
@@ -484,9 +484,9 @@ def serve(
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
     /models, /health) with its OpenAPI docs at /docs."""
     try:
-        from nmt.server import Limits
-        from nmt.server import serve as run_server
-        from nmt.service import served_runs
+        from nmt.serve.server import Limits
+        from nmt.serve.server import serve as run_server
+        from nmt.serve.service import served_runs
     except ImportError as err:
         raise NmtError(f"nmt serve needs the serving extra ({err.name} is missing): pip install 'nmt[serve]'") \
             from None

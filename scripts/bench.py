@@ -98,7 +98,7 @@ def phase_train(args) -> dict:
     """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
     from nmt.config import load_config
     from nmt.models import dropout
-    from nmt.train import peak_memory_mb, setup
+    from nmt.training.trainer import peak_memory_mb, setup
 
     dropout.LANE_DROPOUT_ON_CPU = not args.reference_dropout
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -128,10 +128,10 @@ def phase_train(args) -> dict:
 
 
 def phase_decode(args) -> dict:
-    from nmt.checkpoint import load_model
     from nmt.config import load_config
-    from nmt.prepare import prepare_data
-    from nmt.translate import Translator
+    from nmt.data.prepare import prepare_data
+    from nmt.inference.translate import Translator
+    from nmt.runs.checkpoint import load_model
 
     translator = Translator.for_run(load_model(Path(args.model)))
     split = prepare_data(load_config(args.config, args.set)).splits[args.split]
@@ -158,8 +158,8 @@ def phase_budget(args) -> dict:
     for item in overrides:
         command += ["--set", item]
     subprocess.run(command, check=True, cwd=ROOT)
-    from nmt.checkpoint import find_checkpoint
-    from nmt.rundir import RunDir
+    from nmt.runs.checkpoint import find_checkpoint
+    from nmt.runs.rundir import RunDir
 
     run = RunDir(run_dir)
     best = find_checkpoint(run, "best").meta

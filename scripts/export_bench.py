@@ -20,11 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.checkpoint import load_model, load_run_config  # noqa: E402
-from nmt.evaluate import eval_set  # noqa: E402
-from nmt.export import export_ctranslate2, export_onnx  # noqa: E402
-from nmt.rundir import RunDir  # noqa: E402
-from nmt.translate import Translator, translate_lines  # noqa: E402
+from nmt.export.onnx import export_ctranslate2, export_onnx  # noqa: E402
+from nmt.inference.evaluate import eval_set  # noqa: E402
+from nmt.inference.translate import Translator, translate_lines  # noqa: E402
+from nmt.runs.checkpoint import load_model, load_run_config  # noqa: E402
+from nmt.runs.rundir import RunDir  # noqa: E402
 
 
 def main() -> None:

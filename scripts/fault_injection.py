@@ -4,7 +4,7 @@ real disk during training.
 
     python scripts/fault_injection.py --trials 12 --write-kills 4 --rename-kills 3 --seed 1
 
-Training runs on the toy reversal task (nmt.toy) with a checkpoint every few steps. The first
+Training runs on the toy reversal task (toy) with a checkpoint every few steps. The first
 --write-kills kills wait until a checkpoint's staging folder appears and strike then, mid-write; the next
 --rename-kills strike as soon as a new checkpoint folder has been renamed into place (the moment an
 earlier version lost its best-checkpoint marker); the others land at random moments. After each kill the
@@ -34,10 +34,12 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nmt.checkpoint import best_files, find_checkpoint, latest_intact, verify  # noqa: E402
 from nmt.errors import CheckpointError  # noqa: E402
-from nmt.rundir import RunDir  # noqa: E402
-from nmt.toy import toy_config_dict, write_config  # noqa: E402
+from nmt.runs.checkpoint import best_files, find_checkpoint, latest_intact, verify  # noqa: E402
+from nmt.runs.rundir import RunDir  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))  # the toy task is a test fixture
+from toy import toy_config_dict, write_config  # noqa: E402
 
 TRAINING = {"max_steps": 1500, "validate_every": 4, "log_every": 1, "keep_last": 2}
 

@@ -32,8 +32,8 @@ def child(what: str, seed: int) -> dict:
         from toy_runs import toy_run_config
 
         from nmt.config import load_config
-        from nmt.rundir import RunDir
-        from nmt.train import train
+        from nmt.runs.rundir import RunDir
+        from nmt.training.trainer import train
 
         with tempfile.TemporaryDirectory() as root:
             result = train(load_config(toy_run_config(Path(root), what, seed)), show_progress=False)

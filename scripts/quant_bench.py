@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.checkpoint import load_model  # noqa: E402
-from nmt.evaluate import eval_set  # noqa: E402
-from nmt.metrics import bleu  # noqa: E402
-from nmt.translate import Translator  # noqa: E402
+from nmt.inference.evaluate import eval_set  # noqa: E402
+from nmt.inference.metrics import bleu  # noqa: E402
+from nmt.inference.translate import Translator  # noqa: E402
+from nmt.runs.checkpoint import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 import torch
 
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
 def random_batch(src_vocab: int, tgt_vocab: int, seed: int = 0):

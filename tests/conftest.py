@@ -1,14 +1,14 @@
-"""Shared fixtures: a toy config (the generated reversal corpus of nmt.toy) and two small trained runs."""
+"""Shared fixtures: a toy config (the generated reversal corpus of toy) and two small trained runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from toy import reverse_words, toy_config_dict, write_config
 from toy_runs import MIN_DEV_BLEU, PROBES, toy_run_config
 
 from nmt.config import load_config
-from nmt.toy import reverse_words, toy_config_dict, write_config
 
 
 @pytest.fixture
@@ -20,8 +20,8 @@ def train_and_check(root: Path, recipe: str) -> Path:
     """Train a toy recipe and check that it learned: dev BLEU at least MIN_DEV_BLEU and the probe sentences that
     tests compare with the task's answer translated right (greedy and beam). The recipes train to a plateau,
     far above these checks on every CPU measured (scripts/learning_spread.py, README "Tests")."""
-    from nmt.train import train
-    from nmt.translate import translate_lines
+    from nmt.inference.translate import translate_lines
+    from nmt.training.trainer import train
 
     result = train(load_config(toy_run_config(root, recipe)), show_progress=False)
     assert result.best_bleu >= MIN_DEV_BLEU, f"the toy {recipe} did not learn the reversal task (dev BLEU " \

@@ -4,16 +4,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from toy import reverse_words
 from toy_runs import MIN_DEV_BLEU
 
-from nmt.analysis import analyze, bucket_edges, head_entropies, inspect_sentence, summarize_run
-from nmt.attention_stats import attention_stats, entropy
-from nmt.checkpoint import load_model
 from nmt.errors import ConfigError
-from nmt.plots import heatmap_figure, heatmap_html
-from nmt.tokenizer import EOS_ID
-from nmt.toy import reverse_words
-from nmt.translate import Translator
+from nmt.inference.attention_stats import attention_stats, entropy
+from nmt.inference.translate import Translator
+from nmt.inspect.analysis import analyze, bucket_edges, head_entropies, inspect_sentence, summarize_run
+from nmt.inspect.plots import heatmap_figure, heatmap_html
+from nmt.runs.checkpoint import load_model
+from nmt.tokens import EOS_ID
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
 
@@ -124,7 +124,7 @@ def test_analyze_reports_every_layer_and_head_by_length(trained_transformer):
 
 
 def test_fonts_cover_the_labels_and_never_draw_placeholder_boxes():
-    from nmt.plots import font_for
+    from nmt.inspect.plots import font_for
 
     families = font_for(["▁私", "▁i", "</s>"])
     assert families[0] == "DejaVu Sans"

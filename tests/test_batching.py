@@ -1,7 +1,7 @@
 import numpy as np
 
-from nmt.batching import collate, padding_fraction, token_batches
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.batching import collate, padding_fraction, token_batches
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
 def lengths(n=500, seed=0):

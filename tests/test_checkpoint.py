@@ -11,7 +11,10 @@ import torch
 import yaml
 from toy_runs import MIN_DEV_BLEU
 
-from nmt.checkpoint import (
+from nmt.config import ModelConfig
+from nmt.errors import CheckpointError
+from nmt.models import build_model
+from nmt.runs.checkpoint import (
     best_files,
     checkpoint_meta,
     find_checkpoint,
@@ -22,10 +25,7 @@ from nmt.checkpoint import (
     save_checkpoint,
     verify,
 )
-from nmt.config import ModelConfig
-from nmt.errors import CheckpointError
-from nmt.models import build_model
-from nmt.rundir import RunDir
+from nmt.runs.rundir import RunDir
 
 
 class Payload:
@@ -220,7 +220,7 @@ def test_a_really_full_disk_is_a_clear_error_that_removes_the_staging_folder(tmp
     """Refused before writing when the free space is visibly short; and when a write itself hits ENOSPC
     (torch.save raises RuntimeError, safetensors its own error, neither an OSError), the staging folder is
     still removed and the error is the same one line."""
-    import nmt.checkpoint
+    import nmt.runs.checkpoint
 
     disk = tmpfs("4M")
     run = RunDir(disk / "run")
@@ -228,7 +228,7 @@ def test_a_really_full_disk_is_a_clear_error_that_removes_the_staging_folder(tmp
     save_checkpoint(run, model, {"progress": {}}, checkpoint_meta(1, 0, model, TINY, {"dev_bleu": 1.0}), keep_last=5)
     _fill(disk, leave={"estimate": 1536, "torch.save": 1536, "safetensors": 4}[fails_in] * 1024)
     if fails_in != "estimate":  # the estimate passes, so the fault comes from the real write
-        monkeypatch.setattr(nmt.checkpoint, "checkpoint_bytes", lambda *_: 0)
+        monkeypatch.setattr(nmt.runs.checkpoint, "checkpoint_bytes", lambda *_: 0)
     state = {"moments": torch.zeros(768 * 1024)}  # 3 MB of training state
     with pytest.raises(CheckpointError, match=r"no space left on the device of .*needs about \d+ MB, \d+ MB free"):
         save_checkpoint(run, model, state, checkpoint_meta(2, 0, model, TINY, None), keep_last=5)

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from toy import reverse_words
 
-from nmt.rundir import RunDir
-from nmt.toy import reverse_words
+from nmt.runs.rundir import RunDir
 
 NMT = shutil.which("nmt") or str(Path(sys.executable).parent / "nmt")
 
@@ -107,7 +107,7 @@ def test_evaluate_matches_the_sacrebleu_command_line(trained_run, split):
 
 @pytest.mark.slow
 def test_attention_analyze_and_compare_commands(trained_run, tmp_path):
-    from nmt.toy import toy_config_dict, write_config
+    from toy import toy_config_dict, write_config
 
     result = run("attention", "--model", trained_run, "ab ca de fo", "--output-dir", tmp_path / "att")
     assert result.returncode == 0, result.stderr
@@ -173,7 +173,7 @@ def test_lines_without_content_translate_to_empty_lines(trained_run):
 
 
 def test_heatmap_file_names_never_collide(trained_run, tmp_path):
-    from nmt.analysis import inspect_sentence
+    from nmt.inspect.analysis import inspect_sentence
 
     shared = "ab ca de fo gu hi jo ku le mi no pa ab ca de"  # 44 characters: the first 40 are shared
     names = {inspect_sentence(trained_run, sentence, out_dir=tmp_path).png
@@ -191,7 +191,7 @@ def test_evaluate_on_empty_files_is_one_line(trained_run, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_trains_one_run_per_value_and_compares_them(tmp_path):
-    from nmt.toy import toy_config_dict, write_config
+    from toy import toy_config_dict, write_config
 
     raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2})
     script = Path(__file__).resolve().parent.parent / "scripts" / "sweep.py"

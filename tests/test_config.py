@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from toy import toy_config_dict, write_config
 
 from nmt.config import MAX_BEAM, config_to_yaml, load_config, parse_config
 from nmt.errors import ConfigError
-from nmt.toy import toy_config_dict, write_config
 
 
 def error_for(tmp_path: Path, raw: dict, overrides=()) -> str:

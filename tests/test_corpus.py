@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from nmt.config import CleanConfig, HfSource, parse_config
-from nmt.corpus import clean_pairs, normalize, read_hf, read_lines, read_text_pairs, read_tsv
+from nmt.data.corpus import clean_pairs, normalize, read_hf, read_lines, read_text_pairs, read_tsv
 from nmt.errors import DataError
 
 
@@ -60,7 +60,7 @@ def test_hugging_face_reader_on_local_json_files(tmp_path):
 
 
 def test_hf_source_is_accepted_by_the_config_schema(tmp_path):
-    from nmt.toy import toy_config_dict
+    from toy import toy_config_dict
 
     raw = toy_config_dict(tmp_path)
     raw["data"]["train"] = {"format": "hf", "name": "bentrevett/multi30k", "split": "train", "src_field": "de",

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy import toy_config_dict, write_config
 
 from nmt.config import load_config
-from nmt.prepare import prepare_data
-from nmt.rundir import RunDir
-from nmt.toy import toy_config_dict, write_config
-from nmt.train import split_batches, train
+from nmt.data.prepare import prepare_data
+from nmt.runs.rundir import RunDir
+from nmt.training.trainer import split_batches, train
 
 JOB_SECONDS = 150
 
@@ -224,7 +224,7 @@ def test_uneven_shards_finish_the_epoch(tmp_path):
 
 def test_a_steps_token_count_is_its_batches_target_tokens(tmp_path):
     """The loss divisor each rank computes from the batch order alone equals the collated batches' count."""
-    from nmt.train import setup
+    from nmt.training.trainer import setup
 
     trainer = setup(load_config(toy(tmp_path, "count", accumulate=3)))
     order = trainer.batch_order()

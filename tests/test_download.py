@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nmt.download import cache_path, fetch
+from nmt.data.download import cache_path, fetch
 from nmt.errors import DownloadError
 
 BODY = "".join(f"line {i}\n" for i in range(5000)).encode()

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.batching import collate
-from nmt.checkpoint import LoadedRun, load_model, load_run_config
-from nmt.corpus import load_split
+from nmt.data.batching import collate
+from nmt.data.corpus import load_split
 from nmt.errors import ConfigError
-from nmt.rundir import RunDir
-from nmt.translate import Translator, translate_lines
+from nmt.inference.translate import Translator, translate_lines
+from nmt.runs.checkpoint import LoadedRun, load_model, load_run_config
+from nmt.runs.rundir import RunDir
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")
 
@@ -61,7 +61,7 @@ def assert_agreement(loaded: LoadedRun, sources: Sequence[str], reference: Seque
 
 @pytest.mark.parametrize("fixture", ["trained_run", "trained_transformer"])
 def test_onnx_runtime_decodes_the_dev_set_as_pytorch_does(fixture, request, tmp_path):
-    from nmt.export import export_onnx
+    from nmt.export.onnx import export_onnx
 
     run = shutil.copytree(request.getfixturevalue(fixture), tmp_path / "run")
     with pytest.raises(ConfigError, match="no exported model"):
@@ -81,7 +81,7 @@ def test_onnx_runtime_decodes_the_dev_set_as_pytorch_does(fixture, request, tmp_
 
 def test_ctranslate2_decodes_a_transformer_as_pytorch_does(trained_transformer, trained_run, tmp_path):
     ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed: pip install -e '.[export]'")
-    from nmt.export import export_ctranslate2
+    from nmt.export.onnx import export_ctranslate2
 
     with pytest.raises(ConfigError, match="for Transformer runs"):
         export_ctranslate2(trained_run, output=tmp_path / "rnn")

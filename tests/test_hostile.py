@@ -8,15 +8,15 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from toy import toy_config_dict, write_config
 from typer.testing import CliRunner
 
-from nmt.checkpoint import verify
 from nmt.cli import app
 from nmt.config import load_config
-from nmt.corpus import has_content, normalize
+from nmt.data.corpus import has_content, normalize
 from nmt.errors import ConfigError, DataError
-from nmt.rundir import RunDir
-from nmt.toy import toy_config_dict, write_config
+from nmt.runs.checkpoint import verify
+from nmt.runs.rundir import RunDir
 
 NMT = str(Path(sys.executable).parent / "nmt")
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -104,8 +104,8 @@ def test_translate_any_text(trained_translator, lines):
 
 @pytest.fixture(scope="module")
 def trained_translator(trained_run):
-    from nmt.checkpoint import load_model
-    from nmt.translate import Translator
+    from nmt.inference.translate import Translator
+    from nmt.runs.checkpoint import load_model
 
     loaded = load_model(trained_run)
     return Translator(loaded.model, loaded.tokenizer, loaded.config.decoding.model_copy(update={"max_src_tokens": 64}),
@@ -155,7 +155,7 @@ def test_a_run_dir_under_a_file_is_a_clear_error(tmp_path):
 
 def test_data_error_messages_are_single_lines(tmp_path):
     (tmp_path / "a").write_bytes(b"ok\n\xff\n")
-    from nmt.corpus import read_lines
+    from nmt.data.corpus import read_lines
 
     with pytest.raises(DataError) as caught:
         list(read_lines(tmp_path / "a"))

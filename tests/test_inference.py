@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripted distribution
 
-from nmt.checkpoint import load_model, load_run_config
-from nmt.corpus import load_split
+from nmt.data.corpus import load_split
 from nmt.errors import CheckpointError, ConfigError, DataError
-from nmt.rundir import RunDir
-from nmt.search import Sampling, greedy_search
-from nmt.translate import Translator, translate_lines
+from nmt.inference.search import Sampling, greedy_search
+from nmt.inference.translate import Translator, translate_lines
+from nmt.runs.checkpoint import load_model, load_run_config
+from nmt.runs.rundir import RunDir
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
 
@@ -61,7 +61,7 @@ def test_sampled_translations_repeat_with_a_seed_and_score_their_own_tokens(trai
 
 
 def test_forced_decoding_scores_equal_the_searchs_own_log_probabilities(trained_run):
-    from nmt.score import score_pairs
+    from nmt.inference.score import score_pairs
 
     greedy = translate_lines(trained_run, SOURCES, beam_size=1).translations
     scored = score_pairs(trained_run, SOURCES, [t.text for t in greedy])
@@ -75,7 +75,7 @@ def test_forced_decoding_scores_equal_the_searchs_own_log_probabilities(trained_
 
 
 def test_tune_keeps_the_best_grid_point_and_records_it(run_copy):
-    from nmt.tune import tune
+    from nmt.inference.tune import tune
 
     before = load_run_config(RunDir(run_copy)).decoding
     found = tune(run_copy, beams=[1, 2], penalties=[0.0, 1.0])
@@ -93,7 +93,7 @@ def test_tune_keeps_the_best_grid_point_and_records_it(run_copy):
 
 
 def test_average_of_the_last_two_checkpoints_is_their_mean_and_selectable(run_copy):
-    from nmt.average import average
+    from nmt.inference.average import average
 
     run = RunDir(run_copy)
     steps = [int(f.folder.name.split("-")[1]) for f in run.checkpoints()]
@@ -115,7 +115,7 @@ def test_average_of_the_last_two_checkpoints_is_their_mean_and_selectable(run_co
 
 
 def test_an_ensemble_averages_the_members_probabilities(trained_run, run_copy):
-    from nmt.ensemble import Ensemble, load_models
+    from nmt.inference.ensemble import Ensemble, load_models
 
     twice = translate_lines([trained_run, run_copy], SOURCES, beam_size=3).translations
     single = translate_lines(trained_run, SOURCES, beam_size=3).translations
@@ -141,7 +141,7 @@ def test_an_ensemble_averages_the_members_probabilities(trained_run, run_copy):
 
 
 def test_an_ensemble_refuses_runs_with_other_vocabularies(trained_run, trained_transformer):
-    from nmt.ensemble import load_models
+    from nmt.inference.ensemble import load_models
 
     with pytest.raises(ConfigError, match="SentencePiece models differ"):
         load_models([trained_run, trained_transformer])

@@ -5,12 +5,12 @@ it takes over seeds and CPU kernel paths (the budget is far above the worst)."""
 import pytest
 import torch
 
-from nmt.batching import collate
 from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from nmt.data.batching import collate
+from nmt.inference.search import greedy_search
 from nmt.models import build_model
-from nmt.search import greedy_search
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from nmt.train import token_loss
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
+from nmt.training.trainer import token_loss
 
 SYMBOLS = 10  # ids 4 .. 13
 

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from nmt.toy import reverse_words
+from toy import reverse_words
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))

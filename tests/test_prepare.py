@@ -1,7 +1,7 @@
 import os
 
 from nmt.config import load_config
-from nmt.prepare import prepare_data
+from nmt.data.prepare import prepare_data
 
 
 def test_cache_is_reused_then_rebuilt_when_a_field_or_file_changes(toy_config_path):
@@ -46,10 +46,10 @@ def test_a_failed_build_leaves_no_cache(toy_config_path, tmp_path):
 
 def test_streamed_cache_holds_the_cleaned_text_and_its_ids_across_chunks(toy_config_path, monkeypatch):
     """Encoding appends chunk by chunk: a chunk size that splits the corpus unevenly changes nothing."""
-    import nmt.prepare
-    from nmt.corpus import load_split
+    import nmt.data.prepare
+    from nmt.data.corpus import load_split
 
-    monkeypatch.setattr(nmt.prepare, "ENCODE_CHUNK", 7)
+    monkeypatch.setattr(nmt.data.prepare, "ENCODE_CHUNK", 7)
     config = load_config(toy_config_path, ["data.clean.lowercase=true"])
     prepared = prepare_data(config)
     train = prepared.splits["train"]

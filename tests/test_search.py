@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from toy import reverse_words
 
-from nmt.search import beam_search, greedy_search
-from nmt.toy import reverse_words
+from nmt.inference.search import beam_search, greedy_search
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
 
@@ -108,8 +108,8 @@ def test_length_penalty_ranks_by_normalized_score():
 
 
 def test_trained_model_beam_scores_at_least_greedy_and_batching_changes_nothing(trained_run):
-    from nmt.checkpoint import load_model
-    from nmt.translate import Translator
+    from nmt.inference.translate import Translator
+    from nmt.runs.checkpoint import load_model
 
     translator = Translator.for_run(load_model(trained_run))
     lines = ["ab ca de fo gu", "le mi", "no pa ab ca de fo", "hi jo ku le", "gu", "fo fo fo ab"]

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from toy import reverse_words
 from toy_runs import MIN_DEV_BLEU
 
-from nmt.analysis import attention_view
-from nmt.checkpoint import load_model, load_run_config
-from nmt.corpus import load_split
-from nmt.rundir import RunDir
-from nmt.server import Limits, create_app
-from nmt.service import ModelRegistry, served_runs
-from nmt.toy import reverse_words
+from nmt.data.corpus import load_split
+from nmt.inspect.analysis import attention_view
+from nmt.runs.checkpoint import load_model, load_run_config
+from nmt.runs.rundir import RunDir
+from nmt.serve.server import Limits, create_app
+from nmt.serve.service import ModelRegistry, served_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 NMT = str(Path(sys.executable).parent / "nmt")

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from toy import toy_config_dict, write_config
 
-from nmt.checkpoint import latest_intact
-from nmt.rundir import RunDir
-from nmt.toy import toy_config_dict, write_config
+from nmt.runs.checkpoint import latest_intact
+from nmt.runs.rundir import RunDir
 
 NMT = str(Path(sys.executable).parent / "nmt")
 STEPS_AFTER_SIGNAL = 10

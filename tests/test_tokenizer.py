@@ -1,6 +1,7 @@
 from nmt.config import TokenizerConfig
-from nmt.rundir import RunDir
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from nmt.data.tokenizer import Tokenizer
+from nmt.runs.rundir import RunDir
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 EN = ["the cat sat on the mat .", "a dog ran in the park .", "i like tennis .", "she reads books every day ."] * 30
 JA = ["私はテニスが好きです。", "猫がマットの上に座った。", "彼女は毎日本を読みます。", "犬が公園を走った。"] * 30

@@ -3,14 +3,14 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy import reverse_words, toy_config_dict, write_config
 from toy_runs import MIN_DEV_BLEU
 
-from nmt.checkpoint import find_checkpoint, latest_intact
 from nmt.config import load_config
 from nmt.errors import ConfigError
-from nmt.rundir import RunDir
-from nmt.toy import reverse_words, toy_config_dict, write_config
-from nmt.train import train
+from nmt.runs.checkpoint import find_checkpoint, latest_intact
+from nmt.runs.rundir import RunDir
+from nmt.training.trainer import train
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -98,7 +98,7 @@ def test_mixed_precision_on_cuda_learns(tmp_path, precision):
 def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch, caplog):
     import logging
 
-    from nmt import train as train_module
+    from nmt.training import trainer as train_module
 
     caplog.set_level(logging.INFO, logger="nmt")
     from nmt.errors import TrainingError
@@ -189,7 +189,7 @@ def test_metrics_hold_one_row_per_step_after_resume(tmp_path):
 
 
 def test_a_changed_learning_rate_on_resume_is_the_one_trained_with(tmp_path):
-    from nmt.train import setup
+    from nmt.training.trainer import setup
 
     raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2, "lr": 0.001})
     path = write_config(tmp_path, raw)
@@ -217,7 +217,7 @@ def test_resuming_a_finished_run_again_changes_nothing(tmp_path):
 def test_a_transformer_trains_through_the_trainer_and_translates(trained_transformer):
     """The toy reversal task end to end with model.type transformer: loss falls, dev BLEU rises, and the run
     directory decodes with greedy and beam search."""
-    from nmt.translate import translate_lines
+    from nmt.inference.translate import translate_lines
 
     run = RunDir(trained_transformer)
     losses = [r["loss"] for r in run.metrics() if "loss" in r]
@@ -230,8 +230,8 @@ def test_a_transformer_trains_through_the_trainer_and_translates(trained_transfo
 
 
 def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from nmt import train as train_module
-    from nmt.train import resolve_precision
+    from nmt.training import trainer as train_module
+    from nmt.training.trainer import resolve_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)

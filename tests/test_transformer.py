@@ -12,11 +12,11 @@ import pytest
 import torch
 from batches import random_batch
 
-from nmt.batching import collate
+from nmt.data.batching import collate
+from nmt.inference.search import beam_search, greedy_search
 from nmt.models.multihead import MultiHeadAttention
 from nmt.models.transformer import Transformer
-from nmt.search import beam_search, greedy_search
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nmt.toy import toy_config_dict, write_config
+from toy import toy_config_dict, write_config
 
 # Both recipes decay the learning rate linearly to zero, so training ends on a plateau rather than wherever a
 # constant rate left it: the last validation is then far from the thresholds whatever the CPU's kernels.
@@ -27,7 +27,7 @@ TRANSFORMER_RUN: dict[str, Any] = {
 
 RECIPES = {"rnn": RNN_RUN, "transformer": TRANSFORMER_RUN}
 
-# Sentences the tests translate and compare with the task's answer (nmt.toy.reverse_words).
+# Sentences the tests translate and compare with the task's answer (toy.reverse_words).
 PROBES = ["ab ca de", "fo gu hi jo", "ab ca de fo", "ab ca de fo gu", "le mi"]
 
 # The least dev BLEU a fixture must reach: well below the worst of the measured spread (see the README).

@@ -27,7 +27,7 @@ from nmt.config import ModelConfig
 from nmt.models.attention import Attention, build_attention
 from nmt.models.dropout import make_dropout
 from nmt.models.multihead import MultiHeadAttention
-from nmt.tokenizer import PAD_ID
+from nmt.tokens import PAD_ID
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU: (L, B, Hd); LSTM: (h, c)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.models.multihead import MultiHeadAttention
-from nmt.tokenizer import PAD_ID
+from nmt.tokens import PAD_ID
 
 
 @dataclass

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nmt.batching import padding_fraction, token_batches
 from nmt.config import Config, DataConfig, HfSource, Source, TextSource, TokenizerConfig, TsvSource, is_url
-from nmt.corpus import stream_split
+from nmt.data.batching import padding_fraction, token_batches
+from nmt.data.corpus import stream_split
+from nmt.data.tokenizer import Tokenizer
 from nmt.fileio import atomic_write_bytes, atomic_write_text
 from nmt.progress import progress_bar
-from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nmt.config import CleanConfig, DataConfig, HfSource, Source, TextSource, TsvSource
-from nmt.download import fetch
+from nmt.data.download import fetch
 from nmt.errors import DataError
 
 

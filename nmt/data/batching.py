@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 Ids = Sequence[int] | np.ndarray  # one sentence's token ids: a list, or a slice of a memory-mapped array
 

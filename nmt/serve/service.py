@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.analysis import AttentionView, attention_view
-from nmt.checkpoint import LoadedRun, load_model
 from nmt.config import MAX_BEAM
-from nmt.corpus import has_content, normalize
+from nmt.data.corpus import has_content, normalize
 from nmt.errors import ConfigError, NmtError
+from nmt.inference.translate import Translation, Translator
+from nmt.inspect.analysis import AttentionView, attention_view
 from nmt.models import Transformer, count_parameters
-from nmt.translate import Translation, Translator
+from nmt.runs.checkpoint import LoadedRun, load_model
 
 
 class ClientError(NmtError):

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from nmt.config import MAX_BEAM
-from nmt.microbatch import MicroBatcher
-from nmt.service import ClientError, ModelRegistry
+from nmt.serve.microbatch import MicroBatcher
+from nmt.serve.service import ClientError, ModelRegistry
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -267,5 +267,5 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
         "runs": [(name, str(path)) for name, path in runs], "checkpoint": checkpoint, "quantize": quantize,
         "limits": limits.model_dump(),
         "threads": max(1, torch.get_num_threads() // workers)})
-    uvicorn.run("nmt.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("nmt.serve.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info")

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.checkpoint import load_model
 from nmt.config import TunedDecoding, config_to_yaml
 from nmt.errors import ConfigError
-from nmt.evaluate import eval_set
-from nmt.metrics import bleu, chrf
-from nmt.translate import Translator
+from nmt.inference.evaluate import eval_set
+from nmt.inference.metrics import bleu, chrf
+from nmt.inference.translate import Translator
+from nmt.runs.checkpoint import load_model
 
 BEAMS = (1, 3, 5, 8)
 LENGTH_PENALTIES = (0.0, 0.6, 1.0, 1.5)

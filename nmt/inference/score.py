@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.batching import collate, token_batches
-from nmt.checkpoint import load_model
-from nmt.corpus import normalize
+from nmt.data.batching import collate, token_batches
+from nmt.data.corpus import normalize
 from nmt.errors import DataError
-from nmt.translate import Translator
+from nmt.inference.translate import Translator
+from nmt.runs.checkpoint import load_model
 
 
 @dataclass

@@ -6,7 +6,7 @@ update the scaler and the schedule (the order GradScaler needs: clipping sees tr
 Resuming restores weights, optimizer, scheduler, scaler, RNG states and the position in the epoch's
 batch order, so N steps + stop + resume + N steps equal 2N uninterrupted steps on CPU.
 
-Under torchrun (nmt.distributed) every rank builds the same batch order and a step takes `accumulate`
+Under torchrun (nmt.training.distributed) every rank builds the same batch order and a step takes `accumulate`
 batches per rank from it, so N ranks together take what one process with `accumulate: N` takes, and the
 loss is divided by the step's target tokens over all ranks: the update is the same. Rank 0 alone validates,
 writes checkpoints and logs; the decision to stop is shared by one collective at the top of every step.
@@ -32,9 +32,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nmt.attention_stats import attention_stats
-from nmt.batching import Batch, collate, token_batches
-from nmt.checkpoint import (
+from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
+from nmt.data.batching import Batch, collate, token_batches
+from nmt.data.prepare import EncodedSplit, PreparedData, prepare_data, wait_for_cache
+from nmt.errors import ConfigError, TrainingError
+from nmt.inference.attention_stats import attention_stats
+from nmt.inference.metrics import bleu, chrf
+from nmt.inference.translate import Translator
+from nmt.models import Model, build_model, count_parameters
+from nmt.progress import progress_bar
+from nmt.runs.checkpoint import (
     Checkpoint,
     checkpoint_meta,
     latest_intact,
@@ -42,16 +49,9 @@ from nmt.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
-from nmt.distributed import World, rank_seed
-from nmt.errors import ConfigError, TrainingError
-from nmt.metrics import bleu, chrf
-from nmt.models import Model, build_model, count_parameters
-from nmt.prepare import EncodedSplit, PreparedData, prepare_data, wait_for_cache
-from nmt.progress import progress_bar
-from nmt.rundir import RunDir
-from nmt.tokenizer import PAD_ID
-from nmt.translate import Translator
+from nmt.runs.rundir import RunDir
+from nmt.tokens import PAD_ID
+from nmt.training.distributed import World, rank_seed
 
 log = logging.getLogger(__name__)
 

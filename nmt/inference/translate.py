@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.batching import collate, token_batches
-from nmt.checkpoint import LoadedRun
 from nmt.config import CleanConfig, DecodingConfig
-from nmt.corpus import has_content, normalize
-from nmt.ensemble import load_models
+from nmt.data.batching import collate, token_batches
+from nmt.data.corpus import has_content, normalize
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
+from nmt.inference.ensemble import load_models
+from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.models import Model
 from nmt.progress import progress_bar
-from nmt.search import Hypothesis, Sampling, beam_search, greedy_search
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.runs.checkpoint import LoadedRun
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nmt.config import Config
-from nmt.corpus import load_split, read_lines
-from nmt.ensemble import load_models
+from nmt.data.corpus import load_split, read_lines
 from nmt.errors import DataError
 from nmt.fileio import atomic_write_text
-from nmt.metrics import Score, score_all, scores_to_dict
-from nmt.translate import Translator
+from nmt.inference.ensemble import load_models
+from nmt.inference.metrics import Score, score_all, scores_to_dict
+from nmt.inference.translate import Translator
 
 
 @dataclass

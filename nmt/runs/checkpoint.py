@@ -27,11 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nmt.config import Config, ModelConfig, apply_override, config_diff, parse_config, read_yaml
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import CheckpointError, ConfigError, DiskFullError
 from nmt.fileio import atomic_write_text, fsync_dir, sha256_of
 from nmt.models import Model, build_model, count_parameters, quantize_int8
-from nmt.rundir import CheckpointFiles, RunDir
-from nmt.tokenizer import Tokenizer
+from nmt.runs.rundir import CheckpointFiles, RunDir
 
 log = logging.getLogger(__name__)
 

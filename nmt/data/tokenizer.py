@@ -1,4 +1,4 @@
-"""SentencePiece subword models for the source and target sides, and the special ids' single source of truth.
+"""SentencePiece subword models for the source and target sides, with the special ids of nmt/tokens.py.
 
 Models are trained on the training split only. With `joint: true` both sides share one model; a run
 directory still holds one model per side so that loading never depends on that choice."""
@@ -14,11 +14,10 @@ import sentencepiece as spm
 
 from nmt.config import TokenizerConfig
 from nmt.errors import DataError
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 
 
 def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, what: str) -> bytes:

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from nmt.checkpoint import Checkpoint, checkpoint_meta, load_model, load_run_config, verify, write_checkpoint
 from nmt.errors import CheckpointError, ConfigError
-from nmt.evaluate import eval_set
-from nmt.metrics import bleu
-from nmt.rundir import RunDir
-from nmt.translate import Translator
+from nmt.inference.evaluate import eval_set
+from nmt.inference.metrics import bleu
+from nmt.inference.translate import Translator
+from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, load_model, load_run_config, verify, write_checkpoint
+from nmt.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import CheckpointError
 from nmt.fileio import atomic_write_bytes, atomic_write_text
-from nmt.tokenizer import SPECIAL_IDS, Tokenizer
+from nmt.tokens import SPECIAL_IDS
 
 CHECKPOINT_PREFIX = "step-"
 

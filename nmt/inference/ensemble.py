@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmt.checkpoint import LoadedRun, load_model
 from nmt.errors import ConfigError
-from nmt.export import load_onnx
+from nmt.export.onnx import load_onnx
 from nmt.models import Model
+from nmt.runs.checkpoint import LoadedRun, load_model
 
 
 @dataclass

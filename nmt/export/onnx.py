@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmt.checkpoint import LoadedRun, load_model, load_run_config, verify
 from nmt.errors import ConfigError, NmtError
 from nmt.models import Model, Seq2Seq
 from nmt.models.rnn import DecoderState, EncoderMemory
 from nmt.models.transformer import TransformerMemory, TransformerState
-from nmt.rundir import CheckpointFiles, RunDir
-from nmt.tokenizer import PAD_ID
+from nmt.runs.checkpoint import LoadedRun, load_model, load_run_config, verify
+from nmt.runs.rundir import CheckpointFiles, RunDir
+from nmt.tokens import PAD_ID
 
 OPSET = 17
 ENCODER, STEP, LAYOUT = "encoder.onnx", "step.onnx", "layout.json"

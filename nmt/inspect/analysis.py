@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.attention_stats import AttentionStats, attention_stats, entropy
-from nmt.batching import collate
-from nmt.checkpoint import LoadedRun, best_files, load_model, load_run_config, read_meta
+from nmt.data.batching import collate
 from nmt.errors import CheckpointError, ConfigError
-from nmt.evaluate import eval_set
 from nmt.fileio import atomic_write_text
-from nmt.metrics import bleu, chrf
+from nmt.inference.attention_stats import AttentionStats, attention_stats, entropy
+from nmt.inference.evaluate import eval_set
+from nmt.inference.metrics import bleu, chrf
+from nmt.inference.translate import Translator
+from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.models import Transformer
-from nmt.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
-from nmt.rundir import RunDir
-from nmt.tokenizer import BOS_ID, PAD_ID
-from nmt.translate import Translator
+from nmt.runs.checkpoint import LoadedRun, best_files, load_model, load_run_config, read_meta
+from nmt.runs.rundir import RunDir
+from nmt.tokens import BOS_ID, PAD_ID
 
 MAP_KEYS = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}
 """`Transformer.attention_maps` key of each kind: cross: target over source; encoder: source

@@ -1,0 +1,1 @@
+"""Reading corpora, SentencePiece, the prepared cache and token batches."""

@@ -1,0 +1,1 @@
+"""Writing a run for other engines: ONNX graphs and CTranslate2 models."""

@@ -1,0 +1,1 @@
+"""Decoding and what is built on it: search, translation, ensembles, runtimes, scores, tuning."""

@@ -1,0 +1,1 @@
+"""Looking at attention: views and statistics, analysis by length, plots."""
