@@ -38,6 +38,7 @@ test-all: install
 lint: install
 	$(BIN)/ruff check nmt tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 quickstart: install
 	$(BIN)/nmt data --config $(CONFIG)

@@ -439,7 +439,8 @@ def export(
     = None,
 ) -> None:
     """Export a run for decoding outside PyTorch; translate and evaluate run an ONNX export with --runtime onnx."""
-    from nmt.export.onnx import export_ctranslate2, export_onnx
+    from nmt.export.ctranslate2 import export_ctranslate2
+    from nmt.export.onnx import export_onnx
 
     write = export_onnx if format_ is ExportFormat.onnx else export_ctranslate2
     folder = write(_run_dir(model, config), checkpoint.value, output)

@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.export.onnx import export_ctranslate2, export_onnx  # noqa: E402
+from nmt.export.ctranslate2 import export_ctranslate2  # noqa: E402
+from nmt.export.onnx import export_onnx  # noqa: E402
 from nmt.inference.evaluate import eval_set  # noqa: E402
 from nmt.inference.translate import Translator, translate_lines  # noqa: E402
 from nmt.runs.checkpoint import load_model, load_run_config  # noqa: E402

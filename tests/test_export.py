@@ -81,7 +81,7 @@ def test_onnx_runtime_decodes_the_dev_set_as_pytorch_does(fixture, request, tmp_
 
 def test_ctranslate2_decodes_a_transformer_as_pytorch_does(trained_transformer, trained_run, tmp_path):
     ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed: pip install -e '.[export]'")
-    from nmt.export.onnx import export_ctranslate2
+    from nmt.export.ctranslate2 import export_ctranslate2
 
     with pytest.raises(ConfigError, match="for Transformer runs"):
         export_ctranslate2(trained_run, output=tmp_path / "rnn")

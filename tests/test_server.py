@@ -17,7 +17,7 @@ from toy import reverse_words
 from toy_runs import MIN_DEV_BLEU
 
 from nmt.data.corpus import load_split
-from nmt.inspect.analysis import attention_view
+from nmt.inspect.view import attention_view
 from nmt.runs.checkpoint import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 from nmt.serve.server import Limits, create_app

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nmt.errors import ConfigError
-from nmt.export.onnx import load_onnx
+from nmt.inference.onnx_runtime import load_onnx
 from nmt.models import Model
 from nmt.runs.checkpoint import LoadedRun, load_model
 

@@ -16,47 +16,15 @@ import torch
 from nmt.data.batching import collate
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import atomic_write_text
-from nmt.inference.attention_stats import AttentionStats, attention_stats, entropy
+from nmt.inference.attention_stats import attention_stats, entropy
 from nmt.inference.evaluate import eval_set
 from nmt.inference.metrics import bleu, chrf
 from nmt.inference.translate import Translator
 from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
-from nmt.models import Transformer
-from nmt.runs.checkpoint import LoadedRun, best_files, load_model, load_run_config, read_meta
+from nmt.inspect.view import ATTENTION_KINDS, MAP_KEYS, AttentionView, attention_view
+from nmt.models import Transformer, with_heads
+from nmt.runs.checkpoint import best_files, load_model, load_run_config, read_meta
 from nmt.runs.rundir import RunDir
-from nmt.tokens import BOS_ID, PAD_ID
-
-MAP_KEYS = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}
-"""`Transformer.attention_maps` key of each kind: cross: target over source; encoder: source
-self-attention; decoder: target self-attention (causal)."""
-ATTENTION_KINDS = tuple(MAP_KEYS)
-
-
-@dataclass
-class HeadSummary:
-    """One head's focus over a sentence: mean entropy and mean largest weight of its rows."""
-
-    layer: int  # 1-based
-    head: int  # 1-based
-    entropy: float
-    max_weight: float
-
-
-@dataclass
-class AttentionView:
-    """One sentence's translation and attention, ready to draw (`nmt attention`) or to serve (`nmt serve`)."""
-
-    source: str
-    translation: str
-    kind: str  # cross, encoder or decoder
-    layer: int | None  # 1-based, Transformers; None for an RNN
-    head: int | None  # 1-based; None: the heads averaged (or an RNN's single map)
-    col_labels: list[str]  # what is attended to (source tokens; target inputs for decoder self-attention)
-    row_labels: list[str]  # who attends (target outputs; source tokens for encoder self-attention)
-    panels: list[tuple[str, np.ndarray]]  # (caption, weights): every head of the layer, or the one drawn
-    weights: np.ndarray  # (rows, cols): the chosen head, or the heads' average
-    stats: AttentionStats  # of `weights`
-    heads: list[HeadSummary]  # every layer and head of the chosen kind (Transformer runs; empty for RNNs)
 
 
 @dataclass
@@ -69,68 +37,6 @@ def file_stem(sentence: str) -> str:
     """A readable, unique file name for a sentence's heatmap: a slug of its start and a hash of all of it."""
     slug = re.sub(r"[^\w]+", "_", sentence.strip())[:40].strip("_") or "sentence"
     return f"{slug}-{hashlib.sha1(sentence.encode()).hexdigest()[:8]}"
-
-
-def _pick(count: int, chosen: int | None, what: str) -> int | None:
-    """A 1-based --layer/--head checked against what the model has; None stays None."""
-    if chosen is not None and not 1 <= chosen <= count:
-        raise ConfigError(f"--{what} {chosen}: the model has {count} {what}s (1 to {count})")
-    return chosen
-
-
-def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
-    """maps (layers, heads, rows, cols) -> one summary per layer and head."""
-    found = []
-    for layer in range(maps.shape[0]):
-        for head in range(maps.shape[1]):
-            summary = attention_stats(maps[layer, head]).summary()
-            found.append(HeadSummary(layer + 1, head + 1, summary["entropy"][0], summary["max_weight"][0]))
-    return found
-
-
-def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
-                   kind: str = "cross", layer: int | None = None, head: int | None = None,
-                   translator: Translator | None = None) -> AttentionView:
-    """Translate one sentence and collect where each token looked. An RNN has one cross-attention map; for a
-    Transformer, `kind` picks cross-, encoder self- or decoder self-attention, `layer` one layer (default the
-    last) and `head` one head (default: all heads of that layer, and their average as `weights`)."""
-    if kind not in ATTENTION_KINDS:
-        raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
-    translation = (translator or Translator.for_run(loaded)).translate([sentence], beam_size or 1)[0]
-    best = translation.hypotheses[0]
-    tokenizer = loaded.tokenizer
-    src_labels = tokenizer.src_pieces(translation.src_ids)
-    tgt_labels = tokenizer.tgt_pieces(best.tokens)
-    rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
-    tgt_out = (tgt_labels + ["</s>"])[:rows]
-    heads: list[HeadSummary] = []
-    if not isinstance(loaded.model, Transformer):
-        if kind != "cross" or layer is not None or head is not None:
-            raise ConfigError("--kind, --layer and --head select among a Transformer's attentions; this RNN run "
-                              "has one cross-attention map")
-        weights = best.attention
-        panels = [("cross-attention", weights.numpy())]
-        row_labels, col_labels = tgt_out, src_labels
-    else:
-        src = torch.tensor([translation.src_ids])
-        tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
-        with torch.no_grad():
-            maps = loaded.model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
-        chosen = maps[MAP_KEYS[kind]][:, 0].float()  # (layers, heads, rows, cols)
-        layer = _pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
-        head = _pick(chosen.shape[1], head, "head")
-        heads = _summaries(chosen)
-        row_labels, col_labels = {"cross": (tgt_out, src_labels), "encoder": (src_labels, src_labels),
-                                  "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
-        in_layer = chosen[layer - 1]
-        if head is None:
-            weights = in_layer.mean(dim=0)
-            panels = [(f"{kind} layer {layer} head {h + 1}", in_layer[h].numpy()) for h in range(in_layer.shape[0])]
-        else:
-            weights = in_layer[head - 1]
-            panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
-    return AttentionView(sentence, translation.text, kind, layer, head, col_labels, row_labels, panels,
-                         weights.numpy(), attention_stats(weights, threshold), heads)
 
 
 def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
@@ -227,8 +133,9 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
     translator = Translator.for_run(loaded)
     translations = translator.translate(sources, beam_size or 1, progress=progress)
     model = loaded.model
-    if isinstance(model, Transformer):
-        per_sentence = head_entropies(model, [t.src_ids for t in translations],
+    transformer = with_heads(model)
+    if transformer is not None:
+        per_sentence = head_entropies(transformer, [t.src_ids for t in translations],
                                       [t.hypotheses[0].tokens for t in translations], kind)
     elif kind != "cross":
         raise ConfigError(f"--kind {kind}: this RNN run has one cross-attention; --kind is for Transformers")
@@ -238,7 +145,7 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
     for high in bounds:
         members = [i for i, n in enumerate(lengths) if low <= n <= high]
         if members:
-            if isinstance(model, Transformer):
+            if transformer is not None:
                 head_rows.append(per_sentence[members].mean(axis=0))
             hyps = [translations[i].text for i in members]
             refs = [references[i] for i in members]

@@ -27,6 +27,12 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> M
     return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
 
 
+def with_heads(model: Model) -> Transformer | None:
+    """The model if it has layers and heads of attention to inspect (a Transformer: cross-, encoder self- and
+    decoder self-attention); None for an RNN, whose one cross-attention map comes with each search step."""
+    return model if isinstance(model, Transformer) else None
+
+
 def quantize_int8(model: Model) -> Model:
     """Dynamic int8 quantization for CPU decoding: the weights of every linear and RNN layer stored as int8,
     activations quantized on the fly (torch.ao's engine; embeddings stay float). For inference only."""
@@ -46,4 +52,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters", "quantize_int8"]
+__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters", "quantize_int8", "with_heads"]

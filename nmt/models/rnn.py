@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from nmt.config import ModelConfig
 from nmt.models.attention import Attention, build_attention
 from nmt.models.dropout import make_dropout
+from nmt.models.flat import FlatLayout
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
 
@@ -45,6 +46,9 @@ class EncoderMemory:
         """Each sentence `times` times in a row (for beams), keys reused rather than recomputed."""
         return EncoderMemory(*(t.repeat_interleave(times, dim=0) for t in (self.values, self.keys, self.mask)))
 
+    def flatten(self) -> list[torch.Tensor]:
+        return [self.values, self.keys, self.mask]
+
 
 @dataclass
 class DecoderState:
@@ -58,6 +62,9 @@ class DecoderState:
         else:
             hidden = self.hidden.index_select(1, index)
         return DecoderState(hidden, self.feed.index_select(0, index))
+
+    def flatten(self) -> list[torch.Tensor]:
+        return [*(self.hidden if isinstance(self.hidden, tuple) else [self.hidden]), self.feed]
 
 
 def _top_layer(hidden: Hidden) -> torch.Tensor:
@@ -228,6 +235,14 @@ class Seq2Seq(nn.Module):
                 teacher_forcing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         memory, state = self.encode(src, lengths, src_mask)
         return self.decoder(tgt_in, state, memory, teacher_forcing)
+
+    def flat_layout(self) -> FlatLayout:
+        hidden = ["hidden", "cell"] if self.decoder.is_lstm else ["hidden"]
+        return FlatLayout(["values", "keys", "mask"], [*hidden, "feed"], [1] * len(hidden) + [0])
+
+    def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]) -> tuple[EncoderMemory, DecoderState]:
+        hidden: Hidden = (state[0], state[1]) if self.decoder.is_lstm else state[0]
+        return EncoderMemory(*memory), DecoderState(hidden, state[-1])
 
     def step_log_probs(
         self, prev_ids: torch.Tensor, state: DecoderState, memory: EncoderMemory

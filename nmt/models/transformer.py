@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.models.flat import FlatLayout
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
 
@@ -48,6 +49,9 @@ class TransformerMemory:
                                  self.mask.repeat_interleave(times, dim=0),
                                  tuple(k.repeat_interleave(times, dim=0) for k in self.cross_keys))
 
+    def flatten(self) -> list[torch.Tensor]:
+        return [self.mask, *self.cross_keys]
+
 
 @dataclass
 class TransformerState:
@@ -59,6 +63,9 @@ class TransformerState:
     def select(self, index: torch.Tensor) -> TransformerState:
         """Keep / reorder batch rows (beam search)."""
         return TransformerState(tuple(c.index_select(0, index) for c in self.cache), self.position)
+
+    def flatten(self) -> list[torch.Tensor]:
+        return list(self.cache)
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -268,6 +275,18 @@ class Transformer(nn.Module):
         x, _, _, cross = self._decode(x, state, memory, self.causal_mask(tgt_in.shape[1], tgt_in.device), need)
         weights = cross[-1].mean(dim=1) if cross else None
         return self.output(x), weights
+
+    def flat_layout(self) -> FlatLayout:
+        layers = len(self.decoder_layers)
+        return FlatLayout(["mask", *(f"cross_keys_{i}" for i in range(layers))], [f"cache_{i}" for i in range(layers)],
+                          [0] * layers)
+
+    def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]
+                  ) -> tuple[TransformerMemory, TransformerState]:
+        # The step reads neither the encoder output (its keys are projected; the mask stands in for it) nor the
+        # position, which the cache's length gives: a dynamic dimension of an exported graph.
+        return (TransformerMemory(memory[0], memory[0], tuple(memory[1:])),
+                TransformerState(tuple(state), state[0].shape[1]))
 
     def step_log_probs(
         self, prev_ids: torch.Tensor, state: TransformerState, memory: TransformerMemory

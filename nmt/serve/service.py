@@ -12,8 +12,8 @@ from nmt.config import MAX_BEAM
 from nmt.data.corpus import has_content, normalize
 from nmt.errors import ConfigError, NmtError
 from nmt.inference.translate import Translation, Translator
-from nmt.inspect.analysis import AttentionView, attention_view
-from nmt.models import Transformer, count_parameters
+from nmt.inspect.view import AttentionView, attention_view
+from nmt.models import count_parameters, with_heads
 from nmt.runs.checkpoint import LoadedRun, load_model
 
 
@@ -45,12 +45,12 @@ class ServedModel:
         config, meta = self.loaded.config, self.loaded.checkpoint.meta
         model = self.loaded.model
         layers = heads = None
-        if isinstance(model, Transformer):
+        if config.model.type == "transformer":
             layers, heads = config.model.transformer.decoder_layers, config.model.transformer.heads
         elif config.model.attention.type == "multihead":
             layers, heads = 1, config.model.attention.heads
         return {"name": self.name, "architecture": config.model.summary, "type": config.model.type,
-                "attention": "multi-head" if isinstance(model, Transformer) else config.model.attention.type,
+                "attention": "multi-head" if config.model.type == "transformer" else config.model.attention.type,
                 "layers": layers, "heads": heads, "parameters": count_parameters(model),
                 "dev_bleu": meta.get("dev_bleu"), "step": meta.get("step"),
                 "checkpoint": self.loaded.checkpoint.path.name,
@@ -140,7 +140,7 @@ class ModelRegistry:
     def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
                   head: int | None, threshold: float) -> tuple[ServedModel, AttentionView]:
         served = self.get(name)
-        if not isinstance(served.loaded.model, Transformer):
+        if with_heads(served.loaded.model) is None:
             for field, value in (("kind", kind if kind != "cross" else None), ("layer", layer), ("head", head)):
                 if value is not None:
                     raise ClientError(field, f"{served.name} is an RNN with one cross-attention map; {field} "

@@ -1,0 +1,75 @@
+"""Export a Transformer run to CTranslate2, whose own engine then runs the whole search: ctranslate2's
+TransformerSpec filled from our weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmt.errors import ConfigError, NmtError
+from nmt.runs.checkpoint import load_model
+from nmt.runs.rundir import RunDir
+
+
+def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None = None) -> Path:
+    """Write a Transformer run as a CTranslate2 model folder (model.bin, shared vocabularies by piece), built
+    from ctranslate2's own TransformerSpec: the source must end with "</s>" (as `Tokenizer.encode_src` gives)
+    and decoding starts from "<s>", as in nmt."""
+    try:
+        import ctranslate2
+        from ctranslate2.specs import transformer_spec
+    except ImportError:
+        raise NmtError("CTranslate2 export needs ctranslate2: pip install 'nmt[export]'") from None
+    loaded = load_model(run_dir, which)
+    if loaded.config.model.type != "transformer":
+        raise ConfigError("--format ctranslate2 is for Transformer runs; export an RNN with --format onnx")
+    model: Any = loaded.model  # a Transformer: its submodules are read by name below
+    settings = loaded.config.model.transformer
+    pre = settings.norm == "pre"
+    spec = transformer_spec.TransformerSpec.from_config(
+        (settings.encoder_layers, settings.decoder_layers), settings.heads, pre_norm=pre, no_final_norm=not pre)
+    table = model.sinusoids if model.sinusoids is not None else model.learned_positions.weight
+
+    def linear(target: Any, *sources: nn.Linear) -> None:
+        target.weight = torch.cat([s.weight for s in sources]).detach().float().numpy()
+        target.bias = torch.cat([s.bias for s in sources]).detach().float().numpy()
+
+    def norm(target: Any, source: nn.LayerNorm) -> None:
+        target.gamma, target.beta = source.weight.detach().numpy(), source.bias.detach().numpy()
+
+    for stack, layers, embed, final in ((spec.encoder, model.encoder_layers, model.src_embed, model.encoder_norm),
+                                        (spec.decoder, model.decoder_layers, model.tgt_embed, model.decoder_norm)):
+        embeddings = stack.embeddings[0] if isinstance(stack.embeddings, list) else stack.embeddings
+        embeddings.weight = embed.weight.detach().numpy()
+        stack.position_encodings.encodings = table.detach().float().numpy()
+        if pre:
+            norm(stack.layer_norm, final)
+        for ours, theirs in zip(layers, stack.layer, strict=True):
+            linear(theirs.self_attention.linear[0], ours.self_attn.query_proj, ours.self_attn.memory_proj)  # Q, K, V
+            linear(theirs.self_attention.linear[1], ours.self_attn.out_proj)
+            subs = [ours.attn_sub, ours.ff_sub] if stack is spec.encoder else [ours.self_sub, ours.cross_sub,
+                                                                                 ours.ff_sub]
+            norm(theirs.self_attention.layer_norm, subs[0].norm)
+            if stack is spec.decoder:
+                linear(theirs.attention.linear[0], ours.cross_attn.query_proj)
+                linear(theirs.attention.linear[1], ours.cross_attn.memory_proj)  # K, V
+                linear(theirs.attention.linear[2], ours.cross_attn.out_proj)
+                norm(theirs.attention.layer_norm, subs[1].norm)
+            linear(theirs.ffn.linear_0, ours.ff.inner)
+            linear(theirs.ffn.linear_1, ours.ff.outer)
+            norm(theirs.ffn.layer_norm, subs[-1].norm)
+    spec.decoder.projection.weight = model.output.weight.detach().numpy()
+    tokenizer = loaded.tokenizer
+    spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
+    spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
+    spec.validate()
+    folder = output or RunDir(run_dir).export_dir("ctranslate2")
+    folder.mkdir(parents=True, exist_ok=True)
+    spec.save(str(folder))
+    (folder / "nmt.json").write_text(json.dumps({"checkpoint": loaded.checkpoint.path.name,
+                                                 "ctranslate2": ctranslate2.__version__}, indent=2) + "\n")
+    return folder
