@@ -131,7 +131,7 @@ def phase_decode(args) -> dict:
     from nmt.config import load_config
     from nmt.data.prepare import prepare_data
     from nmt.inference.translate import Translator
-    from nmt.runs.checkpoint import load_model
+    from nmt.runs.loading import load_model
 
     translator = Translator.for_run(load_model(Path(args.model)))
     split = prepare_data(load_config(args.config, args.set)).splits[args.split]

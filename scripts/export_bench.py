@@ -24,7 +24,7 @@ from nmt.export.ctranslate2 import export_ctranslate2  # noqa: E402
 from nmt.export.onnx import export_onnx  # noqa: E402
 from nmt.inference.evaluate import eval_set  # noqa: E402
 from nmt.inference.translate import Translator, translate_lines  # noqa: E402
-from nmt.runs.checkpoint import load_model, load_run_config  # noqa: E402
+from nmt.runs.loading import load_model, load_run_config  # noqa: E402
 from nmt.runs.rundir import RunDir  # noqa: E402
 
 

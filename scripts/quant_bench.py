@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from nmt.inference.evaluate import eval_set  # noqa: E402
 from nmt.inference.metrics import bleu  # noqa: E402
 from nmt.inference.translate import Translator  # noqa: E402
-from nmt.runs.checkpoint import load_model  # noqa: E402
+from nmt.runs.loading import load_model  # noqa: E402
 
 
 def main() -> None:

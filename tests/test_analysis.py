@@ -12,7 +12,7 @@ from nmt.inference.attention_stats import attention_stats, entropy
 from nmt.inference.translate import Translator
 from nmt.inspect.analysis import analyze, bucket_edges, head_entropies, inspect_sentence, summarize_run
 from nmt.inspect.plots import heatmap_figure, heatmap_html
-from nmt.runs.checkpoint import load_model
+from nmt.runs.loading import load_model
 from nmt.tokens import EOS_ID
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels

@@ -19,12 +19,11 @@ from nmt.runs.checkpoint import (
     checkpoint_meta,
     find_checkpoint,
     latest_intact,
-    load_model,
     load_train_state,
-    load_weights,
     save_checkpoint,
     verify,
 )
+from nmt.runs.loading import load_model, load_weights
 from nmt.runs.rundir import RunDir
 
 

@@ -19,7 +19,7 @@ from nmt.data.batching import collate
 from nmt.data.corpus import load_split
 from nmt.errors import ConfigError
 from nmt.inference.translate import Translator, translate_lines
-from nmt.runs.checkpoint import LoadedRun, load_model, load_run_config
+from nmt.runs.loading import LoadedRun, load_model, load_run_config
 from nmt.runs.rundir import RunDir
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")

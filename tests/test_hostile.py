@@ -105,7 +105,7 @@ def test_translate_any_text(trained_translator, lines):
 @pytest.fixture(scope="module")
 def trained_translator(trained_run):
     from nmt.inference.translate import Translator
-    from nmt.runs.checkpoint import load_model
+    from nmt.runs.loading import load_model
 
     loaded = load_model(trained_run)
     return Translator(loaded.model, loaded.tokenizer, loaded.config.decoding.model_copy(update={"max_src_tokens": 64}),

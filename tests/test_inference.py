@@ -17,7 +17,7 @@ from nmt.data.corpus import load_split
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.inference.search import Sampling, greedy_search
 from nmt.inference.translate import Translator, translate_lines
-from nmt.runs.checkpoint import load_model, load_run_config
+from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels

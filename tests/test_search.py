@@ -109,7 +109,7 @@ def test_length_penalty_ranks_by_normalized_score():
 
 def test_trained_model_beam_scores_at_least_greedy_and_batching_changes_nothing(trained_run):
     from nmt.inference.translate import Translator
-    from nmt.runs.checkpoint import load_model
+    from nmt.runs.loading import load_model
 
     translator = Translator.for_run(load_model(trained_run))
     lines = ["ab ca de fo gu", "le mi", "no pa ab ca de fo", "hi jo ku le", "gu", "fo fo fo ab"]

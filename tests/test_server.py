@@ -18,7 +18,7 @@ from toy_runs import MIN_DEV_BLEU
 
 from nmt.data.corpus import load_split
 from nmt.inspect.view import attention_view
-from nmt.runs.checkpoint import load_model, load_run_config
+from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 from nmt.serve.server import Limits, create_app
 from nmt.serve.service import ModelRegistry, served_runs

@@ -1,5 +1,6 @@
 from nmt.config import TokenizerConfig
 from nmt.data.tokenizer import Tokenizer
+from nmt.runs.loading import load_tokenizer
 from nmt.runs.rundir import RunDir
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -17,7 +18,7 @@ def test_round_trip_english_and_unsegmented_japanese(tmp_path):
     assert all(ids[-1] == EOS_ID for ids in src)
     assert tokenizer.src.decode(src[0][:-1]) == EN[0]
     RunDir(tmp_path).write_tokenizer(tokenizer)
-    again = RunDir(tmp_path).tokenizer()
+    again = load_tokenizer(RunDir(tmp_path))
     assert again.encode_tgt(JA[:2]) == tokenizer.encode_tgt(JA[:2])
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nmt.errors import ConfigError, NmtError
-from nmt.runs.checkpoint import load_model
+from nmt.runs.loading import load_model
 from nmt.runs.rundir import RunDir
 
 

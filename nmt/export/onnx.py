@@ -15,7 +15,7 @@ from torch import nn
 from nmt.inference.onnx_runtime import ENCODER, LAYOUT, OPSET, STEP
 from nmt.models import Model
 from nmt.models.flat import FlatLayout
-from nmt.runs.checkpoint import load_model
+from nmt.runs.loading import load_model
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 

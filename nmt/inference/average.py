@@ -15,7 +15,8 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.inference.evaluate import eval_set
 from nmt.inference.metrics import bleu
 from nmt.inference.translate import Translator
-from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, load_model, load_run_config, verify, write_checkpoint
+from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, verify, write_checkpoint
+from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from torch import nn
 from nmt.errors import ConfigError
 from nmt.inference.onnx_runtime import load_onnx
 from nmt.models import Model
-from nmt.runs.checkpoint import LoadedRun, load_model
+from nmt.runs.loading import LoadedRun, load_model
 
 
 @dataclass

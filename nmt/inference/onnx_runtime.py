@@ -16,7 +16,8 @@ from torch import nn
 
 from nmt.errors import ConfigError, NmtError
 from nmt.models.flat import FlatLayout
-from nmt.runs.checkpoint import LoadedRun, load_run_config, verify
+from nmt.runs.checkpoint import verify
+from nmt.runs.loading import LoadedRun, load_run_config, load_tokenizer
 from nmt.runs.rundir import CheckpointFiles, RunDir
 
 OPSET = 17
@@ -85,4 +86,4 @@ def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> LoadedRun:
     run = RunDir(run_dir)
     model = OnnxModel(run.export_dir("onnx"))
     checkpoint = verify(CheckpointFiles(run.checkpoints_dir / model.checkpoint))
-    return LoadedRun(run, load_run_config(run, overrides), run.tokenizer(), model, checkpoint)  # type: ignore[arg-type]
+    return LoadedRun(run, load_run_config(run, overrides), load_tokenizer(run), model, checkpoint)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import normalize
 from nmt.errors import DataError
 from nmt.inference.translate import Translator
-from nmt.runs.checkpoint import load_model
+from nmt.runs.loading import load_model
 
 
 @dataclass

@@ -21,7 +21,7 @@ from nmt.inference.ensemble import load_models
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.models import Model
 from nmt.progress import progress_bar
-from nmt.runs.checkpoint import LoadedRun
+from nmt.runs.loading import LoadedRun
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)

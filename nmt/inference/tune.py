@@ -17,7 +17,7 @@ from nmt.errors import ConfigError
 from nmt.inference.evaluate import eval_set
 from nmt.inference.metrics import bleu, chrf
 from nmt.inference.translate import Translator
-from nmt.runs.checkpoint import load_model
+from nmt.runs.loading import load_model
 
 BEAMS = (1, 3, 5, 8)
 LENGTH_PENALTIES = (0.0, 0.6, 1.0, 1.5)

@@ -23,7 +23,8 @@ from nmt.inference.translate import Translator
 from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.inspect.view import ATTENTION_KINDS, MAP_KEYS, AttentionView, attention_view
 from nmt.models import Transformer, with_heads
-from nmt.runs.checkpoint import best_files, load_model, load_run_config, read_meta
+from nmt.runs.checkpoint import best_files, read_meta
+from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 
 

@@ -12,7 +12,7 @@ from nmt.errors import ConfigError
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inference.translate import Translator
 from nmt.models import with_heads
-from nmt.runs.checkpoint import LoadedRun
+from nmt.runs.loading import LoadedRun
 from nmt.tokens import BOS_ID, PAD_ID
 
 MAP_KEYS = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}

@@ -33,23 +33,9 @@ def with_heads(model: Model) -> Transformer | None:
     return model if isinstance(model, Transformer) else None
 
 
-def quantize_int8(model: Model) -> Model:
-    """Dynamic int8 quantization for CPU decoding: the weights of every linear and RNN layer stored as int8,
-    activations quantized on the fly (torch.ao's engine; embeddings stay float). For inference only."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():  # torch announces a move of these kernels to torchao, whose int8 path has
-        # no dynamic RNN layers yet; they work as they are in the pinned torch
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated")
-        return torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8)
-
-
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, each tied matrix once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters", "quantize_int8", "with_heads"]
+__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters", "with_heads"]

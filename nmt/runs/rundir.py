@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from nmt.data.tokenizer import Tokenizer
-from nmt.errors import CheckpointError
 from nmt.fileio import atomic_write_bytes, atomic_write_text
 from nmt.tokens import SPECIAL_IDS
 
@@ -118,18 +117,20 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml_text)
 
+    @property
+    def src_model_path(self) -> Path:
+        return self.path / "src.model"
+
+    @property
+    def tgt_model_path(self) -> Path:
+        return self.path / "tgt.model"
+
     def write_tokenizer(self, tokenizer: Tokenizer) -> None:
-        atomic_write_bytes(self.path / "src.model", tokenizer.src_proto)
-        atomic_write_bytes(self.path / "tgt.model", tokenizer.tgt_proto)
+        atomic_write_bytes(self.src_model_path, tokenizer.src_proto)
+        atomic_write_bytes(self.tgt_model_path, tokenizer.tgt_proto)
         info = {"special_ids": SPECIAL_IDS, "src_vocab_size": tokenizer.src_vocab_size,
                 "tgt_vocab_size": tokenizer.tgt_vocab_size}
         atomic_write_text(self.path / "tokenizer.json", json.dumps(info, indent=2) + "\n")
-
-    def tokenizer(self) -> Tokenizer:
-        try:
-            return Tokenizer((self.path / "src.model").read_bytes(), (self.path / "tgt.model").read_bytes())
-        except (OSError, RuntimeError) as err:
-            raise CheckpointError(f"{self.path}: cannot load the SentencePiece models ({err})") from None
 
     # Metrics -------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from nmt.errors import ConfigError, NmtError
 from nmt.inference.translate import Translation, Translator
 from nmt.inspect.view import AttentionView, attention_view
 from nmt.models import count_parameters, with_heads
-from nmt.runs.checkpoint import LoadedRun, load_model
+from nmt.runs.loading import LoadedRun, load_model
 
 
 class ClientError(NmtError):

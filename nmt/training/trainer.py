@@ -41,14 +41,8 @@ from nmt.inference.metrics import bleu, chrf
 from nmt.inference.translate import Translator
 from nmt.models import Model, build_model, count_parameters
 from nmt.progress import progress_bar
-from nmt.runs.checkpoint import (
-    Checkpoint,
-    checkpoint_meta,
-    latest_intact,
-    load_train_state,
-    load_weights,
-    save_checkpoint,
-)
+from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, latest_intact, load_train_state, save_checkpoint
+from nmt.runs.loading import load_weights
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 from nmt.training.distributed import World, rank_seed
@@ -338,15 +332,13 @@ class Trainer:
     def _restore_rng(self, saved: dict, step: int) -> None:
         """Every rank's own RNG state when the world size is the one saved (exact resume); otherwise rank 0
         takes the first rank's and the others a fresh seed (dropout then differs from an uninterrupted run)."""
-        ranks = saved.get("rng_ranks") or [{"cpu": saved["rng_cpu"], "cuda": None}]
+        ranks = saved["rng_ranks"]
         world = self.world
         if len(ranks) == world.size or world.is_main:
             state = ranks[world.rank]
             torch.set_rng_state(state["cpu"])
             if self.device.type == "cuda" and state["cuda"] is not None:
                 torch.cuda.set_rng_state(state["cuda"], self.device)
-            elif self.device.type == "cuda" and saved.get("rng_cuda") is not None:  # written before rng_ranks
-                torch.cuda.set_rng_state_all(saved["rng_cuda"])
         else:
             torch.manual_seed(rank_seed(self.config.seed, world.rank, step))
         if len(ranks) != world.size and world.is_main:
