@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from nmt.export.ctranslate2 import export_ctranslate2  # noqa: E402
-from nmt.export.onnx import export_onnx  # noqa: E402
-from nmt.inference.evaluate import eval_set  # noqa: E402
-from nmt.inference.translate import Translator, translate_lines  # noqa: E402
-from nmt.runs.loading import load_model, load_run_config  # noqa: E402
-from nmt.runs.rundir import RunDir  # noqa: E402
+from nmt.export.ctranslate2 import export_ctranslate2
+from nmt.export.onnx import export_onnx
+from nmt.inference.evaluate import eval_set
+from nmt.inference.translate import Translator, translate_lines
+from nmt.runs.loading import load_model, load_run_config
+from nmt.runs.rundir import RunDir
 
 
 def main() -> None:

@@ -31,12 +31,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from nmt.errors import CheckpointError
+from nmt.runs.checkpoint import best_files, find_checkpoint, latest_intact, verify
+from nmt.runs.rundir import RunDir
 
-from nmt.errors import CheckpointError  # noqa: E402
-from nmt.runs.checkpoint import best_files, find_checkpoint, latest_intact, verify  # noqa: E402
-from nmt.runs.rundir import RunDir  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 sys.path.insert(0, str(ROOT / "tests"))  # the toy task is a test fixture
 from toy import toy_config_dict, write_config  # noqa: E402

@@ -10,19 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from nmt.inference.evaluate import eval_set  # noqa: E402
-from nmt.inference.metrics import bleu  # noqa: E402
-from nmt.inference.translate import Translator  # noqa: E402
-from nmt.runs.loading import load_model  # noqa: E402
+from nmt.inference.evaluate import eval_set
+from nmt.inference.metrics import bleu
+from nmt.inference.translate import Translator
+from nmt.runs.loading import load_model
 
 
 def main() -> None:
