@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from nmt.data.splits import eval_set
 from nmt.export.ctranslate2 import export_ctranslate2
 from nmt.export.onnx import export_onnx
-from nmt.inference.evaluate import eval_set
 from nmt.inference.translate import Translator, translate_lines
 from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
@@ -32,7 +32,7 @@ def main() -> None:
     started = time.perf_counter()
     export_onnx(args.run)
     exported = time.perf_counter() - started
-    dev = eval_set(load_run_config(RunDir(args.run)), "dev", None, None).sources
+    dev = eval_set(load_run_config(RunDir(args.run)).data).sources
     for beam in args.beam_size:
         ids, rates = {}, {}
         for runtime in ("torch", "onnx"):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nmt.inference.evaluate import eval_set
-from nmt.inference.metrics import bleu
+from nmt.data.splits import eval_set
+from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.runs.loading import load_model
 
@@ -31,24 +31,23 @@ def main() -> None:
         translators = {name: Translator.for_run(load_model(run, quantize=quantize))
                        for name, quantize in (("fp32", None), ("int8", "int8"))}
         run_config = load_model(run).config
-        dev = eval_set(run_config, "dev", None, None)
+        dev = eval_set(run_config.data)
         seconds: dict[str, list[float]] = {name: [] for name in translators}
-        texts: dict[str, list[str]] = {}
-        for name, translator in translators.items():  # warm-up
-            texts[name] = [t.text for t in translator.translate(dev.sources, args.beam_size)]
+        decoded = {name: decode_and_score(translator, dev, run_config.evaluation, args.beam_size)  # also a warm-up
+                   for name, translator in translators.items()}
         for _ in range(args.repeats):
             for name, translator in translators.items():
                 started = time.perf_counter()
                 translator.translate(dev.sources, args.beam_size)
                 seconds[name].append(time.perf_counter() - started)
-        evaluation = run_config.evaluation
         result = {"run": str(run), "sentences": len(dev.sources), "beam_size": args.beam_size,
                   "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}
         for name in translators:
             result[f"{name}_sent_per_s"] = round(len(dev.sources) / statistics.median(seconds[name]), 1)
-            result[f"{name}_bleu"] = round(bleu(texts[name], dev.references, evaluation).score, 2)
+            result[f"{name}_bleu"] = round(decoded[name].bleu.score, 2)
         result["speedup"] = round(result["int8_sent_per_s"] / result["fp32_sent_per_s"], 2)
-        result["identical"] = round(sum(a == b for a, b in zip(texts["fp32"], texts["int8"], strict=True))
+        result["identical"] = round(sum(a == b for a, b in zip(decoded["fp32"].hypotheses, decoded["int8"].hypotheses,
+                                                               strict=True))
                                     / len(dev.sources), 3)
         print(json.dumps(result), flush=True)
 

@@ -127,11 +127,11 @@ def load(port: int, sentences: list[str], clients: int, beam: int, seconds: floa
 
 
 def dev_sentences(run: Path) -> list[str]:
-    from nmt.data.corpus import load_split
+    from nmt.data.splits import eval_set
     from nmt.runs.loading import load_run_config
     from nmt.runs.rundir import RunDir
 
-    return load_split(load_run_config(RunDir(run)).data, "dev").src
+    return eval_set(load_run_config(RunDir(run)).data).sources
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nmt.data.batching import collate
-from nmt.data.corpus import load_split
+from nmt.data.splits import eval_set
 from nmt.errors import ConfigError
 from nmt.inference.translate import Translator, translate_lines
 from nmt.runs.loading import LoadedRun, load_model, load_run_config
@@ -71,7 +71,7 @@ def test_onnx_runtime_decodes_the_dev_set_as_pytorch_does(fixture, request, tmp_
         translate_lines(run, ["ab"], checkpoint="last", runtime="onnx")
     assert (folder / "encoder.onnx").is_file() and (folder / "step.onnx").is_file()
     loaded = load_model(run)
-    dev = load_split(load_run_config(RunDir(run)).data, "dev").src
+    dev = eval_set(load_run_config(RunDir(run)).data).sources
     for beam in (1, 3):
         torch_ids = [t.hypotheses[0].tokens for t in translate_lines(run, dev, beam_size=beam).translations]
         onnx_ids = [t.hypotheses[0].tokens for t in translate_lines(run, dev, beam_size=beam, runtime="onnx")
@@ -88,7 +88,7 @@ def test_ctranslate2_decodes_a_transformer_as_pytorch_does(trained_transformer, 
     folder = export_ctranslate2(trained_transformer, output=tmp_path / "ct2")
     loaded = load_model(trained_transformer)
     tokenizer = loaded.tokenizer
-    dev = load_split(loaded.config.data, "dev").src
+    dev = eval_set(loaded.config.data).sources
     sources = Translator.for_run(loaded).encode(dev)  # ending in </s>, as the exported model expects
     found = ctranslate2.Translator(str(folder), device="cpu").translate_batch(
         [tokenizer.src_pieces(s) for s in sources], beam_size=1, max_decoding_length=64)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripted distribution
 
-from nmt.data.corpus import load_split
+from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.inference.search import Sampling, greedy_search
 from nmt.inference.translate import Translator, translate_lines
@@ -154,11 +154,11 @@ def test_int8_decoding_quantizes_linear_and_rnn_layers_and_keeps_the_translation
         quantized = load_model(run, quantize="int8").model
         kinds = {type(m) for m in quantized.modules()}
         assert dynamic.Linear in kinds and torch.nn.Linear not in kinds
-        dev = load_split(load_run_config(RunDir(run)).data, "dev")
-        fp32 = [t.text for t in translate_lines(run, dev.src, beam_size=1).translations]
-        int8 = [t.text for t in translate_lines(run, dev.src, beam_size=1, quantize="int8").translations]
+        dev = eval_set(load_run_config(RunDir(run)).data)
+        fp32 = [t.text for t in translate_lines(run, dev.sources, beam_size=1).translations]
+        int8 = [t.text for t in translate_lines(run, dev.sources, beam_size=1, quantize="int8").translations]
         assert sum(a == b for a, b in zip(fp32, int8, strict=True)) >= 0.95 * len(fp32)
-        assert sum(a == b for a, b in zip(int8, dev.tgt, strict=True)) >= 0.7 * len(fp32)  # still translates
+        assert sum(a == b for a, b in zip(int8, dev.references, strict=True)) >= 0.7 * len(fp32)  # still translates
     assert dynamic.GRU in {type(m) for m in load_model(trained_run, quantize="int8").model.modules()}
     with pytest.raises(ConfigError, match="int4"):
         load_model(trained_run, quantize="int4")

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from toy import reverse_words
 from toy_runs import MIN_DEV_BLEU
 
-from nmt.data.corpus import load_split
+from nmt.data.splits import eval_set
 from nmt.inspect.view import attention_view
 from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
@@ -36,7 +36,7 @@ def client(trained_run, trained_transformer):
 
 
 def dev_sources(run: Path) -> list[str]:
-    return load_split(load_run_config(RunDir(run)).data, "dev").src
+    return eval_set(load_run_config(RunDir(run)).data).sources
 
 
 @pytest.mark.parametrize("model", ["rnn", "transformer"])

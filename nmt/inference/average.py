@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError
-from nmt.inference.evaluate import eval_set
-from nmt.inference.metrics import bleu
+from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, verify, write_checkpoint
 from nmt.runs.loading import load_model, load_run_config
@@ -73,9 +73,7 @@ def average(run_dir: Path, last: int | None = None, best: int | None = None) -> 
     chosen = choose(intact, last, best)
     loaded = load_model(run.path, "best")
     loaded.model.load_state_dict(mean_weights(chosen))  # refuses names or shapes this config's model lacks
-    dev = eval_set(config, "dev", None, None)
-    hypotheses = [t.text for t in Translator.for_run(loaded).translate(dev.sources, beam_size=1)]
-    score = bleu(hypotheses, dev.references, config.evaluation).score
+    score = decode_and_score(Translator.for_run(loaded), eval_set(config.data), config.evaluation, 1).bleu.score
     newest = chosen[-1]
     meta = {**checkpoint_meta(newest.step, int(newest.meta.get("epoch", 0)), loaded.model, config.model,
                               {"dev_bleu": score}), "averaged_steps": [c.step for c in chosen]}

@@ -7,15 +7,14 @@ on that split; ties go to the current setting, then to the smaller (faster) beam
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nmt.config import TunedDecoding, config_to_yaml
+from nmt.data.splits import eval_set
 from nmt.errors import ConfigError
-from nmt.inference.evaluate import eval_set
-from nmt.inference.metrics import bleu, chrf
+from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.runs.loading import load_model
 
@@ -56,18 +55,15 @@ def tune(run_dir: Path, beams: Sequence[int] = BEAMS, penalties: Sequence[float]
          split: str = "dev", checkpoint: str = "best", write: bool = True) -> TuneResult:
     loaded = load_model(run_dir, checkpoint)
     config = loaded.config
-    data = eval_set(config, split, None, None)
+    data = eval_set(config.data, split)
     current = (config.decoding.beam_size, config.decoding.length_penalty)
     points = []
     for beam, alpha in grid(beams, penalties, current):
         decoding = config.decoding.model_copy(update={"beam_size": beam, "length_penalty": alpha, "n_best": 1})
         translator = Translator(loaded.model, loaded.tokenizer, decoding, config.data.clean)
-        started = time.perf_counter()
-        hypotheses = [t.text for t in translator.translate(data.sources, beam)]
-        seconds = time.perf_counter() - started
-        points.append(GridPoint(beam, alpha, bleu(hypotheses, data.references, config.evaluation).score,
-                                chrf(hypotheses, data.references, config.evaluation).score,
-                                len(data.sources) / max(seconds, 1e-9), (beam, alpha) == current))
+        decoded = decode_and_score(translator, data, config.evaluation, beam)
+        points.append(GridPoint(beam, alpha, decoded.bleu.score, decoded.chrf.score, decoded.sentences_per_s,
+                                (beam, alpha) == current))
     best = max(points, key=lambda p: (round(p.bleu, 2), p.current, -p.beam_size))
     if write:
         before = next(p for p in points if p.current)

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from nmt.data.batching import collate
+from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import atomic_write_text
 from nmt.inference.attention_stats import attention_stats, entropy
-from nmt.inference.evaluate import eval_set
 from nmt.inference.metrics import bleu, chrf
+from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.inspect.view import ATTENTION_KINDS, MAP_KEYS, AttentionView, attention_view
@@ -129,10 +130,10 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
         raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
     loaded = load_model(run_dir, checkpoint, overrides)
     config = loaded.config
-    found = eval_set(config, split, src_file, ref_file)
+    found = eval_set(config.data, split, src_file, ref_file)
     name, sources, references = found.name, found.sources, found.references
-    translator = Translator.for_run(loaded)
-    translations = translator.translate(sources, beam_size or 1, progress=progress)
+    translations = decode_and_score(Translator.for_run(loaded), found, config.evaluation, beam_size or 1,
+                                    progress).translations
     model = loaded.model
     transformer = with_heads(model)
     if transformer is not None:

@@ -35,9 +35,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
 from nmt.data.batching import Batch, collate, token_batches
 from nmt.data.prepare import EncodedSplit, PreparedData, prepare_data, wait_for_cache
+from nmt.data.splits import EvalSet
 from nmt.errors import ConfigError, TrainingError
 from nmt.inference.attention_stats import attention_stats
-from nmt.inference.metrics import bleu, chrf
+from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.models import Model, build_model, count_parameters
 from nmt.progress import progress_bar
@@ -154,19 +155,17 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
         assert batch.tgt_out is not None  # dev batches have targets
         total += float(token_loss(logits, batch.tgt_out, 0.0))
         tokens += batch.n_tgt_tokens
-    src = [list(dev.src_ids(i)) for i in range(len(dev))]
-    found = [h[0] for h in translator.search_ids(src, beam_size=1)]
-    hyps = [translator.tokenizer.decode_tgt(h.tokens) for h in found]
+    decoded = decode_and_score(translator, EvalSet("dev", dev.src_text, dev.tgt_text), config.evaluation, 1)
+    hyps = decoded.hypotheses
     model.train()
     for i in range(min(2, len(hyps))):
         log.info("  example %d | src: %s\n            | ref: %s\n            | hyp: %s", i, dev.src_text[i],
                  dev.tgt_text[i], hyps[i])
+    found = [t.hypotheses[0] for t in decoded.translations]
     entropies = [attention_stats(h.attention).summary()["entropy"][0] for h in found if h.tokens]
     loss = total / max(1, tokens)
-    return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0)),
-            "dev_bleu": bleu(hyps, dev.tgt_text, config.evaluation).score,
-            "dev_chrf": chrf(hyps, dev.tgt_text, config.evaluation).score,
-            "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}
+    return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0)), "dev_bleu": decoded.bleu.score,
+            "dev_chrf": decoded.chrf.score, "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}
 
 
 class StopSignal:
