@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from nmt.config import MAX_BEAM, Config, load_config
+from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config, load_config
 from nmt.errors import NmtError
 
 app = typer.Typer(
@@ -111,12 +111,6 @@ class Which(str, Enum):
     averaged = "averaged"  # written by nmt average
 
 
-class Kind(str, Enum):
-    cross = "cross"
-    encoder = "encoder"
-    decoder = "decoder"
-
-
 class Split(str, Enum):
     dev = "dev"
     test = "test"
@@ -134,8 +128,10 @@ RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Fi
 SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
 SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
 RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
-KindOption = Annotated[Kind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
-                                         "self-attention.")]
+KindOption = Annotated[AttentionKind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
+                                                  "self-attention.")]
+
+
 class Quantize(str, Enum):
     int8 = "int8"
 
@@ -201,8 +197,8 @@ def translate(
     sample: Annotated[bool, typer.Option("--sample", help="Draw each translation from the model instead of "
                                          "searching (back-translation); beam and n-best do not apply.")] = False,
     temperature: Annotated[float, typer.Option(help="--sample: divide the logits by this (> 0).")] = 1.0,
-    top_k: Annotated[int, typer.Option(min=0, help="--sample: keep the K most probable tokens (0: all).")] = 0,
-    top_p: Annotated[float, typer.Option(max=1.0, help="--sample: keep the smallest set of tokens whose "
+    top_k: Annotated[int, typer.Option(help="--sample: keep the K most probable tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="--sample: keep the smallest set of tokens whose "
                                          "probability reaches P (0 < P <= 1).")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="--sample: seed for reproducible draws.")] = None,
     quantize: QuantizeOption = None,
@@ -221,8 +217,6 @@ def translate(
         raise typer.BadParameter("give a sentence, --input FILE, or pipe text into standard input")
     else:
         lines = read_stream(sys.stdin.buffer, "<stdin>")
-    if temperature <= 0 or top_p <= 0:
-        raise typer.BadParameter("--temperature and --top-p must be above 0")
     if not sample and (temperature != 1.0 or top_k or top_p != 1.0 or seed is not None):
         raise typer.BadParameter("--temperature, --top-k, --top-p and --seed go with --sample")
     if sample and (beam_size or n_best):
@@ -276,7 +270,7 @@ def attention(
                                                     "(default RUN_DIR/attention).")] = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
-    kind: KindOption = Kind.cross,
+    kind: KindOption = "cross",
     layer: Annotated[int | None, typer.Option("--layer", min=1, help="Transformer: which layer (default the "
                                               "last).")] = None,
     head: Annotated[int | None, typer.Option("--head", min=1, help="Transformer: one head (default a grid of "
@@ -287,7 +281,7 @@ def attention(
     from nmt.inspect.analysis import inspect_sentence
 
     found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint.value, output_dir,
-                             set_ or [], kind.value, layer, head)
+                             set_ or [], kind, layer, head)
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
     if found.heads:
@@ -326,14 +320,14 @@ def analyze(
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
-    kind: KindOption = Kind.cross,
+    kind: KindOption = "cross",
 ) -> None:
     """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir;
     for a Transformer also the entropy of every layer and head by source length."""
     from nmt.inspect.analysis import analyze as run_analysis
 
     found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
-                         checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind.value)
+                         checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind)
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
                               f"{r.max_weight:.3f}"] for r in found.rows]))
@@ -374,9 +368,9 @@ def score(
 def tune(
     model: ModelOption = None,
     config: RunConfigOption = None,
-    beams: Annotated[str, typer.Option(help="Beam sizes to try, comma-separated.")] = "1,3,5,8",
+    beams: Annotated[str, typer.Option(help="Beam sizes to try, comma-separated.")] = ",".join(map(str, TUNE_BEAMS)),
     length_penalties: Annotated[str, typer.Option(help="Length penalties (GNMT alpha) to try, comma-separated.")]
-    = "0,0.6,1.0,1.5",
+    = ",".join(f"{a:g}" for a in TUNE_LENGTH_PENALTIES),
     split: SplitOption = None,
     checkpoint: CheckpointOption = Which.best,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table; leave the run's config as it is.")]
@@ -386,11 +380,7 @@ def tune(
     from nmt.inference.tune import tune as run_tune
 
     beam_sizes = _numbers("--beams", beams, int, "1,5")
-    if not all(1 <= b <= MAX_BEAM for b in beam_sizes):
-        raise typer.BadParameter(f"--beams {beams!r}: beam sizes go from 1 to {MAX_BEAM}")
     alphas = _numbers("--length-penalties", length_penalties, float, "0,1.0")
-    if any(a < 0 for a in alphas):
-        raise typer.BadParameter(f"--length-penalties {length_penalties!r}: a length penalty is >= 0")
     found = run_tune(_run_dir(model, config), beam_sizes, alphas, split.value if split else "dev", checkpoint.value,
                      write=not dry_run)
     typer.echo(format_table(

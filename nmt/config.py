@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -312,8 +312,16 @@ class TrainingConfig(Section):
         return self
 
 
+AttentionKind = Literal["cross", "encoder", "decoder"]
+"""What attention to inspect: cross (target over source), encoder self-attention, decoder self-attention."""
+ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
+
 MAX_BEAM = 64
 """The largest beam: search memory grows with beam x output length x source length."""
+
+TUNE_BEAMS = (1, 3, 5, 8)
+TUNE_LENGTH_PENALTIES = (0.0, 0.6, 1.0, 1.5)
+"""The grid `nmt tune` searches by default."""
 
 
 class TunedDecoding(Section):

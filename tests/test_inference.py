@@ -184,6 +184,9 @@ def test_the_cli_tools_end_to_end(run_copy, tmp_path):
     assert sampled.exit_code == 0, sampled.output
     misuse = cli.invoke(app, ["translate", "--model", str(run_copy), "--top-k", "3", "ab ca"])
     assert misuse.exit_code == 2 and "go with --sample" in misuse.output
+    cold = cli.invoke(app, ["translate", "--model", str(run_copy), "--sample", "--temperature", "0", "ab ca"])
+    assert cold.exit_code == 2 and "temperature 0.0: must be above 0" in cold.output
+
     tuned = cli.invoke(app, ["tune", "--model", str(run_copy), "--beams", "1,2", "--length-penalties", "0",
                              "--dry-run"])
     assert tuned.exit_code == 0 and "best: beam" in tuned.stdout and "not written" in tuned.stdout
@@ -194,3 +197,21 @@ def test_the_cli_tools_end_to_end(run_copy, tmp_path):
     evaluated = cli.invoke(app, ["evaluate", "--model", str(run_copy), "--checkpoint", "averaged", "--quantize",
                                  "int8"])
     assert evaluated.exit_code == 0 and "BLEU" in evaluated.stdout, evaluated.output
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"temperature": 0.0}, "temperature"), ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top-p"),
+    ({"top_p": 1.5}, "top-p"), ({"top_k": -1}, "top-k")])
+def test_sampling_settings_are_checked_where_they_are_defined(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        Sampling(**settings)
+
+
+@pytest.mark.parametrize("beams,penalties,message", [
+    ([], [0.0], "at least one"), ([0, 3], [0.0], "beam sizes go from 1"), ([65], [0.0], "beam sizes go from 1"),
+    ([1], [-0.5], "a length penalty is >= 0")])
+def test_the_tune_grid_is_checked_where_it_is_defined(beams, penalties, message):
+    from nmt.inference.tune import grid
+
+    with pytest.raises(ConfigError, match=message):
+        grid(beams, penalties, (5, 0.0))

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from nmt.errors import ConfigError
+
 StepFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any, torch.Tensor]]
 
 
@@ -52,6 +54,14 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"sampling temperature {self.temperature}: must be above 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling top-p {self.top_p}: must be above 0 and at most 1")
+        if self.top_k < 0:
+            raise ConfigError(f"sampling top-k {self.top_k}: must be 0 (all tokens) or more")
 
     def picker(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         generator = torch.Generator(device)

@@ -11,15 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.config import TunedDecoding, config_to_yaml
+from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, TunedDecoding, config_to_yaml
 from nmt.data.splits import eval_set
 from nmt.errors import ConfigError
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.runs.loading import load_model
-
-BEAMS = (1, 3, 5, 8)
-LENGTH_PENALTIES = (0.0, 0.6, 1.0, 1.5)
 
 
 @dataclass
@@ -45,13 +42,17 @@ def grid(beams: Sequence[int], penalties: Sequence[float], current: tuple[int, f
     appears once (with alpha 0, or the current alpha when the run decodes greedily)."""
     if not beams or not penalties:
         raise ConfigError("tune: give at least one beam size and one length penalty")
+    if not all(1 <= beam <= MAX_BEAM for beam in beams):
+        raise ConfigError(f"tune: beam sizes go from 1 to {MAX_BEAM}, got {', '.join(map(str, beams))}")
+    if any(alpha < 0 for alpha in penalties):
+        raise ConfigError(f"tune: a length penalty is >= 0, got {', '.join(f'{a:g}' for a in penalties)}")
     points = {(1, current[1] if current[0] == 1 else 0.0) if beam == 1 else (beam, alpha)
               for beam in beams for alpha in penalties}
     points.add(current)
     return sorted(points)
 
 
-def tune(run_dir: Path, beams: Sequence[int] = BEAMS, penalties: Sequence[float] = LENGTH_PENALTIES,
+def tune(run_dir: Path, beams: Sequence[int] = TUNE_BEAMS, penalties: Sequence[float] = TUNE_LENGTH_PENALTIES,
          split: str = "dev", checkpoint: str = "best", write: bool = True) -> TuneResult:
     loaded = load_model(run_dir, checkpoint)
     config = loaded.config

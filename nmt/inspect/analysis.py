@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nmt.config import ATTENTION_KINDS
 from nmt.data.batching import collate
 from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError
@@ -22,7 +23,7 @@ from nmt.inference.metrics import bleu, chrf
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
-from nmt.inspect.view import ATTENTION_KINDS, MAP_KEYS, AttentionView, attention_view
+from nmt.inspect.view import MAP_KEYS, AttentionView, attention_view
 from nmt.models import Transformer, with_heads
 from nmt.runs.checkpoint import best_files, read_meta
 from nmt.runs.loading import load_model, load_run_config

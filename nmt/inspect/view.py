@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nmt.config import ATTENTION_KINDS
 from nmt.errors import ConfigError
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inference.translate import Translator
@@ -16,9 +17,7 @@ from nmt.runs.loading import LoadedRun
 from nmt.tokens import BOS_ID, PAD_ID
 
 MAP_KEYS = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}
-"""`Transformer.attention_maps` key of each kind: cross: target over source; encoder: source
-self-attention; decoder: target self-attention (causal)."""
-ATTENTION_KINDS = tuple(MAP_KEYS)
+"""`Transformer.attention_maps` key of each of the ATTENTION_KINDS."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from nmt.config import MAX_BEAM
+from nmt.config import MAX_BEAM, AttentionKind
 from nmt.serve.microbatch import MicroBatcher
 from nmt.serve.service import ClientError, ModelRegistry
 
@@ -78,7 +78,7 @@ class AttentionRequest(Strict):
     text: str
     model: str | None = None
     beam_size: Beam = None
-    kind: Literal["cross", "encoder", "decoder"] = "cross"
+    kind: AttentionKind = "cross"
     layer: int | None = Field(None, ge=1, description="Transformers: default the last layer")
     head: int | None = Field(None, ge=1, description="Transformers: default all heads (grid) and their average")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="Count positions above this weight")
