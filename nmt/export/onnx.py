@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nmt.inference.onnx_runtime import ENCODER, LAYOUT, OPSET, STEP
+from nmt.inference.onnx_runtime import ENCODER, LAYOUT, STEP
 from nmt.models import Model
 from nmt.models.flat import FlatLayout
 from nmt.runs.loading import load_model
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
+
+OPSET = 17
 
 
 class EncoderGraph(nn.Module):

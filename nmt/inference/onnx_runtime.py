@@ -20,7 +20,6 @@ from nmt.runs.checkpoint import verify
 from nmt.runs.loading import LoadedRun, load_run_config, load_tokenizer
 from nmt.runs.rundir import CheckpointFiles, RunDir
 
-OPSET = 17
 ENCODER, STEP, LAYOUT = "encoder.onnx", "step.onnx", "layout.json"
 
 
