@@ -7,23 +7,8 @@ a wall-clock training budget. Prints a table and writes JSON.
 
 Each measurement runs in its own process, so each peak resident memory (ru_maxrss) is its own.
 
-FLOP count (multiply-adds x 2, forward; training = 3x forward for the backward pass), per sentence with
-S source and T target tokens, E embedding, H encoder hidden per direction, D directions, He = D*H,
-Hd decoder hidden, A attention size, V target vocabulary, I decoder RNN input (E + He for Bahdanau,
-E + Hd with input feeding):
-  encoder   S * D * 2*3*(E*H + H*H)            GRU (LSTM: 4 gates instead of 3)
-  keys      S * 2*He*A                        once per batch (additive / general)
-  decoder   T * 2*3*(I*Hd + Hd*Hd)            GRU step
-  attention T * (2*Hd*A + S*2*A + S*2*He)      query projection, additive scores (dot: S*2*Hd), context
-  combine   T * 2*(He + Hd)*Hd                 h~ = tanh(W_c [c; s])
-  output    T * 2*Hd*V                         logits
-Element-wise work (tanh, sigmoid, softmax) is not counted.
-
-For `model.type: transformer` (D = d_model, F = ff_size, L layers, mean lengths S and T):
-  encoder   S * L * (8*D*D + 4*D*F + 4*S*D)              q, k, v, o projections; feed-forward; scores + context
-  decoder   T * L * (8*D*D + 4*T*D + 4*D*D + 4*S*D + 4*D*F) self-attention; cross q, o; cross scores; feed-forward
-            + S * L * 4*D*D                              cross-attention keys and values, once per batch
-  output    T * 2*D*V
+FLOPs are the model's own count (`forward_flops` on each model class: multiply-adds x 2 of the forward
+pass; training = 3x forward for the backward pass).
 """
 
 from __future__ import annotations
@@ -58,41 +43,6 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> f
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def transformer_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab: int) -> float:
-    t = config.model.transformer
-    d, f = t.d_model, t.ff_size
-    mean_src, mean_tgt = src_tokens / sentences, tgt_tokens / sentences
-    encoder = src_tokens * t.encoder_layers * (8 * d * d + 4 * d * f + 4 * mean_src * d)
-    decoder = tgt_tokens * t.decoder_layers * (12 * d * d + 4 * mean_tgt * d + 4 * mean_src * d + 4 * d * f)
-    cross_keys = src_tokens * t.decoder_layers * 4 * d * d
-    return encoder + decoder + cross_keys + tgt_tokens * 2 * d * vocab
-
-
-def model_flops(config, src_tokens: int, tgt_tokens: int, sentences: int, vocab: int) -> float:
-    """Forward FLOPs of one batch by the formulas in this file's docstring."""
-    if config.model.type == "transformer":
-        return transformer_flops(config, src_tokens, tgt_tokens, sentences, vocab)
-    m = config.model
-    enc, dec = m.encoder, m.decoder
-    gates_enc, gates_dec = (3 if enc.rnn == "gru" else 4), (3 if dec.rnn == "gru" else 4)
-    directions, he, hd, e = (2 if enc.bidirectional else 1), enc.output_size, dec.hidden_size, m.embed_dim
-    a = m.attention.dim or hd
-    additive = m.attention.type in ("bahdanau", "concat")
-    if m.attention.type == "bahdanau":
-        rnn_in = e + he
-    else:
-        rnn_in = e + (hd if m.input_feeding else 0)
-    mean_src = src_tokens / sentences
-    encoder = src_tokens * directions * 2 * gates_enc * (e * enc.hidden_size + enc.hidden_size**2) * enc.layers
-    keys = src_tokens * 2 * he * (a if additive else hd) if m.attention.type != "dot" else 0
-    decoder = tgt_tokens * 2 * gates_dec * (rnn_in * hd + hd * hd) * dec.layers
-    scores = mean_src * 2 * (a if additive else hd) + (2 * hd * a if additive else 0)
-    attention = tgt_tokens * (scores + mean_src * 2 * he)
-    combine = tgt_tokens * 2 * (he + hd) * hd
-    output = tgt_tokens * 2 * hd * vocab
-    return encoder + keys + decoder + attention + combine + output
-
-
 def phase_train(args) -> dict:
     """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
     from nmt.config import load_config
@@ -103,7 +53,6 @@ def phase_train(args) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(args.config, [*args.set, f"run_dir={run_dir}"])
     trainer = setup(config)
-    vocab = trainer.translator.tokenizer.tgt_vocab_size
     trainer.model.train()
     tokens = flops = 0.0
     start = 0.0
@@ -116,7 +65,7 @@ def phase_train(args) -> dict:
             raise SystemExit(f"the training data ran out after {step} steps: lower --steps or raise max_epochs")
         trainer.train_step(share)
         tokens += share.tokens
-        flops += sum(3 * model_flops(config, int(b.src_mask.sum()), b.n_tgt_tokens, b.size, vocab)
+        flops += sum(3 * trainer.model.forward_flops(int(b.src_mask.sum()), b.n_tgt_tokens, b.size)
                      for b in share.batches)
     seconds = time.perf_counter() - start
     peaks = peak_memory_mb(trainer.device)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from batches import random_batch
 
-from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from nmt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TransformerConfig
 from nmt.models import build_model
 
 pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 kernels
@@ -71,3 +71,23 @@ def test_tied_embeddings_share_the_matrix_and_scheduled_sampling_runs():
     # the first step sees BOS either way; later steps see the model's own predictions instead
     torch.testing.assert_close(sampled[:, 0], forced[:, 0])
     assert not torch.allclose(sampled[:, 1:], forced[:, 1:])
+
+
+@pytest.mark.parametrize("cfg,tolerance", [
+    (ModelConfig(embed_dim=16, encoder=EncoderConfig(hidden_size=16), decoder=DecoderConfig(hidden_size=24),
+                 attention=AttentionConfig(type="bahdanau")), 0.02),
+    (ModelConfig(type="transformer", transformer=TransformerConfig(d_model=32, heads=4, ff_size=64, tie="none")), 0.1),
+], ids=["rnn", "transformer"])
+def test_the_models_flop_count_agrees_with_torchs_counter(cfg, tolerance):
+    """`forward_flops` (what scripts/bench.py divides by time) counts what torch's FlopCounterMode counts, on
+    unpadded sentences; the formulas leave out element-wise work and round attention to whole matrices."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cfg, 50, 40).eval()
+    batch, src_len, tgt_len = 4, 9, 7
+    src, tgt = torch.randint(4, 50, (batch, src_len)), torch.randint(4, 40, (batch, tgt_len))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(src, torch.full((batch,), src_len), torch.ones(batch, src_len, dtype=torch.bool), tgt)
+    counted = counter.get_total_flops()
+    assert counted > 0
+    assert model.forward_flops(batch * src_len, batch * tgt_len, batch) == pytest.approx(counted, rel=tolerance)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from batches import random_batch
 
+from nmt.config import ModelConfig, TransformerConfig
 from nmt.data.batching import collate
 from nmt.inference.search import beam_search, greedy_search
 from nmt.models.multihead import MultiHeadAttention
@@ -23,11 +24,16 @@ pytestmark = pytest.mark.numerics  # floating-point results: run again on AVX2 k
 SV, TV = 30, 25
 
 
+def transformer_config(**settings) -> ModelConfig:
+    return ModelConfig(type="transformer", transformer=TransformerConfig(**settings))
+
+
 def make_model(layers: int = 2, heads: int = 2, **extra) -> Transformer:
     torch.manual_seed(0)
     args = dict(d_model=16, heads=heads, ff_size=32, encoder_layers=layers, decoder_layers=layers, dropout=0.0,
                 attention_dropout=0.0)
-    return Transformer(extra.pop("src_vocab_size", SV), extra.pop("tgt_vocab_size", TV), **{**args, **extra})
+    src, tgt = extra.pop("src_vocab_size", SV), extra.pop("tgt_vocab_size", TV)
+    return Transformer(transformer_config(**{**args, **extra}), src, tgt)
 
 
 def attention_inputs(heads: int = 4):
@@ -48,21 +54,21 @@ def test_explicit_and_fused_attention_agree(mask_kind):
     attention.eval()
     if mask_kind == "causal":
         mask = torch.ones(1, 5, 6, dtype=torch.bool).tril()  # (1, T, S), broadcast over the batch
-    keys = attention.project_keys(memory)
-    explicit, weights = attention(query, keys, memory, None if mask_kind == "none" else mask, need_weights=True)
-    fused, none = attention(query, keys, memory, None if mask_kind == "none" else mask, need_weights=False)
+    keys = attention.project_memory(memory)
+    explicit, weights = attention(query, keys, None if mask_kind == "none" else mask, need_weights=True)
+    fused, none = attention(query, keys, None if mask_kind == "none" else mask, need_weights=False)
     assert weights is not None and none is None
     assert explicit.shape == (3, 5, 10) and weights.shape == (3, 4, 5, 6)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     attention.train()  # attention dropout only now, on both paths
     for need_weights in (True, False):
-        dropped, _ = attention(query, keys, memory, None if mask_kind == "none" else mask, need_weights=need_weights)
+        dropped, _ = attention(query, keys, None if mask_kind == "none" else mask, need_weights=need_weights)
         assert not torch.allclose(dropped, explicit, atol=1e-3)
 
 
 def test_every_heads_weights_sum_to_one_and_are_exactly_zero_on_padding():
     attention, query, memory, mask = attention_inputs()
-    _, weights = attention(query, attention.project_keys(memory), memory, mask)
+    _, weights = attention(query, attention.project_memory(memory), mask)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 5))
     assert torch.all(weights.masked_select(~mask[:, None, None, :].expand_as(weights)) == 0)
     assert torch.all(weights[2, :, :, 0] == 1)  # one real position takes all the weight
@@ -76,12 +82,12 @@ def test_dim_must_divide_into_heads():
 def test_rnn_style_use_keys_projected_once_and_repeated_rows_agree():
     """The RNN decoder's pattern: project once, one query step per call, rows repeated for beams."""
     attention, query, memory, mask = attention_inputs(heads=2)
-    keys = attention.project_keys(memory)
+    keys = attention.project_memory(memory)
     step_query = query[:, :1]  # (B, 1, Hq)
-    context, weights = attention(step_query, keys, memory, mask)
+    context, weights = attention(step_query, keys, mask)
     assert context.shape == (3, 1, 10) and weights.shape == (3, 2, 1, 6)
     k = 3
-    repeated = (t.repeat_interleave(k, dim=0) for t in (step_query, keys, memory, mask))
+    repeated = (t.repeat_interleave(k, dim=0) for t in (step_query, keys, mask))
     beam_context, beam_weights = attention(*repeated)
     torch.testing.assert_close(beam_context, context.repeat_interleave(k, dim=0), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(beam_weights, weights.repeat_interleave(k, dim=0), atol=1e-6, rtol=1e-6)
@@ -183,7 +189,7 @@ def test_memory_repeat_and_state_select_keep_rows_together():
         _, state, _ = model.step_log_probs(tgt_in[:, t], state, memory)
     expected, _, expected_weights = model.step_log_probs(tgt_in[:, 2], state, memory)
     beams, state = memory.repeat(2), state.select(torch.arange(3).repeat_interleave(2))
-    assert beams.output.shape[0] == beams.mask.shape[0] == 6 and all(k.shape[0] == 6 for k in beams.cross_keys)
+    assert beams.output.shape[0] == beams.mask.shape[0] == 6 and all(k.shape[0] == 6 for k in beams.cross_kv)
     prev = tgt_in[:, 2].repeat_interleave(2)
     prev[1::2] = 5  # the second beam of each sentence takes another token
     log_probs, state, weights = model.step_log_probs(prev, state, beams)
@@ -260,8 +266,8 @@ def test_a_tiny_transformer_learns_to_reverse_sequences(one_thread):
     torch.manual_seed(0)
     train, vocab = reversal_data(3000, seed=1), 14
     test = reversal_data(150, seed=2, exclude=set(train))
-    model = Transformer(vocab, vocab, d_model=64, heads=2, ff_size=128, encoder_layers=2, decoder_layers=2,
-                        dropout=0.0, attention_dropout=0.0, tie="all")
+    model = Transformer(transformer_config(d_model=64, heads=2, ff_size=128, encoder_layers=2, decoder_layers=2,
+                                           dropout=0.0, attention_dropout=0.0, tie="all"), vocab, vocab)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
     steps, warmup = 400, 50  # linear warmup, then linear decay to 5%
     scheduler = torch.optim.lr_scheduler.LambdaLR(

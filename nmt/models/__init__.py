@@ -11,20 +11,16 @@ from __future__ import annotations
 from torch import nn
 
 from nmt.config import ModelConfig
-from nmt.models.rnn import Seq2Seq
+from nmt.models.rnn import RNNEncoderDecoder
 from nmt.models.transformer import Transformer
 
-Model = Seq2Seq | Transformer
+Model = RNNEncoderDecoder | Transformer
 """Any model `build_model` returns."""
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Model:
-    if cfg.type == "transformer":
-        t = cfg.transformer
-        return Transformer(src_vocab_size, tgt_vocab_size, t.d_model, t.heads, t.ff_size, t.encoder_layers,
-                           t.decoder_layers, t.dropout, t.attention_dropout, t.positions, t.max_positions, t.norm,
-                           t.tie)
-    return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size)
+    model_class = Transformer if cfg.type == "transformer" else RNNEncoderDecoder
+    return model_class(cfg, src_vocab_size, tgt_vocab_size)
 
 
 def with_heads(model: Model) -> Transformer | None:
@@ -38,4 +34,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Model", "Seq2Seq", "Transformer", "build_model", "count_parameters", "with_heads"]
+__all__ = ["Model", "RNNEncoderDecoder", "Transformer", "build_model", "count_parameters", "with_heads"]

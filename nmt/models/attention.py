@@ -1,7 +1,7 @@
 """Bahdanau (additive) and Luong (dot, general, concat) attention under one stateless interface; multi-head
-attention (nmt.models.multihead) shares it.
+attention (nmt.models.multihead) offers the RNN decoder the same `project_memory` and `attend`.
 
-    keys = attention.project_keys(memory)                    # once per batch: depends only on the encoder
+    keys = attention.project_memory(memory)                  # once per batch: depends only on the encoder
     context, weights = attention(query, keys, values, mask)  # any number of query steps at once
 
 Shapes: B batch, Tq query steps (1 inside the step loop, T when all steps are scored at once), S source
@@ -10,6 +10,8 @@ Padding positions get weight exactly 0: their scores are set to -inf before the 
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +26,8 @@ class Attention(nn.Module):
         super().__init__()
         self.dropout = make_dropout(dropout)
 
-    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
-        """(B, S, Hm) -> (B, S, K): the encoder-side part of the score."""
+    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, S, Hm) -> keys (B, S, K): the encoder-side part of the score."""
         raise NotImplementedError
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -42,6 +44,10 @@ class Attention(nn.Module):
         context = torch.bmm(self.dropout(weights).to(values.dtype), values)
         return context, weights
 
+    def attend(self, query: torch.Tensor, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """An RNN decoder's step over its encoder memory: keys `projected`, encoder outputs as `values`."""
+        return self(query, memory.projected, memory.values, memory.mask)
+
 
 class AdditiveAttention(Attention):
     """e_i = v_a^T tanh(W_a q + U_a h_i).
@@ -55,7 +61,7 @@ class AdditiveAttention(Attention):
         self.key_proj = nn.Linear(memory_size, hidden_size, bias=False)  # U_a
         self.v = nn.Parameter(torch.empty(hidden_size).uniform_(-hidden_size ** -0.5, hidden_size ** -0.5))  # v_a
 
-    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -70,7 +76,7 @@ class DotAttention(Attention):
         super().__init__(dropout)
         self.scale = scale
 
-    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
         return memory
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -85,7 +91,7 @@ class GeneralAttention(DotAttention):
         super().__init__(dropout, scale)
         self.key_proj = nn.Linear(memory_size, query_size, bias=False)  # W_a
 
-    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)
 
 

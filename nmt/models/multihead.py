@@ -1,17 +1,16 @@
 """Multi-head scaled dot-product attention (Vaswani et al. 2017, sec. 3.2), stateless like nmt.models.attention.
 
-    keys = attention.project_keys(memory)                    # once per batch: W^K h and W^V h, side by side
-    context, weights = attention(query, keys, values, mask)  # any number of query steps at once
+    keys_values = attention.project_memory(memory)           # once per batch: W^K h and W^V h, side by side
+    context, weights = attention(query, keys_values, mask)  # any number of query steps at once
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(dh)) V, per head; the heads are concatenated and projected by W^O.
 
 Shapes: B batch, T query steps, S key positions, Hq query size, Hm memory size, D = heads x dh the attention
 size, O the output size (default Hm, so that the context can stand in for the RNN decoder's c_t).
 
-`project_keys` returns one tensor (B, S, 2D) holding the key and the value projections, batch on dim 0, so
+`project_memory` returns one tensor (B, S, 2D) holding the key and the value projections, batch on dim 0, so
 `EncoderMemory.repeat` and a decoder's key/value cache (concatenated along dim 1) handle it like any other
-tensor. `forward` therefore reads keys and values from `keys`; its `values` argument is accepted for the
-shared (query, keys, values, mask) signature and ignored.
+tensor. An RNN decoder calls `attend`, as it does with the attentions of nmt.models.attention.
 
 Two paths compute the same context: the explicit softmax, the reference, which returns the weights
 (B, heads, T, S) with masked positions exactly 0; and torch's fused `scaled_dot_product_attention`
@@ -21,6 +20,7 @@ Two paths compute the same context: the explicit softmax, the reference, which r
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Every backend but cuDNN's: it builds an execution plan per (B, T, S) shape, and token batches bring a new
-# shape almost every step. On an H100 that cost 5 ms of CPU time per call in bf16 and made AMP training three
-# times slower than fp32 (BENCHMARKS.md); memory-efficient attention, which takes masks, runs instead.
+# shape almost every step, and the planning cost dominated mixed-precision training on a GPU (BENCHMARKS.md);
+# memory-efficient attention, which takes masks, runs instead.
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -45,9 +45,16 @@ class MultiHeadAttention(nn.Module):
         self.memory_proj = nn.Linear(memory_size, 2 * dim)  # W^K and W^V stacked: one matmul for both
         self.out_proj = nn.Linear(dim, out_size or memory_size)  # W^O
 
-    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+    def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
         """(B, S, Hm) -> keys and values (B, S, 2D); position-wise, so a cache may grow it along dim 1."""
         return self.memory_proj(memory)
+
+    def attend(self, query: torch.Tensor, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """An RNN decoder's step over its encoder memory (`projected` from `project_memory`, `mask`): context
+        (B, Tq, Hm) and the heads' average weights (B, Tq, S)."""
+        context, weights = self(query, memory.projected, memory.mask)
+        assert weights is not None  # the explicit path: weights asked for
+        return context, weights.mean(dim=1)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, heads, L, dh)."""
@@ -65,14 +72,13 @@ class MultiHeadAttention(nn.Module):
         raise ValueError(f"attention mask must be (B, S) or (B, T, S), got shape {tuple(mask.shape)}")
 
     def forward(
-        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor | None,
-        need_weights: bool = True,
+        self, query: torch.Tensor, keys_values: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Query (B, T, Hq), keys from `project_keys` (B, S, 2D), mask True at positions to attend to
-        ((B, S), (B, T, S) or broadcastable; None: all) -> context (B, T, O) and weights (B, heads, T, S), or
-        None with `need_weights=False` (fused path). `values` is ignored: `keys` already holds W^V h."""
+        """Query (B, T, Hq), keys and values from `project_memory` (B, S, 2D), mask True at positions to attend
+        to ((B, S), (B, T, S) or broadcastable; None: all) -> context (B, T, O) and weights (B, heads, T, S), or
+        None with `need_weights=False` (fused path)."""
         q = self._split_heads(self.query_proj(query))  # (B, heads, T, dh)
-        k, v = (self._split_heads(part) for part in keys.split(self.dim, dim=-1))  # (B, heads, S, dh) each
+        k, v = (self._split_heads(part) for part in keys_values.split(self.dim, dim=-1))  # (B, heads, S, dh)
         mask4 = self._broadcast_mask(mask)
         p = self.dropout if self.training else 0.0
         weights: torch.Tensor | None = None

@@ -36,18 +36,19 @@ Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU: (L, B, Hd); LS
 
 @dataclass
 class EncoderMemory:
-    """What every decoder step reads: encoder outputs (values), their projection (keys) and the source mask."""
+    """What every decoder step reads: encoder outputs (values), the attention's projection of them (keys; for
+    multi-head attention keys and values side by side) and the source mask."""
 
     values: torch.Tensor  # (B, S, He)
-    keys: torch.Tensor  # (B, S, K)
+    projected: torch.Tensor  # (B, S, K)
     mask: torch.Tensor  # (B, S) True at real tokens
 
     def repeat(self, times: int) -> EncoderMemory:
         """Each sentence `times` times in a row (for beams), keys reused rather than recomputed."""
-        return EncoderMemory(*(t.repeat_interleave(times, dim=0) for t in (self.values, self.keys, self.mask)))
+        return EncoderMemory(*(t.repeat_interleave(times, dim=0) for t in (self.values, self.projected, self.mask)))
 
     def flatten(self) -> list[torch.Tensor]:
-        return [self.values, self.keys, self.mask]
+        return [self.values, self.projected, self.mask]
 
 
 @dataclass
@@ -134,9 +135,7 @@ class Decoder(nn.Module):
 
     def attend(self, query: torch.Tensor, memory: EncoderMemory) -> tuple[torch.Tensor, torch.Tensor]:
         """Context (B, Tq, Hm) and weights over the source (B, Tq, S); multi-head weights averaged over heads."""
-        context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
-        assert weights is not None  # the RNN decoder always takes the explicit path
-        return context, weights.mean(dim=1) if weights.dim() == 4 else weights
+        return self.attention.attend(query, memory)
 
     def recur(
         self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
@@ -214,7 +213,7 @@ class Decoder(nn.Module):
         return self.logits(self.attentional(torch.cat(contexts, dim=1), torch.cat(outputs, dim=1))), weights
 
 
-class Seq2Seq(nn.Module):
+class RNNEncoderDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
         self.cfg = cfg
@@ -228,7 +227,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> tuple[EncoderMemory,
                                                                                              DecoderState]:
         outputs, final = self.encoder(src, lengths)
-        memory = EncoderMemory(outputs, self.decoder.attention.project_keys(outputs), mask)
+        memory = EncoderMemory(outputs, self.decoder.attention.project_memory(outputs), mask)
         return memory, self.decoder.init_state(final)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
@@ -236,9 +235,32 @@ class Seq2Seq(nn.Module):
         memory, state = self.encode(src, lengths, src_mask)
         return self.decoder(tgt_in, state, memory, teacher_forcing)
 
+    def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
+        """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;
+        training is about 3x). S source and T target tokens, E embedding, H encoder hidden per direction, D
+        directions, He = D*H, Hd decoder hidden, A attention size, V target vocabulary, I decoder RNN input:
+        encoder S*D*2*G*(E*H + H*H) per layer (G gates: 3 GRU, 4 LSTM); keys S*2*He*A once per batch;
+        decoder T*2*G*(I*Hd + Hd*Hd); attention T*(2*Hd*A + S*2*A + S*2*He) (dot: S*2*Hd); combine
+        T*2*(He + Hd)*Hd; output T*2*Hd*V."""
+        m = self.cfg
+        enc, dec = m.encoder, m.decoder
+        gates_enc, gates_dec = (3 if enc.rnn == "gru" else 4), (3 if dec.rnn == "gru" else 4)
+        directions, he, hd, e = (2 if enc.bidirectional else 1), enc.output_size, dec.hidden_size, m.embed_dim
+        a = m.attention.dim or hd
+        additive = m.attention.type in ("bahdanau", "concat")
+        rnn_in = e + he if m.attention.type == "bahdanau" else e + (hd if m.input_feeding else 0)
+        mean_src = src_tokens / sentences
+        encoder = src_tokens * directions * 2 * gates_enc * (e * enc.hidden_size + enc.hidden_size**2) * enc.layers
+        keys = src_tokens * 2 * he * (a if additive else hd) if m.attention.type != "dot" else 0
+        decoder = tgt_tokens * 2 * gates_dec * (rnn_in * hd + hd * hd) * dec.layers
+        scores = mean_src * 2 * (a if additive else hd) + (2 * hd * a if additive else 0)
+        attention = tgt_tokens * (scores + mean_src * 2 * he)
+        combine = tgt_tokens * 2 * (he + hd) * hd
+        return encoder + keys + decoder + attention + combine + tgt_tokens * 2 * hd * self.decoder.output.out_features
+
     def flat_layout(self) -> FlatLayout:
         hidden = ["hidden", "cell"] if self.decoder.is_lstm else ["hidden"]
-        return FlatLayout(["values", "keys", "mask"], [*hidden, "feed"], [1] * len(hidden) + [0])
+        return FlatLayout(["values", "projected", "mask"], [*hidden, "feed"], [1] * len(hidden) + [0])
 
     def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]) -> tuple[EncoderMemory, DecoderState]:
         hidden: Hidden = (state[0], state[1]) if self.decoder.is_lstm else state[0]

@@ -1,4 +1,4 @@
-"""The Transformer encoder-decoder (Vaswani et al. 2017), behind the same interface as the RNN `Seq2Seq`:
+"""The Transformer encoder-decoder (Vaswani et al. 2017), behind the same interface as `RNNEncoderDecoder`:
 `forward` (teacher forced), `encode` -> (memory, state), `step_log_probs` for search, plus `attention_maps`.
 
 Shapes: B batch, S source positions, T target positions, D = d_model, F the feed-forward size, heads,
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.config import ModelConfig
 from nmt.models.flat import FlatLayout
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
@@ -41,16 +42,16 @@ class TransformerMemory:
 
     output: torch.Tensor  # (B, S, D) the encoder stack's output
     mask: torch.Tensor  # (B, S) True at real tokens
-    cross_keys: tuple[torch.Tensor, ...]  # per decoder layer (B, S, 2D): W^K h and W^V h, projected once
+    cross_kv: tuple[torch.Tensor, ...]  # per decoder layer (B, S, 2D): W^K h and W^V h, projected once
 
     def repeat(self, times: int) -> TransformerMemory:
         """Each sentence `times` times in a row (for beams); projections reused, not recomputed."""
         return TransformerMemory(self.output.repeat_interleave(times, dim=0),
                                  self.mask.repeat_interleave(times, dim=0),
-                                 tuple(k.repeat_interleave(times, dim=0) for k in self.cross_keys))
+                                 tuple(k.repeat_interleave(times, dim=0) for k in self.cross_kv))
 
     def flatten(self) -> list[torch.Tensor]:
-        return [self.mask, *self.cross_keys]
+        return [self.mask, *self.cross_kv]
 
 
 @dataclass
@@ -117,7 +118,7 @@ class EncoderLayer(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, S, D), mask (B, S) -> (B, S, D) and self-attention weights (B, heads, S, S) or None."""
         h = self.attn_sub.inputs(x)
-        out, weights = self.self_attn(h, self.self_attn.project_keys(h), None, mask, need_weights)
+        out, weights = self.self_attn(h, self.self_attn.project_memory(h), mask, need_weights)
         x = self.attn_sub.residual(x, out)
         return self.ff_sub.residual(x, self.ff(self.ff_sub.inputs(x))), weights
 
@@ -132,40 +133,34 @@ class DecoderLayer(nn.Module):
         self.self_sub, self.cross_sub, self.ff_sub = (Sublayer(d_model, dropout, norm) for _ in range(3))
 
     def forward(
-        self, x: torch.Tensor, cache: torch.Tensor | None, self_mask: torch.Tensor | None, cross_keys: torch.Tensor,
+        self, x: torch.Tensor, cache: torch.Tensor | None, self_mask: torch.Tensor | None, cross_kv: torch.Tensor,
         src_mask: torch.Tensor, need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """New positions x (B, T, D) after `cache` (B, t, 2D) of earlier ones (None: none) -> output (B, T, D),
         the grown cache (B, t + T, 2D), self-attention weights (B, heads, T, t + T) and cross-attention
         weights (B, heads, T, S), the weights None unless `need_weights`."""
         h = self.self_sub.inputs(x)
-        keys = self.self_attn.project_keys(h)
+        keys = self.self_attn.project_memory(h)
         if cache is not None:
             keys = torch.cat([cache, keys], dim=1)
-        out, self_weights = self.self_attn(h, keys, None, self_mask, need_weights)
+        out, self_weights = self.self_attn(h, keys, self_mask, need_weights)
         x = self.self_sub.residual(x, out)
-        out, cross_weights = self.cross_attn(self.cross_sub.inputs(x), cross_keys, None, src_mask, need_weights)
+        out, cross_weights = self.cross_attn(self.cross_sub.inputs(x), cross_kv, src_mask, need_weights)
         x = self.cross_sub.residual(x, out)
         x = self.ff_sub.residual(x, self.ff(self.ff_sub.inputs(x)))
         return x, keys, self_weights, cross_weights
 
 
 class Transformer(nn.Module):
-    def __init__(
-        self, src_vocab_size: int, tgt_vocab_size: int, d_model: int, heads: int, ff_size: int,
-        encoder_layers: int, decoder_layers: int, dropout: float, attention_dropout: float,
-        positions: Literal["sinusoidal", "learned"] = "sinusoidal", max_positions: int = 1024,
-        norm: Literal["pre", "post"] = "pre", tie: Literal["none", "decoder", "all"] = "decoder",
-    ):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
+        self.cfg = cfg
+        t = cfg.transformer
+        d_model, max_positions, positions, norm, tie = t.d_model, t.max_positions, t.positions, t.norm, t.tie
         if tie == "all" and src_vocab_size != tgt_vocab_size:
             raise ValueError(f"tie='all' shares one embedding matrix, which needs a joint vocabulary: source "
                              f"vocabulary {src_vocab_size} != target vocabulary {tgt_vocab_size}")
-        for name, value, choices in (("positions", positions, ("sinusoidal", "learned")),
-                                     ("norm", norm, ("pre", "post")), ("tie", tie, ("none", "decoder", "all"))):
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        self.d_model, self.max_positions, self.dropout = d_model, max_positions, dropout
+        self.d_model, self.max_positions, self.dropout = d_model, max_positions, t.dropout
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
         learned = positions == "learned"
@@ -173,9 +168,9 @@ class Transformer(nn.Module):
         self.sinusoids: torch.Tensor | None  # a fixed table, rebuilt rather than saved with the weights
         self.register_buffer("sinusoids", None if learned else sinusoidal_positions(max_positions, d_model),
                              persistent=False)
-        layer_args = (d_model, heads, ff_size, dropout, attention_dropout, norm)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(decoder_layers))
+        layer_args = (d_model, t.heads, t.ff_size, t.dropout, t.attention_dropout, norm)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(t.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(t.decoder_layers))
         # pre-norm leaves each stack's output unnormalized: one LayerNorm closes it; post-norm already ends in one
         self.encoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
@@ -226,9 +221,9 @@ class Transformer(nn.Module):
     def _start(self, output: torch.Tensor, src_mask: torch.Tensor) -> tuple[TransformerMemory, TransformerState]:
         """Project every decoder layer's cross-attention keys and values once; caches start empty (B, 0, 2D)."""
         layers = cast("list[DecoderLayer]", list(self.decoder_layers))
-        cross_keys = tuple(layer.cross_attn.project_keys(output) for layer in layers)
+        cross_kv = tuple(layer.cross_attn.project_memory(output) for layer in layers)
         empty = output.new_zeros(output.shape[0], 0, 2 * self.d_model)
-        return TransformerMemory(output, src_mask, cross_keys), TransformerState((empty,) * len(cross_keys), 0)
+        return TransformerMemory(output, src_mask, cross_kv), TransformerState((empty,) * len(cross_kv), 0)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor
                ) -> tuple[TransformerMemory, TransformerState]:
@@ -246,7 +241,7 @@ class Transformer(nn.Module):
         self_weights: list[torch.Tensor] = []
         cross_weights: list[torch.Tensor] = []
         last = len(self.decoder_layers) - 1
-        for i, (layer, cache, keys) in enumerate(zip(self.decoder_layers, state.cache, memory.cross_keys,
+        for i, (layer, cache, keys) in enumerate(zip(self.decoder_layers, state.cache, memory.cross_kv,
                                                      strict=True)):
             explicit = need_weights == "all" or (need_weights == "last" and i == last)
             x, cache, sw, cw = layer(x, cache, self_mask, keys, memory.mask, explicit)
@@ -276,9 +271,22 @@ class Transformer(nn.Module):
         weights = cross[-1].mean(dim=1) if cross else None
         return self.output(x), weights
 
+    def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
+        """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;
+        training is about 3x). D = d_model, F = ff_size, L layers, mean lengths S and T, V target vocabulary:
+        encoder S*L*(8*D*D + 4*D*F + 4*S*D) (q, k, v, o projections; feed-forward; scores and context);
+        decoder T*L*(12*D*D + 4*T*D + 4*S*D + 4*D*F), cross keys and values S*L*4*D*D; output T*2*D*V."""
+        t = self.cfg.transformer
+        d, f = t.d_model, t.ff_size
+        mean_src, mean_tgt = src_tokens / sentences, tgt_tokens / sentences
+        encoder = src_tokens * t.encoder_layers * (8 * d * d + 4 * d * f + 4 * mean_src * d)
+        decoder = tgt_tokens * t.decoder_layers * (12 * d * d + 4 * mean_tgt * d + 4 * mean_src * d + 4 * d * f)
+        cross_kv = src_tokens * t.decoder_layers * 4 * d * d
+        return encoder + decoder + cross_kv + tgt_tokens * 2 * d * self.output.out_features
+
     def flat_layout(self) -> FlatLayout:
         layers = len(self.decoder_layers)
-        return FlatLayout(["mask", *(f"cross_keys_{i}" for i in range(layers))], [f"cache_{i}" for i in range(layers)],
+        return FlatLayout(["mask", *(f"cross_kv_{i}" for i in range(layers))], [f"cache_{i}" for i in range(layers)],
                           [0] * layers)
 
     def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]
