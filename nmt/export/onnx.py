@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from nmt.inference.onnx_runtime import ENCODER, LAYOUT, STEP
-from nmt.models import Model
 from nmt.models.flat import FlatLayout
+from nmt.models.interface import Exportable
 from nmt.runs.loading import load_model
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
@@ -23,7 +23,7 @@ OPSET = 17
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model: Model):
+    def __init__(self, model: Exportable):
         super().__init__()
         self.model = model
 
@@ -33,13 +33,13 @@ class EncoderGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    def __init__(self, model: Model, layout: FlatLayout):
+    def __init__(self, model: Exportable, layout: FlatLayout):
         super().__init__()
         self.model, self.memory_count = model, len(layout.memory)
 
     def forward(self, prev: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         memory, state = self.model.unflatten(list(tensors[:self.memory_count]), list(tensors[self.memory_count:]))
-        log_probs, state, weights = self.model.step_log_probs(prev, state, memory)  # type: ignore[arg-type]
+        log_probs, state, weights = self.model.step_log_probs(prev, state, memory)
         return (log_probs, weights, *state.flatten())
 
 
@@ -59,7 +59,8 @@ def _dynamic_axes(layout: FlatLayout, names: list[str], sequence: str) -> dict[s
 def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) -> Path:
     """Write encoder.onnx, step.onnx and layout.json for a run's checkpoint into `output` (RUN/export/onnx)."""
     loaded = load_model(run_dir, which)
-    model, layout = loaded.model, loaded.model.flat_layout()
+    model: Exportable = loaded.model
+    layout = model.flat_layout()
     folder = output or RunDir(run_dir).export_dir("onnx")
     folder.mkdir(parents=True, exist_ok=True)
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, PAD_ID, PAD_ID]]) % loaded.tokenizer.src_vocab_size
@@ -73,7 +74,7 @@ def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) 
         state = list(encoded[len(layout.memory):])
         # Trace the step one position in, so every cache has a non-empty (and dynamic) length.
         step_memory, step_state = model.unflatten(memory, state)
-        _, first, _ = model.step_log_probs(torch.tensor([2, 2]), step_state, step_memory)  # type: ignore[arg-type]
+        _, first, _ = model.step_log_probs(torch.tensor([2, 2]), step_state, step_memory)
         state = first.flatten()
         encoder_outputs = [*layout.memory, *layout.state]
         torch.onnx.export(EncoderGraph(model), (src, lengths), str(folder / ENCODER), dynamo=False,

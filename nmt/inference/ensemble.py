@@ -11,15 +11,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from nmt.errors import ConfigError
 from nmt.inference.onnx_runtime import load_onnx
-from nmt.models import Model
-from nmt.runs.loading import LoadedRun, load_model
+from nmt.models.interface import Decoder
+from nmt.runs.loading import DecodingRun, load_model
 
 
 @dataclass
@@ -41,10 +41,11 @@ class EnsembleState:
 class Ensemble(nn.Module):
     """The search-side interface of a model (`encode`, `step_log_probs`) over several models."""
 
-    def __init__(self, models: Sequence[Model]):
+    def __init__(self, models: Sequence[Decoder]):
         super().__init__()
-        self.members: list[Model] = list(models)
-        self.registered = nn.ModuleList(models)  # registers them: eval(), train() and parameters() reach every member
+        self.members: list[Decoder] = list(models)
+        # registered as submodules (every member is an nn.Module), so eval(), train() and parameters() reach them
+        self.registered = nn.ModuleList(cast(list[nn.Module], self.members))
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
                ) -> tuple[EnsembleMemory, EnsembleState]:
@@ -62,9 +63,9 @@ class Ensemble(nn.Module):
 
 
 def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides: Sequence[str] = (),
-                quantize: str | None = None, runtime: str = "torch") -> LoadedRun:
-    """One run as it is, or several as an Ensemble in the first run's LoadedRun; `runtime="onnx"` decodes
-    each run's ONNX export (nmt export) on onnxruntime instead of its PyTorch checkpoint."""
+                quantize: str | None = None, runtime: str = "torch") -> DecodingRun:
+    """One run as it is, or several as an Ensemble with the first run's config and tokenizer; `runtime="onnx"`
+    decodes each run's ONNX export (nmt export) on onnxruntime instead of its PyTorch checkpoint."""
     run_dirs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
     if not run_dirs:
         raise ConfigError("--model: give at least one run directory")
@@ -84,4 +85,4 @@ def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides:
             raise ConfigError(f"--model {other.run.path}: its SentencePiece models differ from {first.run.path}'s; "
                               "an ensemble needs runs trained on the same vocabularies")
     ensemble = Ensemble([run.model for run in loaded]).eval()
-    return LoadedRun(first.run, first.config, first.tokenizer, ensemble, first.checkpoint)  # type: ignore[arg-type]
+    return DecodingRun(first.run, first.config, first.tokenizer, ensemble, first.checkpoint)

@@ -17,7 +17,7 @@ from torch import nn
 from nmt.errors import ConfigError, NmtError
 from nmt.models.flat import FlatLayout
 from nmt.runs.checkpoint import verify
-from nmt.runs.loading import LoadedRun, load_run_config, load_tokenizer
+from nmt.runs.loading import DecodingRun, load_run_config, load_tokenizer
 from nmt.runs.rundir import CheckpointFiles, RunDir
 
 ENCODER, STEP, LAYOUT = "encoder.onnx", "step.onnx", "layout.json"
@@ -80,9 +80,9 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(log_probs), OnnxState(new_state, state.batch_axes), torch.from_numpy(weights)
 
 
-def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> LoadedRun:
-    """A run's exported model as a LoadedRun that the Translator decodes like a PyTorch one."""
+def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> DecodingRun:
+    """A run's exported model, which the Translator decodes like a PyTorch one."""
     run = RunDir(run_dir)
     model = OnnxModel(run.export_dir("onnx"))
     checkpoint = verify(CheckpointFiles(run.checkpoints_dir / model.checkpoint))
-    return LoadedRun(run, load_run_config(run, overrides), load_tokenizer(run), model, checkpoint)  # type: ignore[arg-type]
+    return DecodingRun(run, load_run_config(run, overrides), load_tokenizer(run), model, checkpoint)

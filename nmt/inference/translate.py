@@ -19,9 +19,9 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
 from nmt.inference.ensemble import load_models
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
-from nmt.models import Model
+from nmt.models.interface import Decoder
 from nmt.progress import progress_bar
-from nmt.runs.loading import LoadedRun
+from nmt.runs.loading import DecodingRun
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,12 @@ def beam_batch_sentences(beam_size: int, longest_src: int, decoding: DecodingCon
 
 
 class Translator:
-    def __init__(self, model: Model, tokenizer: Tokenizer, decoding: DecodingConfig, clean: CleanConfig):
+    def __init__(self, model: Decoder, tokenizer: Tokenizer, decoding: DecodingConfig, clean: CleanConfig):
         self.model, self.tokenizer, self.decoding, self.clean = model, tokenizer, decoding, clean
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX models have none
 
     @classmethod
-    def for_run(cls, loaded: LoadedRun) -> Translator:
+    def for_run(cls, loaded: DecodingRun) -> Translator:
         """Decode as the run was configured: its decoding settings, its corpus cleaning."""
         return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
 

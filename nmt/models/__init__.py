@@ -1,9 +1,10 @@
 """The models, behind one `build_model`: the RNN encoder-decoder with Bahdanau, Luong or multi-head attention
 (`rnn.py`) and the Transformer (`transformer.py`).
 
-Every model offers the same interface to training and search: `forward(src, lengths, src_mask, tgt_in)`
--> (logits, weights), `encode(...)` -> (memory, decoder state) with `memory.repeat` and `state.select` for
-beams, and `step_log_probs(prev_ids, state, memory)`. This is the one place that branches on model.type.
+Every model is built as `Model(cfg, src_vocab_size, tgt_vocab_size)` and offers training the teacher-forced
+`forward(src, lengths, src_mask, tgt_in)` -> (logits, weights) and `forward_flops`, search the decoding
+interface of interface.py (`Decoder`: `encode`, `step_log_probs`, `memory.repeat`, `state.select`), and export
+its flat form (`Exportable`). This package is the one place that branches on model.type.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from nmt.config import Config, ModelConfig, apply_override, config_diff, parse_c
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import CheckpointError, ConfigError
 from nmt.models import Model, build_model
+from nmt.models.interface import Decoder
 from nmt.models.quantize import quantize_int8
 from nmt.runs.checkpoint import Checkpoint, find_checkpoint
 from nmt.runs.rundir import RunDir
@@ -112,14 +113,23 @@ def load_run_config(run: RunDir, overrides: Sequence[str] = ()) -> Config:
 
 
 @dataclass
-class LoadedRun:
-    """A trained model rebuilt from its run directory alone, ready to decode."""
+class DecodingRun:
+    """A run ready to decode: its config, its SentencePiece models, the checkpoint decoded, and a model that
+    offers the decoding interface (a PyTorch model, an ensemble, an export on ONNX Runtime)."""
 
     run: RunDir
     config: Config
     tokenizer: Tokenizer
-    model: Model
+    model: Decoder
     checkpoint: Checkpoint
+
+
+@dataclass
+class LoadedRun(DecodingRun):
+    """A trained PyTorch model rebuilt from its run directory alone: what scoring, averaging, export and
+    attention inspection need beyond decoding."""
+
+    model: Model
 
 
 def load_model(run_dir: Path, which: str = "best", overrides: Sequence[str] = (),
