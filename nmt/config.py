@@ -283,6 +283,9 @@ class TrainingConfig(Section):
     clip_norm: Annotated[float, Field(gt=0.0)] | None = 1.0
     accumulate: PositiveInt = 1
     teacher_forcing: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    fast_dropout: bool = True
+    """Dropout masks from 16-bit random lanes on the CPU (a quarter of torch's random draws, the same
+    distribution: models/dropout.py); false takes torch's dropout kernel. GPUs always use torch's."""
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     """fp16 runs only on CUDA (with a gradient scaler); bf16 runs on CUDA and on CPUs with bf16 support;
     auto takes bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16

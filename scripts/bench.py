@@ -46,10 +46,8 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> f
 def phase_train(args) -> dict:
     """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
     from nmt.config import load_config
-    from nmt.models import dropout
     from nmt.training.trainer import peak_memory_mb, setup
 
-    dropout.LANE_DROPOUT_ON_CPU = not args.reference_dropout
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(args.config, [*args.set, f"run_dir={run_dir}"])
     trainer = setup(config)
@@ -72,7 +70,7 @@ def phase_train(args) -> dict:
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
             **{f"train_{name}": value for name, value in peaks.items()}, "train_steps": args.steps,
             "batch_tokens": config.training.batch_tokens, "precision": trainer.precision,
-            "lane_dropout": dropout.LANE_DROPOUT_ON_CPU}
+            "fast_dropout": config.training.fast_dropout}
 
 
 def phase_decode(args) -> dict:
@@ -139,8 +137,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--split", default="dev", help="the split decoded for decoding speed")
     parser.add_argument("--budget-minutes", type=float, help="also train for this long and report dev BLEU")
-    parser.add_argument("--reference-dropout", action="store_true",
-                        help="train with nn.Dropout instead of the 16-bit-lane CPU dropout (LANE_DROPOUT_ON_CPU)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -148,7 +144,7 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     argv = ["--config", str(args.config), "--warmup", str(args.warmup), "--steps", str(args.steps),
-            "--split", args.split, *(["--reference-dropout"] if args.reference_dropout else [])]
+            "--split", args.split]
     for item in args.set:
         argv += ["--set", item]
     figures: dict = {"config": str(args.config), "overrides": args.set, "cpu_threads": torch.get_num_threads(),

@@ -36,9 +36,9 @@ def make_model(layers: int = 2, heads: int = 2, **extra) -> Transformer:
     return Transformer(transformer_config(**{**args, **extra}), src, tgt)
 
 
-def attention_inputs(heads: int = 4):
+def attention_inputs(heads: int = 4, dropout: float = 0.0):
     torch.manual_seed(2)
-    attention = MultiHeadAttention(query_size=12, memory_size=10, dim=16, heads=heads)
+    attention = MultiHeadAttention(query_size=12, memory_size=10, dim=16, heads=heads, dropout=dropout)
     query, memory = torch.randn(3, 5, 12), torch.randn(3, 6, 10)
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2, [True] + [False] * 5])
     return attention, query, memory, mask
@@ -49,9 +49,8 @@ def attention_inputs(heads: int = 4):
 
 @pytest.mark.parametrize("mask_kind", ["padding", "causal", "none"])
 def test_explicit_and_fused_attention_agree(mask_kind):
-    attention, query, memory, mask = attention_inputs()
-    attention.dropout = 0.5  # eval mode: no dropout on either path
-    attention.eval()
+    attention, query, memory, mask = attention_inputs(dropout=0.5)
+    attention.eval()  # eval mode: no dropout on either path
     if mask_kind == "causal":
         mask = torch.ones(1, 5, 6, dtype=torch.bool).tril()  # (1, T, S), broadcast over the batch
     keys = attention.project_memory(memory)

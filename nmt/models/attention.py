@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from nmt.config import AttentionConfig
-from nmt.models.dropout import make_dropout
+from nmt.models.dropout import Dropout
 from nmt.models.multihead import MultiHeadAttention
 
 
 class Attention(nn.Module):
     def __init__(self, dropout: float = 0.0):
         super().__init__()
-        self.dropout = make_dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def project_memory(self, memory: torch.Tensor) -> torch.Tensor:
         """(B, S, Hm) -> keys (B, S, K): the encoder-side part of the score."""

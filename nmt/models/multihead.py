@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nmt.models.dropout import Dropout
+
 # Every backend but cuDNN's: it builds an execution plan per (B, T, S) shape, and token batches bring a new
 # shape almost every step, and the planning cost dominated mixed-precision training on a GPU (BENCHMARKS.md);
 # memory-efficient attention, which takes masks, runs instead.
@@ -40,7 +42,8 @@ class MultiHeadAttention(nn.Module):
         if heads < 1 or dim % heads != 0:
             raise ValueError(f"multi-head attention: dim {dim} must be a positive multiple of heads {heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
-        self.dropout = dropout  # on the attention weights, training only
+        self.dropout = dropout  # on the attention weights, training only: the fused kernel's dropout_p
+        self.weights_dropout = Dropout(dropout)  # the same on the explicit path
         self.query_proj = nn.Linear(query_size, dim)  # W^Q, all heads at once
         self.memory_proj = nn.Linear(memory_size, 2 * dim)  # W^K and W^V stacked: one matmul for both
         self.out_proj = nn.Linear(dim, out_size or memory_size)  # W^O
@@ -87,7 +90,7 @@ class MultiHeadAttention(nn.Module):
             if mask4 is not None:
                 scores = scores.masked_fill(~mask4, float("-inf"))
             weights = torch.softmax(scores, dim=-1)
-            heads_out = torch.matmul(F.dropout(weights, p, self.training).to(v.dtype), v)
+            heads_out = torch.matmul(self.weights_dropout(weights).to(v.dtype), v)
         else:
             with sdpa_kernel(FUSED_BACKENDS):
                 heads_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4, dropout_p=p)

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
 from nmt.models.attention import Attention, build_attention
-from nmt.models.dropout import make_dropout
+from nmt.models.dropout import Dropout
 from nmt.models.flat import FlatLayout
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
@@ -77,7 +77,7 @@ class Encoder(nn.Module):
         super().__init__()
         enc = cfg.encoder
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
-        self.dropout = make_dropout(enc.dropout)
+        self.dropout = Dropout(enc.dropout)
         self.rnn = RNN_TYPES[enc.rnn](cfg.embed_dim, enc.hidden_size, enc.layers, batch_first=True,
                                       bidirectional=enc.bidirectional, dropout=enc.dropout if enc.layers > 1 else 0.0)
         self.directions = 2 if enc.bidirectional else 1
@@ -101,7 +101,7 @@ class Decoder(nn.Module):
         self.input_feeding = cfg.input_feeding
         self.layers, self.hidden_size, self.is_lstm = dec.layers, dec.hidden_size, dec.rnn == "lstm"
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
-        self.dropout = make_dropout(dec.dropout)
+        self.dropout = Dropout(dec.dropout)
         if self.queries_previous_state:
             rnn_input = cfg.embed_dim + memory_size
         else:

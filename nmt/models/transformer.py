@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import ModelConfig
+from nmt.models.dropout import Dropout
 from nmt.models.flat import FlatLayout
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
@@ -84,10 +85,11 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, ff_size: int, dropout: float):
         super().__init__()
-        self.inner, self.outer, self.dropout = nn.Linear(d_model, ff_size), nn.Linear(ff_size, d_model), dropout
+        self.inner, self.outer = nn.Linear(d_model, ff_size), nn.Linear(ff_size, d_model)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer(F.dropout(F.relu(self.inner(x)), self.dropout, self.training))
+        return self.outer(self.dropout(F.relu(self.inner(x))))
 
 
 class Sublayer(nn.Module):
@@ -95,14 +97,14 @@ class Sublayer(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, norm: Literal["pre", "post"]):
         super().__init__()
-        self.norm, self.pre, self.dropout = nn.LayerNorm(d_model), norm == "pre", dropout
+        self.norm, self.pre, self.dropout = nn.LayerNorm(d_model), norm == "pre", Dropout(dropout)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """What the sublayer reads: LayerNorm(x) with pre-norm, x itself with post-norm."""
         return self.norm(x) if self.pre else x
 
     def residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        x = x + F.dropout(out, self.dropout, self.training)
+        x = x + self.dropout(out)
         return x if self.pre else self.norm(x)
 
 
@@ -160,7 +162,7 @@ class Transformer(nn.Module):
         if tie == "all" and src_vocab_size != tgt_vocab_size:
             raise ValueError(f"tie='all' shares one embedding matrix, which needs a joint vocabulary: source "
                              f"vocabulary {src_vocab_size} != target vocabulary {tgt_vocab_size}")
-        self.d_model, self.max_positions, self.dropout = d_model, max_positions, t.dropout
+        self.d_model, self.max_positions, self.dropout = d_model, max_positions, Dropout(t.dropout)
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
         learned = positions == "learned"
@@ -206,7 +208,7 @@ class Transformer(nn.Module):
     def _embed(self, embedding: nn.Embedding, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, L) ids -> Dropout(sqrt(D) E[ids] + PE) (B, L, D) (sec. 3.4, 3.5, 5.4)."""
         x = embedding(ids) * math.sqrt(self.d_model) + self._positions(start, ids.shape[1])
-        return F.dropout(x, self.dropout, self.training)
+        return self.dropout(x)
 
     def _encode(self, src: torch.Tensor, src_mask: torch.Tensor, need_weights: bool = False
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:

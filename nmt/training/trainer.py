@@ -41,6 +41,7 @@ from nmt.inference.attention_stats import attention_stats
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.models import Model, build_model, count_parameters
+from nmt.models.dropout import use_fast_dropout
 from nmt.progress import progress_bar
 from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, latest_intact, load_train_state, save_checkpoint
 from nmt.runs.loading import load_weights
@@ -608,6 +609,7 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False, wor
                           "run directory and data.cache_dir must be on a filesystem every machine shares")
     torch.manual_seed(rank_seed(config.seed, world.rank))
     model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
+    use_fast_dropout(model, config.training.fast_dropout)
     trainer = Trainer(config, run, data, model, device, show_progress, world)
     if existing is not None:
         trainer.restore(existing)
