@@ -465,5 +465,10 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, An
     return [] if old == new else [(prefix, old, new)]
 
 
+def format_diff(differences: list[tuple[str, Any, Any]]) -> str:
+    """`key old -> new; ...`: how every message names what changed between two configs."""
+    return "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
+
+
 def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from nmt.config import Config, ModelConfig, apply_override, config_diff, parse_config, read_yaml
+from nmt.config import Config, ModelConfig, apply_override, config_diff, format_diff, parse_config, read_yaml
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import CheckpointError, ConfigError
 from nmt.models import Model, build_model
@@ -34,7 +34,7 @@ def load_tokenizer(run: RunDir) -> Tokenizer:
 def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path: Path) -> None:
     saved = checkpoint.meta.get("model")
     if not isinstance(saved, dict):
-        return  # checkpoints written before the metadata recorded the model: the shape checks below still run
+        return  # metadata without the model (edited by hand): the shape and tying checks below still run
     try:  # a setting added since the checkpoint was written takes its default, which is how it was trained
         saved = ModelConfig.model_validate(saved).model_dump(mode="json")
     except ValidationError:
@@ -42,9 +42,8 @@ def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path
     differences = [d for d in config_diff(saved, config.model_dump(mode="json"), "model")
                    if not d[0].endswith("dropout")]
     if differences:
-        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
         raise CheckpointError(f"{checkpoint.path.name} was saved with another model than {config_path} "
-                              f"describes: {listed}")
+                              f"describes: {format_diff(differences)}")
 
 
 def load_weights(model: nn.Module, checkpoint: Checkpoint, config: ModelConfig | None = None,

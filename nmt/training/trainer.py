@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, parse_config, read_yaml
+from nmt.config import Config, TrainingConfig, config_diff, config_to_yaml, format_diff, parse_config, read_yaml
 from nmt.data.batching import Batch, collate, token_batches
 from nmt.data.prepare import EncodedSplit, PreparedData, prepare_data, wait_for_cache
 from nmt.data.splits import EvalSet
@@ -281,7 +281,7 @@ def resume_changes(run: RunDir, config: Config) -> list[tuple[str, object, objec
     changes = config_diff(saved.model_dump(mode="json"), config.model_dump(mode="json"))
     refused = [c for c in changes if c[0].startswith(FIXED_ON_RESUME) and not c[0].startswith(WHERE_DATA_LIVES)]
     if refused:
-        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in refused)
+        listed = format_diff(refused)
         raise ConfigError(f"--resume: the config differs from {run.config_path} in what was trained: {listed} "
                           f"(resume with: nmt train --config {run.config_path} --resume)")
     return changes
@@ -506,7 +506,7 @@ class Trainer:
                  self.progress.epoch + 1)
         if self.changes_on_resume:
             log.info("changed since the run's last session: %s",
-                     "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in self.changes_on_resume))
+                     format_diff(self.changes_on_resume))
 
     def _report(self, meter: ThroughputMeter, started: float, bar) -> None:
         progress = self.progress
