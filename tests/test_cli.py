@@ -26,6 +26,8 @@ def test_help_lists_every_command_and_option():
     result = run("translate", "--help")
     for option in ("--model", "--input", "--output", "--beam-size", "--n-best", "--checkpoint", "--config"):
         assert option in result.stdout
+    as_module = subprocess.run([sys.executable, "-m", "nmt", "--help"], capture_output=True, text=True, timeout=300)
+    assert as_module.returncode == 0 and "translate" in as_module.stdout  # what torchrun starts: -m nmt
 
 
 def test_bad_config_is_one_line_exit_2_no_traceback(tmp_path):

@@ -52,8 +52,8 @@ def assert_agreement(loaded: LoadedRun, sources: Sequence[str], reference: Seque
         mine = forced_log_probs(loaded, picked, [reference[i] for i in differing])
         theirs = forced_log_probs(loaded, picked, [other[i] for i in differing])
         gaps = [abs(a - b) for a, b in zip(mine, theirs, strict=True)]
-    print(f"{what}: identical token ids on {rate:.1%} of {len(reference)} sentences; "
-          f"largest log-probability gap where they differ: {max(gaps, default=0.0):.4f}")
+    differences = f"largest log-probability gap where they differ: {max(gaps):.4f}" if gaps else "no disagreement"
+    print(f"{what}: identical token ids on {rate:.1%} of {len(reference)} sentences; {differences}")
     assert all(other), f"{what}: an empty translation"
     assert rate >= MIN_AGREEMENT, f"{what}: identical token ids on {rate:.1%} of the sentences"
     assert all(gap <= NEAR_TIE for gap in gaps), f"{what}: a disagreement that is not a near-tie: {gaps}"
