@@ -31,6 +31,12 @@ class CheckpointError(NmtError):
     exit_code = 2
 
 
+class RunBusyError(NmtError):
+    """Another process is writing the run directory (`nmt train` holds its lock)."""
+
+    exit_code = 2
+
+
 class TrainingError(NmtError):
     """Training cannot go on (e.g. too many consecutive non-finite losses)."""
 

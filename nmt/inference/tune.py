@@ -7,6 +7,7 @@ on that split; ties go to the current setting, then to the smaller (faster) beam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,9 @@ def grid(beams: Sequence[int], penalties: Sequence[float], current: tuple[int, f
         raise ConfigError("tune: give at least one beam size and one length penalty")
     if not all(1 <= beam <= MAX_BEAM for beam in beams):
         raise ConfigError(f"tune: beam sizes go from 1 to {MAX_BEAM}, got {', '.join(map(str, beams))}")
-    if any(alpha < 0 for alpha in penalties):
-        raise ConfigError(f"tune: a length penalty is >= 0, got {', '.join(f'{a:g}' for a in penalties)}")
+    if not all(0 <= alpha < math.inf for alpha in penalties):  # NaN fails both comparisons
+        raise ConfigError("tune: a length penalty is a finite number >= 0, got "
+                          + ", ".join(f"{a:g}" for a in penalties))
     points = {(1, current[1] if current[0] == 1 else 0.0) if beam == 1 else (beam, alpha)
               for beam in beams for alpha in penalties}
     points.add(current)

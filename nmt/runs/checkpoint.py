@@ -97,8 +97,6 @@ def write_checkpoint(run: RunDir, final: CheckpointFiles, state_dict: dict[str, 
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"refusing to save a checkpoint: parameter {name} is not finite")
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run.stale_staging():  # left by a process killed while writing
-        shutil.rmtree(stale, ignore_errors=True)
     staging = run.staging(final)
     needed = checkpoint_bytes(state_dict, train_state)
     if shutil.disk_usage(run.checkpoints_dir).free < needed:

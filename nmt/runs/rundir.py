@@ -101,6 +101,11 @@ class RunDir:
         """Where a checkpoint is written before the rename that publishes it."""
         return CheckpointFiles(final.folder.with_name(f".{final.folder.name}.tmp"))
 
+    @property
+    def lock_path(self) -> Path:
+        """Held by the one process that writes the run (runs/lock.py)."""
+        return self.path / ".lock"
+
     def stale_staging(self) -> list[Path]:
         """Checkpoint folders a killed or failed process left half-written."""
         return sorted(self.checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"))

@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import resource
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ from nmt.models.dropout import use_fast_dropout
 from nmt.progress import progress_bar
 from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, latest_intact, load_train_state, save_checkpoint
 from nmt.runs.loading import load_weights
+from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 from nmt.training.distributed import World, rank_seed
@@ -291,8 +293,9 @@ class Trainer:
     """One training run's model, optimizer and progress; `setup` builds it, `run` is the loop."""
 
     def __init__(self, config: Config, run: RunDir, data: PreparedData, model: Model, device: torch.device,
-                 show_progress: bool = False, world: World | None = None):
+                 show_progress: bool = False, world: World | None = None, lock: RunLock | None = None):
         self.config, self.cfg, self.run_dir = config, config.training, run
+        self.lock = lock  # the run directory's lock (rank 0), released when training ends
         self.train_split, self.dev_split = data.splits["train"], data.splits["dev"]
         self.model, self.device, self.show_progress = model, device, show_progress
         self.world = world or World.single()
@@ -591,6 +594,17 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False, wor
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     run = RunDir(config.run_path)
+    lock = lock_run(run) if world.is_main else None  # before anything is read or written: one writer per run
+    try:
+        return _setup(config, run, resume, show_progress, world, device, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world: World, device: torch.device,
+           lock: RunLock | None) -> Trainer:
     existing = latest_intact(run) if run.path.exists() else None
     if existing is not None and not resume:
         raise ConfigError(f"run_dir {run.path} already holds checkpoints: add --resume to continue it, "
@@ -610,13 +624,15 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False, wor
     torch.manual_seed(rank_seed(config.seed, world.rank))
     model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
     use_fast_dropout(model, config.training.fast_dropout)
-    trainer = Trainer(config, run, data, model, device, show_progress, world)
+    trainer = Trainer(config, run, data, model, device, show_progress, world, lock)
     if existing is not None:
         trainer.restore(existing)
         trainer.apply_optimizer_settings()
         trainer.changes_on_resume = changes
     if not world.is_main:
         return trainer
+    for stale in run.stale_staging():  # checkpoints a killed trainer left half-written: only the holder cleans
+        shutil.rmtree(stale, ignore_errors=True)
     run.write_config(config_to_yaml(config))
     run.write_tokenizer(data.tokenizer)
     step = existing.step if existing is not None else 0
@@ -645,8 +661,12 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> T
     if not world.is_main:  # the other ranks report warnings and errors only, and write no log file
         logging.getLogger("nmt").setLevel(logging.WARNING)
     trainer = setup(config, resume, show_progress, world)
-    with _log_to(trainer.run_dir.log_path) if world.is_main else nullcontext(), StopSignal().installed() as stop:
-        result = trainer.run(stop)
+    try:
+        with _log_to(trainer.run_dir.log_path) if world.is_main else nullcontext(), StopSignal().installed() as stop:
+            result = trainer.run(stop)
+    finally:
+        if trainer.lock is not None:
+            trainer.lock.release()
     # Leave the process group on success only (after an error another rank may be inside a collective, and
     # torchrun ends the job): all ranks meet, DDP's reducer goes, then the group, before the interpreter's
     # own teardown, where gloo's threads would otherwise abort the process.
