@@ -8,6 +8,7 @@ A wrong export (a swapped weight, a missing bias, a wrong cache) changes far mor
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ import torch
 
 from nmt.data.batching import collate
 from nmt.data.splits import eval_set
-from nmt.errors import ConfigError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.inference.translate import Translator, translate_lines
 from nmt.runs.loading import LoadedRun, load_model, load_run_config
 from nmt.runs.rundir import RunDir
@@ -95,3 +96,22 @@ def test_ctranslate2_decodes_a_transformer_as_pytorch_does(trained_transformer, 
     ct2_ids = [[tokenizer.tgt.piece_to_id(p) for p in r.hypotheses[0]] for r in found]
     torch_ids = [t.hypotheses[0].tokens for t in translate_lines(trained_transformer, dev, beam_size=1).translations]
     assert_agreement(loaded, dev, torch_ids, ct2_ids, "ctranslate2, greedy")
+
+
+@pytest.mark.parametrize("layout", ["{not json", '{"memory": ["mask"]}',
+                                    '{"memory": [], "state": [], "state_batch_axes": []}', None])
+def test_a_damaged_or_tampered_layout_is_refused_in_one_line(trained_run, tmp_path, layout):
+    """Garbage, a partial layout, an empty one, or one pointing at another run's checkpoint (`../..`)."""
+    from nmt.export.onnx import export_onnx
+    from nmt.inference.onnx_runtime import LAYOUT
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    path = export_onnx(run) / LAYOUT
+    if layout is None:
+        saved = json.loads(path.read_text())
+        path.write_text(json.dumps({**saved, "checkpoint": "../../other/checkpoints/" + saved["checkpoint"]}))
+    else:
+        path.write_text(layout)
+    with pytest.raises(CheckpointError, match=str(path)) as caught:
+        translate_lines(run, ["ab"], runtime="onnx")
+    assert "\n" not in str(caught.value)

@@ -61,3 +61,18 @@ def test_streamed_cache_holds_the_cleaned_text_and_its_ids_across_chunks(toy_con
         assert list(train.src_ids(i)) == tokenizer.encode_src([corpus.src[i]])[0]
         assert list(train.tgt_ids(i)) == tokenizer.encode_tgt([corpus.tgt[i]])[0]
     assert prepared.stats["splits"]["train"]["tgt_tokens"] == int(train.tgt_lengths.sum())
+
+
+def test_a_dev_split_with_nothing_left_is_refused_before_training(toy_config_path, tmp_path):
+    """Training would validate on nothing and crash at its first validation: `nmt data` refuses it."""
+    import pytest
+
+    from nmt.errors import DataError
+
+    config = load_config(toy_config_path)
+    for path in (config.data.dev.src, config.data.dev.tgt):
+        open(path, "w").close()
+    with pytest.raises(DataError, match=r"data\.dev: no sentence pair to validate on \(empty\)"):
+        prepare_data(config)
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.iterdir()) == []

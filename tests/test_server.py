@@ -93,6 +93,11 @@ CLIENT_ERRORS = [
     ({"text": "ab", "beam_size": 65}, 422, "beam_size"),
     ({"text": "ab", "beam_size": 2, "n_best": 4}, 422, "n_best"),
     ({"text": "ab", "length_penalty": -1}, 422, "length_penalty"),
+    ('{"text": "ab", "length_penalty": Infinity}', 422, "length_penalty"),  # what Python's json writes
+    ('{"text": "ab", "length_penalty": NaN}', 422, "length_penalty"),
+    ({"text": "ab", "length_penalty": 1e308}, 422, "length_penalty"),
+    ({"text": "ab", "beam_size": True}, 422, "beam_size"),
+    ({"text": "ab", "beam_size": 2.5}, 422, "beam_size"),
     ({"text": "ab", "model": "nope"}, 404, "model"),
     ({"text": "ab", "colour": "red"}, 422, "colour"),
 ]
@@ -101,7 +106,10 @@ CLIENT_ERRORS = [
 @pytest.mark.parametrize(("body", "status", "field"), CLIENT_ERRORS)
 def test_client_errors_name_the_field_and_never_give_500(client, body, status, field, caplog):
     with caplog.at_level(logging.INFO):
-        response = client.post("/translate", json=body)
+        if isinstance(body, str):  # JSON that httpx would not write (Infinity, NaN)
+            response = client.post("/translate", content=body, headers={"content-type": "application/json"})
+        else:
+            response = client.post("/translate", json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
     assert response.json()["error"]["message"]

@@ -1,3 +1,4 @@
+import logging
 import re
 
 import pytest
@@ -239,3 +240,25 @@ def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_a_tuned_decoding_survives_a_resume_and_a_real_change_wins(tmp_path, caplog):
+    from nmt.inference.tune import tune
+
+    raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2},
+                          decoding={"beam_size": 1, "length_penalty": 0.0})
+    path = write_config(tmp_path, raw)
+    train(load_config(path))
+    run = RunDir(tmp_path / "run")
+    tuned = tune(run.path, beams=[1, 2], penalties=[0.0, 1.0])  # writes decoding and decoding.tuned
+    chosen = load_config(run.config_path).decoding
+    assert chosen.tuned is not None and (chosen.beam_size, chosen.length_penalty) == (
+        tuned.best.beam_size, tuned.best.length_penalty)
+    caplog.set_level(logging.INFO, logger="nmt")
+    train(load_config(path, ["training.max_steps=5"]), resume=True)  # the config the run started from
+    assert load_config(run.config_path).decoding == chosen
+    assert "decoding." not in caplog.text
+    train(load_config(path, ["training.max_steps=6", "decoding.beam_size=4"]), resume=True)
+    after = load_config(run.config_path).decoding
+    assert after.beam_size == 4 and after.tuned is None
+    assert "decoding.beam_size" in caplog.text

@@ -29,6 +29,7 @@ from nmt.config import Config, DataConfig, HfSource, Source, TextSource, Tokeniz
 from nmt.data.batching import padding_fraction, token_batches
 from nmt.data.corpus import stream_split
 from nmt.data.tokenizer import Tokenizer
+from nmt.errors import DataError
 from nmt.fileio import atomic_write_bytes, atomic_write_text
 from nmt.progress import progress_bar
 
@@ -179,6 +180,9 @@ def _build(config: Config, folder: Path) -> None:
     for name in SPLITS:
         if getattr(data, name) is not None:
             pairs[name], dropped[name] = _write_pairs(data, name, folder)
+    if pairs.get("dev") == 0:  # training would validate on nothing: refuse now, not at the first validation
+        reasons = ", ".join(f"{count} {why}" for why, count in dropped["dev"].items() if count)
+        raise DataError(f"data.dev: no sentence pair to validate on ({'dropped: ' + reasons if reasons else 'empty'})")
     tokenizer = Tokenizer.train(_iter_lines(_text_file(folder, "train", "src")),
                                 _iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
     atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmt.errors import ConfigError, NmtError
+from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.models.flat import FlatLayout
 from nmt.runs.checkpoint import verify
 from nmt.runs.loading import DecodingRun, load_run_config, load_tokenizer
@@ -42,6 +42,23 @@ class OnnxState:
                          self.batch_axes)
 
 
+def read_layout(path: Path) -> tuple[FlatLayout, str]:
+    """layout.json: the flat tensors' names and batch axes, and the folder name (in the run's checkpoints/) of
+    the checkpoint the graphs were exported from; a damaged or tampered file is refused in one line."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        layout = FlatLayout([str(n) for n in saved["memory"]], [str(n) for n in saved["state"]],
+                            [int(a) for a in saved["state_batch_axes"]])
+        checkpoint = saved["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)") from None
+    if len(layout.state) != len(layout.state_batch_axes) or not layout.memory:
+        raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)")
+    if not isinstance(checkpoint, str) or checkpoint in ("", ".", "..") or Path(checkpoint).name != checkpoint:
+        raise CheckpointError(f"{path}: 'checkpoint' must name a folder in the run's checkpoints/, got {checkpoint!r}")
+    return layout, checkpoint
+
+
 class OnnxModel(nn.Module):
     """The exported graphs on onnxruntime's CPU provider, decoding through the PyTorch search code."""
 
@@ -53,9 +70,7 @@ class OnnxModel(nn.Module):
             raise NmtError("ONNX decoding needs onnxruntime: pip install 'nmt[export]'") from None
         if not (folder / LAYOUT).is_file():
             raise ConfigError(f"{folder}: no exported model (write one with: nmt export --model RUN --format onnx)")
-        saved = json.loads((folder / LAYOUT).read_text())
-        self.layout = FlatLayout(saved["memory"], saved["state"], saved["state_batch_axes"])
-        self.checkpoint: str = saved["checkpoint"]  # the folder name of the checkpoint it was exported from
+        self.layout, self.checkpoint = read_layout(folder / LAYOUT)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch decoding would use
         # Spinning threads wait for work by burning CPU: on shared cores that starves everything else.

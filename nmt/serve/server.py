@@ -39,8 +39,13 @@ class Limits(BaseModel):
 # Requests and responses -------------------------------------------------------------------------------
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields refused; numbers strict (no `true` for a beam size) and finite (no Infinity or NaN)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+MAX_LENGTH_PENALTY = 10.0
+"""Far above any useful alpha (0 to 2): larger ones only turn every score into -0.0."""
 
 Beam = Annotated[int | None, Field(ge=1, le=MAX_BEAM, description="1 = greedy; default: the run's")]
 
@@ -50,7 +55,8 @@ class TranslateRequest(Strict):
     model: str | None = Field(None, description="A served model's name (GET /models); default: the first")
     beam_size: Beam = None
     n_best: int | None = Field(None, ge=1, le=MAX_BEAM, description="Hypotheses returned per text")
-    length_penalty: float | None = Field(None, ge=0.0, description="GNMT alpha; default: the run's")
+    length_penalty: float | None = Field(None, ge=0.0, le=MAX_LENGTH_PENALTY, description="GNMT alpha; default: "
+                                         "the run's")
 
 
 class Hypothesis(BaseModel):

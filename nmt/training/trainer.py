@@ -275,18 +275,34 @@ FIXED_ON_RESUME = ("model.", "tokenizer.", "data.", "seed")
 WHERE_DATA_LIVES = ("data.mirror", "data.mirror_subdir", "data.download_dir", "data.cache_dir")
 
 
-def resume_changes(run: RunDir, config: Config) -> list[tuple[str, object, object]]:
-    """The settings `config` changes from the run's saved config; refuses changes to what was trained."""
+def keep_tuned_decoding(saved: Config, config: Config) -> Config:
+    """The decoding `nmt tune` chose for a run survives a resume from the config the run was started with;
+    a config that changes the decoding itself wins."""
+    tuned = saved.decoding.tuned
+    if tuned is None or config.decoding.tuned is not None:
+        return config
+    as_before_tuning = (config.decoding.beam_size, config.decoding.length_penalty) == (
+        tuned.before.get("beam_size"), tuned.before.get("length_penalty"))
+    otherwise_same = config.decoding.model_copy(update={
+        "beam_size": saved.decoding.beam_size, "length_penalty": saved.decoding.length_penalty,
+        "n_best": saved.decoding.n_best, "tuned": tuned}) == saved.decoding
+    return config.model_copy(update={"decoding": saved.decoding}) if as_before_tuning and otherwise_same else config
+
+
+def resume_changes(run: RunDir, config: Config) -> tuple[Config, list[tuple[str, object, object]]]:
+    """The config to resume with (a tuned decoding kept) and the settings it changes from the run's saved
+    config; refuses changes to what was trained."""
     if not run.config_path.is_file():
-        return []
+        return config, []
     saved = parse_config(read_yaml(run.config_path), source=str(run.config_path))
+    config = keep_tuned_decoding(saved, config)
     changes = config_diff(saved.model_dump(mode="json"), config.model_dump(mode="json"))
     refused = [c for c in changes if c[0].startswith(FIXED_ON_RESUME) and not c[0].startswith(WHERE_DATA_LIVES)]
     if refused:
         listed = format_diff(refused)
         raise ConfigError(f"--resume: the config differs from {run.config_path} in what was trained: {listed} "
                           f"(resume with: nmt train --config {run.config_path} --resume)")
-    return changes
+    return config, changes
 
 
 class Trainer:
@@ -609,7 +625,7 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
     if existing is not None and not resume:
         raise ConfigError(f"run_dir {run.path} already holds checkpoints: add --resume to continue it, "
                           "or set another run_dir")
-    changes = resume_changes(run, config) if resume else []
+    config, changes = resume_changes(run, config) if resume else (config, [])
     if resume and existing is None:
         log.warning("--resume: %s has no intact checkpoint yet; starting from scratch", run.path)
     if not world.is_main:
