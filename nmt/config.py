@@ -391,6 +391,25 @@ class Config(Section):
         return self
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a config has no use for them, and nested aliases expand exponentially
+    (a 1 KB "billion laughs" file would take minutes and gigabytes)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a config",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -399,12 +418,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, OSError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}{where}: invalid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(raw).__name__}")
     return raw
@@ -414,18 +432,28 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one `key.sub=value` override in place; the value is parsed as YAML (`0.5`, `true`, `[1, 2]`)."""
     key, sep, value = assignment.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment!r}: expected key.sub=value")
+        raise ConfigError(f"--set {_shown(assignment)}: expected key.sub=value")
     parts = key.strip().split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            raise ConfigError(f"--set {_shown(assignment)}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML") from None
+        node[parts[-1]] = parse_yaml(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {_shown(assignment)}: the value is not valid YAML: {_yaml_problem(err)}") from None
+
+
+SHOWN_INPUT_CHARS = 80
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: at most SHOWN_INPUT_CHARS characters, so that a huge input never
+    makes a huge message."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_INPUT_CHARS else f"{text[:SHOWN_INPUT_CHARS]}... ({len(text):,} characters)"
 
 
 def _format_error(source: str, err: ValidationError) -> str:
@@ -435,7 +463,7 @@ def _format_error(source: str, err: ValidationError) -> str:
         loc = [str(p) for p in item["loc"] if p not in ("text", "tsv", "hf")]
         key = ".".join(loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item.get('input')!r})"
+        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {_shown(item.get('input'))})"
         lines.append(f"{source}: {key}: {message}{got}")
     return "\n".join(lines)
 

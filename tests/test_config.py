@@ -137,3 +137,28 @@ def test_transformer_settings_are_checked_against_the_rest_of_the_config(tmp_pat
     with pytest.raises(ConfigError, match="attention.heads"):
         load_config(write_config(tmp_path, toy_config_dict(tmp_path, model={
             "attention": {"type": "multihead", "heads": 3}})))
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """A "billion laughs" config (9 levels of 9 nested aliases, under 1 KB) is refused at once, naming the
+    line, instead of expanding for minutes into gigabytes."""
+    lines = ['a0: &a0 "lol"'] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert bomb.stat().st_size < 1024
+    with pytest.raises(ConfigError, match=r"bomb\.yaml line 2: invalid YAML: aliases \(\*name\) are not accepted"):
+        load_config(bomb)
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(write_config(tmp_path, toy_config_dict(tmp_path)), ["training.lr=*x"])
+
+
+def test_error_messages_quote_a_huge_input_briefly(tmp_path):
+    raw = toy_config_dict(tmp_path)
+    raw["training"]["lr"] = "x" * 1_000_000
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, raw))
+    message = str(caught.value)
+    assert "training.lr" in message and "1,000,002 characters" in message and len(message) < 1000
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, toy_config_dict(tmp_path)), ["training=" + "y" * 1_000_000])
+    assert len(str(caught.value)) < 1000
