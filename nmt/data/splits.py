@@ -17,7 +17,6 @@ class EvalSet:
     references: list[str]
 
 
-
 def eval_set(data: DataConfig, split: str | None = None, src_file: Path | None = None, ref_file: Path | None = None
              ) -> EvalSet:
     """A split of the run's corpus (default dev; read and cleaned as in training, nothing re-encoded or

@@ -1,5 +1,6 @@
 """Decode a set of sentences and score the output: the one path behind validation during training,
-`nmt evaluate`, `nmt tune`, `nmt average`, `nmt analyze` and the benchmark scripts."""
+`nmt evaluate`, `nmt tune`, `nmt average` and the benchmark scripts (`nmt analyze` scores by length bucket
+instead, on the same `eval_set`)."""
 
 from __future__ import annotations
 

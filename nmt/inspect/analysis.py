@@ -20,7 +20,6 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import atomic_write_text
 from nmt.inference.attention_stats import attention_stats, entropy
 from nmt.inference.metrics import bleu, chrf
-from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.inspect.view import MAP_KEYS, AttentionView, attention_view
@@ -133,8 +132,7 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
     config = loaded.config
     found = eval_set(config.data, split, src_file, ref_file)
     name, sources, references = found.name, found.sources, found.references
-    translations = decode_and_score(Translator.for_run(loaded), found, config.evaluation, beam_size or 1,
-                                    progress).translations
+    translations = Translator.for_run(loaded).translate(sources, beam_size or 1, progress=progress)  # scored by bucket
     model = loaded.model
     transformer = with_heads(model)
     if transformer is not None:
