@@ -1,5 +1,5 @@
 """`python -m nmt` runs the command line, like the `nmt` script."""
 
-from nmt.cli import app
+from nmt.cli import main
 
-app(prog_name="nmt")
+main()

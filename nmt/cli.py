@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config, load_config
+from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config
 from nmt.errors import NmtError
 
 app = typer.Typer(
@@ -56,7 +56,9 @@ def command(fn: Callable) -> Callable:
 
 
 def _config(path: Path, overrides: list[str] | None) -> Config:
-    return load_config(path, overrides or [])
+    from nmt.runs.loading import read_config
+
+    return read_config(path, overrides or [])
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -161,7 +163,9 @@ def _run_dir(model: Path | None, config: Path | None) -> Path:
     if model is not None:
         return model
     if config is not None:
-        return load_config(config, check_files=False).run_path
+        from nmt.runs.loading import read_config
+
+        return read_config(config, check_files=False).run_path
     raise typer.BadParameter("give --model RUN_DIR or --config X.yaml")
 
 
@@ -485,3 +489,22 @@ def serve(
     run_server(served_runs(model), host, port, workers, checkpoint.value,
                Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms),
                quantize and quantize.value)
+
+
+def main() -> None:
+    """The `nmt` script: the app, with usage errors (a bad option value, an unknown option or command) as one
+    line naming the command, exit code 2, like every other error, instead of a boxed usage message."""
+    if not sys.argv[1:]:
+        app(prog_name="nmt")  # the help, as no_args_is_help prints it
+    try:
+        code = app(prog_name="nmt", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a command's own handling
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as err:  # click's usage errors, as Typer raises them
+        context = getattr(err, "ctx", None)
+        where = context.command_path if context is not None else "nmt"
+        message = " ".join(err.format_message().split())
+        typer.echo(f"error: {where}: {message} (see {where} --help)", err=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

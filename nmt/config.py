@@ -36,7 +36,7 @@ def is_url(location: str) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no setting means .inf or .nan
 
 
 def _check_exists(location: str | None, info: ValidationInfo) -> str | None:
@@ -215,6 +215,11 @@ class ModelConfig(Section):
     """Share the target embedding matrix with the output layer (needs embed_dim == decoder.hidden_size)."""
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model can encode or decode (a Transformer's position table); None: any."""
+        return self.transformer.max_positions if self.type == "transformer" else None
+
+    @property
     def input_feeding(self) -> bool:
         """Whether the decoder feeds h~_{t-1} into step t (resolved by `_resolve_input_feeding`)."""
         return bool(self.decoder.input_feeding)
@@ -320,6 +325,8 @@ AttentionKind = Literal["cross", "encoder", "decoder"]
 ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
 
 MAX_BEAM = 64
+MAX_SEED = 2**32 - 1
+"""Seeds are what every random generator takes (NumPy's is the narrowest)."""
 """The largest beam: search memory grows with beam x output length x source length."""
 
 TUNE_BEAMS = (1, 3, 5, 8)
@@ -344,11 +351,12 @@ class DecodingConfig(Section):
     length_penalty: Annotated[float, Field(ge=0.0)] = 0.0
     """GNMT alpha: hypotheses are ranked by log p / ((5 + length) / 6) ** alpha."""
     n_best: PositiveInt = 1
-    max_ratio: Annotated[float, Field(gt=0.0)] = 2.0
-    max_extra: Annotated[int, Field(ge=0)] = 10
-    """A translation has at most max_ratio x source length + max_extra tokens."""
+    max_ratio: Annotated[float, Field(gt=0.0, le=10.0)] = 2.0
+    max_extra: Annotated[int, Field(ge=0, le=1000)] = 10
+    """A translation has at most max_ratio x source length + max_extra tokens (bounded: search buffers grow with it)."""
     max_src_tokens: PositiveInt = 256
-    """Longer inputs are truncated (with a warning)."""
+    """Longer inputs are truncated (with a warning), and so are translations given to `nmt score`; a Transformer
+    also stops at its model.transformer.max_positions."""
     batch_sentences: PositiveInt = 128
     tuned: TunedDecoding | None = None
 
@@ -368,7 +376,7 @@ class Config(Section):
     name: str
     run_dir: str | None = None
     """Default: runs/<name>."""
-    seed: int = 42
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 42
     data: DataConfig
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()

@@ -1,5 +1,6 @@
 """The CLI through its real entry point (the installed `nmt` console script)."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -206,3 +207,54 @@ def test_sweep_trains_one_run_per_value_and_compares_them(tmp_path):
         assert f"dropout: {float(value)}" in run.config_path.read_text()
         assert any(line.startswith(f"run-dropout-{value} ") for line in result.stdout.splitlines())
     assert (tmp_path / "compare-dropout.png").is_file()
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["translate", "--model", "RUN", "ab", "--sample", "--top-p", "0"], "top-p 0"),
+    (["translate", "--model", "RUN", "ab", "--sample", "--temperature", "nan"], "temperature nan"),
+    (["translate", "--model", "RUN", "ab", "--sample", "--seed", "99999999999999999999999"], "seed"),
+    (["translate", "--model", "RUN", "ab", "--sample", "--seed", "1e23"], "'--seed'"),
+    (["attention", "--model", "RUN", "ab", "--threshold", "nan"], "'--threshold'"),
+    (["translate", "--model", "RUN", "ab", "--beam-size", "0"], "'--beam-size'"),
+    (["translate", "--bogus"], "--bogus"),
+    (["bogus"], "'bogus'"),
+    (["train"], "--config")])
+def test_usage_errors_are_one_line_naming_the_option(trained_run, args, named):
+    """Typer's boxed usage messages and the values it passes on (NaN, a seed no generator takes) alike."""
+    result = run(*[str(trained_run) if a == "RUN" else a for a in args])
+    _one_error_line(result)
+    assert named in result.stderr
+
+
+def test_a_refused_seed_writes_nothing(toy_config_path, tmp_path):
+    result = run("train", "--config", toy_config_path, "--set", f"run_dir={tmp_path / 'never'}", "--set", "seed=-1")
+    _one_error_line(result)
+    assert "seed" in result.stderr and not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_inputs_longer_than_a_transformers_positions_are_truncated_with_a_warning(tmp_path):
+    """A Transformer with max_positions 16 takes fewer tokens than decoding.max_src_tokens: train, translate,
+    attention and score used to crash (`sequence of 81 positions is longer than max_positions 64`)."""
+    from toy import toy_config_dict, write_config
+    from toy_runs import TOY_TRANSFORMER
+
+    model = {**TOY_TRANSFORMER, "transformer": {**TOY_TRANSFORMER["transformer"], "max_positions": 16}}
+    raw = toy_config_dict(tmp_path, model=model, tokenizer={"joint": True, "vocab_size": 60},
+                          training={"max_steps": 2, "validate_every": 2})
+    trained = run("train", "--config", write_config(tmp_path, raw))
+    assert trained.returncode == 0 and "longer than model.transformer.max_positions (16): left out" in \
+        trained.stderr, trained.stderr  # training used to crash on them
+    long = " ".join(["ab ca de fo"] * 20)
+    (tmp_path / "src.txt").write_text(f"{long}\nab ca\n")
+    (tmp_path / "ref.txt").write_text(f"{reverse_words(long)}\nCA AB\n")
+    runs = [run("translate", "--model", tmp_path / "run", "--input", tmp_path / "src.txt"),
+            run("attention", "--model", tmp_path / "run", long, "-o", tmp_path / "maps"),
+            run("score", "--model", tmp_path / "run", "--src", tmp_path / "src.txt", "--ref", tmp_path / "ref.txt")]
+    for result in runs:
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert "truncated to 16 (model.transformer.max_positions)" in result.stderr or "its first 15 scored" in \
+            result.stderr, result.stderr
+    assert len(runs[0].stdout.splitlines()) == 2
+    rows = [json.loads(line) for line in runs[2].stdout.splitlines()]
+    assert [r["truncated"] for r in rows] == [True, False] and len(rows[0]["tokens"]) == 15

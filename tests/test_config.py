@@ -162,3 +162,14 @@ def test_error_messages_quote_a_huge_input_briefly(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path, toy_config_dict(tmp_path)), ["training=" + "y" * 1_000_000])
     assert len(str(caught.value)) < 1000
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("seed=-1", "seed"), ("seed=1e23", "seed"), ("seed=4294967296", "seed"),
+    ("decoding.max_ratio=.inf", "decoding.max_ratio"), ("decoding.max_ratio=1e6", "decoding.max_ratio"),
+    ("decoding.max_extra=1000000000", "decoding.max_extra"), ("training.lr=.nan", "training.lr"),
+    ("training.clip_norm=.inf", "training.clip_norm")])
+def test_unbounded_or_non_finite_settings_are_refused_naming_the_key(tmp_path, override, key):
+    """Values that used to reach torch as a traceback (a seed it cannot take, a 32 GB search buffer)."""
+    message = error_for(tmp_path, toy_config_dict(tmp_path), [override])
+    assert key in message and "\n" not in message

@@ -41,9 +41,47 @@ def test_misaligned_files_name_both_files_and_counts(tmp_path):
 def test_tsv_columns_and_short_rows(tmp_path):
     (tmp_path / "p.tsv").write_text("id1\thello\thallo\nid2\tyes\tja\n")
     assert list(read_tsv(tmp_path / "p.tsv", 1, 2)) == [("hello", "hallo"), ("yes", "ja")]
+    (tmp_path / "narrow.tsv").write_text("only\ta\n")
+    with pytest.raises(DataError, match=r"narrow.tsv line 1: expected at least 3 tab-separated columns, got 2"):
+        list(read_tsv(tmp_path / "narrow.tsv", 0, 2))
     (tmp_path / "short.tsv").write_text("a\tb\nonly\n")
-    with pytest.raises(DataError, match=r"short.tsv line 2: expected at least 2"):
+    with pytest.raises(DataError, match=r"short.tsv line 2: 1 tab-separated fields, but line 1 has 2$"):
         list(read_tsv(tmp_path / "short.tsv", 0, 1))
+
+
+def test_tsv_quotes_are_text_and_a_tab_too_many_is_refused_naming_the_line(tmp_path):
+    """Quotes, balanced or not, are kept as they are (no csv quoting joining lines); a tab inside a quoted
+    field is a separator, so that line has a field too many and is refused rather than shifted."""
+    path = tmp_path / "q.tsv"
+    path.write_text('"Hi," she said.\t„Hallo", sagte sie.\n5" screen\t5"-Bildschirm\n"a\tb"\tc\nlast\tletzte\n')
+    pairs = read_tsv(path, 0, 1)
+    assert [next(pairs), next(pairs)] == [('"Hi," she said.', '„Hallo", sagte sie.'), ('5" screen', '5"-Bildschirm')]
+    with pytest.raises(DataError, match=r"q.tsv line 3: 3 tab-separated fields, but line 1 has 2: a tab inside"):
+        next(pairs)
+
+
+def test_cr_line_endings_are_line_breaks_with_a_warning(tmp_path, caplog):
+    (tmp_path / "mac.txt").write_bytes("\ufeffone\rtwo\r\rthree".encode())
+    with gzip.open(tmp_path / "mac.txt.gz", "wb") as handle:
+        handle.write(b"one\rtwo\r\rthree\r")
+    for name in ("mac.txt", "mac.txt.gz"):
+        assert list(read_lines(tmp_path / name)) == ["one", "two", "", "three"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / name} uses CR line endings (classic Mac OS): each CR is read as a line break"
+        for name in ("mac.txt", "mac.txt.gz")]
+
+
+def test_a_stray_cr_inside_lf_lines_stays_text(tmp_path, caplog):
+    (tmp_path / "lf.txt").write_bytes(b"one\r\ntwo \r three\r\nfour\n")
+    assert list(read_lines(tmp_path / "lf.txt")) == ["one", "two \r three", "four"]
+    assert not caplog.records
+
+
+def test_a_lf_after_cr_line_endings_is_refused_naming_the_line(tmp_path):
+    """The first 64 KiB decide that a file has CR line endings; a LF later cannot be split both ways."""
+    (tmp_path / "mixed.txt").write_bytes(b"ab\r" * 30_000 + b"late\nlf\n")
+    with pytest.raises(DataError, match=r"mixed.txt line 30001: a LF in a file with CR line endings"):
+        list(read_lines(tmp_path / "mixed.txt"))
 
 
 def test_hugging_face_reader_on_local_json_files(tmp_path):

@@ -207,7 +207,8 @@ def test_uneven_shards_finish_the_epoch(tmp_path):
     config = load_config(toy(tmp_path, "uneven", max_steps=None, max_epochs=1, validate_every=1000))
     train_split = prepare_data(config).splits["train"]
     for budget in range(600, 700, 7):
-        batches = len(split_batches(train_split, config.training.model_copy(update={"batch_tokens": budget}), 0))
+        budgeted = config.training.model_copy(update={"batch_tokens": budget})
+        batches = len(split_batches(train_split, config.model_copy(update={"training": budgeted}), 0))
         if batches % 2:
             break
     assert batches % 2

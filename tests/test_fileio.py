@@ -17,3 +17,39 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == mode
     assert (tmp_path / "config.yaml").read_text() == "name: x\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left
+
+
+def test_a_failed_atomic_write_names_the_target_and_leaves_nothing(tmp_path):
+    """`-o` an existing folder: the error used to name the temporary file."""
+    (tmp_path / "plot.png").mkdir()
+    with pytest.raises(OSError) as caught:
+        atomic_write_text(tmp_path / "plot.png", "x")
+    assert caught.value.filename == str(tmp_path / "plot.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def _fill(disk) -> None:
+    try:
+        with open(disk / "filler", "wb") as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+    except OSError:
+        pass
+
+
+@pytest.mark.slow
+def test_heatmaps_onto_a_full_disk_are_one_line_naming_the_image_and_leave_no_empty_file(trained_run, tmp_path,
+                                                                                         tmpfs):
+    """`nmt attention` and `nmt compare` on a real full filesystem used to leave 0-byte PNGs and name no path."""
+    from test_cli import run
+
+    disk = tmpfs("256K")
+    _fill(disk)
+    for args, image in ((["attention", "--model", trained_run, "ab ca", "-o", disk], f"{disk}/ab_ca-"),
+                        (["compare", trained_run, "-o", disk / "compare.png"], f"{disk}/compare.png")):
+        result = run(*args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == 1 and f"error: {image}" in errors[0] and "No space left" in errors[0], result.stderr
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no empty or partial image

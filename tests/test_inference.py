@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripted distribution
+from toy import reverse_words
+from toy_runs import PROBES
 
 from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError, DataError
@@ -201,7 +203,8 @@ def test_the_cli_tools_end_to_end(run_copy, tmp_path):
 
 @pytest.mark.parametrize("settings,message", [
     ({"temperature": 0.0}, "temperature"), ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top-p"),
-    ({"top_p": 1.5}, "top-p"), ({"top_k": -1}, "top-k")])
+    ({"top_p": 1.5}, "top-p"), ({"top_k": -1}, "top-k"), ({"temperature": math.nan}, "temperature"),
+    ({"temperature": math.inf}, "temperature"), ({"seed": 10**23}, "seed"), ({"seed": -1}, "seed")])
 def test_sampling_settings_are_checked_where_they_are_defined(settings, message):
     with pytest.raises(ConfigError, match=message):
         Sampling(**settings)
@@ -216,3 +219,64 @@ def test_the_tune_grid_is_checked_where_it_is_defined(beams, penalties, message)
 
     with pytest.raises(ConfigError, match=message):
         grid(beams, penalties, (5, 0.0))
+
+
+def test_a_vanishing_temperature_samples_what_greedy_search_finds(trained_run):
+    """1e-40 used to overflow every logit to -inf (a NaN distribution and a traceback): it is greedy search."""
+    greedy = translate_lines(trained_run, SOURCES, beam_size=1).translations
+    cold = translate_lines(trained_run, SOURCES, sampling=Sampling(temperature=1e-40, seed=1)).translations
+    assert [t.text for t in cold] == [t.text for t in greedy]
+
+
+def test_a_transformer_truncates_what_it_cannot_encode_and_its_batch_mates_translate(trained_transformer, caplog):
+    """The model's real input limit is the smaller of decoding.max_src_tokens and its position table: a longer
+    input used to crash the whole batch (`sequence of 81 positions is longer than max_positions 64`)."""
+    loaded = load_model(trained_transformer)
+    loaded.model.max_positions = 12  # what model.transformer.max_positions: 12 would have built
+    translator = Translator.for_run(loaded)
+    assert translator.source_limit == (12, "model.transformer.max_positions")
+    with caplog.at_level("WARNING"):
+        found = translator.translate([" ".join(["ab ca de fo"] * 10), *PROBES], beam_size=3)
+    assert "input line 1 has" in caplog.text and "truncated to 12 (model.transformer.max_positions)" in caplog.text
+    assert len(found[0].src_ids) == 12 and len(found[0].hypotheses[0].tokens) <= 12  # outputs stop there too
+    assert [t.text for t in found[1:]] == [reverse_words(p) for p in PROBES]
+
+
+def test_forced_decoding_scores_the_start_of_a_huge_translation_and_flags_it(trained_run, caplog):
+    """A 600 KB translation line used to take 73 s and 7.6 GB: it is cut to what the model takes, with a
+    warning and a flag in its row."""
+    from nmt.inference.score import score_pairs
+
+    limit = load_run_config(RunDir(trained_run)).decoding.max_src_tokens
+    with caplog.at_level("WARNING"):
+        scored = score_pairs(trained_run, ["ab ca", "ab ca"], ["CA AB " * 100_000, "CA AB"])
+    assert "translation line 1 has" in caplog.text
+    assert scored[0].truncated and len(scored[0].tokens) == len(scored[0].token_log_probs) == limit - 1
+    assert "</s>" not in scored[0].tokens and scored[0].as_dict()["truncated"] is True
+    assert not scored[1].truncated and scored[1].tokens[-1] == "</s>"
+
+
+def test_average_survives_the_pruning_of_a_checkpoint_it_is_reading(run_copy, monkeypatch):
+    """What a live trainer with keep_last 1 does between average's choice and its read: publish a newer
+    checkpoint and prune (the real write_checkpoint and prune). Average reads again and uses the newer one."""
+    import nmt.inference.average as averaging
+    from nmt.runs.checkpoint import latest_intact, load_train_state, prune, write_checkpoint
+
+    run = RunDir(run_copy)
+    newest = latest_intact(run)
+    assert newest is not None and len(run.checkpoints()) == 2
+    read = averaging.mean_weights
+    moved = []
+
+    def trainer_moves_on(chosen):
+        if not moved:
+            moved.append(newest.step + 1)
+            write_checkpoint(run, run.checkpoint(newest.step + 1), load_file(str(newest.files.weights)),
+                             load_train_state(newest), {**newest.meta, "step": newest.step + 1, "dev_bleu": None})
+            prune(run, keep_last=1)  # keeps the new one and the best: one of the two chosen goes
+            assert not all(c.path.is_dir() for c in chosen)
+        return read(chosen)
+
+    monkeypatch.setattr(averaging, "mean_weights", trainer_moves_on)
+    found = averaging.average(run_copy, last=2)
+    assert moved and found.steps[-1] == moved[0]

@@ -1,5 +1,6 @@
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,28 @@ def test_a_tuned_decoding_survives_a_resume_and_a_real_change_wins(tmp_path, cap
     after = load_config(run.config_path).decoding
     assert after.beam_size == 4 and after.tuned is None
     assert "decoding.beam_size" in caplog.text
+
+
+def test_a_runs_own_config_resumes_that_run_from_anywhere_and_a_copy_resumes_itself(tmp_path, monkeypatch):
+    """run_dir is relative to where training started; the run's config.yaml used to resume a new run under
+    another working directory, and a copied run into the original's directory."""
+    import shutil
+
+    from nmt.runs.loading import read_config
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    raw = toy_config_dict(tmp_path, run_dir="runs/rel", training={"max_steps": 2, "validate_every": 2})
+    train(read_config(write_config(tmp_path, raw)))
+    own = tmp_path / "a" / "runs" / "rel" / "config.yaml"
+    assert "run_dir: runs/rel" in own.read_text()
+    monkeypatch.chdir(tmp_path / "b")
+    assert train(read_config(own, ["training.max_steps=4"]), resume=True).steps == 4
+    assert not (tmp_path / "b" / "runs").exists() and RunDir(own.parent).checkpoint(4).folder.is_dir()
+    copy = Path(shutil.copytree(own.parent, tmp_path / "copy"))
+    assert train(read_config(copy / "config.yaml", ["training.max_steps=6"]), resume=True).steps == 6
+    assert RunDir(copy).checkpoint(6).folder.is_dir() and not RunDir(own.parent).checkpoint(6).folder.exists()
+    with pytest.raises(ConfigError, match=r"--set run_dir=.*is the config of the run in .*copy"):
+        read_config(copy / "config.yaml", [f"run_dir={tmp_path / 'other'}"])
+    assert read_config(write_config(tmp_path, raw)).run_dir == "runs/rel"  # a config kept elsewhere: as written

@@ -1,12 +1,14 @@
 """Read aligned sentence pairs from any declared source, normalize them and filter the training split.
 
 Readers stream pairs one at a time, so a corpus larger than memory passes through. They are strict: a
-misaligned pair of files, a line that is not UTF-8 or a short TSV row is an error naming the file and
-line, never a silently shifted corpus."""
+misaligned pair of files, a line that is not UTF-8 or a TSV row with a field too many or too few is an
+error naming the file and line, never a silently shifted corpus."""
 
 from __future__ import annotations
 
 import gzip
+import io
+import logging
 import re
 import unicodedata
 from collections import Counter
@@ -19,6 +21,11 @@ from typing import BinaryIO
 from nmt.config import CleanConfig, DataConfig, HfSource, Source, TextSource, TsvSource
 from nmt.data.download import fetch
 from nmt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CR_PROBE = 1 << 16  # bytes read to tell a file with CR line endings from one with LF (or CRLF)
+Binary = gzip.GzipFile | io.BufferedReader  # what read_lines opens
 
 
 @dataclass
@@ -42,12 +49,33 @@ def _decode_lines(handle: Iterable[bytes], name: str) -> Iterator[str]:
         yield line.removesuffix("\n").removesuffix("\r")
 
 
+def _cr_lines(handle: Binary, name: str) -> Iterator[bytes]:
+    """The raw lines of a file with CR line endings. Latin-1 maps bytes one to one, so the text layer only
+    finds the CRs; a LF met later is an error, since one file cannot be split both ways."""
+    for number, line in enumerate(io.TextIOWrapper(handle, encoding="latin-1", newline="\r"), start=1):
+        if "\n" in line:
+            raise DataError(f"{name} line {number}: a LF in a file with CR line endings (its first "
+                            f"{CR_PROBE // 1024} KiB have none): convert the file to one kind of line ending")
+        yield line.encode("latin-1")
+
+
+def _raw_lines(handle: Binary, name: str) -> Iterable[bytes]:
+    """Split at LF (a CRLF's CR is removed later), or at CR in a file whose first 64 KiB hold a CR and no LF:
+    classic Mac OS text, which would otherwise read as one line. A stray CR inside a LF line stays text."""
+    head = handle.read(CR_PROBE)
+    handle.seek(0)
+    if b"\n" in head or b"\r" not in head:
+        return handle
+    log.warning("%s uses CR line endings (classic Mac OS): each CR is read as a line break", name)
+    return _cr_lines(handle, name)
+
+
 def read_lines(path: Path) -> Iterator[str]:
-    """Yield the lines of a plain or gzipped UTF-8 file without line ends (LF or CRLF) or a leading BOM."""
+    """Yield the lines of a plain or gzipped UTF-8 file without line ends (LF, CRLF or CR) or a leading BOM."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            yield from _decode_lines(handle, str(path))
+            yield from _decode_lines(_raw_lines(handle, str(path)), str(path))
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
 
@@ -73,11 +101,26 @@ def read_text_pairs(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
 
 
 def read_tsv(path: Path, src_column: int, tgt_column: int) -> Iterator[Pair]:
+    """Two columns of a tab-separated file, fields taken verbatim.
+
+    No quoting, as in the OPUS and Tatoeba exports, whose sentences hold literal quotes: the csv module's
+    quoting would strip the quotes of `"Hi," she said` and read past an unbalanced one into the lines
+    after it, joining sentences without a word. So a tab always separates fields, and a line with another
+    number of fields than the first line (a tab inside a sentence, a missing column) is refused, naming
+    the file and line, rather than read with its columns shifted."""
     needed = max(src_column, tgt_column) + 1
+    width = 0
     for number, line in enumerate(read_lines(path), start=1):
         cells = line.split("\t")
-        if len(cells) < needed:
-            raise DataError(f"{path} line {number}: expected at least {needed} tab-separated columns, got {len(cells)}")
+        if not width:
+            if len(cells) < needed:
+                raise DataError(f"{path} line {number}: expected at least {needed} tab-separated columns, "
+                                f"got {len(cells)}")
+            width = len(cells)
+        elif len(cells) != width:
+            extra = ": a tab inside a field would shift the columns (fields are not quoted)" \
+                if len(cells) > width else ""
+            raise DataError(f"{path} line {number}: {len(cells)} tab-separated fields, but line 1 has {width}{extra}")
         yield cells[src_column], cells[tgt_column]
 
 

@@ -6,31 +6,43 @@ to the cache's text files, SentencePiece samples at most `tokenizer.max_sentence
 appends chunk by chunk to flat token files that training memory-maps.
 
 A second run with the same fields loads the cache (memory-mapped arrays); a changed field, or a changed
-local input file, builds a new one. The cache folder is built aside and renamed into place when complete."""
+local input file, builds a new one. The cache folder is built aside and swapped into place whole
+(fileio.staged_folder), with a MANIFEST.json written last that holds each file's size and sha256.
+
+Reuse checks every size, then every sha256 (one read of the cache, small next to a training run that
+reads it every epoch), so a truncated or overwritten file, or one a power loss cut short, is rebuilt with a
+warning naming it instead of feeding training garbage. One process builds a key at a time, holding
+`.<key>.lock` beside the cache (fcntl.flock, which the kernel releases when the holder dies); the others
+wait, then reuse its result. A builder removes the staging folders of killed builds: those of its own key,
+and those of any key whose lock no live process holds."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import logging
+import os
+import re
 import shutil
-import tempfile
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
-from nmt.config import Config, DataConfig, HfSource, Source, TextSource, TokenizerConfig, TsvSource, is_url
+from nmt.config import CleanConfig, Config, DataConfig, HfSource, Source, TextSource, TokenizerConfig, TsvSource, is_url
 from nmt.data.batching import padding_fraction, token_batches
 from nmt.data.corpus import stream_split
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import DataError
-from nmt.fileio import atomic_write_bytes, atomic_write_text
+from nmt.fileio import atomic_write_bytes, atomic_write_text, describe_files, sha256_of, staged_folder
 from nmt.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 CACHE_VERSION = 3
 SRC_SPM, TGT_SPM = "src.spm", "tgt.spm"
+STATS, MANIFEST = "stats.json", "MANIFEST.json"
 SIDES = ("src", "tgt")
 ENCODE_CHUNK = 20_000  # sentences encoded at a time
 
@@ -174,15 +187,27 @@ def _offsets_file(folder: Path, split: str, side: str) -> Path:
     return folder / f"{split}.{side}_offsets.npy"
 
 
+def _nothing_left(split: str, purpose: str, dropped: Counter[str], clean: CleanConfig) -> DataError:
+    """The error for a split with no pair left: what cleaning dropped, by reason and the setting behind it,
+    or that the split was empty to begin with."""
+    why = {"empty": "a side without text",
+           "too_long": f"a side over data.clean.max_chars={clean.max_chars} characters",
+           "length_ratio": f"lengths further apart than data.clean.max_length_ratio={clean.max_length_ratio:g}"}
+    reasons = ", ".join(f"{count} {reason} ({why.get(reason, reason)})"
+                        for reason, count in sorted(dropped.items()) if count)
+    found = f"all {sum(dropped.values())} dropped by cleaning: {reasons}" if reasons else "empty"
+    return DataError(f"data.{split}: no sentence pair to {purpose} ({found})")
+
+
 def _build(config: Config, folder: Path) -> None:
     data = config.data
     pairs, dropped = {}, {}
+    purposes = {"train": "train on", "dev": "validate on"}  # refused here, not in SentencePiece or at validation
     for name in SPLITS:
         if getattr(data, name) is not None:
             pairs[name], dropped[name] = _write_pairs(data, name, folder)
-    if pairs.get("dev") == 0:  # training would validate on nothing: refuse now, not at the first validation
-        reasons = ", ".join(f"{count} {why}" for why, count in dropped["dev"].items() if count)
-        raise DataError(f"data.dev: no sentence pair to validate on ({'dropped: ' + reasons if reasons else 'empty'})")
+            if not pairs[name] and name in purposes:
+                raise _nothing_left(name, purposes[name], dropped[name], data.clean)
     tokenizer = Tokenizer.train(_iter_lines(_text_file(folder, "train", "src")),
                                 _iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
     atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
@@ -196,7 +221,60 @@ def _build(config: Config, folder: Path) -> None:
                   for side in SIDES}
         stats["splits"][name] = {"pairs": count, "src_tokens": tokens["src"], "tgt_tokens": tokens["tgt"],
                                  "dropped": dict(dropped[name])}
-    atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(folder / STATS, json.dumps(stats, indent=2) + "\n")
+    _write_manifest(folder)
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record every file's size and sha256, last: a folder without a manifest is no complete cache."""
+    atomic_write_text(folder / MANIFEST, json.dumps({"files": describe_files(folder)}, indent=2) + "\n")
+
+
+def _needed_files(stats: dict) -> set[str]:
+    """The files that loading the cache described by `stats` opens."""
+    names = {STATS, SRC_SPM, TGT_SPM}
+    for split in stats["splits"]:
+        for side in SIDES:
+            names |= {f(Path(), split, side).name for f in (_text_file, _tokens_file, _offsets_file)}
+    return names
+
+
+ABSENT = "absent"
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a cache folder, naming the file (ABSENT when there is none), or None when every file
+    matches MANIFEST.json. Sizes are compared first, so a truncated file is named without hashing anything."""
+    if not os.path.lexists(folder):
+        return ABSENT
+    try:
+        entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        recorded = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in entries.items()}
+    except FileNotFoundError:
+        return f"no {MANIFEST} (a build that never finished, or one by an older nmt)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST} is unreadable"
+    if STATS not in recorded:
+        return f"{STATS} is not in {MANIFEST}"
+    try:
+        present = set(os.listdir(folder))
+        for name, (size, _) in recorded.items():
+            if name not in present:
+                return f"{name} is missing"
+            if (actual := (folder / name).stat().st_size) != size:
+                return f"{name} is {'truncated' if actual < size else 'longer'}: {actual} bytes, {MANIFEST} " \
+                       f"records {size}"
+        for name, (_, digest) in recorded.items():
+            if sha256_of(folder / name) != digest:
+                return f"{name} is corrupted (its sha256 does not match {MANIFEST})"
+        needed = _needed_files(json.loads((folder / STATS).read_text(encoding="utf-8")))
+    except OSError as err:
+        return f"{Path(err.filename or '?').name} cannot be read ({err.strerror})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{STATS} is unreadable"
+    if missing := sorted(needed - recorded.keys()):
+        return f"{missing[0]} is not in {MANIFEST}"
+    return None
 
 
 def _map_tokens(path: Path) -> np.ndarray:
@@ -204,8 +282,9 @@ def _map_tokens(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=np.int32, mode="r") if path.stat().st_size else np.zeros(0, dtype=np.int32)
 
 
-def load_cache(folder: Path) -> PreparedData:
-    stats = json.loads((folder / "stats.json").read_text())
+def _load(folder: Path, reused: bool) -> PreparedData:
+    """Map a cache that `_damage` found intact."""
+    stats = json.loads((folder / STATS).read_text(encoding="utf-8"))
     splits = {}
     for name in stats["splits"]:
         splits[name] = EncodedSplit(
@@ -213,7 +292,58 @@ def load_cache(folder: Path) -> PreparedData:
             _map_tokens(_tokens_file(folder, name, "tgt")), np.load(_offsets_file(folder, name, "tgt"), mmap_mode="r"),
             (_text_file(folder, name, "src"), _text_file(folder, name, "tgt")))
     tokenizer = Tokenizer((folder / SRC_SPM).read_bytes(), (folder / TGT_SPM).read_bytes())
-    return PreparedData(tokenizer, splits, stats, folder, reused=True)
+    return PreparedData(tokenizer, splits, stats, folder, reused)
+
+
+def _lock_file(cache_dir: Path, key: str) -> IO[str]:
+    """`.<key>.lock`: whoever holds it builds that key and owns its staging folders. Never deleted, since a
+    lock file removed while another process waits on it would let two builders in."""
+    return open(cache_dir / f".{key}.lock", "a+", encoding="utf-8")
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _hold_build_lock(folder: Path) -> IO[str]:
+    """Take the right to build `folder`, waiting for a live builder; the file names the holder."""
+    handle = _lock_file(folder.parent, folder.name)
+    if not _try_lock(handle):
+        handle.seek(0)
+        log.info("waiting for %s, which is building %s", handle.read().strip() or "another process", folder)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"nmt, pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+_STAGING = re.compile(r"\.([0-9a-f]{16})\..+")  # .<key>.<random>.tmp (and older nmt's .<key>.<random>)
+
+
+def _remove_stale_staging(cache_dir: Path, own_key: str) -> None:
+    """Remove the folders that killed builds left: our own key's (we hold its lock) and those of any key whose
+    lock no process holds. A live builder holds its key's lock, so its folder is never touched."""
+    stale: dict[str, list[Path]] = {}
+    for entry in os.scandir(cache_dir):
+        if (match := _STAGING.fullmatch(entry.name)) and entry.is_dir(follow_symlinks=False):
+            stale.setdefault(match.group(1), []).append(Path(entry.path))
+    for key, folders in stale.items():
+        other = None if key == own_key else _lock_file(cache_dir, key)
+        try:
+            if other is not None and not _try_lock(other):
+                continue  # that key is being built
+            for folder in folders:
+                log.info("removing %s, left by a build that was killed", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            if other is not None:
+                other.close()
 
 
 def cache_folder(config: Config) -> Path:
@@ -222,30 +352,39 @@ def cache_folder(config: Config) -> Path:
 
 def wait_for_cache(config: Config, poll_seconds: float = 0.5) -> None:
     """Block until another process (torchrun's rank 0) has published the cache for `config`."""
-    done = cache_folder(config) / "stats.json"
+    done = cache_folder(config) / MANIFEST
     while not done.is_file():
         time.sleep(poll_seconds)
 
 
 def prepare_data(config: Config) -> PreparedData:
-    """Return the encoded corpus for `config`, from the cache when its key matches, else built now."""
+    """Return the encoded corpus for `config`: the cache when its key matches and every file is intact, else
+    built now. A damaged cache is rebuilt with a warning naming the file, or refused in one line when its
+    folder cannot be written."""
     folder = cache_folder(config)
-    if (folder / "stats.json").is_file():
+    damage = _damage(folder)
+    if damage is None:
         log.info("reusing cached corpus %s", folder)
-        return load_cache(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        return _load(folder, reused=True)
     try:
-        _build(config, staging)
-        if folder.exists():  # an incomplete earlier build: no stats.json
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    prepared = load_cache(folder)
-    prepared.reused = False
-    return prepared
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = _hold_build_lock(folder)
+    except OSError as err:
+        if damage == ABSENT:
+            raise
+        raise DataError(f"cache {folder} is damaged ({damage}) and cannot be rebuilt: {err.filename}: "
+                        f"{err.strerror}") from None
+    with lock:
+        _remove_stale_staging(folder.parent, folder.name)
+        damage = _damage(folder)
+        if damage is None:  # built by the process we waited for
+            log.info("reusing cached corpus %s", folder)
+            return _load(folder, reused=True)
+        if damage != ABSENT:
+            log.warning("cache %s: %s; rebuilding it", folder, damage)
+        with staged_folder(folder) as staging:  # a damaged cache is swapped out whole, then removed
+            _build(config, staging)
+    return _load(folder, reused=False)
 
 
 @dataclass

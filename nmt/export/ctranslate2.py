@@ -11,14 +11,19 @@ import torch
 from torch import nn
 
 from nmt.errors import ConfigError, NmtError
+from nmt.export import export_folder
+from nmt.fileio import describe_files
 from nmt.runs.loading import load_model
 from nmt.runs.rundir import RunDir
+
+MANIFEST = "nmt.json"  # the checkpoint exported, the ctranslate2 version, each other file's size and sha256
 
 
 def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None = None) -> Path:
     """Write a Transformer run as a CTranslate2 model folder (model.bin, shared vocabularies by piece), built
     from ctranslate2's own TransformerSpec: the source must end with "</s>" (as `Tokenizer.encode_src` gives)
-    and decoding starts from "<s>", as in nmt."""
+    and decoding starts from "<s>", as in nmt. It replaces an earlier export whole; nmt.json, which
+    ctranslate2 ignores, records every other file's size and sha256."""
     try:
         import ctranslate2
         from ctranslate2.specs import transformer_spec
@@ -68,8 +73,9 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
     spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
     spec.validate()
     folder = output or RunDir(run_dir).export_dir("ctranslate2")
-    folder.mkdir(parents=True, exist_ok=True)
-    spec.save(str(folder))
-    (folder / "nmt.json").write_text(json.dumps({"checkpoint": loaded.checkpoint.path.name,
-                                                 "ctranslate2": ctranslate2.__version__}, indent=2) + "\n")
+    with export_folder(folder, MANIFEST) as staging:
+        spec.save(str(staging))
+        (staging / MANIFEST).write_text(json.dumps({"checkpoint": loaded.checkpoint.path.name,
+                                                    "ctranslate2": ctranslate2.__version__,
+                                                    "files": describe_files(staging)}, indent=2) + "\n")
     return folder

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nmt.export import export_folder
+from nmt.fileio import describe_files
 from nmt.inference.onnx_runtime import ENCODER, LAYOUT, STEP
 from nmt.models.flat import FlatLayout
 from nmt.models.interface import Exportable
@@ -57,17 +59,17 @@ def _dynamic_axes(layout: FlatLayout, names: list[str], sequence: str) -> dict[s
 
 
 def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) -> Path:
-    """Write encoder.onnx, step.onnx and layout.json for a run's checkpoint into `output` (RUN/export/onnx)."""
+    """Write encoder.onnx, step.onnx and layout.json (which records each graph's size and sha256) for a run's
+    checkpoint into `output` (RUN/export/onnx), replacing an earlier export whole."""
     loaded = load_model(run_dir, which)
     model: Exportable = loaded.model
     layout = model.flat_layout()
     folder = output or RunDir(run_dir).export_dir("onnx")
-    folder.mkdir(parents=True, exist_ok=True)
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, PAD_ID, PAD_ID]]) % loaded.tokenizer.src_vocab_size
     lengths = (src != PAD_ID).sum(dim=1)
     # torch's TorchScript-based exporter traces the graphs and warns about every shape it reads in Python;
     # the dynamic batch, source and cache axes are what the export tests check on other shapes.
-    with torch.no_grad(), warnings.catch_warnings():
+    with export_folder(folder, LAYOUT) as staging, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encoded = EncoderGraph(model)(src, lengths)
         memory = list(encoded[:len(layout.memory)])
@@ -77,17 +79,17 @@ def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) 
         _, first, _ = model.step_log_probs(torch.tensor([2, 2]), step_state, step_memory)
         state = first.flatten()
         encoder_outputs = [*layout.memory, *layout.state]
-        torch.onnx.export(EncoderGraph(model), (src, lengths), str(folder / ENCODER), dynamo=False,
+        torch.onnx.export(EncoderGraph(model), (src, lengths), str(staging / ENCODER), dynamo=False,
                           opset_version=OPSET, input_names=["src", "lengths"], output_names=encoder_outputs,
                           dynamic_axes={"src": {0: "B", 1: "S"}, "lengths": {0: "B"},
                                         **_dynamic_axes(layout, encoder_outputs, "T")})
         step_inputs = ["prev", *layout.memory, *layout.state]
         step_outputs = ["log_probs", "weights", *(f"new_{name}" for name in layout.state)]
-        torch.onnx.export(StepGraph(model, layout), (torch.tensor([4, 5]), *memory, *state), str(folder / STEP),
+        torch.onnx.export(StepGraph(model, layout), (torch.tensor([4, 5]), *memory, *state), str(staging / STEP),
                           dynamo=False, opset_version=OPSET, input_names=step_inputs, output_names=step_outputs,
                           dynamic_axes={"prev": {0: "B"}, "log_probs": {0: "B"}, "weights": {0: "B", 1: "S"},
                                         **_dynamic_axes(layout, step_inputs[1:], "T"),
                                         **_dynamic_axes(layout, step_outputs[2:], "T1")})
-    (folder / LAYOUT).write_text(json.dumps({**layout.__dict__, "checkpoint": loaded.checkpoint.path.name},
-                                            indent=2) + "\n")
+        saved = {**layout.__dict__, "checkpoint": loaded.checkpoint.path.name, "files": describe_files(staging)}
+        (staging / LAYOUT).write_text(json.dumps(saved, indent=2) + "\n")
     return folder

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
-from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, verify, write_checkpoint
+from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, surviving_pruning, verify, write_checkpoint
 from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 
@@ -50,29 +51,38 @@ def mean_weights(checkpoints: list[Checkpoint]) -> dict[str, torch.Tensor]:
     """Element-wise mean in float64, stored in each tensor's own dtype; the checkpoints must hold the same
     tensors (they do within one run)."""
     total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     for checkpoint in checkpoints:
-        tensors = load_file(str(checkpoint.files.weights))
+        try:
+            tensors = load_file(str(checkpoint.files.weights))
+        except (SafetensorError, OSError) as err:  # removed since it was verified: pruned by a live trainer
+            raise CheckpointError(f"{checkpoint.files.weights}: cannot read weights ({err})") from None
         if total and (tensors.keys() != total.keys()
                       or any(tensors[k].shape != total[k].shape for k in tensors)):
             raise CheckpointError(f"{checkpoint.path}: holds other tensors than {checkpoints[0].path}")
         for name, tensor in tensors.items():
             total[name] = total.get(name, 0) + tensor.double()
-    reference = load_file(str(checkpoints[-1].files.weights))
-    return {name: (value / len(checkpoints)).to(reference[name].dtype) for name, value in total.items()}
+            dtypes[name] = tensor.dtype
+    return {name: (value / len(checkpoints)).to(dtypes[name]) for name, value in total.items()}
 
 
 def average(run_dir: Path, last: int | None = None, best: int | None = None) -> Averaged:
     run = RunDir(run_dir)
     config = load_run_config(run)
-    intact = []
-    for files in run.checkpoints():
-        try:
-            intact.append(verify(files))
-        except CheckpointError as err:
-            log.warning("skipping checkpoint: %s", err)
-    chosen = choose(intact, last, best)
+
+    def read() -> tuple[list[Checkpoint], list[Checkpoint], dict[str, torch.Tensor]]:
+        intact = []
+        for files in run.checkpoints():
+            try:
+                intact.append(verify(files))
+            except CheckpointError as err:
+                log.warning("skipping checkpoint: %s", err)
+        chosen = choose(intact, last, best)
+        return intact, chosen, mean_weights(chosen)
+
+    intact, chosen, weights = surviving_pruning(run, read)  # the run may be training, and pruning, meanwhile
     loaded = load_model(run.path, "best")
-    loaded.model.load_state_dict(mean_weights(chosen))  # refuses names or shapes this config's model lacks
+    loaded.model.load_state_dict(weights)  # refuses names or shapes this config's model lacks
     score = decode_and_score(Translator.for_run(loaded), eval_set(config.data), config.evaluation, 1).bleu.score
     newest = chosen[-1]
     meta = {**checkpoint_meta(newest.step, int(newest.meta.get("epoch", 0)), loaded.model, config.model,

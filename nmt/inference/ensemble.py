@@ -46,6 +46,8 @@ class Ensemble(nn.Module):
         self.members: list[Decoder] = list(models)
         # registered as submodules (every member is an nn.Module), so eval(), train() and parameters() reach them
         self.registered = nn.ModuleList(cast(list[nn.Module], self.members))
+        bounds = [m.max_positions for m in self.members if m.max_positions is not None]
+        self.max_positions = min(bounds) if bounds else None  # what every member can encode
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
                ) -> tuple[EnsembleMemory, EnsembleState]:

@@ -5,7 +5,9 @@ export folder's file names, which the exporter writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,42 +44,104 @@ class OnnxState:
                          self.batch_axes)
 
 
-def read_layout(path: Path) -> tuple[FlatLayout, str]:
-    """layout.json: the flat tensors' names and batch axes, and the folder name (in the run's checkpoints/) of
-    the checkpoint the graphs were exported from; a damaged or tampered file is refused in one line."""
+@dataclass
+class Export:
+    """What one opening of an export folder holds: the layout, the checkpoint's folder name, the graphs."""
+
+    layout: FlatLayout
+    checkpoint: str
+    encoder: bytes
+    step: bytes
+
+
+def read_layout(path: Path, text: bytes) -> tuple[FlatLayout, str, dict[str, tuple[int, str]]]:
+    """layout.json: the flat tensors' names and batch axes, the folder name (in the run's checkpoints/) of the
+    checkpoint the graphs were exported from, and the size and sha256 of each graph; a damaged or tampered file
+    is refused in one line."""
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(text)
         layout = FlatLayout([str(n) for n in saved["memory"]], [str(n) for n in saved["state"]],
                             [int(a) for a in saved["state_batch_axes"]])
         checkpoint = saved["checkpoint"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)") from None
     if len(layout.state) != len(layout.state_batch_axes) or not layout.memory:
         raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)")
-    if not isinstance(checkpoint, str) or checkpoint in ("", ".", "..") or Path(checkpoint).name != checkpoint:
+    if not _plain_name(checkpoint):
         raise CheckpointError(f"{path}: 'checkpoint' must name a folder in the run's checkpoints/, got {checkpoint!r}")
-    return layout, checkpoint
+    files = saved.get("files")
+    if (not isinstance(files, dict) or not {ENCODER, STEP} <= set(files)
+            or not all(_plain_name(name) and isinstance(r, dict) and type(r.get("size")) is int
+                       and isinstance(r.get("sha256"), str) for name, r in files.items())):
+        raise CheckpointError(f"{path}: does not record the size and sha256 of every file ({ENCODER}, {STEP}): "
+                              "damaged, or written by an older nmt export (export the run again)")
+    return layout, checkpoint, {name: (r["size"], r["sha256"]) for name, r in files.items()}
+
+
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
+def _read_at(directory: int, folder: Path, name: str) -> bytes | None:
+    """A file of `folder`, open as descriptor `directory`; None if it is missing."""
+    try:
+        with open(os.open(name, os.O_RDONLY, dir_fd=directory), "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CheckpointError(f"{folder / name}: {err.strerror or err}") from None
+
+
+def read_export(folder: Path) -> Export:
+    """The export in `folder`, every file checked against the size and sha256 that layout.json records before
+    anything runs: a truncated, swapped or foreign graph is refused in one line naming it. Everything is read
+    through one opening of the folder, so an export that `nmt export` swaps in meanwhile is never mixed in."""
+    missing = ConfigError(f"{folder}: no exported model (write one with: nmt export --model RUN --format onnx)")
+    try:
+        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise missing from None
+    try:
+        text = _read_at(directory, folder, LAYOUT)
+        if text is None:
+            raise missing
+        layout, checkpoint, records = read_layout(folder / LAYOUT, text)
+        found = {}
+        for name, (size, digest) in records.items():
+            data = _read_at(directory, folder, name)
+            if data is None:
+                raise CheckpointError(f"{folder / name}: missing (export the run again)")
+            if len(data) != size:
+                raise CheckpointError(f"{folder / name}: {len(data):,} bytes where {LAYOUT} records {size:,} "
+                                      "(truncated or replaced; export the run again)")
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise CheckpointError(f"{folder / name}: sha256 does not match {LAYOUT} (damaged, or a file of "
+                                      "another export; export the run again)")
+            found[name] = data
+    finally:
+        os.close(directory)
+    return Export(layout, checkpoint, found[ENCODER], found[STEP])
 
 
 class OnnxModel(nn.Module):
     """The exported graphs on onnxruntime's CPU provider, decoding through the PyTorch search code."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, max_positions: int | None):
         super().__init__()
+        self.max_positions = max_positions  # the exported model's, as its config says
         try:
             import onnxruntime
         except ImportError:
             raise NmtError("ONNX decoding needs onnxruntime: pip install 'nmt[export]'") from None
-        if not (folder / LAYOUT).is_file():
-            raise ConfigError(f"{folder}: no exported model (write one with: nmt export --model RUN --format onnx)")
-        self.layout, self.checkpoint = read_layout(folder / LAYOUT)
+        export = read_export(folder)
+        self.layout, self.checkpoint = export.layout, export.checkpoint
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch decoding would use
         # Spinning threads wait for work by burning CPU: on shared cores that starves everything else.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.encoder, self.step = (onnxruntime.InferenceSession(str(folder / name), options,
-                                                                providers=["CPUExecutionProvider"])
-                                   for name in (ENCODER, STEP))
+        self.encoder, self.step = (onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+                                   for graph in (export.encoder, export.step))
         self.encoder_inputs = {i.name for i in self.encoder.get_inputs()}  # a Transformer's ignores `lengths`
         self.step_inputs = [i.name for i in self.step.get_inputs()]
 
@@ -98,6 +162,7 @@ class OnnxModel(nn.Module):
 def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> DecodingRun:
     """A run's exported model, which the Translator decodes like a PyTorch one."""
     run = RunDir(run_dir)
-    model = OnnxModel(run.export_dir("onnx"))
+    config = load_run_config(run, overrides)
+    model = OnnxModel(run.export_dir("onnx"), config.model.max_positions)
     checkpoint = verify(CheckpointFiles(run.checkpoints_dir / model.checkpoint))
-    return DecodingRun(run, load_run_config(run, overrides), load_tokenizer(run), model, checkpoint)
+    return DecodingRun(run, config, load_tokenizer(run), model, checkpoint)

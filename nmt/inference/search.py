@@ -12,12 +12,14 @@ limit a hypothesis ends even without EOS (and is returned without one).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from nmt.config import MAX_SEED
 from nmt.errors import ConfigError
 
 StepFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any, torch.Tensor]]
@@ -56,8 +58,10 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ConfigError(f"sampling temperature {self.temperature}: must be above 0")
+        if not 0 < self.temperature < math.inf:
+            raise ConfigError(f"sampling temperature {self.temperature}: must be above 0 and finite")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"sampling seed {self.seed}: must be in 0..{MAX_SEED}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"sampling top-p {self.top_p}: must be above 0 and at most 1")
         if self.top_k < 0:
@@ -71,7 +75,9 @@ class Sampling:
             generator.manual_seed(self.seed)
 
         def pick(log_probs: torch.Tensor) -> torch.Tensor:
-            logits = log_probs.float() / self.temperature
+            # shifted so the best token's logit is 0: a tiny temperature cannot overflow them all to -inf
+            shifted = log_probs.float()
+            logits = (shifted - shifted.max(dim=-1, keepdim=True).values) / self.temperature
             if self.top_k:
                 kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -82,6 +82,8 @@ class Translator:
                 memory, state = self.model.encode(batch.src, batch.src_lengths, batch.src_mask)
                 max_lengths = (batch.src_lengths.to(self.device).float() * self.decoding.max_ratio
                                + self.decoding.max_extra).long()
+                if self.model.max_positions is not None:  # a Transformer decodes no further than its positions
+                    max_lengths = max_lengths.clamp(max=self.model.max_positions)
 
                 def step(prev, state, memory=memory):
                     return self.model.step_log_probs(prev, state, memory)
@@ -105,13 +107,23 @@ class Translator:
         self.model.train(was_training)
         return results
 
+    @property
+    def source_limit(self) -> tuple[int, str]:
+        """The most source tokens (EOS included) a sentence may have, and the setting that says so: the smaller
+        of decoding.max_src_tokens and what the model can encode (a Transformer's max_positions)."""
+        limit, setting = self.decoding.max_src_tokens, "decoding.max_src_tokens"
+        if self.model.max_positions is not None and self.model.max_positions < limit:
+            limit, setting = self.model.max_positions, "model.transformer.max_positions"
+        return limit, setting
+
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
-        """Encode cleaned lines, truncating overlong ones (with a warning) to decoding.max_src_tokens."""
-        limit = self.decoding.max_src_tokens
+        """Encode cleaned lines, truncating overlong ones (with a warning) to `source_limit`."""
+        limit, setting = self.source_limit
         encoded = self.tokenizer.encode_src(lines)
         for number, ids in enumerate(encoded, start=1):
             if len(ids) > limit:
-                log.warning("input line %d has %d subword tokens: truncated to %d", number, len(ids), limit)
+                log.warning("input line %d has %d subword tokens: truncated to %d (%s)", number, len(ids), limit,
+                            setting)
                 ids[limit - 1:] = [EOS_ID]
         return encoded
 

@@ -7,6 +7,7 @@ warning naming a package to install."""
 from __future__ import annotations
 
 import html
+import io
 import logging
 from collections.abc import Sequence
 from functools import cache
@@ -18,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.ft2font import FT2Font  # noqa: E402
+
+from nmt.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +99,11 @@ def heads_figure(panels: Sequence[tuple[str, object]], src_labels: Sequence[str]
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    """Render to memory, then write atomically: a full disk leaves no empty or partial image."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=130, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -127,8 +132,7 @@ def heatmap_html(panels: Sequence[tuple[str, object]], src_labels: Sequence[str]
         f"</style></head><body><h3>{html.escape(title)}</h3>{''.join(tables)}"
         "<p>rows: query tokens; columns: attended tokens; cells: attention weights</p></body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    atomic_write_text(path, page)
     return path
 
 

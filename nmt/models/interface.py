@@ -33,6 +33,12 @@ class State(Protocol):
 class Decoder(Protocol):
     training: bool
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest source, and the longest output, the model can encode or decode; None: no bound (an
+        RNN). The Translator truncates longer inputs and the server refuses them."""
+        ...
+
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
     def train(self, mode: bool = True) -> Any: ...

@@ -217,6 +217,7 @@ class RNNEncoderDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
         self.cfg = cfg
+        self.max_positions: int | None = None  # recurrence has no position table
         self.encoder = Encoder(cfg, src_vocab_size)
         self.decoder = Decoder(cfg, tgt_vocab_size)
         for embedding in (self.encoder.embed, self.decoder.embed):

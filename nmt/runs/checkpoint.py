@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +34,8 @@ from nmt.runs.rundir import CheckpointFiles, RunDir
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
+T = TypeVar("T")
+READ_ATTEMPTS = 5
 
 
 @dataclass
@@ -196,6 +199,21 @@ def prune(run: RunDir, keep_last: int) -> None:
     for old in run.checkpoints()[:-keep_last]:
         if old != best:
             shutil.rmtree(old.folder, ignore_errors=True)
+
+
+def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
+    """`read()` (which finds and reads checkpoints of `run`), again when it failed because a checkpoint it saw
+    was removed meanwhile: a live trainer keeps only its newest training.keep_last, so a reader of a run that
+    is training (average, tune, export, evaluate, serve) can lose the checkpoint it chose mid-read."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        listed = run.checkpoints()
+        try:
+            return read()
+        except CheckpointError:
+            if attempt == READ_ATTEMPTS or all(files.folder.is_dir() for files in listed):
+                raise
+            log.info("%s: a checkpoint was pruned by the running trainer while being read; reading again", run.path)
+    raise AssertionError("unreachable")
 
 
 def find_checkpoint(run: RunDir, which: str) -> Checkpoint:

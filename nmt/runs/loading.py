@@ -13,14 +13,41 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from nmt.config import Config, ModelConfig, apply_override, config_diff, format_diff, parse_config, read_yaml
+from nmt.config import (
+    Config,
+    ModelConfig,
+    apply_override,
+    config_diff,
+    format_diff,
+    load_config,
+    parse_config,
+    read_yaml,
+)
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import CheckpointError, ConfigError
 from nmt.models import Model, build_model
 from nmt.models.interface import Decoder
 from nmt.models.quantize import quantize_int8
-from nmt.runs.checkpoint import Checkpoint, find_checkpoint
+from nmt.runs.checkpoint import Checkpoint, find_checkpoint, surviving_pruning
 from nmt.runs.rundir import RunDir
+
+
+def read_config(path: Path, overrides: Sequence[str] = (), check_files: bool = True) -> Config:
+    """A config file as the run commands read it. A run's own config.yaml names that run, whatever its
+    run_dir says relative to the working directory, and in a copied run the copy: a resume never starts a new
+    run elsewhere. Pointing it at another run_dir with --set is refused."""
+    config = load_config(path, list(overrides), check_files)
+    own = RunDir.owning(path)
+    if own is None or _same_folder(config.run_path, own.path):
+        return config
+    if any(o.partition("=")[0].strip() == "run_dir" for o in overrides):
+        raise ConfigError(f"--set run_dir={config.run_dir}: {path} is the config of the run in {own.path}, which "
+                          "continues there only; to start a new run from it, copy the file elsewhere first")
+    return config.model_copy(update={"run_dir": str(own.path)})
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def load_tokenizer(run: RunDir) -> Tokenizer:
@@ -141,8 +168,13 @@ def load_model(run_dir: Path, which: str = "best", overrides: Sequence[str] = ()
     run = RunDir(run_dir)
     config = load_run_config(run, overrides)
     tokenizer = load_tokenizer(run)
-    checkpoint = find_checkpoint(run, which)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    load_weights(model, checkpoint, config.model, run.config_path)
+
+    def read() -> Checkpoint:
+        checkpoint = find_checkpoint(run, which)
+        load_weights(model, checkpoint, config.model, run.config_path)
+        return checkpoint
+
+    checkpoint = surviving_pruning(run, read)
     model = model.to(device).eval()
     return LoadedRun(run, config, tokenizer, quantize_int8(model) if quantize else model, checkpoint)

@@ -56,6 +56,13 @@ class CheckpointFiles:
 class RunDir:
     path: Path
 
+    @classmethod
+    def owning(cls, config_path: Path) -> RunDir | None:
+        """The run whose own config.yaml `config_path` is (`nmt train` writes it beside the run's SentencePiece
+        models), or None for a config kept anywhere else."""
+        run = cls(config_path.parent)
+        return run if config_path.name == "config.yaml" and run.src_model_path.is_file() else None
+
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"

@@ -137,8 +137,23 @@ def token_loss(logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: flo
                            label_smoothing=label_smoothing, reduction="sum")
 
 
-def split_batches(split: EncodedSplit, cfg: TrainingConfig, seed: int | None) -> list:
-    return token_batches(split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.max_batch_sentences, seed)
+def split_batches(split: EncodedSplit, config: Config, seed: int | None) -> list:
+    """The split's batches, without the pairs the model cannot encode (a side longer than a Transformer's
+    model.transformer.max_positions: `too_long_for_the_model` counts them)."""
+    cfg = config.training
+    batches = token_batches(split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.max_batch_sentences, seed)
+    limit = config.model.max_positions
+    if limit is None:
+        return batches
+    fits = (split.src_lengths <= limit) & (split.tgt_lengths + 1 <= limit)  # the decoder reads BOS + target
+    return [kept for batch in batches if len(kept := batch[fits[batch]])]
+
+
+def too_long_for_the_model(split: EncodedSplit, config: Config) -> int:
+    limit = config.model.max_positions
+    if limit is None:
+        return 0
+    return int(((split.src_lengths > limit) | (split.tgt_lengths + 1 > limit)).sum())
 
 
 def make_batch(split: EncodedSplit, indices) -> Batch:
@@ -151,7 +166,7 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
     """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy."""
     model.eval()
     total, tokens = 0.0, 0
-    for indices in split_batches(dev, config.training, seed=None):
+    for indices in split_batches(dev, config, seed=None):
         batch = make_batch(dev, indices).to(device)
         with autocast(device, resolve_precision(config.training.precision, device)):
             logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
@@ -313,6 +328,14 @@ class Trainer:
         self.config, self.cfg, self.run_dir = config, config.training, run
         self.lock = lock  # the run directory's lock (rank 0), released when training ends
         self.train_split, self.dev_split = data.splits["train"], data.splits["dev"]
+        for name, split in data.splits.items():
+            if (left_out := too_long_for_the_model(split, config)) == len(split) and name == "train":
+                raise ConfigError(f"model.transformer.max_positions {config.model.max_positions}: every training pair "
+                                  "has a side longer than that; raise it")
+            if left_out:
+                log.warning("data.%s: %d of %d pairs have a side longer than model.transformer.max_positions (%d): "
+                            "left out of training and dev loss", name, left_out, len(split),
+                            config.model.max_positions)
         self.model, self.device, self.show_progress = model, device, show_progress
         self.world = world or World.single()
         # What the training forward runs through: DDP all-reduces the gradients during backward. Without
@@ -406,7 +429,7 @@ class Trainer:
         epoch its own order from (seed, epoch): the same on every rank."""
         progress = self.progress
         while self.cfg.max_epochs is None or progress.epoch < self.cfg.max_epochs:
-            order = split_batches(self.train_split, self.cfg, seed=self.config.seed * 1_000_003 + progress.epoch)
+            order = split_batches(self.train_split, self.config, seed=self.config.seed * 1_000_003 + progress.epoch)
             while progress.position < len(order):
                 indices = order[progress.position]
                 progress.position += 1
