@@ -81,9 +81,9 @@ def staged_folder(final: Path) -> Iterator[Path]:
     system lacks it, two renames), so a crash at any moment leaves the old folder or the new one, never a mix.
     An error removes the staging folder; an OSError that names no file (torch.onnx.export's ENOSPC) is made to
     name the file being written, under its final name. The writer holds an flock on its staging folder, so the
-    next call removes the leftovers of killed writers but never a concurrent writer's folder."""
+    next call in the same parent folder removes the leftovers of killed writers but never a live writer's."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(final)
+    _remove_leftovers(final.parent)
     staging, lock = _new_staging(final)
     try:
         try:
@@ -102,11 +102,14 @@ def staged_folder(final: Path) -> Iterator[Path]:
         os.close(lock)
 
 
-def _remove_leftovers(final: Path) -> None:
-    """Remove the staging folders of writers that died; a live writer holds its folder's lock."""
-    pattern = re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}\.(tmp|old)")
-    for path in final.parent.iterdir():
-        if not pattern.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+_STAGED = re.compile(r"\..+\.[0-9a-f]{8}\.(tmp|old)")  # .NAME.<random>.tmp, and .old in the two-rename fallback
+
+
+def _remove_leftovers(parent: Path) -> None:
+    """Remove the staging folders, of any name, that dead writers left in `parent` (a killed build of a cache key
+    that is never built again included); a live writer holds its folder's lock, so its folder stays."""
+    for path in parent.iterdir():
+        if not _STAGED.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
             continue
         try:
             fd = os.open(path, os.O_RDONLY)

@@ -195,7 +195,7 @@ def variant(tmp_path: Path, name: str, vocab_size: int) -> Path:
 
 def test_staging_folders_of_killed_builds_are_removed_by_the_next_build(tmp_path):
     """A build SIGKILLed mid-build leaves its staging folder. The next build of another key removes it (no live
-    process holds that key's lock); the next build of the same key removes its own key's (it holds the lock)."""
+    process holds the folder's lock), and so does the next build of the same key."""
     paths = [variant(tmp_path, "a", 40), variant(tmp_path, "b", 42)]
     first, second = (load_config(path) for path in paths)
     process, _ = start_paused_build(paths[0], "a")

@@ -13,8 +13,7 @@ Reuse checks every size, then every sha256 (one read of the cache, small next to
 reads it every epoch), so a truncated or overwritten file, or one a power loss cut short, is rebuilt with a
 warning naming it instead of feeding training garbage. One process builds a key at a time, holding
 `.<key>.lock` beside the cache (fcntl.flock, which the kernel releases when the holder dies); the others
-wait, then reuse its result. A builder removes the staging folders of killed builds: those of its own key,
-and those of any key whose lock no live process holds."""
+wait, then reuse its result. staged_folder removes the staging folders that killed builds left."""
 
 from __future__ import annotations
 
@@ -24,8 +23,6 @@ import itertools
 import json
 import logging
 import os
-import re
-import shutil
 import socket
 import time
 from collections import Counter
@@ -323,29 +320,6 @@ def _hold_build_lock(folder: Path) -> IO[str]:
     return handle
 
 
-_STAGING = re.compile(r"\.([0-9a-f]{16})\..+")  # .<key>.<random>.tmp (and older nmt's .<key>.<random>)
-
-
-def _remove_stale_staging(cache_dir: Path, own_key: str) -> None:
-    """Remove the folders that killed builds left: our own key's (we hold its lock) and those of any key whose
-    lock no process holds. A live builder holds its key's lock, so its folder is never touched."""
-    stale: dict[str, list[Path]] = {}
-    for entry in os.scandir(cache_dir):
-        if (match := _STAGING.fullmatch(entry.name)) and entry.is_dir(follow_symlinks=False):
-            stale.setdefault(match.group(1), []).append(Path(entry.path))
-    for key, folders in stale.items():
-        other = None if key == own_key else _lock_file(cache_dir, key)
-        try:
-            if other is not None and not _try_lock(other):
-                continue  # that key is being built
-            for folder in folders:
-                log.info("removing %s, left by a build that was killed", folder)
-                shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            if other is not None:
-                other.close()
-
-
 def cache_folder(config: Config) -> Path:
     return Path(config.data.cache_dir) / cache_key(config.data, config.tokenizer)
 
@@ -375,7 +349,6 @@ def prepare_data(config: Config) -> PreparedData:
         raise DataError(f"cache {folder} is damaged ({damage}) and cannot be rebuilt: {err.filename}: "
                         f"{err.strerror}") from None
     with lock:
-        _remove_stale_staging(folder.parent, folder.name)
         damage = _damage(folder)
         if damage is None:  # built by the process we waited for
             log.info("reusing cached corpus %s", folder)
