@@ -1,7 +1,8 @@
 """One writer per run directory (runs/lock.py): a second `nmt train` on a run is refused in one line naming
 the first, a killed holder never blocks the resume, and writers other than the trainer (nmt average) leave
-the trainer's half-written checkpoints alone."""
+the trainer's checkpoint being written alone."""
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -31,18 +32,24 @@ def test_the_lock_admits_one_holder_at_a_time(tmp_path):
     lock_run(run).release()
 
 
-def test_a_side_writer_leaves_the_trainers_staging_alone(tmp_path):
-    """`nmt average` writes checkpoints/averaged while a trainer may be writing .step-N.tmp: it must not
-    remove it (only the trainer, which holds the run, cleans what a killed trainer left)."""
+def test_a_side_writer_leaves_a_live_writers_staging_alone_and_removes_a_dead_ones(tmp_path):
+    """`nmt average` writes checkpoints/averaged while a trainer may be writing step 7: it must not remove that
+    staging folder (it used to), only one whose writer died (no process holds its flock)."""
     run = RunDir(tmp_path / "run")
-    staging = run.staging(run.checkpoint(7))
-    staging.folder.mkdir(parents=True)
-    (staging.folder / "model.safetensors").write_bytes(b"being written")
-    model = build_model(ModelConfig(embed_dim=8), 12, 12)
-    write_checkpoint(run, run.averaged_checkpoint(), model.state_dict(), {},
-                     checkpoint_meta(3, 0, model, ModelConfig(embed_dim=8), {"dev_bleu": 1.0}))
+    live, dead = (run.checkpoints_dir / f".step-0000000{n}.0123456{n}.tmp" for n in (7, 6))
+    for folder in (live, dead):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"being written")
+    writer = os.open(live, os.O_RDONLY)
+    fcntl.flock(writer, fcntl.LOCK_EX)  # what the trainer's staged_folder holds while it writes
+    try:
+        model = build_model(ModelConfig(embed_dim=8), 12, 12)
+        write_checkpoint(run, run.averaged_checkpoint(), model.state_dict(), {},
+                         checkpoint_meta(3, 0, model, ModelConfig(embed_dim=8), {"dev_bleu": 1.0}))
+    finally:
+        os.close(writer)
     assert run.averaged_checkpoint().folder.is_dir()
-    assert (staging.folder / "model.safetensors").read_bytes() == b"being written"
+    assert (live / "model.safetensors").read_bytes() == b"being written" and not dead.exists()
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Checkpoints: written atomically, verified against a manifest, loaded safely, pruned without losing the best.
 
-A checkpoint folder is written under a temporary name and renamed when complete; loading verifies every
+A checkpoint folder is written under a temporary name and swapped in when complete; loading verifies every
 file against the manifest, so a truncated or corrupted checkpoint is reported by name and skipped.
 Weights are safetensors; the training state is read with `torch.load(weights_only=True)`, which refuses
 to unpickle arbitrary objects. Each checkpoint's metadata file holds its step, its dev scores and the model
@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch import nn
 
 from nmt.config import ModelConfig
 from nmt.errors import CheckpointError, DiskFullError
-from nmt.fileio import atomic_write_text, fsync_dir, sha256_of
+from nmt.fileio import sha256_of, staged_folder
 from nmt.models import count_parameters
 from nmt.runs.rundir import CheckpointFiles, RunDir
 
@@ -92,7 +91,8 @@ def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], 
 
 def write_checkpoint(run: RunDir, final: CheckpointFiles, state_dict: dict[str, torch.Tensor],
                      train_state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write a checkpoint folder atomically: files fsynced, manifest, then a rename.
+    """Write a checkpoint folder atomically (fileio.staged_folder: staged beside it, files fsynced, manifest last,
+    then swapped in whole); the staging folders that killed writers left are removed, a live writer's never.
 
     Any failure (a full disk raises OSError from our writes but RuntimeError from torch.save) removes the
     staging folder, so a failed save never keeps the disk full, and leaves earlier checkpoints as they were."""
@@ -100,33 +100,23 @@ def write_checkpoint(run: RunDir, final: CheckpointFiles, state_dict: dict[str, 
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"refusing to save a checkpoint: parameter {name} is not finite")
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    staging = run.staging(final)
     needed = checkpoint_bytes(state_dict, train_state)
     if shutil.disk_usage(run.checkpoints_dir).free < needed:
         raise _disk_full_error(run, final, needed)
-    shutil.rmtree(staging.folder, ignore_errors=True)  # a killed earlier write of the same folder
     try:
-        staging.folder.mkdir()
-        # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(staging.weights))
-        torch.save(train_state, staging.state)
-        staging.meta.write_text(json.dumps(meta, indent=2) + "\n")
-        for path in (staging.weights, staging.state, staging.meta):
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        manifest = {name: sha256_of(staging.folder / name) for name in CheckpointFiles.HASHED}
-        atomic_write_text(staging.manifest, json.dumps(manifest, indent=2) + "\n")
-        fsync_dir(staging.folder)
-        if final.folder.exists():
-            shutil.rmtree(final.folder)
-        staging.folder.rename(final.folder)
-        fsync_dir(run.checkpoints_dir)
+        with staged_folder(final.folder) as folder:
+            staging = CheckpointFiles(folder)
+            # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
+            save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(staging.weights))
+            torch.save(train_state, staging.state)
+            staging.meta.write_text(json.dumps(meta, indent=2) + "\n")
+            manifest = {name: sha256_of(staging.folder / name) for name in CheckpointFiles.HASHED}
+            staging.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     except (OSError, RuntimeError, SafetensorError) as err:
         # ENOSPC arrives as OSError, as SafetensorError, or from torch.save as an opaque RuntimeError ("unexpected
         # pos ..."): a device with next to nothing free at the moment of failure tells the same story.
         full = (getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
                 or shutil.disk_usage(run.checkpoints_dir).free < MB)
-        shutil.rmtree(staging.folder, ignore_errors=True)
         if full:
             raise _disk_full_error(run, final, needed) from None
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]

@@ -104,17 +104,14 @@ class RunDir:
         """What `nmt average` writes: outside the step-N series, so pruning and resuming never touch it."""
         return CheckpointFiles(self.checkpoints_dir / "averaged")
 
-    def staging(self, final: CheckpointFiles) -> CheckpointFiles:
-        """Where a checkpoint is written before the rename that publishes it."""
-        return CheckpointFiles(final.folder.with_name(f".{final.folder.name}.tmp"))
-
     @property
     def lock_path(self) -> Path:
         """Held by the one process that writes the run (runs/lock.py)."""
         return self.path / ".lock"
 
     def stale_staging(self) -> list[Path]:
-        """Checkpoint folders a killed or failed process left half-written."""
+        """Step checkpoints being written, or left half-written by a killed writer (fileio.staged_folder's
+        `.step-N.<random>.tmp`)."""
         return sorted(self.checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"))
 
     def checkpoints(self) -> list[CheckpointFiles]:

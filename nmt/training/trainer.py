@@ -18,7 +18,6 @@ import itertools
 import logging
 import math
 import resource
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -670,8 +669,6 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
         trainer.changes_on_resume = changes
     if not world.is_main:
         return trainer
-    for stale in run.stale_staging():  # checkpoints a killed trainer left half-written: only the holder cleans
-        shutil.rmtree(stale, ignore_errors=True)
     run.write_config(config_to_yaml(config))
     run.write_tokenizer(data.tokenizer)
     step = existing.step if existing is not None else 0
