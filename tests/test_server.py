@@ -1,12 +1,22 @@
 """`nmt serve`: the REST API through FastAPI's test client (served output against `nmt translate`, every
-client error, the attention numbers), and a bounded load test against a real server process."""
+client error, the attention numbers), the micro-batcher's bounds (chunks, round-robin, failures, cancelling,
+closing) with a scripted decoder, and real server processes: a bounded load test, a client that goes away,
+half-sent requests, SIGTERM with a big request in flight."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import logging
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,11 +30,15 @@ from nmt.data.splits import eval_set
 from nmt.inspect.view import attention_view
 from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
+from nmt.serve.microbatch import Closing, MicroBatcher
 from nmt.serve.server import Limits, create_app
 from nmt.serve.service import ModelRegistry, served_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 NMT = str(Path(sys.executable).parent / "nmt")
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from serve_bench import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +101,7 @@ CLIENT_ERRORS = [
     ({"text": []}, 422, "text"),
     ({"text": ["ab"] * 9}, 413, "text"),
     ({"text": "ab " * 300}, 422, "text"),
+    ({"text": ["ab ca de"] * 8, "beam_size": 64}, 413, "text"),  # 8 x 4+ tokens x beam 64 > max_request_cost 1024
     ({"text": 5}, 422, "text"),
     ({}, 422, "text"),
     ({"text": "ab", "beam_size": 0}, 422, "beam_size"),
@@ -169,11 +184,14 @@ def test_attention_matches_the_library_view(client, trained_transformer, trained
 
 
 def test_models_and_health(client):
+    client.post("/translate", json={"text": "ab ca"})
     models = {m["name"]: m for m in client.get("/models").json()}
     assert models["transformer"]["layers"] == 2 and models["transformer"]["heads"] == 4
     assert models["transformer"]["type"] == "transformer" and models["rnn"]["attention"] == "general"
     assert models["rnn"]["dev_bleu"] >= MIN_DEV_BLEU and models["rnn"]["parameters"] > 10_000
-    assert client.get("/health").json() == {"status": "ok", "models": ["rnn", "transformer"]}
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["models"] == ["rnn", "transformer"]
+    assert health["texts_decoded"] >= health["decodes"] > 0 and health["texts_dropped"] == 0
     assert "attention explorer" in client.get("/").text
     assert client.get("/docs").status_code == 200 and "/translate" in client.get("/openapi.json").json()["paths"]
 
@@ -196,3 +214,285 @@ def test_a_real_server_under_bounded_load_answers_every_request_and_stops_cleanl
     assert found["soak"]["requests"] == 400
     assert found["clean_shutdown"] and found["server_tracebacks"] == 0
     assert 0 < found["single"]["p50_ms"] <= found["single"]["p95_ms"]
+
+
+def test_a_request_over_the_cost_bound_is_refused_with_413_naming_the_bound(client):
+    response = client.post("/translate", json={"text": ["ab ca de fo gu"] * 4, "beam_size": 64})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["field"] == "text" and "beam_size 64" in error["message"] and "at most 1024" in error["message"]
+    assert client.post("/translate", json={"text": ["ab ca de fo gu"] * 4, "beam_size": 8}).status_code == 200
+
+
+# A model that cannot encode what max_src_tokens allows ------------------------------------------------------
+
+@pytest.fixture
+def short_transformer(trained_transformer, tmp_path, rewrite_meta) -> Path:
+    """The toy Transformer with `model.transformer.max_positions: 64`, below `decoding.max_src_tokens` (256):
+    the same weights (sinusoidal positions are not saved), a model that cannot encode a 65th token."""
+    copy = tmp_path / "short"
+    shutil.copytree(trained_transformer, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("max_positions: 1024", "max_positions: 64"))
+    for files in RunDir(copy).checkpoints():
+        rewrite_meta(files, lambda text: text.replace('"max_positions": 1024', '"max_positions": 64'))
+    return copy
+
+
+def test_a_text_longer_than_the_model_encodes_is_refused_and_its_batch_mates_are_served(short_transformer):
+    long_text = " ".join(["ab ca de fo"] * 20)  # 80 words
+    assert 64 < len(load_model(short_transformer).tokenizer.encode_src([long_text])[0]) <= 256
+    limits = Limits(batch_wait_ms=200)  # the six requests share a batch when they reach the decoder together
+    with TestClient(create_app(ModelRegistry([("short", short_transformer)]), limits)) as client:
+        bodies = [{"text": "ab ca de"}] * 5 + [{"text": long_text}]
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda body: client.post("/translate", json=body), bodies))
+        described = client.get("/models").json()[0]
+    assert [r.status_code for r in responses] == [200] * 5 + [422]
+    assert all(r.json()["translations"][0]["text"] == reverse_words("ab ca de") for r in responses[:5])
+    error = responses[5].json()["error"]
+    assert error["field"] == "text" and error["message"].endswith("at most 64 (model.transformer.max_positions)")
+    assert described["max_src_tokens"] == 64
+
+
+# The micro-batcher with a scripted decoder ------------------------------------------------------------------
+
+class Scripted:
+    """A decoder that records each chunk it is given and holds the first one until `release` is set."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.chunks: list[tuple[str, list[str]]] = []
+        self.started, self.release = threading.Event(), threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, key: str, texts: list[str]) -> list[str]:
+        self.chunks.append((key, list(texts)))
+        if len(self.chunks) == 1:
+            self.started.set()
+            assert self.release.wait(10)
+        if self.fail_on in texts:
+            raise RuntimeError(f"cannot decode {self.fail_on}")
+        return [text.upper() for text in texts]
+
+    async def first_chunk_started(self) -> None:
+        assert await asyncio.get_running_loop().run_in_executor(None, self.started.wait, 10)
+
+
+def run_batcher(decode: Scripted, scenario: Callable, **options) -> tuple:
+    async def main() -> tuple:
+        batcher = MicroBatcher(decode, **options)
+        await batcher.start()
+        try:
+            return batcher, await scenario(batcher)
+        finally:
+            decode.release.set()
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+BIG = [f"b{i}" for i in range(8)]
+
+
+def test_a_big_request_is_decoded_in_chunks_round_robin_with_requests_that_came_later():
+    decode = Scripted()
+
+    async def scenario(batcher):
+        big = asyncio.ensure_future(batcher.submit("k", BIG, [3] * 8))  # max_cost 6: chunks of two texts
+        await decode.first_chunk_started()
+        small = asyncio.ensure_future(batcher.submit("k", ["s1", "s2", "s3"], [2, 2, 2]))
+        other = asyncio.ensure_future(batcher.submit("j", ["o"], [1]))  # other settings: never in the same chunk
+        await asyncio.sleep(0.05)  # both are queued while the first chunk decodes
+        decode.release.set()
+        return await asyncio.gather(big, small, other)
+
+    _batcher, (big, small, other) = run_batcher(decode, scenario, max_cost=6, max_wait_ms=0)
+    assert big == [text.upper() for text in BIG] and small == ["S1", "S2", "S3"] and other == ["O"]
+    assert decode.chunks == [("k", ["b0", "b1"]), ("k", ["s1", "s2", "s3"]), ("j", ["o"]), ("k", ["b2", "b3"]),
+                             ("k", ["b4", "b5"]), ("k", ["b6", "b7"])]
+
+
+def test_a_failing_chunk_fails_only_the_request_whose_texts_fail():
+    decode = Scripted(fail_on="bad")
+
+    async def scenario(batcher):
+        first = asyncio.ensure_future(batcher.submit("k", ["warm"]))
+        await decode.first_chunk_started()
+        mates = [asyncio.ensure_future(batcher.submit("k", texts)) for texts in (["a", "b"], ["bad"], ["c"])]
+        await asyncio.sleep(0.05)
+        decode.release.set()
+        return await asyncio.gather(first, *mates, return_exceptions=True)
+
+    batcher, (_first, a, bad, c) = run_batcher(decode, scenario)
+    assert a == ["A", "B"] and c == ["C"] and isinstance(bad, RuntimeError) and "cannot decode bad" in str(bad)
+    assert decode.chunks[1] == ("k", ["a", "b", "bad", "c"])  # batched together, then tried one request at a time
+    assert batcher.sentences == 1 + 3
+
+
+def test_a_cancelled_request_has_its_remaining_chunks_dropped():
+    decode = Scripted()
+
+    async def scenario(batcher):
+        big = asyncio.ensure_future(batcher.submit("k", BIG, [3] * 8))
+        await decode.first_chunk_started()
+        big.cancel()  # what the server does when the client goes away
+        decode.release.set()
+        return await batcher.submit("k", ["after"])  # served once the worker has passed the cancelled request
+
+    batcher, after = run_batcher(decode, scenario, max_cost=6)
+    assert after == ["AFTER"] and decode.chunks == [("k", ["b0", "b1"]), ("k", ["after"])]
+    assert batcher.dropped == 6 and batcher.sentences == 3
+
+
+def test_closing_refuses_what_is_not_decoded_by_the_deadline_and_new_requests():
+    decode = Scripted()
+
+    async def scenario(batcher):
+        big = asyncio.ensure_future(batcher.submit("k", BIG, [3] * 8))
+        await decode.first_chunk_started()
+        batcher.close(grace=0)
+        with pytest.raises(Closing):
+            await batcher.submit("k", ["late"])
+        decode.release.set()
+        with pytest.raises(Closing):
+            await big
+        return len(decode.chunks)
+
+    _batcher, chunks = run_batcher(decode, scenario, max_cost=6)
+    assert chunks == 1  # the chunk in progress ended; no other started
+
+
+# Real server processes ------------------------------------------------------------------------------------
+
+LONG = " ".join(["ab ca de fo gu hi jo ku"] * 12)  # 193 tokens for the toy Transformer
+BIG_BODY = {"text": [LONG] * 32, "beam_size": 16}  # 32 chunks of one text under max_batch_cost 2000
+
+
+class Server:
+    """`serve()` in its own process on 127.0.0.1 with the given Limits; its output in a log file."""
+
+    def __init__(self, runs: list[tuple[str, Path]], folder: Path, **limits):
+        self.port, self.log = free_port(), folder / "server.log"
+        code = ("import json, sys; from pathlib import Path; from nmt.serve.server import Limits, serve; "
+                "serve([(n, Path(p)) for n, p in json.loads(sys.argv[1])], port=int(sys.argv[2]), "
+                "limits=Limits(**json.loads(sys.argv[3])))")
+        with self.log.open("w") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps([(n, str(p)) for n, p in runs]), str(self.port),
+                 json.dumps(limits)], stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                self.health()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer /health within 120 s"
+                time.sleep(0.2)
+
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, None if body is None else json.dumps(body),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            connection.close()
+
+    def health(self) -> dict:
+        return self.request("GET", "/health", timeout=10)[1]
+
+    def wait_for(self, condition: Callable[[dict], bool], seconds: float = 60) -> dict:
+        deadline = time.monotonic() + seconds
+        while not condition(found := self.health()):
+            assert time.monotonic() < deadline, f"not reached within {seconds} s: {found}"
+            time.sleep(0.05)
+        return found
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def big_server(trained_transformer, tmp_path_factory):
+    server = Server([("toy", trained_transformer)], tmp_path_factory.mktemp("server"), max_request_cost=10**7,
+                    max_batch_cost=2000, request_timeout_s=2)
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log.read_text()
+
+
+def raw_request(port: int, body: dict) -> socket.socket:
+    """A connection that has sent a whole POST /translate and reads nothing yet."""
+    data = json.dumps(body).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return connection
+
+
+def test_a_small_request_is_answered_while_a_big_one_is_decoded(big_server):
+    before = big_server.health()
+    big = raw_request(big_server.port, BIG_BODY)
+    big_server.wait_for(lambda h: h["decodes"] > before["decodes"])
+    assert big_server.request("POST", "/translate", {"text": "ab ca de"})[0] == 200
+    big.setblocking(False)
+    with pytest.raises(BlockingIOError):  # no answer yet: the small request waited for a chunk, not for 32
+        big.recv(100)
+    big.close()
+    big_server.wait_for(lambda h: h["texts_dropped"] > before["texts_dropped"])
+
+
+def test_a_client_that_goes_away_has_its_remaining_texts_dropped(big_server):
+    before = big_server.health()
+    connection = raw_request(big_server.port, BIG_BODY)
+    big_server.wait_for(lambda h: h["decodes"] > before["decodes"])
+    connection.close()
+    after = big_server.wait_for(lambda h: h["texts_dropped"] > before["texts_dropped"])
+    decoded, dropped = (after[k] - before[k] for k in ("texts_decoded", "texts_dropped"))
+    assert decoded + dropped == len(BIG_BODY["text"]) and dropped > 0
+    assert big_server.request("POST", "/translate", {"text": "ab ca de"})[0] == 200
+
+
+HALF_SENT = [b"", b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Ty",
+             b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{\"te"]
+
+
+def test_half_sent_requests_are_closed_after_the_request_timeout(big_server):
+    """Nothing, half a head, half a body: uvicorn alone keeps such connections open for ever (its keep-alive
+    timeout starts after a response, and stops at the next request's first byte)."""
+    connections = []
+    for sent in HALF_SENT * 7:
+        connections.append(socket.create_connection(("127.0.0.1", big_server.port), timeout=10))
+        connections[-1].sendall(sent)
+    assert big_server.request("POST", "/translate", {"text": "ab ca de"})[0] == 200  # others are still served
+    answers = []
+    for connection in connections:  # request_timeout_s is 2; each recv waits up to 10 s
+        answers.append(connection.recv(1000))
+        connection.close()
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_big_request_in_flight_exits_within_seconds(trained_transformer, tmp_path):
+    server = Server([("toy", trained_transformer)], tmp_path, max_request_cost=10**7, max_batch_cost=2000)
+    try:
+        answer: list[tuple[int, dict]] = []
+        biggest = {"text": [LONG] * 64, "beam_size": 64}  # minutes of decoding
+        big = threading.Thread(target=lambda: answer.append(server.request("POST", "/translate", biggest)))
+        big.start()
+        server.wait_for(lambda h: h["decodes"] > 0)
+        start = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(30)
+        took = time.monotonic() - start
+        big.join(30)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert took < 10, f"exit {took:.1f} s after SIGTERM"  # shutdown_grace_s 2 + one chunk; it used to take minutes
+    assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log and "Traceback" not in log
+    assert answer[0][0] == 503 and "shutting down" in answer[0][1]["error"]["message"]

@@ -1,16 +1,23 @@
 """`nmt serve`: the REST API (FastAPI, OpenAPI docs at /docs) and the attention explorer page at /, over
 the runs in a `ModelRegistry`. Translation requests go through a `MicroBatcher`; every client mistake is a
-4xx JSON body {"error": {"field": ..., "message": ...}}, never a 500 or a traceback in the log."""
+4xx JSON body {"error": {"field": ..., "message": ...}}, never a 500 or a traceback in the log.
+
+Every resource a client can hold is bounded (`Limits`, one field per bound): the texts, the body, the
+decoding cost of a request (beam x source tokens, 413 above it) and of one decode (a big request is decoded
+in chunks, round-robin with the others); the connections; the time to send a request (uvicorn has no such
+timeout: `DeadlineH11Protocol`); the header size. A client that goes away has its remaining work dropped;
+SIGTERM refuses what is not decoded `shutdown_grace_s` later (503) and the process exits."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from nmt.config import MAX_BEAM, AttentionKind
-from nmt.serve.microbatch import MicroBatcher
-from nmt.serve.service import ClientError, ModelRegistry
+from nmt.serve.microbatch import Closing, MicroBatcher
+from nmt.serve.service import ClientError, ModelRegistry, decoding_costs
+from nmt.serve.transport import BodyLimit, DeadlineH11Protocol, error_response, hearing_shutdown, unless_disconnected
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -29,11 +37,31 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SETTINGS_VARIABLE = "NMT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 
 
+T = TypeVar("T")
+
+
 class Limits(BaseModel):
-    max_texts: int = 64  # texts in one /translate request
-    max_body_bytes: int = 1 << 20
-    max_batch_sentences: int = 64
-    batch_wait_ms: float = 2.0
+    """The bounds of one server process. Costs are beam size x source tokens, EOS included
+    (service.decoding_costs): the default request bound keeps a request to a few seconds of a 2-core CPU with
+    the shipped configs' model sizes even when no hypothesis ends before max_ratio x length + max_extra
+    tokens, a chunk to a quarter of that (measured in RELIABILITY.md)."""
+
+    max_texts: int = 64  # texts in one /translate request (413 above)
+    max_body_bytes: int = 1 << 20  # a request's body (413 above)
+    max_request_cost: int = 1024  # a /translate or /attention request's decoding cost (413 above)
+    max_batch_sentences: int = 64  # texts in one decode
+    max_batch_cost: int = 256  # one decode's cost: a big request is decoded in chunks of this, round-robin
+    batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others
+    max_connections: int = 256  # uvicorn limit_concurrency: open connections, idle ones too (503 beyond)
+    keep_alive_s: int = 5  # uvicorn timeout_keep_alive: an idle connection between two requests is closed
+    request_timeout_s: float = 10.0  # a request's head and body must arrive within this (DeadlineH11Protocol)
+    max_header_bytes: int = 16_384  # uvicorn h11_max_incomplete_event_size: request line and headers (400 above)
+    shutdown_grace_s: float = 2.0  # on SIGTERM, work in progress goes on this long; what is left gets 503
+
+
+SHUTDOWN_MARGIN_S = 3
+"""uvicorn's timeout_graceful_shutdown is shutdown_grace_s plus this: the time for a last chunk and the
+responses, after which uvicorn cancels what still runs."""
 
 
 # Requests and responses -------------------------------------------------------------------------------
@@ -123,36 +151,6 @@ class AttentionResponse(BaseModel):
 
 # The application --------------------------------------------------------------------------------------
 
-def _error(status: int, field: str | None, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
-
-
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, by Content-Length or while reading a chunked body."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _error(413, "body", f"{int(declared)} bytes; at most {self.limit}")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                scope.setdefault("state", {})["body_too_large"] = True
-                raise ValueError("request body over the limit")
-            return message
-
-        return await self.app(scope, limited, send)
-
-
 def _field(location: Sequence) -> str:
     """pydantic's error location as the client wrote it: ("body", "text", "list[str]", 1) -> "text[1]" (the
     member of a union that was tried is left out)."""
@@ -167,12 +165,14 @@ def _field(location: Sequence) -> str:
 
 def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
-    batcher = MicroBatcher(registry.translate, limits.max_batch_sentences, limits.batch_wait_ms)
+    batcher = MicroBatcher(registry.translate, limits.max_batch_sentences, limits.batch_wait_ms,
+                           limits.max_batch_cost)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await batcher.start()
-        yield
+        with hearing_shutdown(lambda: batcher.close(limits.shutdown_grace_s)):
+            yield {"request_timeout_s": limits.request_timeout_s}  # for DeadlineH11Protocol
         await batcher.stop()
 
     app = FastAPI(title="nmt", summary="Translate and inspect attention with trained nmt runs.", lifespan=lifespan)
@@ -181,24 +181,30 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
 
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, err: ClientError) -> JSONResponse:
-        return _error(err.status, err.field, err.message)
+        return error_response(err.status, err.field, err.message)
+
+    @app.exception_handler(Closing)
+    async def closing(_request: Request, err: Closing) -> JSONResponse:
+        return error_response(503, None, f"{err}; retry")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0]
         if first.get("type") == "json_invalid":
-            return _error(422, "body", f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
-        return _error(422, _field(first.get("loc", ())), first["msg"])
+            return error_response(422, "body", f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+        return error_response(422, _field(first.get("loc", ())), first["msg"])
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         if getattr(request.state, "body_too_large", False):
-            return _error(413, "body", f"request body over {limits.max_body_bytes} bytes")
-        return _error(err.status_code, None, str(err.detail))
+            return error_response(413, "body", f"request body over {limits.max_body_bytes} bytes")
+        return error_response(err.status_code, None, str(err.detail))
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "models": list(registry.models)}
+        """Liveness, the served models and the decoder's counters since the start."""
+        return {"status": "ok", "models": list(registry.models), "decodes": batcher.batches,
+                "texts_decoded": batcher.sentences, "texts_dropped": batcher.dropped}
 
     @app.get("/models")
     async def models() -> list[dict]:
@@ -206,12 +212,13 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         return [served.describe() for served in registry.models.values()]
 
     @app.post("/translate", response_model=TranslateResponse)
-    async def translate(request: TranslateRequest) -> TranslateResponse:
+    async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
         """Translate one text or a list; requests arriving together are decoded in one batch."""
-        texts = [request.text] if isinstance(request.text, str) else request.text
-        decoding = registry.decoding(request.model, request.beam_size, request.n_best, request.length_penalty)
-        registry.check_texts(decoding.model, texts, limits.max_texts)
-        found = await batcher.submit(decoding, texts)
+        texts = [body.text] if isinstance(body.text, str) else body.text
+        decoding = registry.decoding(body.model, body.beam_size, body.n_best, body.length_penalty)
+        lengths = registry.check_texts(decoding.model, texts, limits.max_texts)
+        costs = decoding_costs(decoding.beam_size, lengths, limits.max_request_cost)
+        found = await unless_disconnected(request, batcher.submit(decoding, texts, costs))
         return TranslateResponse(
             model=decoding.model, beam_size=decoding.beam_size, n_best=decoding.n_best,
             length_penalty=decoding.length_penalty,
@@ -221,11 +228,14 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
                 for t in found])
 
     @app.post("/attention", response_model=AttentionResponse)
-    async def attention(request: AttentionRequest) -> AttentionResponse:
+    async def attention(body: AttentionRequest, request: Request) -> AttentionResponse:
         """One text's translation with its attention weights and the statistics `nmt attention` prints."""
-        registry.check_texts(request.model, [request.text], 1)
-        served, view = await batcher.run(registry.attention, request.model, request.text, request.beam_size,
-                                         request.kind, request.layer, request.head, request.threshold)
+        lengths = registry.check_texts(body.model, [body.text], 1)
+        decoding_costs(registry.decoding(body.model, body.beam_size, None, None).beam_size, lengths,
+                       limits.max_request_cost)
+        served, view = await unless_disconnected(request, batcher.run(
+            registry.attention, body.model, body.text, body.beam_size, body.kind, body.layer, body.head,
+            body.threshold))
         stats = view.stats
         return AttentionResponse(
             model=served.name, source=view.source, translation=view.translation, kind=view.kind, layer=view.layer,
@@ -264,8 +274,12 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
         log.warning("listening on %s: anyone who can reach port %d can use this server; it has no authentication",
                     host, port)
     registry = ModelRegistry(runs, checkpoint, quantize)  # a bad run directory fails here, before binding the port
+    bounds: dict[str, Any] = {
+        "http": DeadlineH11Protocol, "limit_concurrency": limits.max_connections,
+        "timeout_keep_alive": limits.keep_alive_s, "h11_max_incomplete_event_size": limits.max_header_bytes,
+        "timeout_graceful_shutdown": math.ceil(limits.shutdown_grace_s) + SHUTDOWN_MARGIN_S}
     if workers == 1:
-        uvicorn.run(create_app(registry, limits), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(registry, limits), host=host, port=port, log_level="info", **bounds)
         return
     import torch
 
@@ -274,4 +288,4 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
         "limits": limits.model_dump(),
         "threads": max(1, torch.get_num_threads() // workers)})
     uvicorn.run("nmt.serve.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", **bounds)

@@ -56,7 +56,7 @@ class ServedModel:
                 "checkpoint": self.loaded.checkpoint.path.name,
                 "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
                 "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
-                "max_src_tokens": config.decoding.max_src_tokens}
+                "max_src_tokens": self.translator.source_limit[0]}
 
     def translator_for(self, length_penalty: float) -> Translator:
         decoding = self.loaded.config.decoding
@@ -64,6 +64,23 @@ class ServedModel:
             return self.translator
         changed = decoding.model_copy(update={"length_penalty": length_penalty})
         return Translator(self.loaded.model, self.loaded.tokenizer, changed, self.loaded.config.data.clean)
+
+
+def text_field(texts: Sequence[str], i: int) -> str:
+    """How a request names its i-th text: `text` when it sent one, `text[i]` when it sent a list."""
+    return "text" if len(texts) == 1 else f"text[{i}]"
+
+
+def decoding_costs(beam_size: int, lengths: Sequence[int], max_cost: int) -> list[int]:
+    """Each text's decoding cost in beam x source tokens (the beam's hypotheses each run up to max_ratio x
+    length + max_extra steps); a request above `max_cost` in all is refused with 413: one request must not
+    hold the decoder, which serves every client in turn, for minutes."""
+    costs = [beam_size * length for length in lengths]
+    if sum(costs) > max_cost:
+        raise ClientError("text", f"costs {sum(costs)} (beam_size {beam_size} x {sum(lengths)} source tokens); "
+                                  f"at most {max_cost} per request: send fewer or shorter texts, or a smaller "
+                                  "beam_size", status=413)
+    return costs
 
 
 def served_runs(specs: Sequence[str]) -> list[tuple[str, Path]]:
@@ -114,24 +131,26 @@ class ModelRegistry:
             raise ClientError("length_penalty", f"{penalty} must be >= 0")
         return Decoding(served.name, beam, best, penalty)
 
-    def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> None:
-        """Refuse what cannot be translated faithfully: no texts, too many, an empty one, or one longer than
-        the model takes (`decoding.max_src_tokens`; the server truncates nothing)."""
+    def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
+        """Refuse what cannot be translated faithfully: no texts, too many, an empty one, or one longer than the
+        model takes (`Translator.source_limit`: decoding.max_src_tokens, or a Transformer's max_positions when
+        smaller; the server truncates nothing). Returns each text's source tokens, EOS included."""
         if not texts:
             raise ClientError("text", "give one text or a non-empty list of texts")
         if len(texts) > max_texts:
             raise ClientError("text", f"{len(texts)} texts in one request; at most {max_texts}", status=413)
         served = self.get(name)
-        clean, limit = served.loaded.config.data.clean, served.loaded.config.decoding.max_src_tokens
-        cleaned = [normalize(text, clean) for text in texts]
-        where = (lambda i: "text") if len(texts) == 1 else (lambda i: f"text[{i}]")
+        cleaned = [normalize(text, served.loaded.config.data.clean) for text in texts]
         for i, line in enumerate(cleaned):
             if not has_content(line):
-                raise ClientError(where(i), "is empty or only whitespace")
-        for i, ids in enumerate(served.loaded.tokenizer.encode_src(cleaned)):
-            if len(ids) > limit:
-                raise ClientError(where(i), f"has {len(ids)} subword tokens; {served.name} takes at most {limit} "
-                                            "(decoding.max_src_tokens)")
+                raise ClientError(text_field(texts, i), "is empty or only whitespace")
+        limit, setting = served.translator.source_limit
+        lengths = [len(ids) for ids in served.loaded.tokenizer.encode_src(cleaned)]
+        for i, length in enumerate(lengths):
+            if length > limit:
+                raise ClientError(text_field(texts, i), f"has {length} subword tokens; {served.name} takes at most "
+                                                        f"{limit} ({setting})")
+        return lengths
 
     def translate(self, decoding: Decoding, texts: Sequence[str]) -> list[Translation]:
         served = self.models[decoding.model]
