@@ -182,6 +182,21 @@ def test_an_export_replaces_the_previous_one_whole_and_records_every_file(two_ex
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_an_export_decodes_after_training_pruned_its_checkpoint(two_exports, tmp_path):
+    """A run that trains on with keep_last prunes the checkpoint an export came from: the export holds what
+    decoding needs (it used to be refused: `MANIFEST.json: missing or unreadable`)."""
+    from nmt.inference.ensemble import load_models
+
+    run, old, _ = two_exports
+    run = shutil.copytree(run, tmp_path / "run")
+    exported = RunDir(run).checkpoints_dir / _layout(old)["checkpoint"]
+    step = json.loads((exported / "meta.json").read_text())["step"]
+    shutil.rmtree(exported)
+    loaded = load_models(run, runtime="onnx")
+    assert loaded.checkpoint.step == step and loaded.checkpoint.path == exported
+    assert translate_lines(run, ["ab ca de"], runtime="onnx").translations[0].text
+
+
 def _truncate(folder: Path, old: Path) -> None:
     path = folder / "encoder.onnx"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -28,24 +28,15 @@ def test_a_failed_atomic_write_names_the_target_and_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
-def _fill(disk) -> None:
-    try:
-        with open(disk / "filler", "wb") as handle:
-            while True:
-                handle.write(b"\0" * 4096)
-                handle.flush()
-    except OSError:
-        pass
-
-
 @pytest.mark.slow
 def test_heatmaps_onto_a_full_disk_are_one_line_naming_the_image_and_leave_no_empty_file(trained_run, tmp_path,
                                                                                          tmpfs):
     """`nmt attention` and `nmt compare` on a real full filesystem used to leave 0-byte PNGs and name no path."""
+    from test_checkpoint import _fill
     from test_cli import run
 
     disk = tmpfs("256K")
-    _fill(disk)
+    _fill(disk, 0)
     for args, image in ((["attention", "--model", trained_run, "ab ca", "-o", disk], f"{disk}/ab_ca-"),
                         (["compare", trained_run, "-o", disk / "compare.png"], f"{disk}/compare.png")):
         result = run(*args)

@@ -90,6 +90,7 @@ def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) 
                           dynamic_axes={"prev": {0: "B"}, "log_probs": {0: "B"}, "weights": {0: "B", 1: "S"},
                                         **_dynamic_axes(layout, step_inputs[1:], "T"),
                                         **_dynamic_axes(layout, step_outputs[2:], "T1")})
-        saved = {**layout.__dict__, "checkpoint": loaded.checkpoint.path.name, "files": describe_files(staging)}
+        saved = {**layout.__dict__, "checkpoint": loaded.checkpoint.path.name,
+                 "checkpoint_meta": loaded.checkpoint.meta, "files": describe_files(staging)}
         (staging / LAYOUT).write_text(json.dumps(saved, indent=2) + "\n")
     return folder

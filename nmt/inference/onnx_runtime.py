@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.models.flat import FlatLayout
-from nmt.runs.checkpoint import verify
+from nmt.runs.checkpoint import Checkpoint
 from nmt.runs.loading import DecodingRun, load_run_config, load_tokenizer
 from nmt.runs.rundir import CheckpointFiles, RunDir
 
@@ -46,26 +47,29 @@ class OnnxState:
 
 @dataclass
 class Export:
-    """What one opening of an export folder holds: the layout, the checkpoint's folder name, the graphs."""
+    """What one opening of an export folder holds: the layout, the checkpoint it was exported from (its folder
+    name and metadata, kept in the export: training may have pruned the checkpoint since), the graphs."""
 
     layout: FlatLayout
     checkpoint: str
+    checkpoint_meta: dict[str, Any]
     encoder: bytes
     step: bytes
 
 
-def read_layout(path: Path, text: bytes) -> tuple[FlatLayout, str, dict[str, tuple[int, str]]]:
-    """layout.json: the flat tensors' names and batch axes, the folder name (in the run's checkpoints/) of the
-    checkpoint the graphs were exported from, and the size and sha256 of each graph; a damaged or tampered file
-    is refused in one line."""
+def read_layout(path: Path, text: bytes) -> tuple[FlatLayout, str, dict[str, Any], dict[str, tuple[int, str]]]:
+    """layout.json: the flat tensors' names and batch axes, the folder name (in the run's checkpoints/) and the
+    metadata of the checkpoint the graphs were exported from, and the size and sha256 of each graph; a damaged
+    or tampered file is refused in one line."""
     try:
         saved = json.loads(text)
         layout = FlatLayout([str(n) for n in saved["memory"]], [str(n) for n in saved["state"]],
                             [int(a) for a in saved["state_batch_axes"]])
-        checkpoint = saved["checkpoint"]
+        checkpoint, meta = saved["checkpoint"], saved["checkpoint_meta"]
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)") from None
-    if len(layout.state) != len(layout.state_batch_axes) or not layout.memory:
+    if (len(layout.state) != len(layout.state_batch_axes) or not layout.memory or not isinstance(meta, dict)
+            or type(meta.get("step")) is not int):
         raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)")
     if not _plain_name(checkpoint):
         raise CheckpointError(f"{path}: 'checkpoint' must name a folder in the run's checkpoints/, got {checkpoint!r}")
@@ -75,7 +79,7 @@ def read_layout(path: Path, text: bytes) -> tuple[FlatLayout, str, dict[str, tup
                        and isinstance(r.get("sha256"), str) for name, r in files.items())):
         raise CheckpointError(f"{path}: does not record the size and sha256 of every file ({ENCODER}, {STEP}): "
                               "damaged, or written by an older nmt export (export the run again)")
-    return layout, checkpoint, {name: (r["size"], r["sha256"]) for name, r in files.items()}
+    return layout, checkpoint, meta, {name: (r["size"], r["sha256"]) for name, r in files.items()}
 
 
 def _plain_name(name: object) -> bool:
@@ -106,7 +110,7 @@ def read_export(folder: Path) -> Export:
         text = _read_at(directory, folder, LAYOUT)
         if text is None:
             raise missing
-        layout, checkpoint, records = read_layout(folder / LAYOUT, text)
+        layout, checkpoint, meta, records = read_layout(folder / LAYOUT, text)
         found = {}
         for name, (size, digest) in records.items():
             data = _read_at(directory, folder, name)
@@ -121,7 +125,7 @@ def read_export(folder: Path) -> Export:
             found[name] = data
     finally:
         os.close(directory)
-    return Export(layout, checkpoint, found[ENCODER], found[STEP])
+    return Export(layout, checkpoint, meta, found[ENCODER], found[STEP])
 
 
 class OnnxModel(nn.Module):
@@ -135,7 +139,7 @@ class OnnxModel(nn.Module):
         except ImportError:
             raise NmtError("ONNX decoding needs onnxruntime: pip install 'nmt[export]'") from None
         export = read_export(folder)
-        self.layout, self.checkpoint = export.layout, export.checkpoint
+        self.layout, self.checkpoint, self.checkpoint_meta = export.layout, export.checkpoint, export.checkpoint_meta
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch decoding would use
         # Spinning threads wait for work by burning CPU: on shared cores that starves everything else.
@@ -164,5 +168,6 @@ def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> DecodingRun:
     run = RunDir(run_dir)
     config = load_run_config(run, overrides)
     model = OnnxModel(run.export_dir("onnx"), config.model.max_positions)
-    checkpoint = verify(CheckpointFiles(run.checkpoints_dir / model.checkpoint))
+    # the checkpoint as the export recorded it: it needs no checkpoint on disk (training may have pruned it)
+    checkpoint = Checkpoint(CheckpointFiles(run.checkpoints_dir / model.checkpoint), model.checkpoint_meta)
     return DecodingRun(run, config, load_tokenizer(run), model, checkpoint)
