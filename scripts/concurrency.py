@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20, help="the whole script's deadline")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    started = time.monotonic()
     signal.alarm(int(args.minutes * 60))  # the deadline: SIGALRM ends the script
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +191,8 @@ def main() -> None:
     for case in cases.values():
         print(f"| {case.name} | {case.tries} | {case.ok} | {'; '.join(case.notes)[:300]} |")
     failed = [c.name for c in cases.values() if c.ok != c.tries or not c.tries]
-    print("all cases as promised" if not failed else f"FAILED: {', '.join(failed)}")
+    print("all cases as promised" if not failed else f"FAILED: {', '.join(failed)}",
+          f"({time.monotonic() - started:.0f} s)")
     sys.exit(1 if failed else 0)
 
 
