@@ -8,7 +8,7 @@ CONFIG ?= configs/enja_bahdanau.yaml
 # A local corpus mirror is used before any download when it exists (these machines are offline).
 export NMT_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: install test test-slow test-portable test-all lint quickstart bench clean
+.PHONY: install test test-slow test-portable test-all lint quickstart bench clean notebooks docs
 
 $(BIN)/nmt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,20 @@ quickstart: install
 	$(BIN)/nmt train --config $(CONFIG)
 	$(BIN)/nmt evaluate --config $(CONFIG) --split dev
 	$(BIN)/nmt translate --config $(CONFIG) "i like tennis ."
+
+# The attention chapter's notebooks, executed end to end in a Jupyter kernel (stored without outputs). Each trains
+# its small models on the real corpora into runs/notebooks/ and reuses them when they are there.
+notebooks: install
+	$(BIN)/python -m pytest -m slow tests/test_notebooks.py
+
+$(BIN)/mkdocs: pyproject.toml $(BIN)/nmt
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@
+
+# The documentation site (site/): the README, RELIABILITY.md, BENCHMARKS.md and the API's docstrings, built in strict
+# mode, so a broken link or reference fails.
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:
 	rm -rf runs data/cache data/downloads

@@ -1,0 +1,7 @@
+"""The public Python API (`nmt.load`, `nmt.train`, `nmt.compare`), exported by `nmt` itself."""
+
+from nmt.api.run import Comparison, Evaluation, Hypothesis, Run, Translation, compare, load, train
+from nmt.api.views import AttentionMap, AttentionView
+
+__all__ = ["AttentionMap", "AttentionView", "Comparison", "Evaluation", "Hypothesis", "Run", "Translation", "compare",
+           "load", "train"]

@@ -1,0 +1,254 @@
+"""A trained run as a Python object, and training and comparing runs from Python: what the `nmt` commands do,
+returning objects instead of printing, for notebooks and scripts."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nmt.api.inline import explorer_html, page_data
+from nmt.api.views import AttentionView, KindMaps, detached, plotting
+from nmt.config import Config, apply_override, parse_config
+from nmt.data.splits import EvalSet, eval_set
+from nmt.errors import ConfigError
+from nmt.inference.metrics import Score, ter
+from nmt.inference.score import ScoredPair, score_pairs
+from nmt.inference.scoring import decode_and_score
+from nmt.inference.translate import Translator
+from nmt.inspect.view import attention_view
+from nmt.runs.loading import LoadedRun, load_model, read_config
+from nmt.serve.service import ServedModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from nmt.inspect.analysis import RunSummary
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    score: float  # what the beam ranks by: log p / length penalty
+    log_prob: float
+
+
+@dataclass
+class Translation:
+    """One source text's translation: `text` is the best of `hypotheses` (n-best, best first)."""
+
+    source: str
+    text: str
+    hypotheses: list[Hypothesis]
+
+
+@dataclass
+class Evaluation:
+    name: str  # the split, or "sources" for given sentences
+    sentences: int
+    scores: list[Score]  # BLEU, chrF, TER, each with its sacrebleu signature
+    hypotheses: list[str]
+
+    @property
+    def bleu(self) -> float:
+        return self.scores[0].score
+
+
+class Run:
+    """A trained run loaded once: translate, inspect attention, score and evaluate without reloading."""
+
+    def __init__(self, loaded: LoadedRun, checkpoint: str = "best"):
+        self.loaded, self.which = loaded, checkpoint
+        self._translator = Translator.for_run(loaded)
+
+    @property
+    def path(self) -> Path:
+        return self.loaded.run.path
+
+    @property
+    def config(self) -> Config:
+        """The run's saved config (frozen)."""
+        return self.loaded.config
+
+    @property
+    def checkpoint(self) -> str:
+        """The folder name of the checkpoint loaded, e.g. `step-800`."""
+        return self.loaded.checkpoint.path.name
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, {self.config.model.summary}, {self.checkpoint})"
+
+    def _translator_for(self, length_penalty: float | None) -> Translator:
+        if length_penalty is None:
+            return self._translator
+        decoding = self.config.decoding.model_copy(update={"length_penalty": length_penalty})
+        return Translator(self.loaded.model, self.loaded.tokenizer, decoding, self.config.data.clean)
+
+    def translate(self, texts: str | Sequence[str], beam_size: int | None = None, n_best: int = 1,
+                  length_penalty: float | None = None) -> list[Translation]:
+        """Translate raw texts (one string or several); beam size and length penalty default to the run's
+        decoding settings. Each result holds the `n_best` hypotheses with their scores."""
+        lines = [texts] if isinstance(texts, str) else list(texts)
+        found = self._translator_for(length_penalty).translate(lines, beam_size, n_best)
+        return [Translation(t.source, t.text, [Hypothesis(text, h.score, h.log_prob)
+                                               for h, text in zip(t.hypotheses, t.texts, strict=True)])
+                for t in found]
+
+    def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int) -> KindMaps:
+        """Every layer's maps of `kind` (each head and their average), or an RNN's one map."""
+        last = attention_view(self.loaded, text, threshold, beam_size, kind, translator=self._translator)
+        if last.layer is None:
+            return KindMaps.of([last], threshold)
+        earlier = [attention_view(self.loaded, text, threshold, beam_size, kind, layer, translator=self._translator)
+                   for layer in range(1, last.layer)]
+        return KindMaps.of([*earlier, last], threshold)
+
+    def attention(self, text: str, kind: str = "cross", layer: int | None = None, head: int | None = None,
+                  threshold: float = 0.1, beam_size: int = 1) -> AttentionView:
+        """Translate `text` and return where each token looked. An RNN has one cross-attention map. For a
+        Transformer `kind` is cross, encoder or decoder (self-attention); with neither `layer` nor `head`
+        the view holds every head of every layer, with `layer` every head of that layer, with `head` that
+        head (of `layer`, default the last)."""
+        maps = self._kind_maps(text, kind, threshold, beam_size)
+        count = len(maps.averages)
+        if maps.averages[0].layer is None:
+            if layer is not None or head is not None:
+                raise ConfigError("layer and head select among a Transformer's attentions; this RNN run has one "
+                                  "cross-attention map")
+            chosen = maps.averages
+        else:
+            if layer is not None and not 1 <= layer <= count:
+                raise ConfigError(f"layer {layer}: the model has {count} layers (1 to {count})")
+            heads = len(maps.heads[0])
+            if head is not None and not 1 <= head <= heads:
+                raise ConfigError(f"head {head}: the model has {heads} heads (1 to {heads})")
+            if head is not None:
+                chosen = [maps.heads[(layer or count) - 1][head - 1]]
+            else:
+                chosen = [m for i, per_layer in enumerate(maps.heads) if layer in (None, i + 1) for m in per_layer]
+        return AttentionView(text, maps.translation, kind, layer, head, threshold, beam_size, maps.row_tokens,
+                             maps.col_tokens, chosen, maps,
+                             kinds=lambda other: self._kind_maps(text, other, threshold, beam_size),
+                             page=self._page)
+
+    def _page(self, view: AttentionView) -> str:
+        described = ServedModel(self.path.name, self.loaded, self._translator).describe()
+        described["beam_size"] = view.beam_size
+        best = self.translate([view.source], view.beam_size, min(view.beam_size, 5))[0]
+        decoding = self.config.decoding
+        found = {"source": best.source, "text": best.text, "hypotheses": [asdict(h) for h in best.hypotheses]}
+        translate = {"model": described["name"], "beam_size": view.beam_size, "n_best": len(best.hypotheses),
+                     "length_penalty": decoding.length_penalty, "translations": [found]}
+        return explorer_html(page_data(view, described, translate))
+
+    def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[ScoredPair]:
+        """Forced decoding: each target's log-probability under the model, per sentence and per token."""
+        return score_pairs(self.path, list(sources), list(targets), self.which)
+
+    def evaluate(self, split: str | None = None, sources: Sequence[str] | None = None,
+                 references: Sequence[str] | None = None, beam_size: int | None = None) -> Evaluation:
+        """BLEU, chrF and TER of a split of the run's corpus (default dev) or of given sources and references;
+        writes nothing (`nmt evaluate` keeps the hypotheses and a report in the run directory)."""
+        if (sources is None) != (references is None):
+            raise ConfigError("evaluate: give sources and references together")
+        if sources is not None and references is not None:
+            if split is not None:
+                raise ConfigError("evaluate: give a split or sources and references, not both")
+            if len(sources) != len(references) or not sources:
+                raise ConfigError(f"evaluate: {len(sources)} sources but {len(references)} references")
+            found = EvalSet("sources", list(sources), list(references))
+        else:
+            found = eval_set(self.config.data, split)
+        decoded = decode_and_score(self._translator, found, self.config.evaluation, beam_size)
+        hypotheses = decoded.hypotheses
+        return Evaluation(found.name, len(found.sources),
+                          [decoded.bleu, decoded.chrf, ter(hypotheses, found.references, self.config.evaluation)],
+                          hypotheses)
+
+
+def load(run_dir: str | Path, checkpoint: str = "best") -> Run:
+    """A trained run from its directory: `checkpoint` is best (by dev BLEU), last or averaged."""
+    return Run(load_model(Path(run_dir), checkpoint), checkpoint)
+
+
+def _assignments(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """`training__max_steps=5` or `training={"max_steps": 5}` as `--set training.max_steps=5`."""
+    found = []
+    for key, value in overrides.items():
+        dotted = prefix + key.replace("__", ".")
+        if isinstance(value, Mapping):
+            found += _assignments(value, dotted + ".")
+        else:
+            found.append(f"{dotted}={json.dumps(value)}")
+    return found
+
+
+def train(config: str | Path | Config, resume: bool = False, **overrides: Any) -> Run:
+    """Train the run a config describes and load its best checkpoint. Keyword overrides change the config as
+    `--set` does: `training__max_steps=200` or `training={"max_steps": 200}`."""
+    from nmt.training.trainer import train as run_training
+
+    assignments = _assignments(overrides)
+    if isinstance(config, Config):
+        raw = config.model_dump(mode="json")
+        for assignment in assignments:
+            apply_override(raw, assignment)
+        config = parse_config(raw, source=f"config {config.name}", check_files=True)
+    else:
+        config = read_config(Path(config), assignments)
+    logger = logging.getLogger("nmt")  # train.log records INFO (validations) as under the CLI's logging setup
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        result = run_training(config, resume=resume, show_progress=True)
+    finally:
+        logger.setLevel(level)
+    return load(result.run_dir)
+
+
+class Comparison(list["RunSummary"]):
+    """Runs side by side (`nmt compare`): one record per run, shown as a table in a notebook."""
+
+    COLUMNS = ("run", "model", "parameters", "minutes", "tokens_per_s", "peak_rss_mb", "dev_bleu", "dev_chrf",
+               "test_bleu", "entropy")
+
+    def records(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self]
+
+    def _repr_html_(self) -> str:
+        def cell(value: object) -> str:
+            shown = "-" if value is None else f"{value:,.2f}" if isinstance(value, float) else str(value)
+            return f"<td>{html.escape(shown)}</td>"
+
+        head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)
+        rows = "".join(f"<tr>{''.join(cell(r[c]) for c in self.COLUMNS)}</tr>" for r in self.records())
+        return f"<table><tr>{head}</tr>{rows}</table>"
+
+    def plot(self) -> Figure:
+        """Best dev BLEU, attention entropy and training speed per run (the `nmt compare` plot)."""
+        import matplotlib.image
+        import matplotlib.pyplot as plt
+
+        plotting()
+        from nmt.inspect.analysis import compare_plot
+
+        with tempfile.TemporaryDirectory() as folder:
+            image = matplotlib.image.imread(compare_plot(self, Path(folder) / "compare.png"))
+        fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100))
+        ax.imshow(image)
+        ax.axis("off")
+        return detached(fig)
+
+
+def compare(runs: Sequence[Run | str | Path]) -> Comparison:
+    """What each run achieved, from its directory alone (no model is built)."""
+    plotting()
+    from nmt.inspect.analysis import summarize_run  # with plotting: loaded when asked for
+
+    return Comparison(summarize_run(r.path if isinstance(r, Run) else Path(r)) for r in runs)

@@ -1,0 +1,162 @@
+"""Attention as a notebook shows it: every map of one kind (all heads of every layer, or the one chosen), its
+statistics as arrays, a matplotlib figure, and the explorer page inline (`_repr_html_`)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
+from unittest import mock
+
+import numpy as np
+import torch
+
+from nmt.inference.attention_stats import attention_stats
+from nmt.inspect.view import AttentionView as SentenceView
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def plotting() -> ModuleType:
+    """nmt.inspect.plots, leaving the caller's matplotlib backend in place: the module picks Agg when it is
+    imported (the commands write files), which would leave a notebook's inline backend unable to show figures.
+    pyplot is imported first, with the caller's backend, which sets up a notebook's display."""
+    import matplotlib
+    import matplotlib.pyplot  # noqa: F401
+
+    if "nmt.inspect.plots" not in sys.modules:
+        with mock.patch.object(matplotlib, "use"):
+            import nmt.inspect.plots  # noqa: F401
+    return sys.modules["nmt.inspect.plots"]
+
+
+def detached(fig: Figure) -> Figure:
+    """The figure out of pyplot's registry: a notebook shows it once, as the cell's result (not a second time
+    when the cell ends), and pyplot does not keep it alive."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
+@dataclass
+class AttentionMap:
+    """One map: who attends (rows) to what (columns), with each row's entropy (nats), largest weight and the
+    number of positions above the view's threshold."""
+
+    layer: int | None  # 1-based; None for an RNN's single map
+    head: int | None  # 1-based; None for an RNN's single map or the heads' average
+    weights: np.ndarray  # (rows, cols)
+    entropy: np.ndarray  # (rows,)
+    max_weight: np.ndarray  # (rows,)
+    above_threshold: np.ndarray  # (rows,)
+
+    @property
+    def caption(self) -> str:
+        if self.layer is None:
+            return "cross-attention"
+        return f"layer {self.layer} " + (f"head {self.head}" if self.head else "heads averaged")
+
+    @classmethod
+    def of(cls, layer: int | None, head: int | None, weights: np.ndarray, threshold: float) -> AttentionMap:
+        stats = attention_stats(torch.from_numpy(np.ascontiguousarray(weights)), threshold)
+        return cls(layer, head, weights, np.array(stats.entropy), np.array(stats.max_weight),
+                   np.array(stats.above_threshold, dtype=int))
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """(mean, std) of each statistic over the rows, as `nmt attention` prints it."""
+        return {name: (float(values.mean()), float(values.std())) if values.size else (0.0, 0.0)
+                for name, values in (("entropy", self.entropy), ("max_weight", self.max_weight),
+                                     ("above_threshold", self.above_threshold.astype(float)))}
+
+
+@dataclass
+class KindMaps:
+    """Every map of one kind of attention for one translated sentence: per layer, the heads' average and each
+    head (an RNN: one layer holding its one map as the average, no heads)."""
+
+    kind: str
+    translation: str
+    row_tokens: list[str]
+    col_tokens: list[str]
+    averages: list[AttentionMap]  # one per layer
+    heads: list[list[AttentionMap]]  # per layer, per head; [[]] for an RNN
+
+    @classmethod
+    def of(cls, layers: list[SentenceView], threshold: float) -> KindMaps:
+        """From `nmt.inspect.view.attention_view` of each layer (heads unchosen), first layer first."""
+        averages, heads = [], []
+        for view in layers:
+            averages.append(AttentionMap.of(view.layer, None, view.weights, threshold))
+            heads.append([] if view.layer is None else
+                         [AttentionMap.of(view.layer, h + 1, weights, threshold)
+                          for h, (_, weights) in enumerate(view.panels)])
+        first = layers[0]
+        return cls(first.kind, first.translation, first.row_labels, first.col_labels, averages, heads)
+
+
+@dataclass
+class AttentionView:
+    """One sentence's translation and its attention of one kind. With neither `layer` nor `head` chosen, a
+    Transformer's view holds every head of every layer: `weights` is then (layers, heads, rows, cols) and
+    `entropy`, `max_weight`, `above_threshold` are (layers, heads, rows); with a layer only, (1, heads, ...).
+    A single map (a chosen head, or an RNN) gives (rows, cols) and (rows,)."""
+
+    source: str
+    translation: str
+    kind: str  # cross, encoder or decoder
+    layer: int | None  # as asked (None: every layer)
+    head: int | None  # as asked (None: every head)
+    threshold: float
+    beam_size: int
+    row_tokens: list[str]  # who attends: target outputs (source tokens for encoder self-attention)
+    col_tokens: list[str]  # what is attended to
+    maps: list[AttentionMap]  # what the arrays below stack, layer by layer, head by head
+    all_maps: KindMaps = field(repr=False)
+    kinds: Callable[[str], KindMaps] = field(repr=False)  # the same sentence's other kinds, for the inline page
+    page: Callable[[AttentionView], str] = field(repr=False)
+
+    @property
+    def single(self) -> bool:
+        return len(self.maps) == 1
+
+    def _stacked(self, name: str) -> np.ndarray:
+        values = [getattr(m, name) for m in self.maps]
+        if self.single:
+            return values[0]
+        layers = len({m.layer for m in self.maps})
+        return np.stack(values).reshape(layers, len(self.maps) // layers, *values[0].shape)
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self._stacked("weights")
+
+    @property
+    def entropy(self) -> np.ndarray:
+        return self._stacked("entropy")
+
+    @property
+    def max_weight(self) -> np.ndarray:
+        return self._stacked("max_weight")
+
+    @property
+    def above_threshold(self) -> np.ndarray:
+        return self._stacked("above_threshold")
+
+    def plot(self) -> Figure:
+        """A heatmap of the one map, or a grid with one axes per head (rows of heads, layer after layer)."""
+        plots = plotting()
+        title = f"{self.source} -> {self.translation}"
+        if self.single:
+            return detached(plots.heatmap_figure(self.maps[0].weights, self.col_tokens, self.row_tokens, title))
+        fig = plots.heads_figure([(f"{self.kind} {m.caption}", m.weights) for m in self.maps], self.col_tokens,
+                           self.row_tokens, title)
+        for ax in fig.axes[len(self.maps):]:  # the grid's unused cells: a figure of exactly one axes per head
+            fig.delaxes(ax)
+        return detached(fig)
+
+    def _repr_html_(self) -> str:
+        return self.page(self)
