@@ -474,6 +474,8 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to share its "
                                                  "batch.")] = 2.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Texts in one /translate request at most.")] = 64,
+    max_request_cost: Annotated[int, typer.Option(min=1, help="Decoding cost of one request at most: beam size "
+                                                  "x source tokens, summed over its texts (413 above).")] = 1024,
     quantize: QuantizeOption = None,
 ) -> None:
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
@@ -487,7 +489,8 @@ def serve(
             from None
 
     run_server(served_runs(model), host, port, workers, checkpoint.value,
-               Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms),
+               Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms,
+                      max_request_cost=max_request_cost),
                quantize and quantize.value)
 
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import html
 import json
-import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nmt.api.inline import explorer_html, page_data
-from nmt.api.views import AttentionView, KindMaps, detached, plotting
+from nmt.api.views import AttentionView, KindMaps, plotting
 from nmt.config import Config, apply_override, parse_config
 from nmt.data.splits import EvalSet, eval_set
 from nmt.errors import ConfigError
 from nmt.inference.metrics import Score, ter
-from nmt.inference.score import ScoredPair, score_pairs
+from nmt.inference.score import ScoredPair, score_with
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.view import attention_view
@@ -148,7 +146,7 @@ class Run:
 
     def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[ScoredPair]:
         """Forced decoding: each target's log-probability under the model, per sentence and per token."""
-        return score_pairs(self.path, list(sources), list(targets), self.which)
+        return score_with(self.loaded, list(sources), list(targets))
 
     def evaluate(self, split: str | None = None, sources: Sequence[str] | None = None,
                  references: Sequence[str] | None = None, beam_size: int | None = None) -> Evaluation:
@@ -201,15 +199,7 @@ def train(config: str | Path | Config, resume: bool = False, **overrides: Any) -
         config = parse_config(raw, source=f"config {config.name}", check_files=True)
     else:
         config = read_config(Path(config), assignments)
-    logger = logging.getLogger("nmt")  # train.log records INFO (validations) as under the CLI's logging setup
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        result = run_training(config, resume=resume, show_progress=True)
-    finally:
-        logger.setLevel(level)
-    return load(result.run_dir)
+    return load(run_training(config, resume=resume, show_progress=True).run_dir)
 
 
 class Comparison(list["RunSummary"]):
@@ -232,23 +222,14 @@ class Comparison(list["RunSummary"]):
 
     def plot(self) -> Figure:
         """Best dev BLEU, attention entropy and training speed per run (the `nmt compare` plot)."""
-        import matplotlib.image
-        import matplotlib.pyplot as plt
-
         plotting()
-        from nmt.inspect.analysis import compare_plot
+        from nmt.inspect.analysis import compare_figure
 
-        with tempfile.TemporaryDirectory() as folder:
-            image = matplotlib.image.imread(compare_plot(self, Path(folder) / "compare.png"))
-        fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100))
-        ax.imshow(image)
-        ax.axis("off")
-        return detached(fig)
+        return compare_figure(self)
 
 
 def compare(runs: Sequence[Run | str | Path]) -> Comparison:
     """What each run achieved, from its directory alone (no model is built)."""
-    plotting()
     from nmt.inspect.analysis import summarize_run  # with plotting: loaded when asked for
 
     return Comparison(summarize_run(r.path if isinstance(r, Run) else Path(r)) for r in runs)

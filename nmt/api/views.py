@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
-from unittest import mock
 
 import numpy as np
 import torch
@@ -21,25 +20,20 @@ if TYPE_CHECKING:
 
 
 def plotting() -> ModuleType:
-    """nmt.inspect.plots, leaving the caller's matplotlib backend in place: the module picks Agg when it is
-    imported (the commands write files), which would leave a notebook's inline backend unable to show figures.
-    pyplot is imported first, with the caller's backend, which sets up a notebook's display."""
-    import matplotlib
-    import matplotlib.pyplot  # noqa: F401
+    """nmt.inspect.plots, which draws on figures of its own (no pyplot: no backend is chosen or changed, and a
+    figure is shown once, as the cell's result). In IPython, figures are given an image display unless the
+    user set one up (`%matplotlib inline`, or svg)."""
+    import nmt.inspect.plots
 
-    if "nmt.inspect.plots" not in sys.modules:
-        with mock.patch.object(matplotlib, "use"):
-            import nmt.inspect.plots  # noqa: F401
-    return sys.modules["nmt.inspect.plots"]
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is not None:
+        from IPython.core.pylabtools import select_figure_formats
+        from matplotlib.figure import Figure
 
-
-def detached(fig: Figure) -> Figure:
-    """The figure out of pyplot's registry: a notebook shows it once, as the cell's result (not a second time
-    when the cell ends), and pyplot does not keep it alive."""
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return fig
+        shown = [f for kind, f in shell.display_formatter.formatters.items() if kind.startswith("image/")]
+        if not any(Figure in f.type_printers for f in shown):
+            select_figure_formats(shell, {"png"})
+    return nmt.inspect.plots
 
 
 @dataclass
@@ -151,12 +145,9 @@ class AttentionView:
         plots = plotting()
         title = f"{self.source} -> {self.translation}"
         if self.single:
-            return detached(plots.heatmap_figure(self.maps[0].weights, self.col_tokens, self.row_tokens, title))
-        fig = plots.heads_figure([(f"{self.kind} {m.caption}", m.weights) for m in self.maps], self.col_tokens,
-                           self.row_tokens, title)
-        for ax in fig.axes[len(self.maps):]:  # the grid's unused cells: a figure of exactly one axes per head
-            fig.delaxes(ax)
-        return detached(fig)
+            return plots.heatmap_figure(self.maps[0].weights, self.col_tokens, self.row_tokens, title)
+        return plots.heads_figure([(f"{self.kind} {m.caption}", m.weights) for m in self.maps], self.col_tokens,
+                                  self.row_tokens, title)
 
     def _repr_html_(self) -> str:
         return self.page(self)

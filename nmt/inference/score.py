@@ -21,7 +21,7 @@ from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import normalize
 from nmt.errors import DataError
 from nmt.inference.translate import Translator
-from nmt.runs.loading import load_model
+from nmt.runs.loading import LoadedRun, load_model
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,16 @@ class ScoredPair:
 
 def score_pairs(run_dir: Path, sources: Sequence[str], targets: Sequence[str], checkpoint: str = "best",
                 overrides: Sequence[str] = ()) -> list[ScoredPair]:
-    """Every pair's scores, in input order."""
+    """Every pair's scores under a run's checkpoint, in input order."""
+    if len(sources) != len(targets):  # before the model is loaded
+        raise DataError(f"score: {len(sources)} source lines but {len(targets)} translations")
+    return score_with(load_model(run_dir, checkpoint, overrides), sources, targets)
+
+
+def score_with(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str]) -> list[ScoredPair]:
+    """Every pair's scores under a loaded model, in input order."""
     if len(sources) != len(targets):
         raise DataError(f"score: {len(sources)} source lines but {len(targets)} translations")
-    loaded = load_model(run_dir, checkpoint, overrides)
     config, model, tokenizer = loaded.config, loaded.model, loaded.tokenizer
     translator = Translator.for_run(loaded)
     src = translator.encode([normalize(line, config.data.clean) for line in sources])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from nmt.config import ATTENTION_KINDS
 from nmt.data.batching import collate
@@ -21,7 +22,7 @@ from nmt.fileio import atomic_write_text
 from nmt.inference.attention_stats import attention_stats, entropy
 from nmt.inference.metrics import bleu, chrf
 from nmt.inference.translate import Translator
-from nmt.inspect.plots import bar_panels, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
+from nmt.inspect.plots import bar_figure, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
 from nmt.inspect.view import MAP_KEYS, AttentionView, attention_view
 from nmt.models import Transformer, with_heads
 from nmt.runs.checkpoint import best_files, read_meta
@@ -158,10 +159,10 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
                                   float(np.mean([s["max_weight"][0] for s in summaries] or [0.0]))))
         low = high + 1
     folder = loaded.run.analysis_dir
-    png = bar_panels([r.label for r in rows], {"BLEU": [r.bleu for r in rows],
-                                                "mean attention entropy (nats)": [r.entropy for r in rows],
-                                                "mean max weight": [r.max_weight for r in rows]},
-                      folder / f"{name}.png", f"{run_dir.name}: {name} by source length")
+    png = save_figure(bar_figure([r.label for r in rows], {"BLEU": [r.bleu for r in rows],
+                                                           "mean attention entropy (nats)": [r.entropy for r in rows],
+                                                           "mean max weight": [r.max_weight for r in rows]},
+                                 f"{run_dir.name}: {name} by source length"), folder / f"{name}.png")
     heads = HeadEntropies(kind, [r.label for r in rows], np.stack(head_rows)) if head_rows else None
     heads_png = None if heads is None else head_lines(
         heads.buckets, heads.entropy, folder / f"{name}.{kind}-heads.png",
@@ -206,8 +207,13 @@ def summarize_run(run_dir: Path) -> RunSummary:
                       test_bleu, meta.get("dev_attention_entropy", 0.0))
 
 
-def compare_plot(summaries: Sequence[RunSummary], path: Path) -> Path:
-    return bar_panels([s.run for s in summaries], {"best dev BLEU": [s.dev_bleu for s in summaries],
+def compare_figure(summaries: Sequence[RunSummary]) -> Figure:
+    """Best dev BLEU, attention entropy and training speed per run."""
+    return bar_figure([s.run for s in summaries], {"best dev BLEU": [s.dev_bleu for s in summaries],
                                                    "dev attention entropy (nats)": [s.entropy for s in summaries],
                                                    "training tokens/s": [s.tokens_per_s for s in summaries]},
-                      path, "runs side by side", xlabel="run")
+                      "runs side by side", xlabel="run")
+
+
+def compare_plot(summaries: Sequence[RunSummary], path: Path) -> Path:
+    return save_figure(compare_figure(summaries), path)

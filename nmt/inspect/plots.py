@@ -13,14 +13,11 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
-import matplotlib
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib import font_manager  # noqa: E402
-from matplotlib.ft2font import FT2Font  # noqa: E402
-
-from nmt.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
+from nmt.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +49,12 @@ def font_for(labels: Sequence[str]) -> list[str]:
     return families
 
 
-def heatmap_figure(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], title: str = "") -> plt.Figure:
+def heatmap_figure(weights, src_labels: Sequence[str], tgt_labels: Sequence[str], title: str = "") -> Figure:
     """Target tokens (rows) x source tokens (columns), each cell annotated with its weight."""
     rows, cols = len(tgt_labels), len(src_labels)
     families = font_for(list(src_labels) + list(tgt_labels) + [title])
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * cols + 2), max(3.0, 0.45 * rows + 1.5)))
+    fig = Figure(figsize=(max(4.0, 0.55 * cols + 2), max(3.0, 0.45 * rows + 1.5)))
+    ax = fig.subplots()
     image = ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     font = {"family": families}
     ax.set_xticks(range(cols), labels=list(src_labels), rotation=60, ha="right", fontdict=font)
@@ -77,32 +75,32 @@ def heatmap_figure(weights, src_labels: Sequence[str], tgt_labels: Sequence[str]
 
 
 def heads_figure(panels: Sequence[tuple[str, object]], src_labels: Sequence[str], tgt_labels: Sequence[str],
-                 title: str = "") -> plt.Figure:
+                 title: str = "") -> Figure:
     """A grid of heatmaps sharing their labels, one per attention head (exercise 4.6: each head's pattern)."""
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     families = font_for(list(src_labels) + list(tgt_labels) + [title])
     width, height = max(3.0, 0.3 * len(src_labels) + 1.5), max(2.5, 0.3 * len(tgt_labels) + 1.2)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * columns, height * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     font = {"family": families, "fontsize": 7}
     for ax, (caption, weights) in zip(axes.flat, panels, strict=False):
         ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(src_labels)), labels=list(src_labels), rotation=60, ha="right", fontdict=font)
         ax.set_yticks(range(len(tgt_labels)), labels=list(tgt_labels), fontdict=font)
         ax.set_title(caption, fontsize=9)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+    for ax in list(axes.flat)[len(panels):]:  # the grid's unused cells: one axes per head
+        fig.delaxes(ax)
     if title:
         fig.suptitle(title, fontproperties={"family": families}, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Render to memory, then write atomically: a full disk leaves no empty or partial image."""
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=130, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -136,24 +134,26 @@ def heatmap_html(panels: Sequence[tuple[str, object]], src_labels: Sequence[str]
     return path
 
 
-def bar_panels(labels: Sequence[str], series: dict[str, Sequence[float]], path: Path, title: str,
-               xlabel: str = "source length (words)") -> Path:
+def bar_figure(labels: Sequence[str], series: dict[str, Sequence[float]], title: str,
+               xlabel: str = "source length (words)") -> Figure:
     """One bar panel per series (e.g. BLEU, entropy) over the same labels (length buckets, runs)."""
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4))
-    for ax, (name, values) in zip(list(axes) if len(series) > 1 else [axes], series.items(), strict=True):
+    fig = Figure(figsize=(4.2 * len(series), 3.4))
+    axes = fig.subplots(1, len(series), squeeze=False)
+    for ax, (name, values) in zip(axes.flat, series.items(), strict=True):
         ax.bar(range(len(labels)), values, color="#4a7ab7")
         ax.set_xticks(range(len(labels)), labels=list(labels))
         ax.set_xlabel(xlabel)
         ax.set_title(name)
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def head_lines(buckets: Sequence[str], entropy, path: Path, title: str) -> Path:
     """One panel per layer, one line per head: entropy (buckets, layers, heads) over the length buckets."""
     layers, heads = entropy.shape[1], entropy.shape[2]
-    fig, axes = plt.subplots(1, layers, figsize=(3.6 * layers, 3.2), squeeze=False, sharey=True)
+    fig = Figure(figsize=(3.6 * layers, 3.2))
+    axes = fig.subplots(1, layers, squeeze=False, sharey=True)
     for layer, ax in enumerate(axes.flat):
         for head in range(heads):
             ax.plot(range(len(buckets)), entropy[:, layer, head], marker="o", label=f"head {head + 1}")

@@ -680,14 +680,20 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
 
 @contextmanager
 def _log_to(path: Path) -> Iterator[None]:
+    """train.log gets every INFO record (the validations) whoever called: the CLI, or Python, where logging is
+    often left at its WARNING default."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("nmt")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
         handler.close()
 
 
