@@ -325,9 +325,9 @@ AttentionKind = Literal["cross", "encoder", "decoder"]
 ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
 
 MAX_BEAM = 64
-MAX_SEED = 2**32 - 1
-"""Seeds are what every random generator takes (NumPy's is the narrowest)."""
 """The largest beam: search memory grows with beam x output length x source length."""
+MAX_SEED = 2**32 - 1
+"""The largest seed: what every random generator takes (NumPy's is the narrowest)."""
 
 TUNE_BEAMS = (1, 3, 5, 8)
 TUNE_LENGTH_PENALTIES = (0.0, 0.6, 1.0, 1.5)

@@ -75,15 +75,16 @@ def describe_files(folder: Path) -> dict[str, dict[str, int | str]]:
 
 
 @contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
+def staged_folder(final: Path, siblings: bool = False) -> Iterator[Path]:
     """Write a folder whole or not at all. The caller fills a fresh folder beside `final` (`.NAME.<random>.tmp`);
     its files are fsynced, then it takes `final`'s place in one step (renameat2's RENAME_EXCHANGE; where the
     system lacks it, two renames), so a crash at any moment leaves the old folder or the new one, never a mix.
     An error removes the staging folder; an OSError that names no file (torch.onnx.export's ENOSPC) is made to
     name the file being written, under its final name. The writer holds an flock on its staging folder, so the
-    next call in the same parent folder removes the leftovers of killed writers but never a live writer's."""
+    next call removes the leftovers of killed writers but never a live writer's (`siblings`: those of every
+    name in the parent, a folder that nmt owns)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(final.parent)
+    _remove_leftovers(final, siblings)
     staging, lock = _new_staging(final)
     try:
         try:
@@ -102,14 +103,16 @@ def staged_folder(final: Path) -> Iterator[Path]:
         os.close(lock)
 
 
-_STAGED = re.compile(r"\..+\.[0-9a-f]{8}\.(tmp|old)")  # .NAME.<random>.tmp, and .old in the two-rename fallback
+_STAGED = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.(?P<kind>tmp|old)")  # .NAME.<random>.tmp; .old: two renames
 
 
-def _remove_leftovers(parent: Path) -> None:
-    """Remove the staging folders, of any name, that dead writers left in `parent` (a killed build of a cache key
-    that is never built again included); a live writer holds its folder's lock, so its folder stays."""
-    for path in parent.iterdir():
-        if not _STAGED.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+def _remove_leftovers(final: Path, siblings: bool) -> None:
+    """Remove the staging folders that dead writers left beside `final` (with `siblings`, those of any name: in
+    a folder nmt owns, such as the cache of a key never built again); a live writer holds its folder's lock.
+    An old folder that a writer moved aside before it died, leaving no `final`, is put back instead."""
+    for path in final.parent.iterdir():
+        match = _STAGED.fullmatch(path.name)
+        if match is None or (match["name"] != final.name and not siblings) or path.is_symlink() or not path.is_dir():
             continue
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -117,7 +120,11 @@ def _remove_leftovers(parent: Path) -> None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path, ignore_errors=True)
+            original = path.parent / match["name"]
+            if match["kind"] == "old" and not os.path.lexists(original):
+                os.rename(path, original)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
         except BlockingIOError:
             pass
         finally:
@@ -168,8 +175,12 @@ def _publish(staging: Path, final: Path) -> None:
             raise
         if not _exchange(staging, final):
             old = staging.with_suffix(".old")
-            os.rename(final, old)  # a crash before the next rename leaves no `final`, and both folders whole
-            os.rename(staging, final)
+            os.rename(final, old)  # a crash before the next rename leaves `old`, which the next writer puts back
+            try:
+                os.rename(staging, final)
+            except OSError:
+                os.rename(old, final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
     fsync_dir(final.parent)
 

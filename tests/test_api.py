@@ -22,7 +22,7 @@ def page_data(page: str) -> dict:
     """The data the inline explorer page answers from, out of the iframe's srcdoc."""
     srcdoc = html.unescape(re.search(r'srcdoc="([^"]*)"', page).group(1))
     embedded = re.search(r'<script type="application/json" id="nmt-data">(.*?)</script>', srcdoc, re.S).group(1)
-    return json.loads(embedded.replace("<\\/", "</"))
+    return json.loads(embedded)
 
 
 def test_import_nmt_loads_neither_torch_nor_the_api():

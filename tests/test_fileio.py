@@ -44,3 +44,19 @@ def test_heatmaps_onto_a_full_disk_are_one_line_naming_the_image_and_leave_no_em
         errors = result.stderr.strip().splitlines()
         assert len(errors) == 1 and f"error: {image}" in errors[0] and "No space left" in errors[0], result.stderr
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no empty or partial image
+
+
+def test_a_folder_moved_aside_by_a_writer_that_died_is_put_back(tmp_path):
+    """Without RENAME_EXCHANGE a writer moves the old folder aside, then renames its own in: killed between the
+    two, it leaves no folder but `.NAME.<random>.old`, which the next writer restores instead of removing."""
+    from nmt.fileio import staged_folder
+
+    aside = tmp_path / ".export.0123abcd.old"
+    aside.mkdir()
+    (aside / "model").write_text("v1")
+    foreign = tmp_path / ".notes.89abcdef.tmp"  # not ours to clean beside a user's folder
+    foreign.mkdir()
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "export") as staging:
+        (staging / "model").write_text("v2")
+        raise RuntimeError("the new export fails")
+    assert (tmp_path / "export" / "model").read_text() == "v1" and not aside.exists() and foreign.is_dir()

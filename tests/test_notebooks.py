@@ -34,7 +34,7 @@ def test_a_notebook_cell_shows_the_attention_inline_with_every_number(trained_tr
     shown, numbers, axes = (cell.outputs for cell in notebook.cells)
     page = next(o for o in shown if o.output_type == "execute_result").data["text/html"]
     srcdoc = html.unescape(re.search(r'srcdoc="([^"]*)"', page).group(1))
-    data = json.loads(re.search(r'id="nmt-data">(.*?)</script>', srcdoc, re.S).group(1).replace("<\\/", "</"))
+    data = json.loads(re.search(r'id="nmt-data">(.*?)</script>', srcdoc, re.S).group(1))
     expected = json.loads(numbers[0].text)
     layers = data["kinds"]["cross"]["layers"]
     assert np.array_equal([[m["weights"] for m in layer["heads"]] for layer in layers], expected["weights"])

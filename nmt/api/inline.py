@@ -83,7 +83,8 @@ def explorer_html(data: dict[str, Any]) -> str:
     page = (static / "index.html").read_text(encoding="utf-8")
     if not all(link in page for link in PAGE_LINKS):
         raise RuntimeError("nmt/serve/static/index.html no longer links app.css and app.js as the inline view expects")
-    embedded = json.dumps(data, ensure_ascii=False, default=_plain).replace("</", "<\\/")
+    embedded = json.dumps(data, ensure_ascii=False, default=_plain)  # inside <script>: no markup characters
+    embedded = embedded.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     page = page.replace(PAGE_LINKS[0], f"<style>{(static / 'app.css').read_text(encoding='utf-8')}\n{HIDDEN}</style>")
     page = page.replace(PAGE_LINKS[1], f'<script type="application/json" id="nmt-data">{embedded}</script>'
                                        f"<script>{SHIM}</script><script>{(static / 'app.js').read_text('utf-8')}"

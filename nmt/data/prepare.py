@@ -309,14 +309,18 @@ def _try_lock(handle: IO[str]) -> bool:
 def _hold_build_lock(folder: Path) -> IO[str]:
     """Take the right to build `folder`, waiting for a live builder; the file names the holder."""
     handle = _lock_file(folder.parent, folder.name)
-    if not _try_lock(handle):
+    try:
+        if not _try_lock(handle):
+            handle.seek(0)
+            log.info("waiting for %s, which is building %s", handle.read().strip() or "another process", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
-        log.info("waiting for %s, which is building %s", handle.read().strip() or "another process", folder)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"nmt, pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
+        handle.truncate()
+        handle.write(f"nmt, pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+    except BaseException:
+        handle.close()  # releases the lock: a traceback kept alive (a notebook's) must not block other builders
+        raise
     return handle
 
 
@@ -355,7 +359,7 @@ def prepare_data(config: Config) -> PreparedData:
             return _load(folder, reused=True)
         if damage != ABSENT:
             log.warning("cache %s: %s; rebuilding it", folder, damage)
-        with staged_folder(folder) as staging:  # a damaged cache is swapped out whole, then removed
+        with staged_folder(folder, siblings=True) as staging:  # a damaged cache is swapped out whole, then removed
             _build(config, staging)
     return _load(folder, reused=False)
 

@@ -47,15 +47,18 @@ class ScoredPair:
 def score_pairs(run_dir: Path, sources: Sequence[str], targets: Sequence[str], checkpoint: str = "best",
                 overrides: Sequence[str] = ()) -> list[ScoredPair]:
     """Every pair's scores under a run's checkpoint, in input order."""
-    if len(sources) != len(targets):  # before the model is loaded
-        raise DataError(f"score: {len(sources)} source lines but {len(targets)} translations")
+    _check_aligned(sources, targets)  # before the model is loaded
     return score_with(load_model(run_dir, checkpoint, overrides), sources, targets)
+
+
+def _check_aligned(sources: Sequence[str], targets: Sequence[str]) -> None:
+    if len(sources) != len(targets):
+        raise DataError(f"score: {len(sources)} source lines but {len(targets)} translations")
 
 
 def score_with(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str]) -> list[ScoredPair]:
     """Every pair's scores under a loaded model, in input order."""
-    if len(sources) != len(targets):
-        raise DataError(f"score: {len(sources)} source lines but {len(targets)} translations")
+    _check_aligned(sources, targets)
     config, model, tokenizer = loaded.config, loaded.model, loaded.tokenizer
     translator = Translator.for_run(loaded)
     src = translator.encode([normalize(line, config.data.clean) for line in sources])

@@ -104,7 +104,7 @@ def write_checkpoint(run: RunDir, final: CheckpointFiles, state_dict: dict[str, 
     if shutil.disk_usage(run.checkpoints_dir).free < needed:
         raise _disk_full_error(run, final, needed)
     try:
-        with staged_folder(final.folder) as folder:
+        with staged_folder(final.folder, siblings=True) as folder:
             staging = CheckpointFiles(folder)
             # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
             save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(staging.weights))

@@ -98,6 +98,8 @@ class MicroBatcher:
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run other model work (attention views) on the decode thread, one thing at a time with decodes."""
+        if self.closing_at is not None:
+            raise Closing("the server is shutting down")
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     # The worker -------------------------------------------------------------------------------------------

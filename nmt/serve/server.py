@@ -231,8 +231,8 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
     async def attention(body: AttentionRequest, request: Request) -> AttentionResponse:
         """One text's translation with its attention weights and the statistics `nmt attention` prints."""
         lengths = registry.check_texts(body.model, [body.text], 1)
-        decoding_costs(registry.decoding(body.model, body.beam_size, None, None).beam_size, lengths,
-                       limits.max_request_cost)
+        decoding_costs(registry.decoding(body.model, body.beam_size or 1, None, None).beam_size, lengths,
+                       limits.max_request_cost)  # attention_view decodes with beam_size or 1
         served, view = await unless_disconnected(request, batcher.run(
             registry.attention, body.model, body.text, body.beam_size, body.kind, body.layer, body.head,
             body.threshold))

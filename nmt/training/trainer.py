@@ -137,22 +137,20 @@ def token_loss(logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: flo
 
 
 def split_batches(split: EncodedSplit, config: Config, seed: int | None) -> list:
-    """The split's batches, without the pairs the model cannot encode (a side longer than a Transformer's
-    model.transformer.max_positions: `too_long_for_the_model` counts them)."""
+    """The split's batches, without the pairs the model cannot encode (`fits_the_model`)."""
     cfg = config.training
     batches = token_batches(split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.max_batch_sentences, seed)
-    limit = config.model.max_positions
-    if limit is None:
-        return batches
-    fits = (split.src_lengths <= limit) & (split.tgt_lengths + 1 <= limit)  # the decoder reads BOS + target
-    return [kept for batch in batches if len(kept := batch[fits[batch]])]
+    fits = fits_the_model(split, config)
+    return batches if fits is None else [kept for batch in batches if len(kept := batch[fits[batch]])]
 
 
-def too_long_for_the_model(split: EncodedSplit, config: Config) -> int:
+def fits_the_model(split: EncodedSplit, config: Config) -> np.ndarray | None:
+    """Which pairs a Transformer can encode (no side longer than model.transformer.max_positions; the decoder
+    reads BOS + target); None: every pair (an RNN)."""
     limit = config.model.max_positions
     if limit is None:
-        return 0
-    return int(((split.src_lengths > limit) | (split.tgt_lengths + 1 > limit)).sum())
+        return None
+    return (split.src_lengths <= limit) & (split.tgt_lengths + 1 <= limit)
 
 
 def make_batch(split: EncodedSplit, indices) -> Batch:
@@ -327,14 +325,16 @@ class Trainer:
         self.config, self.cfg, self.run_dir = config, config.training, run
         self.lock = lock  # the run directory's lock (rank 0), released when training ends
         self.train_split, self.dev_split = data.splits["train"], data.splits["dev"]
-        for name, split in data.splits.items():
-            if (left_out := too_long_for_the_model(split, config)) == len(split) and name == "train":
-                raise ConfigError(f"model.transformer.max_positions {config.model.max_positions}: every training pair "
+        for name in ("train", "dev"):
+            fits = fits_the_model(data.splits[name], config)
+            if fits is None or fits.all():
+                continue
+            if not fits.any():
+                raise ConfigError(f"model.transformer.max_positions {config.model.max_positions}: every {name} pair "
                                   "has a side longer than that; raise it")
-            if left_out:
-                log.warning("data.%s: %d of %d pairs have a side longer than model.transformer.max_positions (%d): "
-                            "left out of training and dev loss", name, left_out, len(split),
-                            config.model.max_positions)
+            use = "training" if name == "train" else "the dev loss (dev BLEU translates them truncated)"
+            log.warning("data.%s: %d of %d pairs have a side longer than model.transformer.max_positions (%d): left "
+                        "out of %s", name, int((~fits).sum()), len(fits), config.model.max_positions, use)
         self.model, self.device, self.show_progress = model, device, show_progress
         self.world = world or World.single()
         # What the training forward runs through: DDP all-reduces the gradients during backward. Without
