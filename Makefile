@@ -8,7 +8,7 @@ CONFIG ?= configs/enja_bahdanau.yaml
 # A local corpus mirror is used before any download when it exists (these machines are offline).
 export NMT_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: install test test-slow test-portable test-all lint quickstart bench clean notebooks docs
+.PHONY: install test test-slow test-portable test-all lint quickstart clean notebook-runs notebooks docs
 
 $(BIN)/nmt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ test-all: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check nmt tests scripts
+	$(BIN)/ruff check nmt tests scripts notebooks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -46,19 +46,30 @@ quickstart: install
 	$(BIN)/nmt evaluate --config $(CONFIG) --split dev
 	$(BIN)/nmt translate --config $(CONFIG) "i like tennis ."
 
-# The attention chapter's notebooks, executed end to end in a Jupyter kernel (stored without outputs). Each trains
-# its small models on the real corpora into runs/notebooks/ and reuses them when they are there.
+# The attention chapter's runs (notebooks/chapter.py), trained once into runs/notebooks/ for NMT_NOTEBOOK_MINUTES
+# per model (default 2) and reused by every notebook: `NMT_NOTEBOOK_MINUTES=10 make notebook-runs` trains sharper ones.
+notebook-runs: install
+	$(BIN)/python notebooks/chapter.py
+
+# The chapter's notebooks, executed end to end in a Jupyter kernel (stored without outputs; the executed copies go to
+# build/notebooks/ for `make docs`). Runs not trained yet are trained on the way.
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+EXECUTED := $(NOTEBOOKS:notebooks/%=build/notebooks/%)
 notebooks: install
-	$(BIN)/python -m pytest -m slow tests/test_notebooks.py
+	NMT_NOTEBOOKS_ONLINE=1 $(BIN)/python -m pytest -m slow tests/test_notebooks.py
+
+$(EXECUTED) &: $(NOTEBOOKS) notebooks/chapter.py
+	$(MAKE) notebooks
 
 $(BIN)/mkdocs: pyproject.toml $(BIN)/nmt
 	$(BIN)/pip install -q -e '.[docs]'
 	touch $@
 
-# The documentation site (site/): the README, RELIABILITY.md, BENCHMARKS.md and the API's docstrings, built in strict
-# mode, so a broken link or reference fails.
-docs: $(BIN)/mkdocs
+# The documentation site (site/): the README, RELIABILITY.md, BENCHMARKS.md, the API's docstrings and the executed
+# notebooks (executed first when build/notebooks/ lacks a notebook or is older), built in strict mode, so a broken link
+# or reference fails.
+docs: $(BIN)/mkdocs $(EXECUTED)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:
-	rm -rf runs data/cache data/downloads
+	rm -rf runs data/cache data/downloads build

@@ -12,6 +12,8 @@ from nmt.errors import DataError
 
 @dataclass
 class EvalSet:
+    """Sentences to decode (`sources`) and what they are scored against (`references`), aligned by line."""
+
     name: str
     sources: list[str]
     references: list[str]
