@@ -1,8 +1,8 @@
 """nmt: neural machine translation with attention, from one YAML file to scored translations.
 
 From Python: `run = nmt.load("runs/x")`, then `run.translate([...])`, `run.attention(text)` (`.plot()`, or shown
-inline in Jupyter), `run.score(...)`, `run.evaluate()`; `nmt.train(config)` and `nmt.compare(runs)`. The API is
-imported on first use, so `import nmt` stays cheap (torch loads with `nmt.load`)."""
+inline in Jupyter), `run.attribution(text)`, `run.score(...)`, `run.evaluate()`; `nmt.train(config)` and
+`nmt.compare(runs)`. The API is imported on first use, so `import nmt` stays cheap (torch loads with `nmt.load`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["AttentionMap", "AttentionView", "Comparison", "Evaluation", "Hypothesis", "Run", "Translation", "compare",
-           "load", "train", "__version__"]
+__all__ = ["AttentionMap", "AttentionView", "AttributionView", "Comparison", "Evaluation", "Hypothesis", "Run",
+           "Translation", "compare", "load", "train", "__version__"]
 
 if TYPE_CHECKING:
     from nmt.api import (
         AttentionMap,
         AttentionView,
+        AttributionView,
         Comparison,
         Evaluation,
         Hypothesis,

@@ -36,8 +36,11 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
                         force=True)
 
 
-def command(fn: Callable) -> Callable:
-    """Register a command whose library errors become one line on stderr and the error's exit code."""
+def command(fn: Callable | None = None, *, name: str | None = None) -> Callable:
+    """Register a command whose library errors become one line on stderr and the error's exit code; `name`
+    when the command's name is not its function's (a Python keyword)."""
+    if fn is None:
+        return functools.partial(command, name=name)
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -52,7 +55,7 @@ def command(fn: Callable) -> Callable:
             typer.echo(f"error: {where}{err.strerror or err}", err=True)
             raise typer.Exit(1) from None
 
-    return app.command()(run)
+    return app.command(name)(run)
 
 
 def _config(path: Path, overrides: list[str] | None) -> Config:
@@ -89,22 +92,54 @@ def data(config: ConfigOption, set_: SetOption = None) -> None:
                f"padding {summary.padding:.1%}")
 
 
+class Vocab(str, Enum):
+    same = "same"
+    extend = "extend"
+
+
 @command
 def train(
     config: ConfigOption,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest intact checkpoint (or start, "
                                          "if there is none yet).")] = False,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune: start from this run's best "
+                                                   "weights, model and tokenizer (e.g. one from nmt import).")]
+    = None,
+    vocab: Annotated[Vocab, typer.Option("--vocab", help="With --init-from: same (the run's vocabulary) or extend "
+                                         "(a tokenizer trained on this corpus; new pieces get new rows).")]
+    = Vocab.same,
 ) -> None:
     """Train the model the config describes; checkpoints, dev scores and logs go to the run directory."""
+    from nmt.training.init_from import with_init_from
     from nmt.training.trainer import train as run_training
 
-    result = run_training(_config(config, set_), resume=resume)
+    cfg = _config(config, set_)
+    if init_from is not None:
+        cfg = with_init_from(cfg, init_from, vocab.value)
+    elif vocab is not Vocab.same:
+        raise typer.BadParameter("--vocab goes with --init-from")
+    result = run_training(cfg, resume=resume)
     if result.rank != 0:  # under torchrun, rank 0 reports
         return
     typer.echo(result.summary())
     if result.stop_reason in ("SIGINT", "SIGTERM") and result.ranks == 1:
         raise typer.Exit(130)  # under torchrun a saved, clean stop exits 0: a non-zero rank reads as a crash there
+
+
+@command(name="import")
+def import_(
+    hf: Annotated[str, typer.Option("--hf", help="A Marian (OPUS-MT) model in the Hugging Face format: a local "
+                                    "folder, or a hub id such as Helsinki-NLP/opus-mt-en-de (fetched online).")],
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="The run directory to create.")],
+) -> None:
+    """Import a pretrained Marian model as a run: translate, evaluate, attention, serve, export and fine-tune
+    (nmt train --init-from) then work on it."""
+    from nmt.runs.marian import import_marian
+
+    found = import_marian(hf, run_dir)
+    typer.echo(f"{found.source} -> {found.run_dir}: {found.summary}, {found.parameters:,} parameters, vocabulary "
+               f"source {found.src_vocab_size}, target {found.tgt_vocab_size}")
 
 
 class Which(str, Enum):
@@ -132,6 +167,16 @@ SrcOption = Annotated[Path | None, typer.Option("--src", help="External source f
 RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
 KindOption = Annotated[AttentionKind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
                                                   "self-attention.")]
+WordsOption = Annotated[bool, typer.Option("--words/--subwords", help="Merge subwords into words: a source word's "
+                                           "pieces summed, a target word's averaged (rows still sum to 1); the "
+                                           "statistics are of the merged map.")]
+EosOption = Annotated[bool, typer.Option("--eos/--no-eos", help="Show the end-of-sentence token, or leave its row "
+                                         "and column out (each row renormalized to sum to 1).")]
+
+
+class Attribution(str, Enum):
+    input_x_gradient = "input_x_gradient"
+    integrated_gradients = "integrated_gradients"
 
 
 class Quantize(str, Enum):
@@ -279,26 +324,47 @@ def attention(
                                               "last).")] = None,
     head: Annotated[int | None, typer.Option("--head", min=1, help="Transformer: one head (default a grid of "
                                              "all heads).")] = None,
+    words: WordsOption = False,
+    eos: EosOption = True,
+    attribution: Annotated[Attribution | None, typer.Option(
+        "--attribution", help="Also attribute each target token to the source tokens by gradients (captum), drawn "
+                              "beside the attention, with the rank correlation (Spearman) of the two per row.")]
+    = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1024, help="Integration steps of "
+                                       "--attribution integrated_gradients.")] = 32,
 ) -> None:
     """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics;
-    for a Transformer, per layer and head too."""
+    for a Transformer, per layer and head too; with --attribution, gradient attribution beside it."""
+    import math
+
     from nmt.inspect.analysis import inspect_sentence
 
     found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint.value, output_dir,
-                             set_ or [], kind, layer, head)
+                             set_ or [], kind, layer, head, words, eos, attribution and attribution.value, steps)
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
     if found.heads:
         typer.echo(format_table(["layer", "head", "entropy", "max weight"],
                                 [[h.layer, h.head, f"{h.entropy:.3f}", f"{h.max_weight:.3f}"] for h in found.heads]))
         typer.echo("")
+    unit = "word" if words else "token"
     rows = [[label, f"{e:.3f}", f"{m:.3f}", n] for label, e, m, n in
             zip(found.row_labels, stats.entropy, stats.max_weight, stats.above_threshold, strict=True)]
     shown = "heads averaged" if found.heads and head is None else "weights"
-    typer.echo(format_table(["token", f"entropy ({shown})", "max weight", f"> {threshold:g}"], rows))
+    typer.echo(format_table([unit, f"entropy ({shown})", "max weight", f"> {threshold:g}"], rows))
     summary = stats.summary()
     typer.echo("mean ± std: " + ", ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in summary.items()))
     typer.echo(f"heatmap: {found.png}\n         {found.html}")
+    explained = found.attribution
+    if explained is not None:
+        typer.echo(f"\nattribution ({explained.method}, share of each row) beside the attention ({shown}):")
+        typer.echo(format_table([unit, "entropy", "max share", "Spearman"], [
+            [label, f"{e:.3f}", f"{m:.3f}", "-" if math.isnan(r) else f"{r:+.3f}"] for label, e, m, r in
+            zip(explained.row_labels, explained.stats.entropy, explained.stats.max_weight, explained.spearman,
+                strict=True)]))
+        defined = sum(not math.isnan(r) for r in explained.spearman)
+        typer.echo(f"mean Spearman (attention vs attribution): {explained.mean_spearman:+.3f} over {defined} rows")
+        typer.echo(f"attribution: {found.attribution_png}")
 
 
 def _numbers(option: str, text: str, kind: type[int] | type[float], example: str) -> list:
@@ -325,13 +391,15 @@ def analyze(
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
     kind: KindOption = "cross",
+    words: WordsOption = False,
+    eos: EosOption = True,
 ) -> None:
     """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir;
     for a Transformer also the entropy of every layer and head by source length."""
     from nmt.inspect.analysis import analyze as run_analysis
 
     found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
-                         checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind)
+                         checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind, words=words, eos=eos)
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
                               f"{r.max_weight:.3f}"] for r in found.rows]))
@@ -344,6 +412,52 @@ def analyze(
                                  for layer in range(layers) for head in range(count)]))
         typer.echo(f"plot: {found.heads_png}")
     typer.echo(f"plot: {found.png}\nreport: {found.report}")
+
+
+@command
+def align(
+    src: Annotated[Path, typer.Option("--src", help="Source sentences, one a line, words separated by spaces.")],
+    tgt: Annotated[Path | None, typer.Option("--tgt", help="Their translations, line by line (forced decoding); "
+                                             "default: the model's own translations.")] = None,
+    model: ModelOption = None,
+    config: RunConfigOption = None,
+    layer: Annotated[int | None, typer.Option("--layer", min=1, help="Which layer's cross-attention (default the "
+                                              "last).")] = None,
+    head: Annotated[int | None, typer.Option("--head", min=1, help="One head (default: the layer's heads "
+                                             "averaged).")] = None,
+    choose_head_on: Annotated[Path | None, typer.Option(
+        "--choose-head-on", help="Gold links of the --src/--tgt pairs (i-j sure, i?j possible): align with the "
+                                 "head of the lowest AER on them.")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", min=0.0, max=1.0, help="Link every source word that gets at least this weight (default: "
+                                              "each target word's most attended source word).")] = None,
+    gold: Annotated[Path | None, typer.Option("--gold", help="Gold links of the pairs: print precision, recall and "
+                                              "AER (Och & Ney 2003), overall and per layer and head, to stderr.")]
+    = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the alignments here, not stdout.")]
+    = None,
+    beam_size: BeamOption = None,
+    checkpoint: CheckpointOption = Which.best,
+    set_: RunSetOption = None,
+) -> None:
+    """Word alignments from cross-attention, in Pharaoh format (source-target word indices from 0), one line per
+    sentence pair; with --gold, which heads align."""
+    from nmt.inspect.aligner import align_files
+    from nmt.inspect.alignment import format_links
+
+    found = align_files(_run_dir(model, config), src, tgt, layer, head, threshold, gold, choose_head_on, beam_size,
+                        checkpoint.value, set_ or [])
+    _write_out("".join(format_links(links) + "\n" for links in found.links), output)
+    which = f"layer {found.layer} " + (f"head {found.head}" if found.head else "heads averaged")
+    if found.chosen is not None:
+        typer.echo(f"chosen on {choose_head_on}: {which} (AER {found.chosen.score.aer:.3f})", err=True)
+    if found.score is not None:
+        typer.echo(format_table(["layer", "head", "precision", "recall", "AER"], [
+            [row.layer, row.head or "average", f"{row.score.precision:.3f}", f"{row.score.recall:.3f}",
+             f"{row.score.aer:.3f}"] for row in found.table]), err=True)
+        score = found.score
+        typer.echo(f"written ({which}): precision {score.precision:.3f}, recall {score.recall:.3f}, "
+                   f"AER {score.aer:.3f}", err=True)
 
 
 @command

@@ -187,12 +187,20 @@ class TransformerConfig(Section):
     """On embeddings + positions, on each sublayer's output and after the feed-forward ReLU."""
     attention_dropout: Fraction = 0.1
     """On the attention weights."""
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    positions: Literal["sinusoidal", "sinusoidal_halves", "learned"] = "sinusoidal"
+    """sinusoidal: sin and cos interleaved (the paper's sec. 3.5); sinusoidal_halves: the same waves with all
+    the sines first, then all the cosines (Marian's, and Hugging Face's MarianMTModel's); learned: a table."""
     max_positions: PositiveInt = 1024
     norm: Literal["pre", "post"] = "pre"
     """pre: x + Sublayer(LayerNorm(x)) with a final LayerNorm (stable without long warmup); post: the paper's."""
     tie: Literal["none", "decoder", "all"] = "decoder"
     """decoder: target embeddings = output layer; all: source embeddings too (needs tokenizer.joint)."""
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    """The feed-forward nonlinearity: relu (the paper's), gelu, or silu (x * sigmoid(x), Marian's "swish")."""
+    scale_embeddings: bool = True
+    """Multiply embeddings by sqrt(d_model) before adding positions (sec. 3.4); Marian's scale_embedding."""
+    final_logits_bias: bool = False
+    """A fixed (not trained) bias added to the output logits: Marian's final_logits_bias, set by `nmt import`."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerConfig:
@@ -275,6 +283,19 @@ class ScheduleConfig(Section):
     min_lr: Annotated[float, Field(ge=0.0)] = 1e-5
 
 
+class InitFrom(Section):
+    """Start from another run's weights and tokenizer (`nmt train --init-from RUN`): fine-tuning. The optimizer,
+    schedule and step count start fresh; a resumed run continues from its own checkpoints."""
+
+    run: str
+    """The run directory whose best checkpoint gives the first weights (an imported one: nmt import)."""
+    vocab: Literal["same", "extend"] = "same"
+    """same: the run's vocabulary (a config asking for another tokenizer is refused); extend: a tokenizer trained
+    on this corpus, whose pieces the run lacks get new embedding and output rows."""
+    checkpoint: str | None = None
+    """The checkpoint the weights came from: recorded when training starts."""
+
+
 class TrainingConfig(Section):
     batch_tokens: PositiveInt = 4000
     """Token budget of a batch: sentences x longest side (source or target, in subwords), padding included."""
@@ -307,6 +328,10 @@ class TrainingConfig(Section):
     """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
     threads: PositiveInt | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    init_from: InitFrom | None = None
+    tensorboard: bool = False
+    """Also write loss, learning rate, tokens/s, gradient norm, dev scores and one attention heatmap per
+    validation to RUN/tensorboard (needs the tensorboard package)."""
     distributed_timeout_minutes: Annotated[float, Field(gt=0.0)] = 30.0
     """Under torchrun: how long a rank waits for the others (rank 0's validation included) before the job
     ends with an error instead of hanging."""

@@ -258,3 +258,79 @@ def test_inputs_longer_than_a_transformers_positions_are_truncated_with_a_warnin
     assert len(runs[0].stdout.splitlines()) == 2
     rows = [json.loads(line) for line in runs[2].stdout.splitlines()]
     assert [r["truncated"] for r in rows] == [True, False] and len(rows[0]["tokens"]) == 15
+
+
+
+def test_attention_by_words_without_eos_and_with_attribution(trained_transformer, tmp_path):
+    result = run("attention", "--model", trained_transformer, "abca de fo", "--words", "--no-eos", "--layer", "2",
+                 "--head", "1", "--attribution", "input_x_gradient", "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.split("mean ± std")[0]
+    assert "word" in table and "</s>" not in table and "▁" not in table
+    assert re.search(r"mean Spearman \(attention vs attribution\): [+-]\d\.\d{3} over \d+ rows", result.stdout)
+    assert len(list(tmp_path.glob("abca_de_fo-*.words.no-eos.png"))) == 1
+    assert len(list(tmp_path.glob("abca_de_fo-*.input_x_gradient.png"))) == 1
+
+    pieces = run("attention", "--model", trained_transformer, "abca de fo", "--output-dir", tmp_path)
+    assert pieces.returncode == 0, pieces.stderr
+    assert "</s>" in pieces.stdout and "attribution" not in pieces.stdout
+
+    wrong = run("attention", "--model", trained_transformer, "ab ca", "--kind", "encoder", "--attribution",
+                "integrated_gradients", "--output-dir", tmp_path)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip() == "error: --attribution is over the source tokens: it goes with --kind cross, " \
+                                   "not encoder"
+
+
+def test_analyze_by_words(trained_transformer, tmp_path):
+    sources = ["ab ca", "de fo gu", "hi jo ku le", "mi no pa ab ca"]
+    (tmp_path / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    (tmp_path / "ref").write_text("".join(reverse_words(s) + "\n" for s in sources), encoding="utf-8")
+    found = {}
+    for switches in ([], ["--words", "--no-eos"]):
+        result = run("analyze", "--model", trained_transformer, "--src", tmp_path / "src", "--ref", tmp_path / "ref",
+                     *switches)
+        assert result.returncode == 0, result.stderr
+        assert "entropy" in result.stdout and "per layer and head" in result.stdout
+        found[bool(switches)] = result.stdout.split("per layer and head")[1]
+    assert found[True] != found[False]  # the heads' entropies are of the word maps without EOS
+
+
+def test_align_writes_pharaoh_lines_and_scores_every_head_against_gold(trained_transformer, tmp_path):
+    sources = ["ab ca de fo", "gu hi jo", "le mi no pa ku"]
+    (tmp_path / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    (tmp_path / "tgt").write_text("".join(reverse_words(s) + "\n" for s in sources), encoding="utf-8")
+    mirrored = [" ".join(f"{i}-{len(s.split()) - 1 - i}" for i in range(len(s.split()))) for s in sources]
+    (tmp_path / "gold").write_text("".join(line + "\n" for line in mirrored), encoding="utf-8")
+
+    result = run("align", "--model", trained_transformer, "--src", tmp_path / "src", "--tgt", tmp_path / "tgt",
+                 "--gold", tmp_path / "gold", "--choose-head-on", tmp_path / "gold")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(re.fullmatch(r"(\d+-\d+)( \d+-\d+)*", line) for line in lines)
+    assert [len(line.split()) for line in lines] == [4, 3, 5]  # argmax: one link per target word
+    assert re.search(r"chosen on .*gold: layer \d head \d \(AER \d\.\d{3}\)", result.stderr)
+    assert "precision" in result.stderr and "AER" in result.stderr and "average" in result.stderr
+    assert re.search(r"written \(layer \d head \d\): precision \d\.\d{3}, recall \d\.\d{3}, AER \d\.\d{3}",
+                     result.stderr)
+
+    own = run("align", "--model", trained_transformer, "--src", tmp_path / "src", "--layer", "1",
+              "--threshold", "0.3", "--output", tmp_path / "out.align")
+    assert own.returncode == 0, own.stderr
+    assert own.stdout == "" and len((tmp_path / "out.align").read_text().splitlines()) == 3
+
+
+def test_align_errors_are_one_line_naming_the_file_and_line(trained_transformer, tmp_path):
+    (tmp_path / "src").write_text("ab ca\nde fo\n", encoding="utf-8")
+    (tmp_path / "tgt").write_text("CA AB\nFO DE\n", encoding="utf-8")
+    (tmp_path / "gold").write_text("0-1 1-0\n0-1 x\n", encoding="utf-8")
+    cases = [
+        (["--tgt", tmp_path / "tgt", "--gold", tmp_path / "gold"], f"{tmp_path / 'gold'}:2: 'x' is no link"),
+        (["--gold", tmp_path / "gold"], "add --tgt FILE"),
+        (["--tgt", tmp_path / "tgt", "--layer", "7"], "--layer 7: the model has 2 layers"),
+    ]
+    for extra, message in cases:
+        result = run("align", "--model", trained_transformer, "--src", tmp_path / "src", *extra)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert message in result.stderr

@@ -84,6 +84,26 @@ def test_the_page_translates_draws_attention_and_switches_heads_and_models(serve
         assert page.locator(f"{transformer} .attention > table.heatmap td.cell.hl").count() == above
         assert page.locator(f"{transformer} .attention > table.heatmap th.col.hl").count() == above
 
+        page.check("#words")  # redraws the panel: words, then EOS left out, as POST /attention gives them
+        page.wait_for_selector(f"{transformer} .attention .meta:has-text('(words)')")
+        words = post(port, "/attention", {"text": "ab ca de", "model": "transformer", "beam_size": 3, "layer": 1,
+                                          "head": 2, "words": True})
+        assert cell_weights(page, transformer) == pytest.approx(sum(words["weights"], []), abs=1e-6)
+        page.uncheck("#eos")
+        page.wait_for_selector(f"{transformer} .attention .meta:has-text('(words, no EOS)')")
+        no_eos = post(port, "/attention", {"text": "ab ca de", "model": "transformer", "beam_size": 3, "layer": 1,
+                                           "head": 2, "words": True, "eos": False})
+        assert cell_weights(page, transformer) == pytest.approx(sum(no_eos["weights"], []), abs=1e-6)
+        headers = page.eval_on_selector_all(f"{transformer} .attention > table.heatmap th.col",
+                                            "cells => cells.map(c => c.textContent)")
+        assert headers == [*no_eos["col_tokens"], "entropy", "max"] and "</s>" not in headers
+        shown_entropy = page.eval_on_selector_all(f"{transformer} .attention > table.heatmap td.entropy",
+                                                  "cells => cells.map(c => c.textContent)")
+        assert shown_entropy == [f"{e:.3f}" for e in no_eos["entropy"]]
+        page.check("#eos")
+        page.uncheck("#words")
+        page.wait_for_selector(f"{transformer} .attention .meta:has-text('(subwords)')")
+
         page.select_option("#model-b", "rnn")
         page.click("#translate")
         rnn = ".panel[data-model=rnn]"

@@ -2,6 +2,7 @@
 
 from nmt.api.run import Comparison, Evaluation, Hypothesis, Run, Translation, compare, load, train
 from nmt.api.views import AttentionMap, AttentionView
+from nmt.inspect.attribution import AttributionView
 
-__all__ = ["AttentionMap", "AttentionView", "Comparison", "Evaluation", "Hypothesis", "Run", "Translation", "compare",
-           "load", "train"]
+__all__ = ["AttentionMap", "AttentionView", "AttributionView", "Comparison", "Evaluation", "Hypothesis", "Run",
+           "Translation", "compare", "load", "train"]

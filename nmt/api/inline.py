@@ -33,6 +33,7 @@ function answer(path, request) {
           layer: layer.layer, head: request.head || null, row_tokens: kind.row_tokens, col_tokens: kind.col_tokens,
           weights: map.weights, entropy: map.entropy, max_weight: map.max_weight,
           above_threshold: map.above_threshold, threshold: DATA.threshold, summary: map.summary,
+          words: DATA.words, eos: DATA.eos,
           panels: panels.map((p) => ({caption: `${kind.kind} ${p.caption}`, weights: p.weights})),
           heads: kind.heads};
 }
@@ -73,7 +74,7 @@ def page_data(view: AttentionView, model: dict[str, Any], translate: dict[str, A
     kinds = [view.kind] + ([k for k in ("cross", "encoder", "decoder") if k != view.kind]
                            if view.all_maps.averages[0].layer is not None else [])
     return {"model": model, "translate": translate, "source": view.source, "translation": view.translation,
-            "threshold": view.threshold,
+            "threshold": view.threshold, "words": view.words, "eos": view.eos,
             "kinds": {k: _kind(view.all_maps if k == view.kind else view.kinds(k)) for k in kinds}}
 
 

@@ -19,6 +19,7 @@ from nmt.inference.metrics import Score, ter
 from nmt.inference.score import ScoredPair, score_with
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
+from nmt.inspect.attribution import AttributionView, attribution_view
 from nmt.inspect.view import attention_view
 from nmt.runs.loading import LoadedRun, load_model, read_config
 from nmt.serve.service import ServedModel
@@ -81,6 +82,15 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, {self.config.model.summary}, {self.checkpoint})"
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """The training log (metrics.jsonl): one record per logged step (loss, tokens_per_s, lr, elapsed) and
+        per validation (dev_loss, dev_bleu, dev_chrf, dev_attention_entropy, peak_rss_mb)."""
+        return self.loaded.run.metrics()
+
+    def split(self, name: str = "dev") -> EvalSet:
+        """A split of the run's corpus as training read and cleaned it: `.sources` and `.references`."""
+        return eval_set(self.config.data, name)
+
     def _translator_for(self, length_penalty: float | None) -> Translator:
         if length_penalty is None:
             return self._translator
@@ -97,22 +107,26 @@ class Run:
                                                for h, text in zip(t.hypotheses, t.texts, strict=True)])
                 for t in found]
 
-    def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int) -> KindMaps:
+    def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int, words: bool = False,
+                   eos: bool = True) -> KindMaps:
         """Every layer's maps of `kind` (each head and their average), or an RNN's one map."""
-        last = attention_view(self.loaded, text, threshold, beam_size, kind, translator=self._translator)
+        last = attention_view(self.loaded, text, threshold, beam_size, kind, translator=self._translator, words=words,
+                              eos=eos)
         if last.layer is None:
             return KindMaps.of([last], threshold)
-        earlier = [attention_view(self.loaded, text, threshold, beam_size, kind, layer, translator=self._translator)
-                   for layer in range(1, last.layer)]
+        earlier = [attention_view(self.loaded, text, threshold, beam_size, kind, layer, translator=self._translator,
+                                  words=words, eos=eos) for layer in range(1, last.layer)]
         return KindMaps.of([*earlier, last], threshold)
 
     def attention(self, text: str, kind: str = "cross", layer: int | None = None, head: int | None = None,
-                  threshold: float = 0.1, beam_size: int = 1) -> AttentionView:
+                  threshold: float = 0.1, beam_size: int = 1, words: bool = False, eos: bool = True) -> AttentionView:
         """Translate `text` and return where each token looked. An RNN has one cross-attention map. For a
         Transformer `kind` is cross, encoder or decoder (self-attention); with neither `layer` nor `head`
         the view holds every head of every layer, with `layer` every head of that layer, with `head` that
-        head (of `layer`, default the last)."""
-        maps = self._kind_maps(text, kind, threshold, beam_size)
+        head (of `layer`, default the last). `words` merges subwords into words (a source word's pieces
+        summed, a target word's averaged: rows still sum to 1); `eos=False` leaves EOS out. Statistics are
+        of the map so shown."""
+        maps = self._kind_maps(text, kind, threshold, beam_size, words, eos)
         count = len(maps.averages)
         if maps.averages[0].layer is None:
             if layer is not None or head is not None:
@@ -131,8 +145,19 @@ class Run:
                 chosen = [m for i, per_layer in enumerate(maps.heads) if layer in (None, i + 1) for m in per_layer]
         return AttentionView(text, maps.translation, kind, layer, head, threshold, beam_size, maps.row_tokens,
                              maps.col_tokens, chosen, maps,
-                             kinds=lambda other: self._kind_maps(text, other, threshold, beam_size),
-                             page=self._page)
+                             kinds=lambda other: self._kind_maps(text, other, threshold, beam_size, words, eos),
+                             page=self._page, words=words, eos=eos)
+
+    def attribution(self, text: str, method: str = "input_x_gradient", layer: int | None = None,
+                    head: int | None = None, words: bool = False, eos: bool = True, beam_size: int = 1,
+                    steps: int = 32) -> AttributionView:
+        """Translate `text` and attribute each target token to the source tokens by gradients (captum:
+        input_x_gradient, or integrated_gradients with `steps`), beside the cross-attention of `head` of `layer`
+        (default the last layer's heads averaged), with Spearman's rank correlation of the two per row
+        (`.spearman`, `.mean_spearman`). `words` and `eos` shape both as in `attention`."""
+        view = attention_view(self.loaded, text, beam_size=beam_size, layer=layer, head=head,
+                              translator=self._translator, words=words, eos=eos)
+        return attribution_view(self.loaded, view, method, steps)
 
     def _page(self, view: AttentionView) -> str:
         described = ServedModel(self.path.name, self.loaded, self._translator).describe()

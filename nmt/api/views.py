@@ -112,6 +112,8 @@ class AttentionView:
     all_maps: KindMaps = field(repr=False)
     kinds: Callable[[str], KindMaps] = field(repr=False)  # the same sentence's other kinds, for the inline page
     page: Callable[[AttentionView], str] = field(repr=False)
+    words: bool = False  # rows and columns are words (nmt.inspect.words), the statistics of that map
+    eos: bool = True  # False: EOS left out, rows renormalized
 
     @property
     def single(self) -> bool:

@@ -37,7 +37,7 @@ import numpy as np
 from nmt.config import CleanConfig, Config, DataConfig, HfSource, Source, TextSource, TokenizerConfig, TsvSource, is_url
 from nmt.data.batching import padding_fraction, token_batches
 from nmt.data.corpus import stream_split
-from nmt.data.tokenizer import Tokenizer
+from nmt.data.tokenizer import Tokenizer, Vocabulary
 from nmt.errors import DataError
 from nmt.fileio import atomic_write_bytes, atomic_write_text, describe_files, sha256_of, staged_folder
 from nmt.progress import progress_bar
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 CACHE_VERSION = 3
 SRC_SPM, TGT_SPM = "src.spm", "tgt.spm"
-STATS, MANIFEST = "stats.json", "MANIFEST.json"
+STATS, MANIFEST, VOCAB = "stats.json", "MANIFEST.json", "vocab.json"
 SIDES = ("src", "tgt")
 ENCODE_CHUNK = 20_000  # sentences encoded at a time
 
@@ -115,14 +115,22 @@ def _source_fingerprint(source: Source) -> dict:
     return {"hf": source.name}
 
 
-def cache_key(data: DataConfig, tokenizer: TokenizerConfig) -> str:
+def cache_key(data: DataConfig, tokenizer: TokenizerConfig, given: Tokenizer | None = None) -> str:
+    """What the cache depends on: the corpus, its cleaning, and the tokenizer's settings, or the `given`
+    tokenizer itself (another run's, with `--init-from`)."""
     payload = {
         "version": CACHE_VERSION,
         "data": data.model_dump(mode="json", exclude={"download_dir", "cache_dir", "mirror", "mirror_subdir"}),
-        "tokenizer": tokenizer.model_dump(mode="json"),
+        "tokenizer": tokenizer.model_dump(mode="json") if given is None else _tokenizer_digest(given),
         "files": {name: _source_fingerprint(s) for name in SPLITS if (s := getattr(data, name)) is not None},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenizer_digest(tokenizer: Tokenizer) -> dict[str, str | None]:
+    return {"src": hashlib.sha256(tokenizer.src_proto).hexdigest(),
+            "tgt": hashlib.sha256(tokenizer.tgt_proto).hexdigest(),
+            "vocabulary": tokenizer.vocabulary.digest() if tokenizer.vocabulary else None}
 
 
 def _text_file(folder: Path, split: str, side: str) -> Path:
@@ -196,7 +204,7 @@ def _nothing_left(split: str, purpose: str, dropped: Counter[str], clean: CleanC
     return DataError(f"data.{split}: no sentence pair to {purpose} ({found})")
 
 
-def _build(config: Config, folder: Path) -> None:
+def _build(config: Config, folder: Path, given: Tokenizer | None) -> None:
     data = config.data
     pairs, dropped = {}, {}
     purposes = {"train": "train on", "dev": "validate on"}  # refused here, not in SentencePiece or at validation
@@ -205,10 +213,12 @@ def _build(config: Config, folder: Path) -> None:
             pairs[name], dropped[name] = _write_pairs(data, name, folder)
             if not pairs[name] and name in purposes:
                 raise _nothing_left(name, purposes[name], dropped[name], data.clean)
-    tokenizer = Tokenizer.train(_iter_lines(_text_file(folder, "train", "src")),
-                                _iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
+    tokenizer = given or Tokenizer.train(_iter_lines(_text_file(folder, "train", "src")),
+                                         _iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
     atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
     atomic_write_bytes(folder / TGT_SPM, tokenizer.tgt_proto)
+    if tokenizer.vocabulary is not None:
+        atomic_write_text(folder / VOCAB, json.dumps(tokenizer.vocabulary.as_json(), ensure_ascii=False) + "\n")
     stats: dict = {"splits": {}, "src_vocab_size": tokenizer.src_vocab_size,
                    "tgt_vocab_size": tokenizer.tgt_vocab_size}
     encoders = {"src": tokenizer.encode_src, "tgt": tokenizer.encode_tgt}
@@ -288,7 +298,9 @@ def _load(folder: Path, reused: bool) -> PreparedData:
             _map_tokens(_tokens_file(folder, name, "src")), np.load(_offsets_file(folder, name, "src"), mmap_mode="r"),
             _map_tokens(_tokens_file(folder, name, "tgt")), np.load(_offsets_file(folder, name, "tgt"), mmap_mode="r"),
             (_text_file(folder, name, "src"), _text_file(folder, name, "tgt")))
-    tokenizer = Tokenizer((folder / SRC_SPM).read_bytes(), (folder / TGT_SPM).read_bytes())
+    vocabulary = Vocabulary.from_json(json.loads((folder / VOCAB).read_text(encoding="utf-8"))) \
+        if (folder / VOCAB).is_file() else None
+    tokenizer = Tokenizer((folder / SRC_SPM).read_bytes(), (folder / TGT_SPM).read_bytes(), vocabulary)
     return PreparedData(tokenizer, splits, stats, folder, reused)
 
 
@@ -324,22 +336,22 @@ def _hold_build_lock(folder: Path) -> IO[str]:
     return handle
 
 
-def cache_folder(config: Config) -> Path:
-    return Path(config.data.cache_dir) / cache_key(config.data, config.tokenizer)
+def cache_folder(config: Config, tokenizer: Tokenizer | None = None) -> Path:
+    return Path(config.data.cache_dir) / cache_key(config.data, config.tokenizer, tokenizer)
 
 
-def wait_for_cache(config: Config, poll_seconds: float = 0.5) -> None:
+def wait_for_cache(config: Config, tokenizer: Tokenizer | None = None, poll_seconds: float = 0.5) -> None:
     """Block until another process (torchrun's rank 0) has published the cache for `config`."""
-    done = cache_folder(config) / MANIFEST
+    done = cache_folder(config, tokenizer) / MANIFEST
     while not done.is_file():
         time.sleep(poll_seconds)
 
 
-def prepare_data(config: Config) -> PreparedData:
+def prepare_data(config: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     """Return the encoded corpus for `config`: the cache when its key matches and every file is intact, else
     built now. A damaged cache is rebuilt with a warning naming the file, or refused in one line when its
-    folder cannot be written."""
-    folder = cache_folder(config)
+    folder cannot be written. A given `tokenizer` encodes the corpus instead of one trained on it."""
+    folder = cache_folder(config, tokenizer)
     damage = _damage(folder)
     if damage is None:
         log.info("reusing cached corpus %s", folder)
@@ -360,7 +372,7 @@ def prepare_data(config: Config) -> PreparedData:
         if damage != ABSENT:
             log.warning("cache %s: %s; rebuilding it", folder, damage)
         with staged_folder(folder, siblings=True) as staging:  # a damaged cache is swapped out whole, then removed
-            _build(config, staging)
+            _build(config, staging, tokenizer)
     return _load(folder, reused=False)
 
 

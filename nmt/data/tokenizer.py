@@ -1,14 +1,20 @@
 """SentencePiece subword models for the source and target sides, with the special ids of nmt/tokens.py.
 
 Models are trained on the training split only. With `joint: true` both sides share one model; a run
-directory still holds one model per side so that loading never depends on that choice."""
+directory still holds one model per side so that loading never depends on that choice.
+
+An imported model (runs/marian.py) keeps its own SentencePiece models, whose piece ids are not the model's:
+a `Vocabulary` then maps pieces to ids, as Marian's vocab.json does (a piece it lacks is UNK)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
+import json
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import sentencepiece as spm
 
@@ -54,11 +60,55 @@ def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, what: str) -
     return proto
 
 
-class Tokenizer:
-    """Encodes raw text to ids and decodes ids to detokenized text, one processor per side."""
+@dataclass(frozen=True)
+class Vocabulary:
+    """Each side's pieces by id, for SentencePiece models whose own ids are not the model's. Ids PAD_ID..EOS_ID
+    are the special ids of nmt/tokens.py whatever their entries say; the other entries are pieces."""
 
-    def __init__(self, src_proto: bytes, tgt_proto: bytes):
-        self.src_proto, self.tgt_proto = src_proto, tgt_proto
+    src: tuple[str, ...]
+    tgt: tuple[str, ...]
+    src_ids: dict[str, int] = field(init=False, repr=False, compare=False)
+    tgt_ids: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for side, pieces in (("src", self.src), ("tgt", self.tgt)):
+            object.__setattr__(self, f"{side}_ids", {p: i for i, p in enumerate(pieces) if i > EOS_ID})
+
+    def as_json(self) -> dict[str, list[str]]:
+        return {"src": list(self.src), "tgt": list(self.tgt)}
+
+    @classmethod
+    def from_json(cls, raw: object) -> Vocabulary:
+        """Read what `as_json` wrote; ValueError when it is not that."""
+        sides = [raw.get(side) if isinstance(raw, dict) else None for side in ("src", "tgt")]
+        src, tgt = (s if isinstance(s, list) and len(s) > EOS_ID and all(isinstance(p, str) for p in s) else None
+                    for s in sides)
+        if src is None or tgt is None:
+            raise ValueError('expected {"src": [pieces], "tgt": [pieces]}, each with the special ids first')
+        return cls(tuple(src), tuple(tgt))
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_json(), ensure_ascii=False).encode()).hexdigest()
+
+
+LANGUAGE_CODE_START, LANGUAGE_CODE_END = ">>", "<<"
+WORD_START = "\u2581"  # SentencePiece's "▁"
+
+
+def _pieces(processor: spm.SentencePieceProcessor, line: str) -> list[str]:
+    """A line's pieces as MarianTokenizer cuts it: a leading target-language code (">>fr<<") is one piece."""
+    code: list[str] = []
+    if line.startswith(LANGUAGE_CODE_START) and (end := line.find(LANGUAGE_CODE_END)) != -1:
+        code, line = [line[: end + len(LANGUAGE_CODE_END)]], line[end + len(LANGUAGE_CODE_END):]
+    return code + processor.encode(line, out_type=str)
+
+
+class Tokenizer:
+    """Encodes raw text to ids and decodes ids to detokenized text, one processor per side; with a
+    `vocabulary`, through its piece -> id mapping instead of SentencePiece's own ids."""
+
+    def __init__(self, src_proto: bytes, tgt_proto: bytes, vocabulary: Vocabulary | None = None):
+        self.src_proto, self.tgt_proto, self.vocabulary = src_proto, tgt_proto, vocabulary
         self.src = spm.SentencePieceProcessor(model_proto=src_proto)
         self.tgt = spm.SentencePieceProcessor(model_proto=tgt_proto)
 
@@ -71,26 +121,41 @@ class Tokenizer:
 
     @property
     def src_vocab_size(self) -> int:
-        return self.src.get_piece_size()
+        return len(self.vocabulary.src) if self.vocabulary else self.src.get_piece_size()
 
     @property
     def tgt_vocab_size(self) -> int:
-        return self.tgt.get_piece_size()
+        return len(self.vocabulary.tgt) if self.vocabulary else self.tgt.get_piece_size()
+
+    def _mapped(self, processor: spm.SentencePieceProcessor, ids: dict[str, int], lines: Sequence[str]
+                ) -> list[list[int]]:
+        return [[ids.get(piece, UNK_ID) for piece in _pieces(processor, line)] for line in lines]
 
     def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
         """Source ids end with EOS, so the encoder sees where a sentence stops."""
+        if self.vocabulary:
+            return [ids + [EOS_ID] for ids in self._mapped(self.src, self.vocabulary.src_ids, lines)]
         return [ids + [EOS_ID] for ids in self.src.encode(list(lines))]
 
     def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
         """Target ids without BOS/EOS: batching adds them for the teacher-forcing shift."""
+        if self.vocabulary:
+            return self._mapped(self.tgt, self.vocabulary.tgt_ids, lines)
         return self.tgt.encode(list(lines))
 
     def decode_tgt(self, ids: Sequence[int]) -> str:
-        return self.tgt.decode([i for i in ids if i > EOS_ID])
+        kept = [int(i) for i in ids if i > EOS_ID]
+        if not self.vocabulary:
+            return self.tgt.decode(kept)
+        # a piece the target model lacks (a joint vocabulary's source piece) keeps its word-start mark: a space
+        return self.tgt.decode_pieces(self.tgt_pieces(kept)).replace(WORD_START, " ").strip()
 
     def src_pieces(self, ids: Sequence[int]) -> list[str]:
+        if self.vocabulary:
+            return [self.vocabulary.src[int(i)] for i in ids]
         return [self.src.id_to_piece(int(i)) for i in ids]
 
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
+        if self.vocabulary:
+            return [self.vocabulary.tgt[int(i)] for i in ids]
         return [self.tgt.id_to_piece(int(i)) for i in ids]
-

@@ -26,7 +26,7 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
     ctranslate2 ignores, records every other file's size and sha256."""
     try:
         import ctranslate2
-        from ctranslate2.specs import transformer_spec
+        from ctranslate2.specs import common_spec, transformer_spec
     except ImportError:
         raise NmtError("CTranslate2 export needs ctranslate2: pip install 'nmt[export]'") from None
     loaded = load_model(run_dir, which)
@@ -35,8 +35,12 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
     model: Any = loaded.model  # a Transformer: its submodules are read by name below
     settings = loaded.config.model.transformer
     pre = settings.norm == "pre"
+    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+                  "silu": common_spec.Activation.SWISH}[settings.activation]
     spec = transformer_spec.TransformerSpec.from_config(
-        (settings.encoder_layers, settings.decoder_layers), settings.heads, pre_norm=pre, no_final_norm=not pre)
+        (settings.encoder_layers, settings.decoder_layers), settings.heads, pre_norm=pre, no_final_norm=not pre,
+        activation=activation)
+    spec.encoder.scale_embeddings = spec.decoder.scale_embeddings = settings.scale_embeddings
     table = model.sinusoids if model.sinusoids is not None else model.learned_positions.weight
 
     def linear(target: Any, *sources: nn.Linear) -> None:
@@ -68,6 +72,8 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
             linear(theirs.ffn.linear_1, ours.ff.outer)
             norm(theirs.ffn.layer_norm, subs[-1].norm)
     spec.decoder.projection.weight = model.output.weight.detach().numpy()
+    if model.final_logits_bias is not None:  # an imported Marian model's
+        spec.decoder.projection.bias = model.final_logits_bias.detach().float().numpy()
     tokenizer = loaded.tokenizer
     spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
     spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))

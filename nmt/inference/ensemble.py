@@ -82,8 +82,8 @@ def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides:
     if len(loaded) == 1:
         return first
     for other in loaded[1:]:
-        if (other.tokenizer.src_proto, other.tokenizer.tgt_proto) != (first.tokenizer.src_proto,
-                                                                      first.tokenizer.tgt_proto):
+        if (other.tokenizer.src_proto, other.tokenizer.tgt_proto, other.tokenizer.vocabulary) != (
+                first.tokenizer.src_proto, first.tokenizer.tgt_proto, first.tokenizer.vocabulary):
             raise ConfigError(f"--model {other.run.path}: its SentencePiece models differ from {first.run.path}'s; "
                               "an ensemble needs runs trained on the same vocabularies")
     ensemble = Ensemble([run.model for run in loaded]).eval()

@@ -6,7 +6,9 @@
 Both searches are batched: greedy over sentences, beam over sentences x beams as one (B*K) batch, with
 finished hypotheses tracked in tensors, no Python loop over sentences or beams.
 
-Lengths count generated tokens including the final EOS. `max_lengths` (B,) bounds each sentence: at its
+Neither search ever emits the start symbol (BOS) or padding: their log-probabilities are set to -inf after
+the step (not renormalized), as Marian's generation bans its pad/start id. Lengths count generated tokens
+including the final EOS. `max_lengths` (B,) bounds each sentence: at its
 limit a hypothesis ends even without EOS (and is returned without one).
 """
 
@@ -91,6 +93,11 @@ class Sampling:
         return pick
 
 
+def _never_emitted(log_probs: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
+    """(N, V) log-probabilities with BOS and PAD at -inf: no hypothesis continues with either."""
+    return log_probs.index_fill(-1, torch.tensor([bos, pad], device=log_probs.device), float("-inf"))
+
+
 def _argmax(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs.argmax(dim=-1)
 
@@ -109,6 +116,7 @@ def greedy_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, bos: i
     tokens, attention = [], []
     for t in range(int(max_lengths.max())):
         log_probs, state, weights = step_fn(prev, state)
+        log_probs = _never_emitted(log_probs, bos, pad)
         best = pick(log_probs)
         best_lp = log_probs.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         best = best.masked_fill(finished, pad)
@@ -150,6 +158,7 @@ def beam_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, beam_siz
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
     for t in range(limit):
         log_probs, state, weights = step_fn(prev, state)
+        log_probs = _never_emitted(log_probs, bos, pad)
         vocab, src_len = log_probs.shape[-1], weights.shape[-1]
         if t == 0:
             fin_attention = weights.new_zeros(batch, k, limit, src_len)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,16 @@ from matplotlib.figure import Figure
 from nmt.config import ATTENTION_KINDS
 from nmt.data.batching import collate
 from nmt.data.splits import eval_set
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import atomic_write_text
 from nmt.inference.attention_stats import attention_stats, entropy
 from nmt.inference.metrics import bleu, chrf
-from nmt.inference.translate import Translator
+from nmt.inference.translate import Translation, Translator
+from nmt.inspect.attribution import AttributionView, attribution_view
 from nmt.inspect.plots import bar_figure, head_lines, heads_figure, heatmap_html, heatmap_png, save_figure
-from nmt.inspect.view import MAP_KEYS, AttentionView, attention_view
+from nmt.inspect.view import MAP_KEYS, AttentionView, attention_view, map_labels
+from nmt.inspect.words import shape_view
 from nmt.models import Transformer, with_heads
 from nmt.runs.checkpoint import best_files, read_meta
 from nmt.runs.loading import load_model, load_run_config
@@ -32,8 +35,10 @@ from nmt.runs.rundir import RunDir
 
 @dataclass
 class SentenceAttention(AttentionView):
-    png: Path
-    html: Path
+    png: Path = field(kw_only=True)
+    html: Path = field(kw_only=True)
+    attribution: AttributionView | None = None  # with --attribution: beside the attention in `attribution_png`
+    attribution_png: Path | None = None
 
 
 def file_stem(sentence: str) -> str:
@@ -44,20 +49,31 @@ def file_stem(sentence: str) -> str:
 
 def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
                      checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = (),
-                     kind: str = "cross", layer: int | None = None, head: int | None = None) -> SentenceAttention:
-    """`attention_view` of a trained run, drawn as a heatmap (one head, or a grid of all heads) in PNG and
-    HTML under `out_dir` (default RUN_DIR/attention)."""
+                     kind: str = "cross", layer: int | None = None, head: int | None = None, words: bool = False,
+                     eos: bool = True, attribution: str | None = None, steps: int = 32) -> SentenceAttention:
+    """`attention_view` of a trained run (merged into words, without EOS, as asked), drawn as a heatmap (one
+    head, or a grid of all heads) in PNG and HTML under `out_dir` (default RUN_DIR/attention); with
+    `attribution` (a method of nmt.inspect.attribution), the attribution beside the attention in one more PNG."""
     loaded = load_model(run_dir, checkpoint, overrides)
-    view = attention_view(loaded, sentence, threshold, beam_size, kind, layer, head)
+    view = attention_view(loaded, sentence, threshold, beam_size, kind, layer, head, words=words, eos=eos)
+    explained = attribution_view(loaded, view, attribution, steps) if attribution else None
     title = f"{sentence} -> {view.translation}"
     suffix = "" if view.layer is None else f".{kind}-layer{view.layer}" + (f"-head{view.head}" if view.head else "")
+    suffix += (".words" if words else "") + ("" if eos else ".no-eos")
     stem = f"{(out_dir or loaded.run.attention_dir) / file_stem(sentence)}{suffix}"
     if len(view.panels) == 1:
         png = heatmap_png(view.panels[0][1], view.col_labels, view.row_labels, Path(f"{stem}.png"), title)
     else:
         png = save_figure(heads_figure(view.panels, view.col_labels, view.row_labels, title), Path(f"{stem}.png"))
     page = heatmap_html(view.panels, view.col_labels, view.row_labels, Path(f"{stem}.html"), title)
-    return SentenceAttention(**vars(view), png=png, html=page)
+    beside = None
+    if explained is not None:
+        shown = "heads averaged" if view.layer is not None and view.head is None else "attention"
+        beside = save_figure(heads_figure([(f"{kind} {shown}", view.weights),
+                                           (f"attribution ({explained.method})", explained.relevance)],
+                                          view.col_labels, view.row_labels, title),
+                             Path(f"{stem}.{explained.method}.png"))
+    return SentenceAttention(**vars(view), png=png, html=page, attribution=explained, attribution_png=beside)
 
 
 @dataclass
@@ -102,10 +118,15 @@ class Analysis:
 
 
 def head_entropies(model: Transformer, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
-                   kind: str, batch_size: int = 64) -> np.ndarray:
+                   kind: str, batch_size: int = 64, tokenizer: Tokenizer | None = None, words: bool = False,
+                   eos: bool = True) -> np.ndarray:
     """(sentences, layers, heads): each head's mean row entropy of `kind` attention, teacher forced on the
     given translations (every generated position, EOS included). Padded rows are left out; padded columns
-    carry weight 0 and so add nothing."""
+    carry weight 0 and so add nothing. With `words` or without `eos` (a `tokenizer` names the pieces), of
+    each sentence's maps as shown (nmt.inspect.words)."""
+    shaped = words or not eos
+    if shaped and tokenizer is None:
+        raise ValueError("head_entropies: merging words or leaving out EOS needs the tokenizer")
     found = []
     for start in range(0, len(src_ids), batch_size):
         chunk = slice(start, start + batch_size)
@@ -113,6 +134,13 @@ def head_entropies(model: Transformer, src_ids: Sequence[Sequence[int]], tgt_ids
         assert batch.tgt_in is not None and batch.tgt_mask is not None
         with torch.no_grad():
             maps = model.attention_maps(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)[MAP_KEYS[kind]]
+        if shaped and tokenizer is not None:
+            for b, (src, tgt) in enumerate(zip(src_ids[chunk], tgt_ids[chunk], strict=True)):
+                row_labels, col_labels = map_labels(tokenizer, kind, src, tgt, len(tgt) + 1)
+                view = shape_view(maps[:, b, :, :len(row_labels), :len(col_labels)], row_labels, col_labels, words,
+                                  eos)[0]
+                found.append(entropy(view).mean(-1)[None])  # (1, layers, heads)
+            continue
         rows = (batch.src_mask if kind == "encoder" else batch.tgt_mask).double()  # (B, R)
         per_row = entropy(maps)  # (layers, B, heads, R)
         mean = (per_row * rows[None, :, None, :]).sum(-1) / rows.sum(-1)[None, :, None]
@@ -120,13 +148,22 @@ def head_entropies(model: Transformer, src_ids: Sequence[Sequence[int]], tgt_ids
     return torch.cat(found).numpy()
 
 
+def shown_attention(tokenizer: Tokenizer, translation: Translation, words: bool, eos: bool) -> torch.Tensor:
+    """The attention search returned with a translation (rows: its tokens, then EOS if it ended), as shown."""
+    best = translation.hypotheses[0]
+    rows, cols = map_labels(tokenizer, "cross", translation.src_ids, best.tokens, best.attention.shape[0])
+    return shape_view(best.attention, rows, cols, words, eos)[0]
+
+
 def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = None, ref_file: Path | None = None,
             edges: Sequence[int] | None = None, beam_size: int | None = None, checkpoint: str = "best",
-            progress: bool = False, overrides: Sequence[str] = (), kind: str = "cross") -> Analysis:
+            progress: bool = False, overrides: Sequence[str] = (), kind: str = "cross", words: bool = False,
+            eos: bool = True) -> Analysis:
     """BLEU, chrF, mean attention entropy and mean maximum weight per source-length bucket, of a split of the
     run's corpus or of two aligned files; for a Transformer also the entropy of every layer and head of
     `kind` attention per bucket (the statistics in `rows` are of the attention search returns: the last
-    layer's cross-attention averaged over heads)."""
+    layer's cross-attention averaged over heads). With `words`, or without `eos`, every statistic is of the
+    maps merged into words, or with EOS left out (nmt.inspect.words)."""
     if kind not in ATTENTION_KINDS:
         raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
     loaded = load_model(run_dir, checkpoint, overrides)
@@ -138,7 +175,8 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
     transformer = with_heads(model)
     if transformer is not None:
         per_sentence = head_entropies(transformer, [t.src_ids for t in translations],
-                                      [t.hypotheses[0].tokens for t in translations], kind)
+                                      [t.hypotheses[0].tokens for t in translations], kind,
+                                      tokenizer=loaded.tokenizer, words=words, eos=eos)
     elif kind != "cross":
         raise ConfigError(f"--kind {kind}: this RNN run has one cross-attention; --kind is for Transformers")
     lengths = [len(s.split()) for s in sources]
@@ -151,8 +189,8 @@ def analyze(run_dir: Path, split: str | None = None, src_file: Path | None = Non
                 head_rows.append(per_sentence[members].mean(axis=0))
             hyps = [translations[i].text for i in members]
             refs = [references[i] for i in members]
-            summaries = [attention_stats(translations[i].hypotheses[0].attention).summary() for i in members
-                         if translations[i].hypotheses[0].tokens]
+            summaries = [attention_stats(shown_attention(loaded.tokenizer, translations[i], words, eos)).summary()
+                         for i in members if translations[i].hypotheses[0].tokens]
             rows.append(BucketRow(f"{low}-{high}", len(members), bleu(hyps, refs, config.evaluation).score,
                                   chrf(hyps, refs, config.evaluation).score,
                                   float(np.mean([s["entropy"][0] for s in summaries] or [0.0])),

@@ -3,15 +3,18 @@ page and a notebook shows. Kept free of plotting so that serving never loads mat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from nmt.config import ATTENTION_KINDS
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inference.translate import Translator
+from nmt.inspect.words import shape_view
 from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun
 from nmt.tokens import BOS_ID, PAD_ID
@@ -45,6 +48,21 @@ class AttentionView:
     weights: np.ndarray  # (rows, cols): the chosen head, or the heads' average
     stats: AttentionStats  # of `weights`
     heads: list[HeadSummary]  # every layer and head of the chosen kind (Transformer runs; empty for RNNs)
+    words: bool = False  # merged into words (nmt.inspect.words): panels, weights, stats and heads alike
+    eos: bool = True  # False: the EOS row and column left out, rows renormalized
+    src_ids: list[int] = field(default_factory=list)  # the source as encoded, EOS included
+    tgt_ids: list[int] = field(default_factory=list)  # the translation's tokens, EOS not included
+
+
+def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids: Sequence[int], rows: int
+               ) -> tuple[list[str], list[str]]:
+    """Who attends and what is attended to in a `kind` map of a translation: target outputs (its tokens, then
+    EOS, `rows` of them: EOS only when it ended with one) or source pieces; target inputs start with <s>."""
+    src_labels = tokenizer.src_pieces(src_ids)
+    tgt_labels = tokenizer.tgt_pieces(tgt_ids)
+    tgt_out = (tgt_labels + ["</s>"])[:rows]
+    return {"cross": (tgt_out, src_labels), "encoder": (src_labels, src_labels),
+            "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
 
 
 def _pick(count: int, chosen: int | None, what: str) -> int | None:
@@ -66,39 +84,35 @@ def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
 
 def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
                    kind: str = "cross", layer: int | None = None, head: int | None = None,
-                   translator: Translator | None = None) -> AttentionView:
+                   translator: Translator | None = None, words: bool = False, eos: bool = True) -> AttentionView:
     """Translate one sentence and collect where each token looked. An RNN has one cross-attention map; for a
     Transformer, `kind` picks cross-, encoder self- or decoder self-attention, `layer` one layer (default the
-    last) and `head` one head (default: all heads of that layer, and their average as `weights`)."""
+    last) and `head` one head (default: all heads of that layer, and their average as `weights`). With `words`
+    the maps are merged into words, without `eos` EOS is left out (`shape_view`); statistics are of that view."""
     if kind not in ATTENTION_KINDS:
         raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
     translation = (translator or Translator.for_run(loaded)).translate([sentence], beam_size or 1)[0]
     best = translation.hypotheses[0]
-    tokenizer = loaded.tokenizer
-    src_labels = tokenizer.src_pieces(translation.src_ids)
-    tgt_labels = tokenizer.tgt_pieces(best.tokens)
     rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
-    tgt_out = (tgt_labels + ["</s>"])[:rows]
+    row_labels, col_labels = map_labels(loaded.tokenizer, kind, translation.src_ids, best.tokens, rows)
     heads: list[HeadSummary] = []
     transformer = with_heads(loaded.model)
     if transformer is None:
         if kind != "cross" or layer is not None or head is not None:
             raise ConfigError("--kind, --layer and --head select among a Transformer's attentions; this RNN run "
                               "has one cross-attention map")
-        weights = best.attention
+        weights, row_labels, col_labels = shape_view(best.attention, row_labels, col_labels, words, eos)
         panels = [("cross-attention", weights.numpy())]
-        row_labels, col_labels = tgt_out, src_labels
     else:
         src = torch.tensor([translation.src_ids])
         tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
         with torch.no_grad():
             maps = transformer.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
-        chosen = maps[MAP_KEYS[kind]][:, 0].float()  # (layers, heads, rows, cols)
+        chosen, row_labels, col_labels = shape_view(maps[MAP_KEYS[kind]][:, 0].float(), row_labels, col_labels,
+                                                    words, eos)  # (layers, heads, rows, cols)
         layer = _pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
         head = _pick(chosen.shape[1], head, "head")
         heads = _summaries(chosen)
-        row_labels, col_labels = {"cross": (tgt_out, src_labels), "encoder": (src_labels, src_labels),
-                                  "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
         in_layer = chosen[layer - 1]
         if head is None:
             weights = in_layer.mean(dim=0)
@@ -107,4 +121,5 @@ def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, bea
             weights = in_layer[head - 1]
             panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
     return AttentionView(sentence, translation.text, kind, layer, head, col_labels, row_labels, panels,
-                         weights.numpy(), attention_stats(weights, threshold), heads)
+                         weights.numpy(), attention_stats(weights, threshold), heads, words, eos,
+                         list(translation.src_ids), list(best.tokens))

@@ -5,14 +5,16 @@ Shapes: B batch, S source positions, T target positions, D = d_model, F the feed
 dh = D / heads, V target vocabulary, N decoding rows (sentences x beams).
 
 Recipe (sec. 3 and 5.4 of the paper, with the pre-norm of Wang et al. 2019 as the default):
-- embeddings scaled by sqrt(D), plus sinusoidal (sec. 3.5) or learned positions, then dropout;
+- embeddings scaled by sqrt(D) (`scale_embeddings`), plus sinusoidal (sec. 3.5; interleaved, or Marian's
+  halves) or learned positions, then dropout;
 - each sublayer (self-attention, cross-attention, feed-forward) is wrapped as
   pre-norm  x + Dropout(Sublayer(LayerNorm(x))), with a final LayerNorm on each stack, or
   post-norm LayerNorm(x + Dropout(Sublayer(x))), the paper's original;
-- attention dropout on the weights (`attention_dropout`) and dropout after the feed-forward ReLU (`dropout`,
-  as tensor2tensor's relu_dropout);
+- attention dropout on the weights (`attention_dropout`) and dropout after the feed-forward ReLU (or GELU,
+  SiLU: `activation`) (`dropout`, as tensor2tensor's relu_dropout);
 - tie="decoder" shares the target embedding with the output layer (sec. 3.4), tie="all" also the source
-  embedding (one matrix over a joint vocabulary, Press & Wolf 2017).
+  embedding (one matrix over a joint vocabulary, Press & Wolf 2017);
+- `final_logits_bias` adds a fixed bias to the logits, as Marian does (runs/marian.py imports one).
 
 Incremental decoding keeps each decoder layer's self-attention keys and values of the positions decoded so
 far in `TransformerState` (handed in and out, reordered by `select` for beams), and the cross-attention keys
@@ -23,6 +25,7 @@ are not needed; the explicit one gives the last layer's cross-attention weights 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -80,16 +83,28 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return table
 
 
-class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W1 + b1) W2 + b2 (eq. 2), with dropout after the ReLU."""
+def sinusoidal_halves(length: int, d_model: int) -> torch.Tensor:
+    """Marian's layout of the same waves: sin(pos / 10000^(2i/D)) in the first ceil(D/2) columns, cos in the
+    rest (length, D); computed in float64 and rounded once, as transformers' MarianMTModel does, so that the
+    two tables agree to the last bit."""
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(1)
+    angle = position / torch.pow(10000.0, torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    return torch.cat([torch.sin(angle), torch.cos(angle)[:, : d_model // 2]], dim=1).float()
 
-    def __init__(self, d_model: int, ff_size: int, dropout: float):
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2 (eq. 2), or GELU / SiLU in place of max(0, .), with dropout after it."""
+
+    def __init__(self, d_model: int, ff_size: int, dropout: float, activation: str):
         super().__init__()
         self.inner, self.outer = nn.Linear(d_model, ff_size), nn.Linear(ff_size, d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout, self.activation = Dropout(dropout), ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer(self.dropout(F.relu(self.inner(x))))
+        return self.outer(self.dropout(self.activation(self.inner(x))))
 
 
 class Sublayer(nn.Module):
@@ -110,10 +125,10 @@ class Sublayer(nn.Module):
 
 class EncoderLayer(nn.Module):
     def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float, attention_dropout: float,
-                 norm: Literal["pre", "post"]):
+                 norm: Literal["pre", "post"], activation: str):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, d_model, d_model, heads, attention_dropout)
-        self.ff = FeedForward(d_model, ff_size, dropout)
+        self.ff = FeedForward(d_model, ff_size, dropout, activation)
         self.attn_sub, self.ff_sub = Sublayer(d_model, dropout, norm), Sublayer(d_model, dropout, norm)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
@@ -127,11 +142,11 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float, attention_dropout: float,
-                 norm: Literal["pre", "post"]):
+                 norm: Literal["pre", "post"], activation: str):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, d_model, d_model, heads, attention_dropout)
         self.cross_attn = MultiHeadAttention(d_model, d_model, d_model, heads, attention_dropout)
-        self.ff = FeedForward(d_model, ff_size, dropout)
+        self.ff = FeedForward(d_model, ff_size, dropout, activation)
         self.self_sub, self.cross_sub, self.ff_sub = (Sublayer(d_model, dropout, norm) for _ in range(3))
 
     def forward(
@@ -168,15 +183,18 @@ class Transformer(nn.Module):
         learned = positions == "learned"
         self.learned_positions = nn.Embedding(max_positions, d_model) if learned else None
         self.sinusoids: torch.Tensor | None  # a fixed table, rebuilt rather than saved with the weights
-        self.register_buffer("sinusoids", None if learned else sinusoidal_positions(max_positions, d_model),
-                             persistent=False)
-        layer_args = (d_model, t.heads, t.ff_size, t.dropout, t.attention_dropout, norm)
+        table = sinusoidal_halves if positions == "sinusoidal_halves" else sinusoidal_positions
+        self.register_buffer("sinusoids", None if learned else table(max_positions, d_model), persistent=False)
+        self.embed_scale = math.sqrt(d_model) if t.scale_embeddings else 1.0
+        layer_args = (d_model, t.heads, t.ff_size, t.dropout, t.attention_dropout, norm, t.activation)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(t.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(t.decoder_layers))
         # pre-norm leaves each stack's output unnormalized: one LayerNorm closes it; post-norm already ends in one
         self.encoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
         self.output = nn.Linear(d_model, tgt_vocab_size, bias=False)
+        self.final_logits_bias: torch.Tensor | None  # saved with the weights, never trained (as in Marian)
+        self.register_buffer("final_logits_bias", torch.zeros(tgt_vocab_size) if t.final_logits_bias else None)
         self._init_weights()
         if tie in ("decoder", "all"):
             self.output.weight = self.tgt_embed.weight
@@ -207,8 +225,13 @@ class Transformer(nn.Module):
 
     def _embed(self, embedding: nn.Embedding, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, L) ids -> Dropout(sqrt(D) E[ids] + PE) (B, L, D) (sec. 3.4, 3.5, 5.4)."""
-        x = embedding(ids) * math.sqrt(self.d_model) + self._positions(start, ids.shape[1])
+        x = embedding(ids) * self.embed_scale + self._positions(start, ids.shape[1])
         return self.dropout(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output (..., D) -> logits (..., V), with the fixed bias where the config has one."""
+        logits = self.output(x)
+        return logits if self.final_logits_bias is None else logits + self.final_logits_bias.to(logits.dtype)
 
     def _encode(self, src: torch.Tensor, src_mask: torch.Tensor, need_weights: bool = False
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -271,7 +294,7 @@ class Transformer(nn.Module):
         need: Literal["none", "last"] = "none" if self.training else "last"
         x, _, _, cross = self._decode(x, state, memory, self.causal_mask(tgt_in.shape[1], tgt_in.device), need)
         weights = cross[-1].mean(dim=1) if cross else None
-        return self.output(x), weights
+        return self._logits(x), weights
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;
@@ -305,7 +328,7 @@ class Transformer(nn.Module):
         more position in every cache, and the last layer's cross-attention weights averaged over heads (N, S)."""
         x = self._embed(self.tgt_embed, prev_ids.unsqueeze(1), start=state.position)
         x, state, _, cross = self._decode(x, state, memory, None, "last")  # the new position sees all cached ones
-        log_probs = torch.log_softmax(self.output(x.squeeze(1)).float(), dim=-1)
+        log_probs = torch.log_softmax(self._logits(x.squeeze(1)).float(), dim=-1)
         return log_probs, state, cross[-1].mean(dim=1).squeeze(1)
 
     @torch.no_grad()

@@ -3,6 +3,7 @@ its model rebuilt from the config with a checkpoint's weights, refusing any mism
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from nmt.config import (
     parse_config,
     read_yaml,
 )
-from nmt.data.tokenizer import Tokenizer
+from nmt.data.tokenizer import Tokenizer, Vocabulary
 from nmt.errors import CheckpointError, ConfigError
 from nmt.models import Model, build_model
 from nmt.models.interface import Decoder
@@ -51,11 +52,24 @@ def _same_folder(a: Path, b: Path) -> bool:
 
 
 def load_tokenizer(run: RunDir) -> Tokenizer:
-    """The run's SentencePiece models (src.model, tgt.model)."""
+    """The run's SentencePiece models (src.model, tgt.model) and, for an imported model, its vocabulary."""
     try:
-        return Tokenizer(run.src_model_path.read_bytes(), run.tgt_model_path.read_bytes())
+        return Tokenizer(run.src_model_path.read_bytes(), run.tgt_model_path.read_bytes(), _read_vocabulary(run))
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"{run.path}: cannot load the SentencePiece models ({err})") from None
+
+
+def _read_vocabulary(run: RunDir) -> Vocabulary | None:
+    if not run.vocab_path.is_file():
+        return None
+    try:
+        raw = json.loads(run.vocab_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{run.vocab_path}: unreadable or not JSON ({err})") from None
+    try:
+        return Vocabulary.from_json(raw)
+    except ValueError as err:
+        raise CheckpointError(f"{run.vocab_path}: {err}") from None
 
 
 def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path: Path) -> None:

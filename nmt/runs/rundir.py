@@ -2,8 +2,10 @@
 
     RUN/config.yaml                   the resolved config: rebuilds the model and reproduces the run alone
     RUN/src.model, tgt.model          SentencePiece models; tokenizer.json records the special ids
+    RUN/vocab.json                    an imported model's pieces by id, per side (data/tokenizer.Vocabulary)
     RUN/checkpoints/step-00001000/    model.safetensors, state.pt, meta.json, MANIFEST.json (see checkpoint.py)
     RUN/metrics.jsonl, train.log      training and validation records, one JSON object a line; the log
+    RUN/tensorboard/                  the same as TensorBoard event files, with attention images (optional)
     RUN/eval/, attention/, analysis/  what `nmt evaluate`, `nmt attention` and `nmt analyze` write
 
 No other module spells these names: they ask a `RunDir` (or a `CheckpointFiles`) for a path.
@@ -80,6 +82,11 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files (training.tensorboard)."""
+        return self.path / "tensorboard"
+
+    @property
     def attention_dir(self) -> Path:
         return self.path / "attention"
 
@@ -134,9 +141,15 @@ class RunDir:
     def tgt_model_path(self) -> Path:
         return self.path / "tgt.model"
 
+    @property
+    def vocab_path(self) -> Path:
+        return self.path / "vocab.json"
+
     def write_tokenizer(self, tokenizer: Tokenizer) -> None:
         atomic_write_bytes(self.src_model_path, tokenizer.src_proto)
         atomic_write_bytes(self.tgt_model_path, tokenizer.tgt_proto)
+        if tokenizer.vocabulary is not None:
+            atomic_write_text(self.vocab_path, json.dumps(tokenizer.vocabulary.as_json(), ensure_ascii=False) + "\n")
         info = {"special_ids": SPECIAL_IDS, "src_vocab_size": tokenizer.src_vocab_size,
                 "tgt_vocab_size": tokenizer.tgt_vocab_size}
         atomic_write_text(self.path / "tokenizer.json", json.dumps(info, indent=2) + "\n")

@@ -116,6 +116,9 @@ class AttentionRequest(Strict):
     layer: int | None = Field(None, ge=1, description="Transformers: default the last layer")
     head: int | None = Field(None, ge=1, description="Transformers: default all heads (grid) and their average")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="Count positions above this weight")
+    words: bool = Field(False, description="Merge subwords into words: sum over a source word's pieces, mean over "
+                                           "a target word's; statistics of the merged map")
+    eos: bool = Field(True, description="false: leave out the EOS row and column, rows renormalized")
 
 
 class Panel(BaseModel):
@@ -147,6 +150,8 @@ class AttentionResponse(BaseModel):
     threshold: float
     summary: dict[str, tuple[float, float]]  # (mean, std) of each statistic
     heads: list[HeadStatistics]  # every layer and head of this kind (Transformers)
+    words: bool  # rows and columns are words (subwords merged), statistics of that map
+    eos: bool  # false: EOS left out, rows renormalized
 
 
 # The application --------------------------------------------------------------------------------------
@@ -235,14 +240,14 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
                        limits.max_request_cost)  # attention_view decodes with beam_size or 1
         served, view = await unless_disconnected(request, batcher.run(
             registry.attention, body.model, body.text, body.beam_size, body.kind, body.layer, body.head,
-            body.threshold))
+            body.threshold, body.words, body.eos))
         stats = view.stats
         return AttentionResponse(
             model=served.name, source=view.source, translation=view.translation, kind=view.kind, layer=view.layer,
             head=view.head, row_tokens=view.row_labels, col_tokens=view.col_labels, weights=view.weights.tolist(),
             panels=[Panel(caption=caption, weights=weights.tolist()) for caption, weights in view.panels],
             entropy=stats.entropy, max_weight=stats.max_weight, above_threshold=stats.above_threshold,
-            threshold=stats.threshold, summary=stats.summary(),
+            threshold=stats.threshold, summary=stats.summary(), words=view.words, eos=view.eos,
             heads=[HeadStatistics(**vars(h)) for h in view.heads])
 
     @app.get("/", include_in_schema=False)

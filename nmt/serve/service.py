@@ -157,7 +157,8 @@ class ModelRegistry:
         return served.translator_for(decoding.length_penalty).translate(texts, decoding.beam_size, decoding.n_best)
 
     def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
-                  head: int | None, threshold: float) -> tuple[ServedModel, AttentionView]:
+                  head: int | None, threshold: float, words: bool = False, eos: bool = True
+                  ) -> tuple[ServedModel, AttentionView]:
         served = self.get(name)
         if with_heads(served.loaded.model) is None:
             for field, value in (("kind", kind if kind != "cross" else None), ("layer", layer), ("head", head)):
@@ -166,7 +167,7 @@ class ModelRegistry:
                                              "selects among a Transformer's attentions")
         try:
             return served, attention_view(served.loaded, text, threshold, beam_size, kind, layer, head,
-                                          served.translator)
+                                          served.translator, words, eos)
         except ConfigError as err:  # "--layer 9: the model has 3 layers": the field is the message's first word
             field = str(err).split()[0].lstrip("-")
             raise ClientError(field, str(err).removeprefix("--")) from None

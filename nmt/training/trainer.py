@@ -44,11 +44,13 @@ from nmt.models import Model, build_model, count_parameters
 from nmt.models.dropout import use_fast_dropout
 from nmt.progress import progress_bar
 from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, latest_intact, load_train_state, save_checkpoint
-from nmt.runs.loading import load_weights
+from nmt.runs.loading import load_tokenizer, load_weights
 from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 from nmt.training.distributed import World, rank_seed
+from nmt.training.init_from import fine_tuning_tokenizer, load_initial_weights, resolve_init
+from nmt.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,9 @@ def make_batch(split: EncodedSplit, indices) -> Batch:
 
 @torch.no_grad()
 def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device
-             ) -> dict[str, float]:
-    """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy."""
+             ) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy;
+    and the first dev sentence's cross-attention (T, S) (None for an empty translation), for TensorBoard."""
     model.eval()
     total, tokens = 0.0, 0
     for indices in split_batches(dev, config, seed=None):
@@ -179,8 +182,11 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
     found = [t.hypotheses[0] for t in decoded.translations]
     entropies = [attention_stats(h.attention).summary()["entropy"][0] for h in found if h.tokens]
     loss = total / max(1, tokens)
+    first = None
+    if decoded.translations and (top := decoded.translations[0]).hypotheses[0].attention.numel():
+        first = top.hypotheses[0].attention[:, : len(top.src_ids)]  # the batch's padding columns left out
     return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0)), "dev_bleu": decoded.bleu.score,
-            "dev_chrf": decoded.chrf.score, "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}
+            "dev_chrf": decoded.chrf.score, "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}, first
 
 
 class StopSignal:
@@ -239,6 +245,7 @@ class StepShare:
 class StepResult:
     loss: float  # mean per target token
     tokens: int
+    grad_norm: float  # of the unscaled gradients, before clipping
 
 
 class ThroughputMeter:
@@ -250,6 +257,7 @@ class ThroughputMeter:
     def reset(self) -> None:
         self.tokens, self.start = 0, time.monotonic()
         self.losses: list[float] = []
+        self.grad_norms: list[float] = []
 
     def restart_clock(self) -> None:
         """Leave time spent outside training (validation) out of the rate."""
@@ -258,9 +266,13 @@ class ThroughputMeter:
     def add(self, result: StepResult) -> None:
         self.tokens += result.tokens
         self.losses.append(result.loss)
+        self.grad_norms.append(result.grad_norm)
 
     def mean_loss(self) -> float:
         return sum(self.losses) / max(1, len(self.losses))
+
+    def mean_grad_norm(self) -> float:
+        return sum(self.grad_norms) / max(1, len(self.grad_norms))
 
     def tokens_per_s(self) -> float:
         return self.tokens / max(1e-9, time.monotonic() - self.start)
@@ -352,6 +364,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         self.resumed_from: Checkpoint | None = None
         self.changes_on_resume: list[tuple[str, object, object]] = []
+        self.board: TensorBoardLog | None = None  # rank 0 with training.tensorboard
 
     # Saving and restoring ---------------------------------------------------------------------------
 
@@ -495,7 +508,7 @@ class Trainer:
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         self.nonfinite_in_a_row = 0
-        return StepResult(loss_sum / share.tokens, share.tokens)
+        return StepResult(loss_sum / share.tokens, share.tokens, float(norm))
 
     def _skip_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -513,9 +526,14 @@ class Trainer:
     def _validate(self) -> tuple[dict[str, float], bool]:
         """Dev scores, and whether dev BLEU is the best so far (which also drives patience and plateau).
         Rank 0 validates; the others take its scores, so patience and the plateau schedule agree."""
-        scores = validate(self.model, self.translator, self.dev_split, self.config, self.device) \
-            if self.world.is_main else None
+        scores, attention = validate(self.model, self.translator, self.dev_split, self.config, self.device) \
+            if self.world.is_main else (None, None)
         scores = self.world.broadcast(scores)
+        if self.board is not None:
+            self.board.scalars(self.progress.step, "dev", {k.removeprefix("dev_"): v for k, v in scores.items()})
+            if attention is not None:
+                self.board.attention(self.progress.step, attention)
+            self.board.flush()
         progress = self.progress
         improved = scores["dev_bleu"] > progress.best_bleu
         progress.bad_validations = 0 if improved else progress.bad_validations + 1
@@ -551,11 +569,14 @@ class Trainer:
 
     def _report(self, meter: ThroughputMeter, started: float, bar) -> None:
         progress = self.progress
-        rate, mean_loss = meter.tokens_per_s(), meter.mean_loss()
+        rate, mean_loss, grad_norm = meter.tokens_per_s(), meter.mean_loss(), meter.mean_grad_norm()
         lr = self.optimizer.param_groups[0]["lr"]
         meter.reset()
         if not self.world.is_main:
             return
+        if self.board is not None:
+            self.board.scalars(progress.step, "train", {"loss": mean_loss, "lr": lr, "tokens_per_s": rate,
+                                                        "grad_norm": grad_norm})
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}")
         if bar.disable:
             log.info("step %d | epoch %d | loss %.3f | %s tok/s | lr %.2e", progress.step, progress.epoch + 1,
@@ -647,12 +668,17 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
     if existing is not None and not resume:
         raise ConfigError(f"run_dir {run.path} already holds checkpoints: add --resume to continue it, "
                           "or set another run_dir")
+    init = resolve_init(config) if config.training.init_from is not None else None
+    config = init.config if init is not None else config
     config, changes = resume_changes(run, config) if resume else (config, [])
     if resume and existing is None:
         log.warning("--resume: %s has no intact checkpoint yet; starting from scratch", run.path)
+    given = None  # else a tokenizer is trained on the corpus
+    if init is not None:  # fine-tuning: the other run's tokenizer (or extended), the run's own once it has one
+        given = load_tokenizer(run) if existing is not None else fine_tuning_tokenizer(init)
     if not world.is_main:
-        wait_for_cache(config)
-    data = prepare_data(config)
+        wait_for_cache(config, given)
+    data = prepare_data(config, given)
     world.init(device, config.training.distributed_timeout_minutes)
     resumed = existing.step if existing is not None else None
     if (agreed := world.broadcast(resumed)) != resumed:
@@ -662,6 +688,10 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
     torch.manual_seed(rank_seed(config.seed, world.rank))
     model = build_model(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size).to(device)
     use_fast_dropout(model, config.training.fast_dropout)
+    if init is not None and existing is None:
+        load_initial_weights(model, init)
+        log.info("weights from %s (%s)", init.checkpoint.path, "vocabulary extended" if init.extend else
+                 "same vocabulary")
     trainer = Trainer(config, run, data, model, device, show_progress, world, lock)
     if existing is not None:
         trainer.restore(existing)
@@ -672,6 +702,8 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
     run.write_config(config_to_yaml(config))
     run.write_tokenizer(data.tokenizer)
     step = existing.step if existing is not None else 0
+    if config.training.tensorboard:  # the steps after the one resumed are trained, and logged, again
+        trainer.board = TensorBoardLog(run.tensorboard_dir, purge_step=step + 1 if existing is not None else None)
     if dropped := run.truncate_metrics(step):
         log.info("%s: dropped %d records after step %d (those steps are trained again)", run.metrics_path, dropped,
                  step)
@@ -707,6 +739,8 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> T
         with _log_to(trainer.run_dir.log_path) if world.is_main else nullcontext(), StopSignal().installed() as stop:
             result = trainer.run(stop)
     finally:
+        if trainer.board is not None:
+            trainer.board.close()
         if trainer.lock is not None:
             trainer.lock.release()
     # Leave the process group on success only (after an error another rank may be inside a collective, and

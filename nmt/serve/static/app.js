@@ -4,6 +4,7 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 let models = {};  // name -> GET /models entry
+let shown = [];  // the panels on the page, redrawn when the word or EOS switch changes
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -145,14 +146,16 @@ class Panel {
   }
 
   async drawAttention() {
-    const request = {text: this.text, model: this.info.name, beam_size: this.beam, threshold: this.threshold};
+    const request = {text: this.text, model: this.info.name, beam_size: this.beam, threshold: this.threshold,
+                     words: $("#words").checked, eos: $("#eos").checked};
     if (this.info.type === "transformer") Object.assign(request, this.choice);
     const view = await api("/attention", request);
     this.view = view;
     const hoverLine = element("div", {class: "hover", text: " "});
     const hover = (message) => { hoverLine.textContent = message; };
     const what = view.head ? `head ${view.head}` : (view.layer ? "heads averaged" : "attention");
-    const where = view.layer ? `${view.kind} attention, layer ${view.layer}, ${what}` : "cross-attention";
+    const unit = (view.words ? "words" : "subwords") + (view.eos ? "" : ", no EOS");
+    const where = (view.layer ? `${view.kind} attention, layer ${view.layer}, ${what}` : "cross-attention") + ` (${unit})`;
     const [entropy, std] = view.summary.entropy;
     const children = [this.selectors(),
       element("div", {class: "meta", text: `${where}: mean entropy ${fixed(entropy)} ± ${fixed(std)} nats, ` +
@@ -185,6 +188,7 @@ async function translate(event) {
   const names = [$("#model-a").value, $("#model-b").value].filter((name, i, all) => name && all.indexOf(name) === i);
   setStatus("translating…");
   const panels = names.map((name) => new Panel(name));
+  shown = panels;
   $("#panels").replaceChildren(...panels.map((panel) => panel.node));
   try {
     const started = performance.now();
@@ -210,6 +214,10 @@ async function start() {
     setStatus(`cannot list the models: ${err.message}`, true);
   }
   $("#query").addEventListener("submit", translate);
+  const redraw = () => Promise.all(shown.map((panel) => panel.drawAttention()))
+    .catch((err) => setStatus(err.message, true));
+  $("#words").addEventListener("change", redraw);
+  $("#eos").addEventListener("change", redraw);
 }
 
 start();

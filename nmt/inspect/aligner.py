@@ -1,0 +1,195 @@
+"""Word alignments from a trained run's cross-attention (`nmt align`): every layer's and head's map, teacher
+forced on a given translation (forced decoding) or on the model's own, merged into words with EOS left out
+(nmt.inspect.words), then links extracted from one head, a layer's heads averaged, or the head that aligns a
+gold set best, and scored per layer and head (nmt.inspect.alignment)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nmt.data.batching import collate
+from nmt.data.corpus import has_content, normalize, read_lines
+from nmt.errors import ConfigError, DataError
+from nmt.inference.translate import Translator
+from nmt.inspect.alignment import AlignmentScore, GoldLinks, Link, check_links, extract_links, read_links, score_links
+from nmt.inspect.words import shape_view
+from nmt.models import with_heads
+from nmt.runs.loading import LoadedRun, load_model
+
+
+@dataclass
+class WordMaps:
+    """One sentence pair's cross-attention between words, EOS left out, rows summing to 1."""
+
+    source_words: list[str]
+    target_words: list[str]
+    maps: np.ndarray  # (layers, heads, target words, source words); an RNN: (1, 1, ...)
+
+
+def forced_cross_maps(loaded: LoadedRun, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+                      batch_size: int = 32) -> list[torch.Tensor]:
+    """Per pair (layers, heads, T + 1, S): cross-attention teacher forced on `tgt_ids` (without BOS or EOS; the
+    last row is EOS's), over the source as encoded (EOS included)."""
+    model = loaded.model
+    transformer = with_heads(model)
+    found: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(src_ids), batch_size):
+                chunk = slice(start, start + batch_size)
+                batch = collate(src_ids[chunk], tgt_ids[chunk], np.arange(len(src_ids[chunk])))
+                assert batch.tgt_in is not None
+                if transformer is None:
+                    maps = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)[1][None, :, None]
+                else:
+                    maps = transformer.attention_maps(batch.src, batch.src_lengths, batch.src_mask,
+                                                      batch.tgt_in)["cross"]
+                for row, (src, tgt) in enumerate(zip(src_ids[chunk], tgt_ids[chunk], strict=True)):
+                    found.append(maps[:, row, :, :len(tgt) + 1, :len(src)].float())
+    finally:
+        model.train(was_training)
+    return found
+
+
+def _words(text: str, pieces: list[str], what: str, number: int) -> None:
+    """The word map's words must be the text's whitespace-separated words, or gold indices would shift."""
+    count = sum(1 for piece in pieces if piece.startswith("\u2581"))
+    if count != len(text.split()):
+        raise DataError(f"{what} line {number}: {len(text.split())} words but the tokenizer starts {count} "
+                        "(write words separated by single spaces)")
+
+
+def word_maps(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str] | None = None,
+              beam_size: int | None = None) -> list[WordMaps]:
+    """Every pair's word-level cross-attention of every layer and head: teacher forced on `targets` when given
+    (forced decoding), else on the model's own translations (beam size default: the run's)."""
+    tokenizer, clean = loaded.tokenizer, loaded.config.data.clean
+    translator = Translator.for_run(loaded)
+    cleaned = [normalize(line, clean) for line in sources]
+    for number, line in enumerate(cleaned, start=1):
+        if not has_content(line):
+            raise DataError(f"--src line {number} is empty: every pair needs words to align")
+    src_ids = translator.encode(cleaned)
+    if targets is None:
+        tgt_ids = [t.hypotheses[0].tokens for t in translator.translate(sources, beam_size)]
+    else:
+        if len(targets) != len(sources):
+            raise DataError(f"--src has {len(sources)} lines but --tgt {len(targets)}")
+        tgt_text = [normalize(line, clean) for line in targets]
+        tgt_ids = tokenizer.encode_tgt(tgt_text)
+        limit = loaded.model.max_positions
+        for number, (line, ids) in enumerate(zip(tgt_text, tgt_ids, strict=True), start=1):
+            _words(line, tokenizer.tgt_pieces(ids), "--tgt", number)
+            if limit is not None and len(ids) + 1 > limit:
+                raise DataError(f"--tgt line {number} has {len(ids)} subword tokens; the model reads at most "
+                                f"{limit - 1} (model.transformer.max_positions)")
+    found = []
+    for number, (line, src, tgt, maps) in enumerate(zip(cleaned, src_ids, tgt_ids,
+                                                        forced_cross_maps(loaded, src_ids, tgt_ids), strict=True),
+                                                    start=1):
+        src_pieces = tokenizer.src_pieces(src)
+        _words(line, src_pieces, "--src", number)
+        shaped, rows, cols = shape_view(maps, [*tokenizer.tgt_pieces(tgt), "</s>"], src_pieces, words=True,
+                                        eos=False)
+        found.append(WordMaps(cols, rows, shaped.numpy()))
+    return found
+
+
+def select_map(pair: WordMaps, layer: int | None = None, head: int | None = None) -> np.ndarray:
+    """(target words, source words): one head of a layer, or the layer's heads averaged (head None); the
+    layer defaults to the last."""
+    layers, heads = pair.maps.shape[:2]
+    chosen = layer or layers
+    if not 1 <= chosen <= layers:
+        raise ConfigError(f"--layer {chosen}: the model has {layers} layer{'s' if layers > 1 else ''} (1 to {layers})")
+    if head is not None and not 1 <= head <= heads:
+        raise ConfigError(f"--head {head}: the model has {heads} head{'s' if heads > 1 else ''} (1 to {heads})")
+    in_layer = pair.maps[chosen - 1]
+    return in_layer.mean(axis=0) if head is None else in_layer[head - 1]
+
+
+def links_of(pairs: Sequence[WordMaps], layer: int | None = None, head: int | None = None,
+             threshold: float | None = None) -> list[set[Link]]:
+    """Every pair's links from the same map choice and extraction rule (`select_map`, `extract_links`)."""
+    return [extract_links(select_map(pair, layer, head), threshold) for pair in pairs]
+
+
+@dataclass
+class HeadScore:
+    layer: int
+    head: int | None  # None: the layer's heads averaged
+    score: AlignmentScore
+
+
+def check_gold(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], name: str) -> None:
+    """One line of gold links per pair, each link inside its pair: a shifted or short file fails loudly."""
+    if len(gold) != len(pairs):
+        raise DataError(f"{name}: {len(gold)} lines of links for {len(pairs)} sentence pairs")
+    for number, (pair, links) in enumerate(zip(pairs, gold, strict=True), start=1):
+        check_links(links, len(pair.source_words), len(pair.target_words), f"{name}:{number}")
+
+
+def score_heads(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], threshold: float | None = None
+                ) -> list[HeadScore]:
+    """Precision, recall and AER of every layer's heads, each alone and averaged: which heads align."""
+    layers, heads = pairs[0].maps.shape[:2]
+    return [HeadScore(layer, head, score_links(links_of(pairs, layer, head, threshold), gold))
+            for layer in range(1, layers + 1) for head in [*range(1, heads + 1), None]]
+
+
+def choose_head(table: Sequence[HeadScore]) -> HeadScore:
+    """The single head (or, for a one-head model, the map) with the lowest AER; the first on ties."""
+    singles = [row for row in table if row.head is not None] or list(table)
+    return min(singles, key=lambda row: row.score.aer)
+
+
+@dataclass
+class Alignment:
+    links: list[set[Link]]  # per pair, in input order
+    layer: int
+    head: int | None  # None: the layer's heads averaged
+    chosen: HeadScore | None  # with --choose-head-on: the head picked and its score there
+    table: list[HeadScore]  # with --gold: every layer and head
+    score: AlignmentScore | None  # with --gold: the links written
+
+
+def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, layer: int | None = None,
+                head: int | None = None, threshold: float | None = None, gold_file: Path | None = None,
+                choose_on: Path | None = None, beam_size: int | None = None, checkpoint: str = "best",
+                overrides: Sequence[str] = ()) -> Alignment:
+    """`nmt align`: word alignments of each line of `src_file` with the same line of `tgt_file` (forced
+    decoding) or with the model's translation, from one head, a layer's heads averaged (no head), or the head
+    with the lowest AER against the links in `choose_on`; with `gold_file`, scored overall and per head."""
+    if (gold_file or choose_on) and tgt_file is None:
+        raise ConfigError("--gold and --choose-head-on score links against given translations: add --tgt FILE")
+    if choose_on and (layer is not None or head is not None):
+        raise ConfigError("--choose-head-on picks the layer and head: leave out --layer and --head")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold}: give a weight in (0, 1]")
+    gold = read_links(gold_file) if gold_file else None
+    choice = read_links(choose_on) if choose_on else None
+    sources = list(read_lines(src_file))
+    if not sources:
+        raise DataError(f"--src {src_file}: no lines to align")
+    targets = list(read_lines(tgt_file)) if tgt_file else None
+    pairs = word_maps(load_model(run_dir, checkpoint, overrides), sources, targets, beam_size)
+    chosen = None
+    if choice is not None and choose_on is not None:
+        check_gold(pairs, choice, str(choose_on))
+        chosen = choose_head(score_heads(pairs, choice, threshold))
+        layer, head = chosen.layer, chosen.head
+    links = links_of(pairs, layer, head, threshold)
+    table: list[HeadScore] = []
+    score = None
+    if gold is not None and gold_file is not None:
+        check_gold(pairs, gold, str(gold_file))
+        table = score_heads(pairs, gold, threshold)
+        score = score_links(links, gold)
+    return Alignment(links, layer or pairs[0].maps.shape[0], head, chosen, table, score)

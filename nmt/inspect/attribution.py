@@ -1,0 +1,130 @@
+"""Gradient attribution beside attention: how much each source token's embedding moves the log-probability of
+each target token of a translation (captum: input x gradient, or integrated gradients from an all-padding
+source), and how well attention ranks the source tokens as the attribution does (Spearman, per row).
+
+Attention says where a step looked; attribution what the output depended on. Per target token t and source
+token s, relevance = |sum over the embedding dimensions of the attribution|, divided by the row's total so
+that rows sum to 1 like attention's; the same word rule and EOS switch as attention then apply
+(nmt.inspect.words). captum is imported when an attribution is asked for: it loads matplotlib, which serving
+never imports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from nmt.errors import ConfigError
+from nmt.inference.attention_stats import AttentionStats, attention_stats
+from nmt.inspect.view import AttentionView
+from nmt.inspect.words import EOS, shape_view
+from nmt.models import Model
+from nmt.runs.loading import LoadedRun
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
+
+METHODS = ("input_x_gradient", "integrated_gradients")
+
+
+def source_embedding(model: Model, src: torch.Tensor) -> nn.Embedding:
+    """The embedding that reads the source ids: the one `encode` calls (found by watching, so that no model
+    class is named outside nmt.models)."""
+    called: list[nn.Embedding] = []
+    hooks = [m.register_forward_pre_hook(lambda module, _args: called.append(module))
+             for m in model.modules() if isinstance(m, nn.Embedding)]
+    try:
+        with torch.no_grad():
+            model.encode(src, torch.tensor([src.shape[1]]), src != PAD_ID)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(set(map(id, called))) != 1:
+        raise ConfigError(f"attribution needs one source embedding; encoding called {len(called)} embeddings")
+    return called[0]
+
+
+def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int], method: str = "input_x_gradient",
+              steps: int = 32) -> torch.Tensor:
+    """(T + 1, S) relevance of each source token (EOS included) for each forced target token and the final EOS,
+    rows summing to 1 (module docstring). `steps`: integration steps of integrated gradients."""
+    if method not in METHODS:
+        raise ConfigError(f"--attribution {method}: choose one of {', '.join(METHODS)}")
+    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
+
+    model = loaded.model
+    rows = len(tgt_ids) + 1
+    src = torch.tensor([list(src_ids)]).repeat(rows, 1)  # one copy per target token: target t reads row t
+    tgt_in, tgt_out = torch.tensor([[BOS_ID, *tgt_ids]]), torch.tensor([[*tgt_ids, EOS_ID]])
+    length = torch.tensor([src.shape[1]])
+
+    def forced_log_probs(ids: torch.Tensor) -> torch.Tensor:
+        """(N, S) source ids -> (N, T + 1) log-probability of each forced target token."""
+        count = ids.shape[0]
+        logits, _ = model(ids, length.repeat(count), ids != PAD_ID, tgt_in.expand(count, -1))
+        return logits.float().log_softmax(-1).gather(-1, tgt_out.expand(count, -1).unsqueeze(-1)).squeeze(-1)
+
+    was_training = model.training
+    model.eval()
+    try:
+        embedding = source_embedding(model, src[:1])
+        with torch.enable_grad():
+            if method == "input_x_gradient":
+                found = LayerGradientXActivation(forced_log_probs, embedding).attribute(src, target=list(range(rows)))
+            else:
+                found = LayerIntegratedGradients(forced_log_probs, embedding).attribute(
+                    src, baselines=torch.full_like(src, PAD_ID), target=list(range(rows)), n_steps=steps)
+    finally:
+        model.train(was_training)
+    relevance = found.detach().float().sum(-1).abs()  # (T + 1, S)
+    return relevance / relevance.sum(-1, keepdim=True).clamp_min(torch.finfo(relevance.dtype).tiny)
+
+
+def spearman_rows(first: np.ndarray, second: np.ndarray) -> list[float]:
+    """Spearman's rank correlation of each row of two (rows, cols) maps (scipy, ties given their mean rank);
+    NaN where either row is constant (a single column, or all weights equal)."""
+    found = []
+    for a, b in zip(first, second, strict=True):
+        constant = len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0
+        found.append(float("nan") if constant else float(spearmanr(a, b).statistic))
+    return found
+
+
+@dataclass
+class AttributionView:
+    """One translation's attribution over the source, shaped as its attention view is, and their agreement."""
+
+    method: str
+    row_labels: list[str]  # target tokens (or words)
+    col_labels: list[str]  # source tokens (or words)
+    relevance: np.ndarray  # (rows, cols), rows summing to 1
+    attention: np.ndarray  # (rows, cols): the attention view's weights, compared with `relevance`
+    spearman: list[float]  # per row; NaN where a row is constant
+    stats: AttentionStats  # of `relevance`: entropy, largest share, positions above the threshold
+
+    @property
+    def mean_spearman(self) -> float:
+        """The mean over the rows that have a correlation (NaN if none has)."""
+        defined = [r for r in self.spearman if not np.isnan(r)]
+        return float(np.mean(defined)) if defined else float("nan")
+
+
+def attribution_view(loaded: LoadedRun, view: AttentionView, method: str = "input_x_gradient",
+                     steps: int = 32) -> AttributionView:
+    """Attribution of the translation in a cross-attention `view`, at its level (words or subwords, EOS or
+    not), beside its weights (one head, or the heads' average)."""
+    if view.kind != "cross":
+        raise ConfigError(f"--attribution is over the source tokens: it goes with --kind cross, not {view.kind}")
+    tokenizer = loaded.tokenizer
+    relevance = attribute(loaded, view.src_ids, view.tgt_ids, method, steps)
+    rows = [*tokenizer.tgt_pieces(view.tgt_ids), EOS]
+    if view.eos and EOS not in view.row_labels:  # the translation stopped at the length limit, without EOS
+        relevance, rows = relevance[:-1], rows[:-1]
+    shaped, row_labels, col_labels = shape_view(relevance, rows, tokenizer.src_pieces(view.src_ids), view.words,
+                                                view.eos)
+    relevance_np = shaped.numpy()
+    return AttributionView(method, row_labels, col_labels, relevance_np, view.weights,
+                           spearman_rows(view.weights, relevance_np),
+                           attention_stats(shaped, view.stats.threshold))

@@ -1,0 +1,143 @@
+"""Fine-tuning: a run that starts from another run's weights and tokenizer (`training.init_from`, set by
+`nmt train --init-from RUN`), an imported pretrained model (`nmt import`) or one trained here.
+
+The new run takes the other run's model (only dropout may differ) and, with `vocab: same`, its tokenizer: a
+config that asks for another model or tokenizer is refused by name. With `vocab: extend` a tokenizer is trained
+on the new corpus as the config says, and the pieces the other run lacks get new ids after its own: their
+embedding and output rows start as a fresh model's, every other weight is the other run's. The optimizer,
+schedule and step count start fresh; the config records the checkpoint the weights came from, and a resumed
+run continues from its own checkpoints as any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from nmt.config import Config, InitFrom, config_diff, format_diff, parse_config
+from nmt.data.prepare import prepare_data
+from nmt.data.tokenizer import Tokenizer, Vocabulary
+from nmt.errors import CheckpointError, ConfigError
+from nmt.runs.checkpoint import Checkpoint, find_checkpoint, surviving_pruning
+from nmt.runs.loading import load_run_config, load_tokenizer, load_weights
+from nmt.runs.rundir import RunDir
+from nmt.tokens import EOS_ID
+
+log = logging.getLogger(__name__)
+
+VOCABULARY_ROWS = ("embed.weight", "output.weight", "final_logits_bias")
+"""How the names of the tensors with one row per vocabulary entry end (both models): what `extend` grows."""
+
+
+def with_init_from(config: Config, run_dir: Path, vocab: Literal["same", "extend"] = "same") -> Config:
+    """`config` starting from `run_dir`'s weights (what `nmt train --init-from RUN [--vocab extend]` asks)."""
+    training = config.training.model_copy(update={"init_from": InitFrom(run=str(run_dir), vocab=vocab)})
+    return config.model_copy(update={"training": training})
+
+
+@dataclass
+class Initialization:
+    """The config to train (the other run's model and vocabulary, the checkpoint recorded), the checkpoint
+    whose weights start it, and the other run's tokenizer."""
+
+    config: Config
+    checkpoint: Checkpoint
+    tokenizer: Tokenizer
+
+    @property
+    def extend(self) -> bool:
+        init = self.config.training.init_from
+        return init is not None and init.vocab == "extend"
+
+
+def resolve_init(config: Config) -> Initialization:
+    """Read the run `training.init_from` names and check `config` against it (module docstring)."""
+    init = config.training.init_from
+    assert init is not None  # the caller asks only then
+    source = RunDir(Path(init.run))
+    where = f"--init-from {source.path}"
+    try:
+        source_config = load_run_config(source)
+    except CheckpointError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    checkpoint = surviving_pruning(source, lambda: find_checkpoint(source, "best"))
+    model = source_config.model
+    if "model" in config.model_fields_set:  # the config describes a model: it must be the other run's
+        refused = [d for d in config_diff(model.model_dump(mode="json"), config.model.model_dump(mode="json"), "model")
+                   if not d[0].endswith("dropout")]
+        if refused:
+            raise ConfigError(f"{where}: the config's model differs from the run's: {format_diff(refused)} (leave "
+                              "the model section out to fine-tune the run's model)")
+        model = config.model
+    tokenizer = source_config.tokenizer
+    if init.vocab == "extend":
+        tokenizer = config.tokenizer
+    elif "tokenizer" in config.model_fields_set and config.tokenizer != source_config.tokenizer:
+        differences = config_diff(source_config.tokenizer.model_dump(mode="json"),
+                                  config.tokenizer.model_dump(mode="json"), "tokenizer")
+        raise ConfigError(f"{where}: the config asks for another vocabulary than the run's "
+                          f"({format_diff(differences)}); fine-tuning keeps the run's vocabulary: leave the tokenizer "
+                          "section out, or map the new one with --vocab extend")
+    recorded = init.model_copy(update={"checkpoint": checkpoint.path.name})
+    raw = config.model_copy(update={"model": model, "tokenizer": tokenizer,
+                                    "training": config.training.model_copy(update={"init_from": recorded})})
+    resolved = parse_config(raw.model_dump(mode="json"), source=where)
+    return Initialization(resolved, checkpoint, load_tokenizer(source))
+
+
+def extend_tokenizer(old: Tokenizer, new: Tokenizer) -> Tokenizer:
+    """`new`'s SentencePiece models with a vocabulary that keeps `old`'s ids and appends the pieces it lacks."""
+    def pieces(side: Literal["src", "tgt"]) -> tuple[str, ...]:
+        kept = list(old.src_pieces(range(old.src_vocab_size)) if side == "src"
+                    else old.tgt_pieces(range(old.tgt_vocab_size)))
+        known = set(kept[EOS_ID + 1:])
+        processor = new.src if side == "src" else new.tgt
+        for i in range(EOS_ID + 1, processor.get_piece_size()):
+            piece = processor.id_to_piece(i)
+            if piece not in known:
+                kept.append(piece)
+                known.add(piece)
+        return tuple(kept)
+
+    vocabulary = Vocabulary(pieces("src"), pieces("tgt"))
+    log.info("vocabulary extended: source %d -> %d, target %d -> %d pieces", old.src_vocab_size,
+             len(vocabulary.src), old.tgt_vocab_size, len(vocabulary.tgt))
+    return Tokenizer(new.src_proto, new.tgt_proto, vocabulary)
+
+
+def fine_tuning_tokenizer(init: Initialization) -> Tokenizer:
+    """The tokenizer the new run encodes its corpus with: the other run's, or (extend) it grown with the pieces
+    of one trained on the new corpus."""
+    if not init.extend:
+        return init.tokenizer
+    return extend_tokenizer(init.tokenizer, prepare_data(init.config).tokenizer)
+
+
+def load_initial_weights(model: nn.Module, init: Initialization) -> None:
+    """The other run's weights into `model`; with a grown vocabulary, into its first rows."""
+    if not init.extend:
+        load_weights(model, init.checkpoint, init.config.model, init.checkpoint.path)
+        return
+    try:
+        tensors = load_file(str(init.checkpoint.files.weights))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{init.checkpoint.files.weights}: cannot read weights ({err})") from None
+    state = model.state_dict()
+    if sorted(tensors) != sorted(state):
+        raise CheckpointError(f"{init.checkpoint.files.weights}: not the weights of the config's model")
+    with torch.no_grad():
+        for name, target in state.items():
+            source = tensors[name]
+            grown = name.endswith(VOCABULARY_ROWS) and source.shape[1:] == target.shape[1:] and \
+                source.shape[0] <= target.shape[0]
+            if source.shape != target.shape and not grown:
+                raise CheckpointError(f"{init.checkpoint.files.weights}: {name} is {tuple(source.shape)}, the "
+                                      f"model's {tuple(target.shape)}")
+            target[: source.shape[0]].copy_(source)
