@@ -29,6 +29,7 @@ MINUTES = float(os.environ.get("NMT_NOTEBOOK_MINUTES", "2"))
 RUNS_DIR = Path("runs/notebooks")
 
 import nmt  # noqa: E402  (after the working directory and the mirror are set)
+from nmt.errors import NmtError  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,17 @@ RUNS: dict[str, Recipe] = {
 
 def run(name: str) -> nmt.Run:
     """The chapter's run `name`: loaded when it has been trained, else trained now (the notebook shows a
-    progress bar) and loaded."""
+    progress bar) and loaded. A run stopped before its first checkpoint (a kernel restarted mid-training)
+    trains from the start again (`resume` starts afresh where no checkpoint is intact)."""
     run_dir = RUNS_DIR / name
-    if (run_dir / "checkpoints").is_dir():
+    try:
         return nmt.load(run_dir)
+    except NmtError:  # not trained yet, or stopped before its first checkpoint
+        pass
     recipe = RUNS[name]
     overrides = {**recipe.overrides, "training": {**recipe.overrides["training"],
                                                   "max_minutes": MINUTES * recipe.share}}
-    return nmt.train(recipe.config, run_dir=str(run_dir), **overrides)
+    return nmt.train(recipe.config, resume=True, run_dir=str(run_dir), **overrides)
 
 
 if __name__ == "__main__":

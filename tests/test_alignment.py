@@ -74,6 +74,8 @@ def test_links_are_extracted_by_argmax_per_target_word_or_by_threshold():
     assert extract_links(weights) == {(0, 0), (1, 1), (2, 2)}  # ties: the first source word
     assert extract_links(weights, threshold=0.4) == {(0, 0), (1, 1), (2, 1), (2, 2)}
     assert extract_links(np.zeros((0, 3))) == set()
+    only_eos = np.array([[0.0, 1.0], [0.0, 0.0]])  # the second word looked only at the EOS left out
+    assert extract_links(only_eos) == {(1, 0)} and extract_links(only_eos, threshold=0.0) == {(1, 0)}
 
 
 @pytest.mark.parametrize("fixture", ["trained_run", "trained_transformer"])

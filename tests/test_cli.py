@@ -261,6 +261,7 @@ def test_inputs_longer_than_a_transformers_positions_are_truncated_with_a_warnin
 
 
 
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_attention_by_words_without_eos_and_with_attribution(trained_transformer, tmp_path):
     result = run("attention", "--model", trained_transformer, "abca de fo", "--words", "--no-eos", "--layer", "2",
                  "--head", "1", "--attribution", "input_x_gradient", "--output-dir", tmp_path)
@@ -282,6 +283,7 @@ def test_attention_by_words_without_eos_and_with_attribution(trained_transformer
                                    "not encoder"
 
 
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_analyze_by_words(trained_transformer, tmp_path):
     sources = ["ab ca", "de fo gu", "hi jo ku le", "mi no pa ab ca"]
     (tmp_path / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
@@ -320,6 +322,7 @@ def test_align_writes_pharaoh_lines_and_scores_every_head_against_gold(trained_t
     assert own.stdout == "" and len((tmp_path / "out.align").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_align_errors_are_one_line_naming_the_file_and_line(trained_transformer, tmp_path):
     (tmp_path / "src").write_text("ab ca\nde fo\n", encoding="utf-8")
     (tmp_path / "tgt").write_text("CA AB\nFO DE\n", encoding="utf-8")

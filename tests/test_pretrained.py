@@ -225,6 +225,7 @@ def test_greedy_and_beam_equal_generate(imported, beams):
     assert texts == tokenizer.batch_decode(generated, skip_special_tokens=True)
 
 
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_missing_files_and_unsupported_architectures_are_one_line_errors(tmp_path):
     build_marian(tmp_path / "marian", shared=True)
     broken = tmp_path / "broken"
@@ -245,9 +246,19 @@ def test_missing_files_and_unsupported_architectures_are_one_line_errors(tmp_pat
     assert result.returncode == 2 and "activation_function 'gelu_new' is not supported" in result.stderr
     assert nmt("import", "--hf", tmp_path / "marian", "--run-dir", tmp_path / "run").returncode == 0
     again = nmt("import", "--hf", tmp_path / "marian", "--run-dir", tmp_path / "run")
-    assert again.returncode == 2 and "already a run" in again.stderr
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
+    pickled = tmp_path / "pickled"  # weights as a pickle that runs code when unpickled: refused, in one line
+    shutil.copytree(tmp_path / "marian", pickled)
+    for weights in pickled.glob("model*.safetensors*"):
+        weights.unlink()
+    torch.save({"model.shared.weight": torch.zeros(2), "code": Path}, pickled / "pytorch_model.bin")
+    result = nmt("import", "--hf", pickled, "--run-dir", tmp_path / "run_pickled")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot read the weights safely" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run_pickled").exists()
 
 
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_attention_command_and_the_served_api_work_on_an_imported_run(imported, tmp_path):
     """`nmt attention` and the FastAPI app serve the imported run as any trained one: the served translation is
     `nmt translate`'s, and the attention rows are distributions over the source pieces of MarianTokenizer."""
@@ -339,8 +350,11 @@ def test_fine_tuning_starts_from_the_imported_weights_and_resumes_exactly(pretra
     straight = train(with_init_from(load_config(fine_tune_config(tmp_path / "a", max_steps=6)), pretrained),
                      show_progress=False)
     path = fine_tune_config(tmp_path / "b", max_steps=3)
-    train(with_init_from(load_config(path), pretrained), show_progress=False)
-    resumed = train(with_init_from(load_config(path, ["training.max_steps=6"]), pretrained), resume=True,
+    source = tmp_path / "source"  # a copy of the imported run, gone before the resume: the run resumes on its own
+    shutil.copytree(pretrained, source)
+    train(with_init_from(load_config(path), source), show_progress=False)
+    shutil.rmtree(source)
+    resumed = train(with_init_from(load_config(path, ["training.max_steps=6"]), source), resume=True,
                     show_progress=False)
     assert straight.steps == resumed.steps == 6
     losses = [{r["step"]: r["loss"] for r in RunDir(run).metrics() if "loss" in r}
@@ -351,6 +365,7 @@ def test_fine_tuning_starts_from_the_imported_weights_and_resumes_exactly(pretra
     assert not torch.equal(a["tgt_embed.weight"], before["tgt_embed.weight"])  # it did train
 
 
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_another_vocabulary_is_refused_and_extend_maps_it(pretrained, tmp_path):
     from nmt.runs.rundir import RunDir
 
@@ -393,7 +408,6 @@ def test_a_ctranslate2_export_of_an_imported_run_decodes_as_pytorch(imported, tm
     ours = [hyps[0].tokens for hyps in translator.search_ids(sources, 1)]
     tokenizer = loaded.tokenizer
     found = ctranslate2.Translator(str(folder), device="cpu").translate_batch(
-        [tokenizer.src_pieces(s) for s in sources], beam_size=1, max_decoding_length=MAX_NEW, min_decoding_length=0,
-        suppress_sequences=[["<s>"], ["<pad>"]])  # as our search: never BOS (Marian's pad) or PAD
+        [tokenizer.src_pieces(s) for s in sources], beam_size=1, max_decoding_length=MAX_NEW, min_decoding_length=0)
     ids = {piece: i for i, piece in enumerate(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))}
     assert [[ids[p] for p in r.hypotheses[0]] for r in found] == ours

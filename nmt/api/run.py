@@ -238,7 +238,8 @@ class Comparison(list["RunSummary"]):
 
     def _repr_html_(self) -> str:
         def cell(value: object) -> str:
-            shown = "-" if value is None else f"{value:,.2f}" if isinstance(value, float) else str(value)
+            shown = "-" if value is None else f"{value:,.2f}" if isinstance(value, float) \
+                else f"{value:,}" if isinstance(value, int) else str(value)
             return f"<td>{html.escape(shown)}</td>"
 
         head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)

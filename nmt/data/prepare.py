@@ -218,7 +218,7 @@ def _build(config: Config, folder: Path, given: Tokenizer | None) -> None:
     atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
     atomic_write_bytes(folder / TGT_SPM, tokenizer.tgt_proto)
     if tokenizer.vocabulary is not None:
-        atomic_write_text(folder / VOCAB, json.dumps(tokenizer.vocabulary.as_json(), ensure_ascii=False) + "\n")
+        atomic_write_text(folder / VOCAB, tokenizer.vocabulary.to_text())
     stats: dict = {"splits": {}, "src_vocab_size": tokenizer.src_vocab_size,
                    "tgt_vocab_size": tokenizer.tgt_vocab_size}
     encoders = {"src": tokenizer.encode_src, "tgt": tokenizer.encode_tgt}
@@ -298,8 +298,8 @@ def _load(folder: Path, reused: bool) -> PreparedData:
             _map_tokens(_tokens_file(folder, name, "src")), np.load(_offsets_file(folder, name, "src"), mmap_mode="r"),
             _map_tokens(_tokens_file(folder, name, "tgt")), np.load(_offsets_file(folder, name, "tgt"), mmap_mode="r"),
             (_text_file(folder, name, "src"), _text_file(folder, name, "tgt")))
-    vocabulary = Vocabulary.from_json(json.loads((folder / VOCAB).read_text(encoding="utf-8"))) \
-        if (folder / VOCAB).is_file() else None
+    vocabulary = Vocabulary.from_text((folder / VOCAB).read_text(encoding="utf-8")) if (folder / VOCAB).is_file() \
+        else None
     tokenizer = Tokenizer((folder / SRC_SPM).read_bytes(), (folder / TGT_SPM).read_bytes(), vocabulary)
     return PreparedData(tokenizer, splits, stats, folder, reused)
 

@@ -77,9 +77,18 @@ class Vocabulary:
     def as_json(self) -> dict[str, list[str]]:
         return {"src": list(self.src), "tgt": list(self.tgt)}
 
+    def to_text(self) -> str:
+        """vocab.json's text (the run's and the data cache's)."""
+        return json.dumps(self.as_json(), ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        """Read what `to_text` wrote; ValueError when it is not that."""
+        return cls.from_json(json.loads(text))
+
     @classmethod
     def from_json(cls, raw: object) -> Vocabulary:
-        """Read what `as_json` wrote; ValueError when it is not that."""
+        """Read what `as_json` gave; ValueError when it is not that."""
         sides = [raw.get(side) if isinstance(raw, dict) else None for side in ("src", "tgt")]
         src, tgt = (s if isinstance(s, list) and len(s) > EOS_ID and all(isinstance(p, str) for p in s) else None
                     for s in sides)

@@ -15,7 +15,10 @@ from nmt.export import export_folder
 from nmt.fileio import describe_files
 from nmt.runs.loading import load_model
 from nmt.runs.rundir import RunDir
+from nmt.tokens import BOS_ID, PAD_ID
 
+NEVER_EMITTED_LOGIT = -1e4
+"""A logit bias under which a token's probability is exactly 0 in float32 (the exported projection's bias)."""
 MANIFEST = "nmt.json"  # the checkpoint exported, the ctranslate2 version, each other file's size and sha256
 
 
@@ -72,8 +75,10 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
             linear(theirs.ffn.linear_1, ours.ff.outer)
             norm(theirs.ffn.layer_norm, subs[-1].norm)
     spec.decoder.projection.weight = model.output.weight.detach().numpy()
-    if model.final_logits_bias is not None:  # an imported Marian model's
-        spec.decoder.projection.bias = model.final_logits_bias.detach().float().numpy()
+    bias = torch.zeros(model.output.weight.shape[0]) if model.final_logits_bias is None \
+        else model.final_logits_bias.detach().float().clone()  # an imported Marian model's
+    bias[[BOS_ID, PAD_ID]] = NEVER_EMITTED_LOGIT  # as our search: BOS (Marian's pad) and PAD are never emitted
+    spec.decoder.projection.bias = bias.numpy()
     tokenizer = loaded.tokenizer
     spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
     spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))

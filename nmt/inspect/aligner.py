@@ -14,6 +14,7 @@ import torch
 
 from nmt.data.batching import collate
 from nmt.data.corpus import has_content, normalize, read_lines
+from nmt.data.tokenizer import WORD_START
 from nmt.errors import ConfigError, DataError
 from nmt.inference.translate import Translator
 from nmt.inspect.alignment import AlignmentScore, GoldLinks, Link, check_links, extract_links, read_links, score_links
@@ -60,7 +61,7 @@ def forced_cross_maps(loaded: LoadedRun, src_ids: Sequence[Sequence[int]], tgt_i
 
 def _words(text: str, pieces: list[str], what: str, number: int) -> None:
     """The word map's words must be the text's whitespace-separated words, or gold indices would shift."""
-    count = sum(1 for piece in pieces if piece.startswith("\u2581"))
+    count = sum(1 for piece in pieces if piece.startswith(WORD_START))
     if count != len(text.split()):
         raise DataError(f"{what} line {number}: {len(text.split())} words but the tokenizer starts {count} "
                         "(write words separated by single spaces)")

@@ -68,12 +68,13 @@ def format_links(links: Iterable[Link]) -> str:
 
 def extract_links(weights: np.ndarray, threshold: float | None = None) -> set[Link]:
     """Links from a word map (target words x source words, rows summing to 1): each target word's most
-    attended source word (argmax), or with `threshold` every source word that gets at least that weight."""
+    attended source word (argmax), or with `threshold` every source word that gets at least that weight. A row
+    of zeros (a word that attended only to the EOS left out) links nothing."""
     if weights.size == 0:
         return set()
     if threshold is None:
-        return {(int(i), j) for j, i in enumerate(weights.argmax(-1))}
-    return {(int(i), int(j)) for j, i in zip(*np.nonzero(weights >= threshold), strict=True)}
+        return {(int(i), j) for j, i in enumerate(weights.argmax(-1)) if weights[j].sum() > 0}
+    return {(int(i), int(j)) for j, i in zip(*np.nonzero((weights >= threshold) & (weights > 0)), strict=True)}
 
 
 @dataclass

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch import nn
 
 from nmt.errors import ConfigError
@@ -75,7 +74,8 @@ def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int],
                 found = LayerGradientXActivation(forced_log_probs, embedding).attribute(src, target=list(range(rows)))
             else:
                 found = LayerIntegratedGradients(forced_log_probs, embedding).attribute(
-                    src, baselines=torch.full_like(src, PAD_ID), target=list(range(rows)), n_steps=steps)
+                    src, baselines=torch.full_like(src, PAD_ID), target=list(range(rows)), n_steps=steps,
+                    internal_batch_size=rows)  # one step's copies at a time: memory does not grow with `steps`
     finally:
         model.train(was_training)
     relevance = found.detach().float().sum(-1).abs()  # (T + 1, S)
@@ -85,6 +85,8 @@ def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int],
 def spearman_rows(first: np.ndarray, second: np.ndarray) -> list[float]:
     """Spearman's rank correlation of each row of two (rows, cols) maps (scipy, ties given their mean rank);
     NaN where either row is constant (a single column, or all weights equal)."""
+    from scipy.stats import spearmanr  # loaded when an attribution is compared, not with the API
+
     found = []
     for a, b in zip(first, second, strict=True):
         constant = len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0

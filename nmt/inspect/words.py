@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a word
+from nmt.data.tokenizer import WORD_START
+
 EOS, BOS = "</s>", "<s>"
 
 

@@ -30,9 +30,15 @@ def with_heads(model: Model) -> Transformer | None:
     return model if isinstance(model, Transformer) else None
 
 
+VOCABULARY_ROWS = ("embed.weight", "output.weight", "final_logits_bias")
+"""How the names of every model's tensors with one row per vocabulary entry end (embeddings, output layer,
+logits bias): what fine-tuning with a grown vocabulary extends."""
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, each tied matrix once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Model", "RNNEncoderDecoder", "Transformer", "build_model", "count_parameters", "with_heads"]
+__all__ = ["VOCABULARY_ROWS", "Model", "RNNEncoderDecoder", "Transformer", "build_model", "count_parameters",
+           "with_heads"]

@@ -3,7 +3,6 @@ its model rebuilt from the config with a checkpoint's weights, refusing any mism
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +62,9 @@ def _read_vocabulary(run: RunDir) -> Vocabulary | None:
     if not run.vocab_path.is_file():
         return None
     try:
-        raw = json.loads(run.vocab_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{run.vocab_path}: unreadable or not JSON ({err})") from None
-    try:
-        return Vocabulary.from_json(raw)
-    except ValueError as err:
-        raise CheckpointError(f"{run.vocab_path}: {err}") from None
+        return Vocabulary.from_text(run.vocab_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # json's errors are ValueErrors too
+        raise CheckpointError(f"{run.vocab_path}: unreadable, or not a vocabulary ({err})") from None
 
 
 def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path: Path) -> None:

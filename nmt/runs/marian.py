@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,9 +41,9 @@ from nmt.config import (
 )
 from nmt.data.tokenizer import Tokenizer, Vocabulary
 from nmt.errors import CheckpointError, ConfigError, DownloadError, NmtError
-from nmt.fileio import sha256_of
+from nmt.fileio import sha256_of, staged_folder
 from nmt.models import build_model
-from nmt.runs.checkpoint import checkpoint_meta, latest_intact, write_checkpoint
+from nmt.runs.checkpoint import checkpoint_meta, write_checkpoint
 from nmt.runs.rundir import RunDir
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -181,7 +182,7 @@ def read_marian_weights(folder: Path) -> dict[str, torch.Tensor]:
             tensors = torch.load(folder / PYTORCH_BIN, map_location="cpu", weights_only=True)
         else:
             raise CheckpointError(f"{folder}: no weights ({SAFETENSORS} or {PYTORCH_BIN})")
-    except (SafetensorError, OSError, RuntimeError) as err:  # torch.load refuses pickled code with a RuntimeError
+    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError) as err:  # weights_only: pickled code
         raise CheckpointError(f"{folder}: cannot read the weights safely ({str(err).splitlines()[0]})") from None
     if not isinstance(tensors, dict):
         raise CheckpointError(f"{folder}: the weights are not a mapping of tensors")
@@ -230,22 +231,23 @@ def convert_weights(weights: _Weights, settings: TransformerConfig, src: SideMap
             state[f"{ours}.memory_proj.{part}"] = torch.cat([weights(f"{theirs}.k_proj.{part}"),
                                                              weights(f"{theirs}.v_proj.{part}")])
 
+    def feed_forward(ours: str, theirs: str) -> None:
+        linear(f"{ours}.ff.inner", f"{theirs}.fc1")
+        linear(f"{ours}.ff.outer", f"{theirs}.fc2")
+        linear(f"{ours}.ff_sub.norm", f"{theirs}.final_layer_norm")
+
     for i in range(settings.encoder_layers):
         ours, theirs = f"encoder_layers.{i}", f"encoder.layers.{i}"
         attention(f"{ours}.self_attn", f"{theirs}.self_attn")
         linear(f"{ours}.attn_sub.norm", f"{theirs}.self_attn_layer_norm")
-        linear(f"{ours}.ff.inner", f"{theirs}.fc1")
-        linear(f"{ours}.ff.outer", f"{theirs}.fc2")
-        linear(f"{ours}.ff_sub.norm", f"{theirs}.final_layer_norm")
+        feed_forward(ours, theirs)
     for i in range(settings.decoder_layers):
         ours, theirs = f"decoder_layers.{i}", f"decoder.layers.{i}"
         attention(f"{ours}.self_attn", f"{theirs}.self_attn")
         linear(f"{ours}.self_sub.norm", f"{theirs}.self_attn_layer_norm")
         attention(f"{ours}.cross_attn", f"{theirs}.encoder_attn")
         linear(f"{ours}.cross_sub.norm", f"{theirs}.encoder_attn_layer_norm")
-        linear(f"{ours}.ff.inner", f"{theirs}.fc1")
-        linear(f"{ours}.ff.outer", f"{theirs}.fc2")
-        linear(f"{ours}.ff_sub.norm", f"{theirs}.final_layer_norm")
+        feed_forward(ours, theirs)
     return state
 
 
@@ -316,8 +318,8 @@ def run_config(marian: MarianModel, run: RunDir) -> Config:
 def import_marian(source: str, run_dir: Path) -> ImportResult:
     """Write run directory `run_dir` from a Marian model (a folder, or a hub id); refuses a run that exists."""
     run = RunDir(run_dir)
-    if run.config_path.exists() or latest_intact(run) is not None:
-        raise ConfigError(f"--run-dir {run.path}: already a run; choose a new folder")
+    if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+        raise ConfigError(f"--run-dir {run.path}: exists and is not empty; choose a new folder")
     folder = resolve_source(source)
     marian = read_marian(folder)
     config = run_config(marian, run)
@@ -331,9 +333,11 @@ def import_marian(source: str, run_dir: Path) -> ImportResult:
     meta = checkpoint_meta(0, 0, model, config.model, None)
     meta["imported_from"] = {"format": "marian", "source": source, "folder": str(folder.resolve()),
                              "sha256": {name: sha256_of(folder / name) for name in files}}
-    run.write_config(config_to_yaml(config))
-    run.write_tokenizer(tokenizer)
-    write_checkpoint(run, run.checkpoint(0), model.state_dict(), {}, meta)
+    with staged_folder(run.path) as staging:  # the whole run or nothing: an interrupted import leaves no half run
+        staged = RunDir(staging)
+        staged.write_config(config_to_yaml(config))
+        staged.write_tokenizer(tokenizer)
+        write_checkpoint(staged, staged.checkpoint(0), model.state_dict(), {}, meta)
     log.info("imported %s into %s: %s", source, run.path, config.model.summary)
     return ImportResult(run.path, source, config.model.summary, int(meta["parameters"]), tokenizer.src_vocab_size,
                         tokenizer.tgt_vocab_size)

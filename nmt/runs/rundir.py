@@ -149,7 +149,7 @@ class RunDir:
         atomic_write_bytes(self.src_model_path, tokenizer.src_proto)
         atomic_write_bytes(self.tgt_model_path, tokenizer.tgt_proto)
         if tokenizer.vocabulary is not None:
-            atomic_write_text(self.vocab_path, json.dumps(tokenizer.vocabulary.as_json(), ensure_ascii=False) + "\n")
+            atomic_write_text(self.vocab_path, tokenizer.vocabulary.to_text())
         info = {"special_ids": SPECIAL_IDS, "src_vocab_size": tokenizer.src_vocab_size,
                 "tgt_vocab_size": tokenizer.tgt_vocab_size}
         atomic_write_text(self.path / "tokenizer.json", json.dumps(info, indent=2) + "\n")

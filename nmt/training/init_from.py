@@ -25,15 +25,13 @@ from nmt.config import Config, InitFrom, config_diff, format_diff, parse_config
 from nmt.data.prepare import prepare_data
 from nmt.data.tokenizer import Tokenizer, Vocabulary
 from nmt.errors import CheckpointError, ConfigError
+from nmt.models import VOCABULARY_ROWS
 from nmt.runs.checkpoint import Checkpoint, find_checkpoint, surviving_pruning
 from nmt.runs.loading import load_run_config, load_tokenizer, load_weights
 from nmt.runs.rundir import RunDir
 from nmt.tokens import EOS_ID
 
 log = logging.getLogger(__name__)
-
-VOCABULARY_ROWS = ("embed.weight", "output.weight", "final_logits_bias")
-"""How the names of the tensors with one row per vocabulary entry end (both models): what `extend` grows."""
 
 
 def with_init_from(config: Config, run_dir: Path, vocab: Literal["same", "extend"] = "same") -> Config:
@@ -90,6 +88,17 @@ def resolve_init(config: Config) -> Initialization:
                                     "training": config.training.model_copy(update={"init_from": recorded})})
     resolved = parse_config(raw.model_dump(mode="json"), source=where)
     return Initialization(resolved, checkpoint, load_tokenizer(source))
+
+
+def resumed_init(config: Config, own: Config) -> Config:
+    """`config` resuming a fine-tuned run: the model, vocabulary and recorded origin of the run's own config,
+    where `config` does not set them (a model or tokenizer it sets is compared on resume, as for any run)."""
+    update: dict = {"training": config.training.model_copy(update={"init_from": own.training.init_from})}
+    if "model" not in config.model_fields_set:
+        update["model"] = own.model
+    if "tokenizer" not in config.model_fields_set:
+        update["tokenizer"] = own.tokenizer
+    return config.model_copy(update=update)
 
 
 def extend_tokenizer(old: Tokenizer, new: Tokenizer) -> Tokenizer:

@@ -4,7 +4,7 @@ Written beside metrics.jsonl, never instead of it (`nmt compare` reads that): th
 target tokens/s and gradient norm at each report; dev loss, perplexity, BLEU and chrF at each validation, with
 the first dev sentence's cross-attention as an image. The image is the weight matrix itself, scaled to [0, 1]
 and each cell enlarged to a block of pixels: training sits below the plotting of nmt.inspect and draws none.
-A resumed run purges the events after the step it resumes from, as it truncates metrics.jsonl.
+A started or resumed run purges the events after the step it starts from, as it truncates metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def attention_image(weights: torch.Tensor) -> torch.Tensor:
 
 
 class TensorBoardLog:
-    """One run's event writer; `purge_step` drops events of steps after it (those are trained again)."""
+    """One run's event writer; events of `purge_step` and later steps are dropped (those are trained again)."""
 
     def __init__(self, folder: Path, purge_step: int | None = None):
         try:

@@ -44,12 +44,12 @@ from nmt.models import Model, build_model, count_parameters
 from nmt.models.dropout import use_fast_dropout
 from nmt.progress import progress_bar
 from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, latest_intact, load_train_state, save_checkpoint
-from nmt.runs.loading import load_tokenizer, load_weights
+from nmt.runs.loading import load_run_config, load_tokenizer, load_weights
 from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 from nmt.training.distributed import World, rank_seed
-from nmt.training.init_from import fine_tuning_tokenizer, load_initial_weights, resolve_init
+from nmt.training.init_from import fine_tuning_tokenizer, load_initial_weights, resolve_init, resumed_init
 from nmt.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -668,14 +668,18 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
     if existing is not None and not resume:
         raise ConfigError(f"run_dir {run.path} already holds checkpoints: add --resume to continue it, "
                           "or set another run_dir")
-    init = resolve_init(config) if config.training.init_from is not None else None
-    config = init.config if init is not None else config
+    fine_tuned = config.training.init_from is not None
+    init = resolve_init(config) if fine_tuned and existing is None else None
+    if init is not None:
+        config = init.config
+    elif fine_tuned:  # resumed: the run's own config says what it started from (that run may be gone)
+        config = resumed_init(config, load_run_config(run))
     config, changes = resume_changes(run, config) if resume else (config, [])
     if resume and existing is None:
         log.warning("--resume: %s has no intact checkpoint yet; starting from scratch", run.path)
     given = None  # else a tokenizer is trained on the corpus
-    if init is not None:  # fine-tuning: the other run's tokenizer (or extended), the run's own once it has one
-        given = load_tokenizer(run) if existing is not None else fine_tuning_tokenizer(init)
+    if fine_tuned:  # the other run's tokenizer (or extended), the run's own once it has one
+        given = fine_tuning_tokenizer(init) if init is not None else load_tokenizer(run)
     if not world.is_main:
         wait_for_cache(config, given)
     data = prepare_data(config, given)
@@ -703,7 +707,7 @@ def _setup(config: Config, run: RunDir, resume: bool, show_progress: bool, world
     run.write_tokenizer(data.tokenizer)
     step = existing.step if existing is not None else 0
     if config.training.tensorboard:  # the steps after the one resumed are trained, and logged, again
-        trainer.board = TensorBoardLog(run.tensorboard_dir, purge_step=step + 1 if existing is not None else None)
+        trainer.board = TensorBoardLog(run.tensorboard_dir, purge_step=step + 1)
     if dropped := run.truncate_metrics(step):
         log.info("%s: dropped %d records after step %d (those steps are trained again)", run.metrics_path, dropped,
                  step)
