@@ -490,17 +490,20 @@ def tune(
     length_penalties: Annotated[str, typer.Option(help="Length penalties (GNMT alpha) to try, comma-separated.")]
     = ",".join(f"{a:g}" for a in TUNE_LENGTH_PENALTIES),
     split: SplitOption = None,
+    src: SrcOption = None,
+    ref: RefOption = None,
     checkpoint: CheckpointOption = Which.best,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table; leave the run's config as it is.")]
     = False,
 ) -> None:
-    """Search beam size and length penalty on the dev set; write the best into the run's decoding settings."""
+    """Search beam size and length penalty on the dev set (or --src/--ref); write the best into the run's decoding
+    settings."""
     from nmt.inference.tune import tune as run_tune
 
     beam_sizes = _numbers("--beams", beams, int, "1,5")
     alphas = _numbers("--length-penalties", length_penalties, float, "0,1.0")
     found = run_tune(_run_dir(model, config), beam_sizes, alphas, split.value if split else "dev", checkpoint.value,
-                     write=not dry_run)
+                     write=not dry_run, src_file=src, ref_file=ref)
     typer.echo(format_table(
         ["beam", "length penalty", f"{found.split} BLEU", "chrF", "sent/s", ""],
         [[p.beam_size, f"{p.length_penalty:g}", f"{p.bleu:.2f}", f"{p.chrf:.2f}", f"{p.sentences_per_s:,.1f}",

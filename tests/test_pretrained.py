@@ -411,3 +411,24 @@ def test_a_ctranslate2_export_of_an_imported_run_decodes_as_pytorch(imported, tm
         [tokenizer.src_pieces(s) for s in sources], beam_size=1, max_decoding_length=MAX_NEW, min_decoding_length=0)
     ids = {piece: i for i, piece in enumerate(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))}
     assert [[ids[p] for p in r.hypotheses[0]] for r in found] == ours
+
+
+@pytest.mark.slow  # subprocesses of the CLI: seconds each
+def test_evaluate_tune_analyze_int8_and_onnx_work_on_an_imported_run(imported, tmp_path):
+    """The other commands on an imported run, which has no corpus of its own: given sentences (--src/--ref),
+    the int8 model, and an ONNX export decoding as the checkpoint does."""
+    run = imported[3]
+    src, ref = tmp_path / "src.en", tmp_path / "ref.de"
+    src.write_text("".join(s + "\n" for s in EN), encoding="utf-8")
+    ref.write_text("".join(s + "\n" for s in DE), encoding="utf-8")
+    for command in (["evaluate"], ["analyze"], ["tune", "--beams", "1,2", "--length-penalties", "0,1", "--dry-run"]):
+        result = nmt(*command, "--model", run, "--src", src, "--ref", ref)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
+    plain = nmt("translate", "--model", run, "--input", src)
+    int8 = nmt("translate", "--model", run, "--input", src, "--quantize", "int8")
+    assert plain.returncode == int8.returncode == 0, int8.stderr
+    assert len(int8.stdout.splitlines()) == len(EN)
+    exported = nmt("export", "--model", run, "--format", "onnx")
+    assert exported.returncode == 0, exported.stderr
+    onnx = nmt("translate", "--model", run, "--input", src, "--runtime", "onnx")
+    assert onnx.returncode == 0 and onnx.stdout == plain.stdout, onnx.stderr

@@ -55,10 +55,13 @@ def grid(beams: Sequence[int], penalties: Sequence[float], current: tuple[int, f
 
 
 def tune(run_dir: Path, beams: Sequence[int] = TUNE_BEAMS, penalties: Sequence[float] = TUNE_LENGTH_PENALTIES,
-         split: str = "dev", checkpoint: str = "best", write: bool = True) -> TuneResult:
+         split: str = "dev", checkpoint: str = "best", write: bool = True, src_file: Path | None = None,
+         ref_file: Path | None = None) -> TuneResult:
+    """Decode `split` (or the aligned `src_file` and `ref_file`: a run without a corpus, e.g. imported) with
+    each beam size and length penalty of the grid; write the best into the run's config unless `write` is off."""
     loaded = load_model(run_dir, checkpoint)
     config = loaded.config
-    data = eval_set(config.data, split)
+    data = eval_set(config.data, split, src_file, ref_file)
     current = (config.decoding.beam_size, config.decoding.length_penalty)
     points = []
     for beam, alpha in grid(beams, penalties, current):
@@ -70,7 +73,7 @@ def tune(run_dir: Path, beams: Sequence[int] = TUNE_BEAMS, penalties: Sequence[f
     best = max(points, key=lambda p: (round(p.bleu, 2), p.current, -p.beam_size))
     if write:
         before = next(p for p in points if p.current)
-        record = TunedDecoding(split=split, checkpoint=loaded.checkpoint.path.name, bleu=round(best.bleu, 2),
+        record = TunedDecoding(split=data.name, checkpoint=loaded.checkpoint.path.name, bleu=round(best.bleu, 2),
                                before={"beam_size": before.beam_size, "length_penalty": before.length_penalty,
                                        "bleu": round(before.bleu, 2)},
                                beams=sorted({p.beam_size for p in points}),
