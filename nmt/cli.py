@@ -416,7 +416,8 @@ def analyze(
 
 @command
 def align(
-    src: Annotated[Path, typer.Option("--src", help="Source sentences, one a line, words separated by spaces.")],
+    src: Annotated[Path | None, typer.Option("--src", help="Source sentences, one a line, words separated by "
+                                             "spaces.")] = None,
     tgt: Annotated[Path | None, typer.Option("--tgt", help="Their translations, line by line (forced decoding); "
                                              "default: the model's own translations.")] = None,
     model: ModelOption = None,
@@ -439,12 +440,26 @@ def align(
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
+    prepare: Annotated[bool, typer.Option("--prepare", help="Instead: align the training pairs of --config with "
+                                          "eflomal, for training.guided_alignment (written to its path, or "
+                                          "--output).")] = False,
 ) -> None:
     """Word alignments from cross-attention, in Pharaoh format (source-target word indices from 0), one line per
-    sentence pair; with --gold, which heads align."""
+    sentence pair; with --gold, which heads align. With --prepare, a training corpus's alignments by eflomal."""
+    from nmt.data.links import format_links
     from nmt.inspect.aligner import align_files
-    from nmt.inspect.alignment import format_links
 
+    if prepare:
+        if config is None or src is not None or model is not None:
+            raise typer.BadParameter("--prepare aligns a training corpus: give --config X.yaml (and --output), "
+                                     "not --src or --model")
+        from nmt.data.word_aligner import prepare_alignment
+
+        done = prepare_alignment(_config(config, None), output)
+        typer.echo(f"{done.path}: {done.pairs:,} training pairs, {done.links:,} links ({done.seconds:.0f} s)")
+        return
+    if src is None:
+        raise typer.BadParameter("give --src FILE (or --prepare --config X.yaml)")
     found = align_files(_run_dir(model, config), src, tgt, layer, head, threshold, gold, choose_head_on, beam_size,
                         checkpoint.value, set_ or [])
     _write_out("".join(format_links(links) + "\n" for links in found.links), output)

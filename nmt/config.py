@@ -296,6 +296,20 @@ class InitFrom(Section):
     """The checkpoint the weights came from: recorded when training starts."""
 
 
+class GuidedAlignment(Section):
+    """Train one cross-attention head to align words (Garg et al. 2019; Marian's --guided-alignment): the loss
+    adds `weight` x the cross-entropy between that head's weights and the word alignments in `path`, mapped to
+    subwords, per target token. `nmt align --prepare --config CONFIG` writes the file with eflomal."""
+
+    path: str
+    """Word alignments of the training pairs, one Pharaoh line (`i-j`, source-target, from 0) per pair, in the
+    order `nmt data` keeps them after cleaning."""
+    weight: Annotated[float, Field(gt=0.0)] = 0.1
+    layer: PositiveInt | None = None
+    """The decoder layer, from 1 (default: the penultimate, which aligns best in Garg et al.; an RNN: 1)."""
+    head: PositiveInt = 1
+
+
 class TrainingConfig(Section):
     batch_tokens: PositiveInt = 4000
     """Token budget of a batch: sentences x longest side (source or target, in subwords), padding included."""
@@ -329,6 +343,7 @@ class TrainingConfig(Section):
     threads: PositiveInt | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     init_from: InitFrom | None = None
+    guided_alignment: GuidedAlignment | None = None
     tensorboard: bool = False
     """Also write loss, learning rate, tokens/s, gradient norm, dev scores and one attention heatmap per
     validation to RUN/tensorboard (needs the tensorboard package)."""
@@ -414,14 +429,37 @@ class Config(Section):
         return Path(self.run_dir or f"runs/{self.name}")
 
     @model_validator(mode="after")
-    def _transformer_needs(self) -> Config:
+    def _sections_agree(self) -> Config:
         if self.model.type == "transformer":
             if self.model.transformer.tie == "all" and not self.tokenizer.joint:
                 raise ValueError("model.transformer.tie all shares source and target embeddings: set "
                                  "tokenizer.joint: true")
             if self.training.teacher_forcing < 1.0:
                 raise ValueError("training.teacher_forcing below 1 (scheduled sampling) is for model.type rnn")
+        if (guided := self.training.guided_alignment) is not None:
+            layers, heads = self.guided_layers_and_heads
+            if guided.layer is not None and guided.layer > layers:
+                raise ValueError(f"training.guided_alignment.layer {guided.layer}: the decoder has {layers} "
+                                 f"attention layer{'s' if layers > 1 else ''}")
+            if guided.head > heads:
+                raise ValueError(f"training.guided_alignment.head {guided.head}: the layer has {heads} "
+                                 f"head{'s' if heads > 1 else ''}")
         return self
+
+    @property
+    def guided_layers_and_heads(self) -> tuple[int, int]:
+        """What guided alignment may choose from: the Transformer's decoder layers and heads; an RNN's one
+        attention, its heads averaged as the decoder reads them."""
+        if self.model.type == "transformer":
+            return self.model.transformer.decoder_layers, self.model.transformer.heads
+        return 1, 1
+
+    @property
+    def guided_layer(self) -> int:
+        """The guided decoder layer from 1 (the config's, else the penultimate); requires guided_alignment."""
+        guided = self.training.guided_alignment
+        assert guided is not None
+        return guided.layer or max(1, self.guided_layers_and_heads[0] - 1)
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 from toy import reverse_words
 
+from nmt.data.links import GoldLinks, check_links, format_links, parse_links, read_links
 from nmt.errors import ConfigError, DataError
 from nmt.inspect.aligner import align_files, choose_head, score_heads, select_map, word_maps
-from nmt.inspect.alignment import (
-    GoldLinks,
-    check_links,
-    extract_links,
-    format_links,
-    parse_links,
-    read_links,
-    score_links,
-)
+from nmt.inspect.alignment import extract_links, score_links
 from nmt.runs.loading import load_model
 
 DATA = Path(__file__).parent / "data"

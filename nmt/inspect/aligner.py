@@ -14,10 +14,11 @@ import torch
 
 from nmt.data.batching import collate
 from nmt.data.corpus import has_content, normalize, read_lines
+from nmt.data.links import GoldLinks, Link, check_links, read_links
 from nmt.data.tokenizer import WORD_START
 from nmt.errors import ConfigError, DataError
 from nmt.inference.translate import Translator
-from nmt.inspect.alignment import AlignmentScore, GoldLinks, Link, check_links, extract_links, read_links, score_links
+from nmt.inspect.alignment import AlignmentScore, extract_links, score_links
 from nmt.inspect.words import shape_view
 from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun, load_model

@@ -232,9 +232,12 @@ class RNNEncoderDecoder(nn.Module):
         return memory, self.decoder.init_state(final)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
-                teacher_forcing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                teacher_forcing: float = 1.0, attention_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and attention weights (B, T, S), heads averaged; with `attention_layer` (0, the one
+        attention) the weights as (B, 1, T, S), the shape the Transformer gives per head (guided alignment)."""
         memory, state = self.encode(src, lengths, src_mask)
-        return self.decoder(tgt_in, state, memory, teacher_forcing)
+        logits, weights = self.decoder(tgt_in, state, memory, teacher_forcing)
+        return logits, weights if attention_layer is None else weights[:, None]
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;

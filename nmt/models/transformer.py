@@ -25,7 +25,7 @@ are not needed; the explicit one gives the last layer's cross-attention weights 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -258,18 +258,16 @@ class Transformer(nn.Module):
 
     def _decode(
         self, x: torch.Tensor, state: TransformerState, memory: TransformerMemory, self_mask: torch.Tensor | None,
-        need_weights: Literal["none", "last", "all"],
+        explicit: Collection[int],
     ) -> tuple[torch.Tensor, TransformerState, list[torch.Tensor], list[torch.Tensor]]:
         """Embedded new positions (B, T, D) -> decoder output (B, T, D), the state with the grown caches, and
-        the self- and cross-attention weights of the layers that `need_weights` asks for (explicit path)."""
+        the self- and cross-attention weights of the layers in `explicit` (0-based; the explicit path)."""
         caches: list[torch.Tensor] = []
         self_weights: list[torch.Tensor] = []
         cross_weights: list[torch.Tensor] = []
-        last = len(self.decoder_layers) - 1
         for i, (layer, cache, keys) in enumerate(zip(self.decoder_layers, state.cache, memory.cross_kv,
                                                      strict=True)):
-            explicit = need_weights == "all" or (need_weights == "last" and i == last)
-            x, cache, sw, cw = layer(x, cache, self_mask, keys, memory.mask, explicit)
+            x, cache, sw, cw = layer(x, cache, self_mask, keys, memory.mask, i in explicit)
             caches.append(cache)
             if sw is not None and cw is not None:
                 self_weights.append(sw)
@@ -283,18 +281,25 @@ class Transformer(nn.Module):
         return torch.ones(length, length, dtype=torch.bool, device=device).tril().unsqueeze(0)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
-                teacher_forcing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                teacher_forcing: float = 1.0, attention_layer: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced: logits (B, T, V) and, in eval mode, the last decoder layer's cross-attention
-        weights averaged over heads (B, T, S); None in training, where the fused path skips them."""
+        weights averaged over heads (B, T, S); None in training, where the fused path skips them. With
+        `attention_layer` (0-based), that layer's cross-attention weights of every head (B, heads, T, S)
+        instead, in training too (guided alignment trains them)."""
         if teacher_forcing < 1.0:
             raise ValueError("teacher_forcing < 1 (scheduled sampling) is for RNN decoders only: the Transformer "
                              "decodes all target positions in parallel from the reference")
         memory, state = self.encode(src, lengths, src_mask)
         x = self._embed(self.tgt_embed, tgt_in)
-        need: Literal["none", "last"] = "none" if self.training else "last"
-        x, _, _, cross = self._decode(x, state, memory, self.causal_mask(tgt_in.shape[1], tgt_in.device), need)
-        weights = cross[-1].mean(dim=1) if cross else None
-        return self._logits(x), weights
+        if attention_layer is not None:
+            explicit = {attention_layer}
+        else:
+            explicit = set() if self.training else {len(self.decoder_layers) - 1}
+        x, _, _, cross = self._decode(x, state, memory, self.causal_mask(tgt_in.shape[1], tgt_in.device), explicit)
+        if not cross:
+            return self._logits(x), None
+        return self._logits(x), cross[-1] if attention_layer is not None else cross[-1].mean(dim=1)
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;
@@ -327,7 +332,8 @@ class Transformer(nn.Module):
         """Search's step function: previous ids (N,) -> log-probabilities (N, V) float32, the state with one
         more position in every cache, and the last layer's cross-attention weights averaged over heads (N, S)."""
         x = self._embed(self.tgt_embed, prev_ids.unsqueeze(1), start=state.position)
-        x, state, _, cross = self._decode(x, state, memory, None, "last")  # the new position sees all cached ones
+        last = {len(self.decoder_layers) - 1}
+        x, state, _, cross = self._decode(x, state, memory, None, last)  # the new position sees all cached ones
         log_probs = torch.log_softmax(self._logits(x.squeeze(1)).float(), dim=-1)
         return log_probs, state, cross[-1].mean(dim=1).squeeze(1)
 
@@ -344,7 +350,8 @@ class Transformer(nn.Module):
             memory, state = self._start(output, src_mask)
             x = self._embed(self.tgt_embed, tgt_in)
             causal = self.causal_mask(tgt_in.shape[1], tgt_in.device)
-            _, _, decoder_self, cross = self._decode(x, state, memory, causal, "all")
+            every = range(len(self.decoder_layers))
+            _, _, decoder_self, cross = self._decode(x, state, memory, causal, every)
         finally:
             self.train(was_training)
         return {"encoder_self": torch.stack(encoder_self), "decoder_self": torch.stack(decoder_self),

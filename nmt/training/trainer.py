@@ -49,6 +49,7 @@ from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 from nmt.training.distributed import World, rank_seed
+from nmt.training.guided import AlignmentGuide
 from nmt.training.init_from import fine_tuning_tokenizer, load_initial_weights, resolve_init, resumed_init
 from nmt.training.tensorboard import TensorBoardLog
 
@@ -243,9 +244,10 @@ class StepShare:
 
 @dataclass
 class StepResult:
-    loss: float  # mean per target token
+    loss: float  # mean per target token, the alignment term included
     tokens: int
     grad_norm: float  # of the unscaled gradients, before clipping
+    alignment_loss: float | None = None  # with guided alignment: its cross-entropy per target token, unweighted
 
 
 class ThroughputMeter:
@@ -258,6 +260,7 @@ class ThroughputMeter:
         self.tokens, self.start = 0, time.monotonic()
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
+        self.alignment_losses: list[float] = []
 
     def restart_clock(self) -> None:
         """Leave time spent outside training (validation) out of the rate."""
@@ -267,12 +270,17 @@ class ThroughputMeter:
         self.tokens += result.tokens
         self.losses.append(result.loss)
         self.grad_norms.append(result.grad_norm)
+        if result.alignment_loss is not None:
+            self.alignment_losses.append(result.alignment_loss)
 
     def mean_loss(self) -> float:
         return sum(self.losses) / max(1, len(self.losses))
 
     def mean_grad_norm(self) -> float:
         return sum(self.grad_norms) / max(1, len(self.grad_norms))
+
+    def mean_alignment_loss(self) -> float | None:
+        return sum(self.alignment_losses) / len(self.alignment_losses) if self.alignment_losses else None
 
     def tokens_per_s(self) -> float:
         return self.tokens / max(1e-9, time.monotonic() - self.start)
@@ -355,6 +363,8 @@ class Trainer:
         self.trained: nn.Module = DistributedDataParallel(model, broadcast_buffers=False) \
             if self.world.distributed else model
         self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
+        self.guide = AlignmentGuide(config, self.train_split, data.tokenizer) \
+            if config.training.guided_alignment is not None else None
         self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
         self.precision = resolve_precision(self.cfg.precision, device)
@@ -475,15 +485,20 @@ class Trainer:
         GPU memory in a single process; under DDP that is an error, as the other ranks cannot skip with it).
         Under DDP gradients are all-reduced (averaged) with the last micro-batch's backward only."""
         scale = share.weight * self.world.size / share.tokens  # DDP averages over ranks; this makes it a sum
-        loss_sum = 0.0
+        guide = self.guide
+        loss_sum = alignment_sum = 0.0
         try:
             for position, batch in enumerate(share.batches):
                 assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
                 with self._gradient_sync(last=position == len(share.batches) - 1):
                     with autocast(self.device, self.precision):
-                        logits, _ = self.trained(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
-                                                 self.cfg.teacher_forcing)
+                        logits, attention = self.trained(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
+                                                         self.cfg.teacher_forcing, guide.layer if guide else None)
                     loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+                    if guide is not None:
+                        alignment = guide.loss(attention, batch)
+                        alignment_sum += float(alignment.detach()) * share.weight
+                        loss = loss + guide.weight * alignment
                     self.scaler.scale(loss * scale).backward()
                 loss_sum += float(loss.detach()) * share.weight
         except torch.cuda.OutOfMemoryError:
@@ -496,7 +511,7 @@ class Trainer:
             log.warning("step %d: out of GPU memory on %d sentences; batch skipped (lower training.batch_tokens)",
                         self.progress.step + 1, sum(b.size for b in share.batches))
             return None
-        loss_sum = self.world.sum([loss_sum], self.device)[0]
+        loss_sum, alignment_sum = self.world.sum([loss_sum, alignment_sum], self.device)
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         if not (math.isfinite(loss_sum) and bool(torch.isfinite(norm))):
@@ -508,7 +523,8 @@ class Trainer:
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         self.nonfinite_in_a_row = 0
-        return StepResult(loss_sum / share.tokens, share.tokens, float(norm))
+        return StepResult(loss_sum / share.tokens, share.tokens, float(norm),
+                          alignment_sum / share.tokens if guide is not None else None)
 
     def _skip_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -570,18 +586,20 @@ class Trainer:
     def _report(self, meter: ThroughputMeter, started: float, bar) -> None:
         progress = self.progress
         rate, mean_loss, grad_norm = meter.tokens_per_s(), meter.mean_loss(), meter.mean_grad_norm()
+        alignment = meter.mean_alignment_loss()
+        guided = {} if alignment is None else {"alignment_loss": alignment}
         lr = self.optimizer.param_groups[0]["lr"]
         meter.reset()
         if not self.world.is_main:
             return
         if self.board is not None:
             self.board.scalars(progress.step, "train", {"loss": mean_loss, "lr": lr, "tokens_per_s": rate,
-                                                        "grad_norm": grad_norm})
+                                                        "grad_norm": grad_norm, **guided})
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}")
         if bar.disable:
-            log.info("step %d | epoch %d | loss %.3f | %s tok/s | lr %.2e", progress.step, progress.epoch + 1,
-                     mean_loss, f"{rate:,.0f}", lr)
-        self.run_dir.append_metrics({"step": progress.step, "epoch": progress.epoch + 1, "loss": mean_loss,
+            log.info("step %d | epoch %d | loss %.3f%s | %s tok/s | lr %.2e", progress.step, progress.epoch + 1,
+                     mean_loss, "" if alignment is None else f" | alignment {alignment:.3f}", f"{rate:,.0f}", lr)
+        self.run_dir.append_metrics({"step": progress.step, "epoch": progress.epoch + 1, "loss": mean_loss, **guided,
                                      "tokens_per_s": rate, "lr": lr, "elapsed": time.monotonic() - started})
 
     def run(self, stop: StopSignal | None = None) -> TrainResult:
