@@ -440,6 +440,9 @@ def align(
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
+    attribution: Annotated[str | None, typer.Option(
+        "--attribution", help="Link by gradient attribution (input_x_gradient or integrated_gradients) instead of "
+                              "attention; with --gold, each head's rank correlation with it too.")] = None,
     prepare: Annotated[bool, typer.Option("--prepare", help="Instead: align the training pairs of --config with "
                                           "eflomal, for training.guided_alignment (written to its path, or "
                                           "--output).")] = False,
@@ -461,15 +464,19 @@ def align(
     if src is None:
         raise typer.BadParameter("give --src FILE (or --prepare --config X.yaml)")
     found = align_files(_run_dir(model, config), src, tgt, layer, head, threshold, gold, choose_head_on, beam_size,
-                        checkpoint.value, set_ or [])
+                        checkpoint.value, set_ or [], attribution)
     _write_out("".join(format_links(links) + "\n" for links in found.links), output)
     which = f"layer {found.layer} " + (f"head {found.head}" if found.head else "heads averaged")
+    if found.by_attribution:
+        which = f"attribution, {found.by_attribution}"
     if found.chosen is not None:
         typer.echo(f"chosen on {choose_head_on}: {which} (AER {found.chosen.score.aer:.3f})", err=True)
     if found.score is not None:
-        typer.echo(format_table(["layer", "head", "precision", "recall", "AER"], [
+        spearman = ["spearman vs attribution"] if found.by_attribution else []
+        typer.echo(format_table(["layer", "head", "precision", "recall", "AER", *spearman], [
             [row.layer, row.head or "average", f"{row.score.precision:.3f}", f"{row.score.recall:.3f}",
-             f"{row.score.aer:.3f}"] for row in found.table]), err=True)
+             f"{row.score.aer:.3f}", *([] if row.spearman is None else [f"{row.spearman:.3f}"])]
+            for row in found.table]), err=True)
         score = found.score
         typer.echo(f"written ({which}): precision {score.precision:.3f}, recall {score.recall:.3f}, "
                    f"AER {score.aer:.3f}", err=True)

@@ -327,9 +327,9 @@ class TrainingConfig(Section):
     """Dropout masks from 16-bit random lanes on the CPU (a quarter of torch's random draws, the same
     distribution: models/dropout.py); false takes torch's dropout kernel. GPUs always use torch's."""
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    """fp16 runs only on CUDA (with a gradient scaler); bf16 runs on CUDA and on CPUs with bf16 support;
-    auto takes bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16
-    or AMX), else fp32."""
+    """fp16 runs only on CUDA (with a gradient scaler); bf16 runs on CUDA and on CPUs; auto takes bf16 on a
+    GPU that supports it, and on a CPU whichever of fp32 and bf16 trains this model faster, timed on its own
+    step once per CPU, torch version and model (nmt.training.precision)."""
     max_steps: PositiveInt | None = None
     max_epochs: PositiveInt | None = None
     max_minutes: Annotated[float, Field(gt=0.0)] | None = None

@@ -112,6 +112,23 @@ def test_the_heads_of_the_reversal_model_are_scored_and_the_best_one_aligns_the_
         align_files(trained_transformer, tmp_path / "src", gold_file=tmp_path / "gold")
 
 
+def test_links_by_attribution_are_scored_beside_every_head(trained_run, tmp_path):
+    """The RNN reversal model's output depends on the mirrored source word (its attribution peaks there: see
+    test_attribution), so links by attribution find the mirror; every head gets its rank correlation with it."""
+    sources = ["ab ca de fo", "gu hi jo", "le mi no pa ku", "ca de", "hi jo ku le mi no"]
+    (tmp_path / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    (tmp_path / "tgt").write_text("".join(reverse_words(s) + "\n" for s in sources), encoding="utf-8")
+    (tmp_path / "gold").write_text("".join(format_links(reversed_links(len(s.split()))) + "\n" for s in sources),
+                                   encoding="utf-8")
+    found = align_files(trained_run, tmp_path / "src", tmp_path / "tgt", gold_file=tmp_path / "gold",
+                        attribution="input_x_gradient")
+    assert found.by_attribution == "input_x_gradient"
+    assert found.score is not None and found.score.aer < 0.2
+    assert all(row.spearman is not None and -1.0 <= row.spearman <= 1.0 for row in found.table)
+    with pytest.raises(ConfigError, match="leave out --layer"):
+        align_files(trained_run, tmp_path / "src", tmp_path / "tgt", head=1, attribution="input_x_gradient")
+
+
 def test_the_shipped_gold_set_is_consistent():
     """Every link of tests/data/deen_gold.align falls inside its pair, and every English word is linked."""
     sources = (DATA / "deen_gold.de").read_text(encoding="utf-8").splitlines()

@@ -1,3 +1,4 @@
+import json
 import logging
 import re
 from pathlib import Path
@@ -231,16 +232,43 @@ def test_a_transformer_trains_through_the_trainer_and_translates(trained_transfo
     assert greedy == beam == reverse_words("ab ca de fo")
 
 
-def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from nmt.training import trainer as train_module
-    from nmt.training.trainer import resolve_precision
+def test_auto_precision_takes_the_faster_step_measured_here_and_caches_it(tmp_path):
+    import time
 
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
-    assert resolve_precision("auto", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    from nmt.training.precision import CACHE_FILE, choose_cpu_precision
+
+    calls: list[str] = []
+
+    def step(precision: str) -> None:
+        calls.append(precision)
+        torch.rand(1)  # the random state moves, as dropout moves it
+        time.sleep(0.02 if precision == "bf16" else 0.001)
+
+    state = torch.get_rng_state()
+    first = choose_cpu_precision(step, "key", tmp_path)
+    assert first.precision == "fp32" and not first.cached and set(calls) == {"fp32", "bf16"}
+    assert first.step_ms["bf16"] > first.step_ms["fp32"]
+    assert torch.equal(torch.get_rng_state(), state)  # training draws the same masks as without a measurement
+    calls.clear()
+    again = choose_cpu_precision(step, "key", tmp_path)
+    assert again.cached and again.precision == "fp32" and not calls
+    (tmp_path / CACHE_FILE).write_text("{not json")  # a damaged cache is measured again, not an error
+    assert choose_cpu_precision(step, "key", tmp_path).precision == "fp32" and calls
+
+
+def test_auto_precision_is_measured_on_the_models_own_step_and_logged(tmp_path, caplog):
+    from nmt.training.precision import CACHE_FILE
+    from nmt.training.trainer import setup
+
+    config = load_config(write_config(tmp_path, toy_config_dict(tmp_path, training={"precision": "auto"})))
+    with caplog.at_level(logging.INFO, logger="nmt"):
+        trainer = setup(config)
+    trainer.lock.release()
+    cached = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())
+    (entry,) = cached.values()
+    assert trainer.precision == entry["precision"] in ("fp32", "bf16")
+    assert set(entry["step_ms"]) == {"fp32", "bf16"}
+    assert "precision auto -> " in caplog.text and "measured now" in caplog.text
 
 
 def test_a_tuned_decoding_survives_a_resume_and_a_real_change_wins(tmp_path, caplog):

@@ -1,7 +1,11 @@
 """Word alignments from a trained run's cross-attention (`nmt align`): every layer's and head's map, teacher
 forced on a given translation (forced decoding) or on the model's own, merged into words with EOS left out
 (nmt.inspect.words), then links extracted from one head, a layer's heads averaged, or the head that aligns a
-gold set best, and scored per layer and head (nmt.inspect.alignment)."""
+gold set best, and scored per layer and head (nmt.inspect.alignment).
+
+With an attribution method, the gradient attribution of each target word over the source words
+(nmt.inspect.attribution) is shaped the same way: its links are scored beside the heads', and each head's
+rank correlation with it says how far that head's weights explain the output (attention as explanation)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from nmt.data.tokenizer import WORD_START
 from nmt.errors import ConfigError, DataError
 from nmt.inference.translate import Translator
 from nmt.inspect.alignment import AlignmentScore, extract_links, score_links
-from nmt.inspect.words import shape_view
+from nmt.inspect.attribution import attribute, spearman_rows
+from nmt.inspect.words import EOS, shape_view
 from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun, load_model
 
@@ -31,6 +36,7 @@ class WordMaps:
     source_words: list[str]
     target_words: list[str]
     maps: np.ndarray  # (layers, heads, target words, source words); an RNN: (1, 1, ...)
+    attribution: np.ndarray | None = None  # (target words, source words), rows summing to 1, when asked for
 
 
 def forced_cross_maps(loaded: LoadedRun, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
@@ -69,9 +75,10 @@ def _words(text: str, pieces: list[str], what: str, number: int) -> None:
 
 
 def word_maps(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str] | None = None,
-              beam_size: int | None = None) -> list[WordMaps]:
+              beam_size: int | None = None, attribution: str | None = None) -> list[WordMaps]:
     """Every pair's word-level cross-attention of every layer and head: teacher forced on `targets` when given
-    (forced decoding), else on the model's own translations (beam size default: the run's)."""
+    (forced decoding), else on the model's own translations (beam size default: the run's); with an
+    `attribution` method, the word-level attribution too."""
     tokenizer, clean = loaded.tokenizer, loaded.config.data.clean
     translator = Translator.for_run(loaded)
     cleaned = [normalize(line, clean) for line in sources]
@@ -98,9 +105,13 @@ def word_maps(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str] 
                                                     start=1):
         src_pieces = tokenizer.src_pieces(src)
         _words(line, src_pieces, "--src", number)
-        shaped, rows, cols = shape_view(maps, [*tokenizer.tgt_pieces(tgt), "</s>"], src_pieces, words=True,
-                                        eos=False)
-        found.append(WordMaps(cols, rows, shaped.numpy()))
+        tgt_pieces = [*tokenizer.tgt_pieces(tgt), EOS]
+        shaped, rows, cols = shape_view(maps, tgt_pieces, src_pieces, words=True, eos=False)
+        relevance = None
+        if attribution is not None:
+            relevance = shape_view(attribute(loaded, src, tgt, attribution), tgt_pieces, src_pieces, words=True,
+                                   eos=False)[0].numpy()
+        found.append(WordMaps(cols, rows, shaped.numpy(), relevance))
     return found
 
 
@@ -128,6 +139,7 @@ class HeadScore:
     layer: int
     head: int | None  # None: the layer's heads averaged
     score: AlignmentScore
+    spearman: float | None = None  # with an attribution: the mean rank correlation of the map's rows with it
 
 
 def check_gold(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], name: str) -> None:
@@ -138,11 +150,25 @@ def check_gold(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], name: str) 
         check_links(links, len(pair.source_words), len(pair.target_words), f"{name}:{number}")
 
 
+def mean_spearman(pairs: Sequence[WordMaps], layer: int, head: int | None) -> float | None:
+    """The mean over every pair's rows of the rank correlation between a map and the attribution (rows where
+    either is constant left out); None without attributions."""
+    rows: list[float] = []
+    for pair in pairs:
+        if pair.attribution is None:
+            return None
+        rows += spearman_rows(select_map(pair, layer, head), pair.attribution)
+    defined = [r for r in rows if not np.isnan(r)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
 def score_heads(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], threshold: float | None = None
                 ) -> list[HeadScore]:
-    """Precision, recall and AER of every layer's heads, each alone and averaged: which heads align."""
+    """Precision, recall and AER of every layer's heads, each alone and averaged: which heads align; with
+    attributions, how well each map ranks the source words as the attribution does."""
     layers, heads = pairs[0].maps.shape[:2]
-    return [HeadScore(layer, head, score_links(links_of(pairs, layer, head, threshold), gold))
+    return [HeadScore(layer, head, score_links(links_of(pairs, layer, head, threshold), gold),
+                      mean_spearman(pairs, layer, head))
             for layer in range(1, layers + 1) for head in [*range(1, heads + 1), None]]
 
 
@@ -160,19 +186,24 @@ class Alignment:
     chosen: HeadScore | None  # with --choose-head-on: the head picked and its score there
     table: list[HeadScore]  # with --gold: every layer and head
     score: AlignmentScore | None  # with --gold: the links written
+    by_attribution: str | None = None  # the attribution method the links come from; None: attention
 
 
 def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, layer: int | None = None,
                 head: int | None = None, threshold: float | None = None, gold_file: Path | None = None,
                 choose_on: Path | None = None, beam_size: int | None = None, checkpoint: str = "best",
-                overrides: Sequence[str] = ()) -> Alignment:
+                overrides: Sequence[str] = (), attribution: str | None = None) -> Alignment:
     """`nmt align`: word alignments of each line of `src_file` with the same line of `tgt_file` (forced
-    decoding) or with the model's translation, from one head, a layer's heads averaged (no head), or the head
-    with the lowest AER against the links in `choose_on`; with `gold_file`, scored overall and per head."""
+    decoding) or with the model's translation, from one head, a layer's heads averaged (no head), the head
+    with the lowest AER against the links in `choose_on`, or the gradient attribution (an `attribution`
+    method); with `gold_file`, scored overall and per head (and each head against the attribution)."""
     if (gold_file or choose_on) and tgt_file is None:
         raise ConfigError("--gold and --choose-head-on score links against given translations: add --tgt FILE")
     if choose_on and (layer is not None or head is not None):
         raise ConfigError("--choose-head-on picks the layer and head: leave out --layer and --head")
+    if attribution is not None and (choose_on or layer is not None or head is not None):
+        raise ConfigError("--attribution aligns by gradient attribution, not by a head: leave out --layer, --head "
+                          "and --choose-head-on")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold}: give a weight in (0, 1]")
     gold = read_links(gold_file) if gold_file else None
@@ -181,17 +212,20 @@ def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, lay
     if not sources:
         raise DataError(f"--src {src_file}: no lines to align")
     targets = list(read_lines(tgt_file)) if tgt_file else None
-    pairs = word_maps(load_model(run_dir, checkpoint, overrides), sources, targets, beam_size)
+    pairs = word_maps(load_model(run_dir, checkpoint, overrides), sources, targets, beam_size, attribution)
     chosen = None
     if choice is not None and choose_on is not None:
         check_gold(pairs, choice, str(choose_on))
         chosen = choose_head(score_heads(pairs, choice, threshold))
         layer, head = chosen.layer, chosen.head
-    links = links_of(pairs, layer, head, threshold)
+    if attribution is None:
+        links = links_of(pairs, layer, head, threshold)
+    else:
+        links = [extract_links(pair.attribution, threshold) for pair in pairs if pair.attribution is not None]
     table: list[HeadScore] = []
     score = None
     if gold is not None and gold_file is not None:
         check_gold(pairs, gold, str(gold_file))
         table = score_heads(pairs, gold, threshold)
         score = score_links(links, gold)
-    return Alignment(links, layer or pairs[0].maps.shape[0], head, chosen, table, score)
+    return Alignment(links, layer or pairs[0].maps.shape[0], head, chosen, table, score, attribution)

@@ -51,6 +51,7 @@ from nmt.tokens import PAD_ID
 from nmt.training.distributed import World, rank_seed
 from nmt.training.guided import AlignmentGuide
 from nmt.training.init_from import fine_tuning_tokenizer, load_initial_weights, resolve_init, resumed_init
+from nmt.training.precision import choose_cpu_precision, measurement_key
 from nmt.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -81,23 +82,6 @@ def pick_device(cfg: TrainingConfig, world: World) -> torch.device:
     if cfg.precision == "fp16":
         raise ConfigError("training.precision: fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
     return world.device(cuda=False)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> bf16 where the device computes it natively, else fp32; other choices stay as they are."""
-    if precision != "auto":
-        return precision
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    return "bf16" if native else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -161,15 +145,15 @@ def make_batch(split: EncodedSplit, indices) -> Batch:
 
 
 @torch.no_grad()
-def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device
-             ) -> tuple[dict[str, float], torch.Tensor | None]:
+def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device,
+             precision: str) -> tuple[dict[str, float], torch.Tensor | None]:
     """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy;
     and the first dev sentence's cross-attention (T, S) (None for an empty translation), for TensorBoard."""
     model.eval()
     total, tokens = 0.0, 0
     for indices in split_batches(dev, config, seed=None):
         batch = make_batch(dev, indices).to(device)
-        with autocast(device, resolve_precision(config.training.precision, device)):
+        with autocast(device, precision):
             logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         assert batch.tgt_out is not None  # dev batches have targets
         total += float(token_loss(logits, batch.tgt_out, 0.0))
@@ -367,7 +351,7 @@ class Trainer:
             if config.training.guided_alignment is not None else None
         self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
-        self.precision = resolve_precision(self.cfg.precision, device)
+        self.precision = self._choose_precision()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.progress = Progress()
         self.nonfinite_in_a_row = 0
@@ -474,6 +458,43 @@ class Trainer:
         batches = [make_batch(self.train_split, indices).to(self.device) for indices in mine or step[:1]]
         return StepShare(batches, tokens, weight)
 
+    def batch_loss(self, module: nn.Module, batch: Batch, precision: str
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's summed token loss through `module` (the model, or DDP around it), with guided alignment's
+        weighted term added; and that term's cross-entropy alone (None without guided alignment)."""
+        assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
+        guide = self.guide
+        with autocast(self.device, precision):
+            logits, attention = module(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
+                                       self.cfg.teacher_forcing, guide.layer if guide else None)
+        loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+        if guide is None:
+            return loss, None
+        alignment = guide.loss(attention, batch)
+        return loss + guide.weight * alignment, alignment
+
+    def _choose_precision(self) -> str:
+        """The config's precision; for `auto`, bf16 on a GPU that supports it, and on a CPU whichever of fp32 and
+        bf16 trains this model faster here (nmt.training.precision), measured by rank 0 for every rank."""
+        asked = self.cfg.precision
+        if asked != "auto":
+            return asked
+        if self.device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        chosen = None
+        if self.world.is_main:
+            probe = make_batch(self.train_split, split_batches(self.train_split, self.config, self.config.seed)[0])
+
+            def step(precision: str) -> None:
+                self.batch_loss(self.model, probe, precision)[0].backward()
+                self.model.zero_grad(set_to_none=True)
+
+            key = measurement_key(self.config.model.summary, self.cfg.batch_tokens)
+            found = choose_cpu_precision(step, key, Path(self.config.data.cache_dir))
+            log.info(found.describe())
+            chosen = found.precision
+        return self.world.broadcast(chosen)
+
     def _gradient_sync(self, last: bool):
         """DDP all-reduces gradients on the step's last micro-batch only; `no_sync()` on the others."""
         if last or not isinstance(self.trained, DistributedDataParallel):
@@ -485,21 +506,15 @@ class Trainer:
         GPU memory in a single process; under DDP that is an error, as the other ranks cannot skip with it).
         Under DDP gradients are all-reduced (averaged) with the last micro-batch's backward only."""
         scale = share.weight * self.world.size / share.tokens  # DDP averages over ranks; this makes it a sum
-        guide = self.guide
         loss_sum = alignment_sum = 0.0
         try:
             for position, batch in enumerate(share.batches):
                 assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
                 with self._gradient_sync(last=position == len(share.batches) - 1):
-                    with autocast(self.device, self.precision):
-                        logits, attention = self.trained(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
-                                                         self.cfg.teacher_forcing, guide.layer if guide else None)
-                    loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-                    if guide is not None:
-                        alignment = guide.loss(attention, batch)
-                        alignment_sum += float(alignment.detach()) * share.weight
-                        loss = loss + guide.weight * alignment
+                    loss, alignment = self.batch_loss(self.trained, batch, self.precision)
                     self.scaler.scale(loss * scale).backward()
+                if alignment is not None:
+                    alignment_sum += float(alignment.detach()) * share.weight
                 loss_sum += float(loss.detach()) * share.weight
         except torch.cuda.OutOfMemoryError:
             if self.world.distributed:  # skipping here alone would leave the other ranks waiting in all-reduce
@@ -524,7 +539,7 @@ class Trainer:
             self.scheduler.step()
         self.nonfinite_in_a_row = 0
         return StepResult(loss_sum / share.tokens, share.tokens, float(norm),
-                          alignment_sum / share.tokens if guide is not None else None)
+                          alignment_sum / share.tokens if self.guide is not None else None)
 
     def _skip_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -542,7 +557,8 @@ class Trainer:
     def _validate(self) -> tuple[dict[str, float], bool]:
         """Dev scores, and whether dev BLEU is the best so far (which also drives patience and plateau).
         Rank 0 validates; the others take its scores, so patience and the plateau schedule agree."""
-        scores, attention = validate(self.model, self.translator, self.dev_split, self.config, self.device) \
+        scores, attention = validate(self.model, self.translator, self.dev_split, self.config, self.device,
+                                     self.precision) \
             if self.world.is_main else (None, None)
         scores = self.world.broadcast(scores)
         if self.board is not None:

@@ -1,0 +1,103 @@
+"""`training.precision: auto`: bf16 autocast or fp32, chosen on a CPU by timing the model's own training step
+in both, on this machine. A CPU's flags do not say which is faster: bf16 pays where the CPU multiplies bf16
+natively and the step is bound by its matmuls, and loses where bf16 is emulated or the step is bound by
+element-wise work and casts (issue 24 measured 1.13x on a Sapphire Rapids CPU where the flags promised more).
+
+The choice is cached per CPU, torch version, thread count and model (`precision.json` in data.cache_dir,
+replaced whole on every write; two runs writing at once lose at most an entry, which is measured again) and
+logged with what was measured. A CUDA GPU takes bf16 where it supports it, without measuring."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nmt.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "precision.json"
+TIMED_STEPS = 3  # after one untimed step per precision (allocations, kernel selection)
+CANDIDATES = ("fp32", "bf16")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the kernels torch dispatches to on it: what a measurement holds for."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+@dataclass
+class PrecisionChoice:
+    precision: str
+    step_ms: dict[str, float]  # the median step of each precision measured
+    cached: bool = False
+
+    def describe(self) -> str:
+        timings = ", ".join(f"{name} {ms:.0f} ms" for name, ms in self.step_ms.items())
+        source = "measured earlier on this CPU" if self.cached else "measured now"
+        return f"precision auto -> {self.precision} ({timings} per step, {source})"
+
+
+def measurement_key(model_summary: str, batch_tokens: int) -> str:
+    return (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model_summary} | "
+            f"{batch_tokens} tokens")
+
+
+def _read(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def time_step(step: Callable[[], None]) -> float:
+    """Median milliseconds of `step` over TIMED_STEPS runs, after one untimed."""
+    step()
+    times = []
+    for _ in range(TIMED_STEPS):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def choose_cpu_precision(step: Callable[[str], None], key: str, cache_dir: Path) -> PrecisionChoice:
+    """The faster of fp32 and bf16 for `step(precision)` (one forward and backward of a real batch), from the
+    cache when this key was measured before. Torch's random state is restored afterwards, so that a run that
+    measured trains exactly as one that read the cache."""
+    path = cache_dir / CACHE_FILE
+    known = _read(path).get(key)
+    if isinstance(known, dict) and known.get("precision") in CANDIDATES:
+        return PrecisionChoice(known["precision"], dict(known.get("step_ms", {})), cached=True)
+    state = torch.get_rng_state()
+    try:
+        timings = {name: time_step(functools.partial(step, name)) for name in CANDIDATES}
+    finally:
+        torch.set_rng_state(state)
+    choice = PrecisionChoice(min(timings, key=timings.__getitem__), {k: round(v, 1) for k, v in timings.items()})
+    entries = _read(path)
+    entries[key] = {"precision": choice.precision, "step_ms": choice.step_ms}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    except OSError as err:
+        log.warning("precision auto: cannot cache the measurement in %s (%s)", path, err.strerror)
+    return choice
+
