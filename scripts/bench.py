@@ -1,11 +1,14 @@
-"""Benchmark nmt on this machine: training throughput, achieved GFLOP/s against the measured matmul peak,
-decoding speed (greedy and beam 5), peak memory of training and of decoding, and optionally dev BLEU after
-a wall-clock training budget. Prints a table and writes JSON.
+"""Benchmark nmt on this machine: training throughput and achieved GFLOP/s against the measured matmul peak of
+the precision trained in, against a plain-PyTorch floor (nn.Transformer of the same size on the same token
+batches, eager, same precision), decoding speed (greedy and beam 5) against CTranslate2 on the same export,
+threads and sentences, peak memory, and optionally dev BLEU after a wall-clock training budget.
 
-    python scripts/bench.py --config configs/enja_bahdanau.yaml [--model runs/enja_bahdanau] \
+    python scripts/bench.py --config configs/multi30k_deen_transformer.yaml [--model RUN] \
         [--budget-minutes 20] [--json bench.json]
 
-Each measurement runs in its own process, so each peak resident memory (ru_maxrss) is its own.
+Each phase runs in its own process (so each peak resident memory, ru_maxrss, is its own) and prints one JSON
+object; a summary object with the ratios closes. Every object names the CPU (`cpu`: model name and the
+kernels torch dispatches to: emulate others with ATEN_CPU_CAPABILITY=avx2).
 
 FLOPs are the model's own count (`forward_flops` on each model class: multiply-adds x 2 of the forward
 pass; training = 3x forward for the backward pass).
@@ -43,6 +46,12 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> f
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def cpu() -> str:
+    from nmt.training.precision import cpu_name
+
+    return cpu_name()
+
+
 def phase_train(args) -> dict:
     """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
     from nmt.config import load_config
@@ -73,22 +82,116 @@ def phase_train(args) -> dict:
             "fast_dropout": config.training.fast_dropout}
 
 
+class PlainTransformer(torch.nn.Module):
+    """The floor: torch's nn.Transformer as a tutorial would use it, at the config's size (embeddings scaled
+    and summed with sinusoids, one embedding shared with the output layer when the config ties them)."""
+
+    def __init__(self, cfg, src_vocab: int, tgt_vocab: int):
+        super().__init__()
+        from nmt.models.transformer import sinusoidal_positions
+
+        t = cfg.transformer
+        self.scale = t.d_model ** 0.5
+        self.src_embed = torch.nn.Embedding(src_vocab, t.d_model)
+        self.tgt_embed = self.src_embed if t.tie == "all" else torch.nn.Embedding(tgt_vocab, t.d_model)
+        self.register_buffer("positions", sinusoidal_positions(t.max_positions, t.d_model), persistent=False)
+        self.transformer = torch.nn.Transformer(t.d_model, t.heads, t.encoder_layers, t.decoder_layers, t.ff_size,
+                                                t.dropout, batch_first=True, norm_first=t.norm == "pre")
+        self.output = torch.nn.Linear(t.d_model, tgt_vocab, bias=False)
+        if t.tie != "none":
+            self.output.weight = self.tgt_embed.weight
+
+    def forward(self, src, src_mask, tgt_in, tgt_mask):
+        def embed(table, ids):
+            return table(ids) * self.scale + self.positions[: ids.shape[1]]
+
+        causal = torch.nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
+        out = self.transformer(embed(self.src_embed, src), embed(self.tgt_embed, tgt_in), tgt_mask=causal,
+                               src_key_padding_mask=~src_mask, tgt_key_padding_mask=~tgt_mask,
+                               memory_key_padding_mask=~src_mask, tgt_is_causal=True)
+        return self.output(out)
+
+
+def phase_floor(args) -> dict:
+    """The plain reference trained on the trainer's own token batches, in the precision given (the one the
+    train phase chose), with torch's Adam and cross-entropy: what a straightforward implementation reaches."""
+    import torch.nn.functional as F
+
+    from nmt.config import load_config
+    from nmt.data.prepare import prepare_data
+    from nmt.tokens import PAD_ID
+    from nmt.training.trainer import autocast, make_batch, split_batches
+
+    config = load_config(args.config, args.set)
+    if config.model.type != "transformer":
+        return {"floor_tokens_per_s": None, "floor": "a Transformer config only (nn.Transformer)"}
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    data = prepare_data(config)
+    split = data.splits["train"]
+    torch.manual_seed(config.seed)
+    model = PlainTransformer(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.lr)
+    device, precision = torch.device("cpu"), args.floor_precision
+    batches = split_batches(split, config, seed=config.seed)
+    model.train()
+    tokens, start = 0, 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            tokens, start = 0, time.perf_counter()
+        batch = make_batch(split, batches[step % len(batches)])
+        with autocast(device, precision):
+            logits = model(batch.src, batch.src_mask, batch.tgt_in, batch.tgt_mask)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                               label_smoothing=config.training.label_smoothing, reduction="sum")
+        (loss / batch.n_tgt_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.clip_norm or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch.n_tgt_tokens
+    return {"floor_tokens_per_s": tokens / (time.perf_counter() - start), "floor_precision": precision,
+            "floor": "nn.Transformer, eager, torch.optim.Adam, the same token batches"}
+
+
 def phase_decode(args) -> dict:
+    """Our search (greedy and beam 5) on a split, then CTranslate2 on the run's export with the same threads,
+    batch size, beams and length penalty, where ctranslate2 is installed (Transformer runs)."""
     from nmt.config import load_config
     from nmt.data.prepare import prepare_data
     from nmt.inference.translate import Translator
     from nmt.runs.loading import load_model
 
-    translator = Translator.for_run(load_model(Path(args.model)))
+    loaded = load_model(Path(args.model))
+    translator = Translator.for_run(loaded)
     split = prepare_data(load_config(args.config, args.set)).splits[args.split]
     src = [list(split.src_ids(i)) for i in range(len(split))]
-    out = {}
-    for beam in (1, 5):
+    names = {1: "greedy", 5: "beam5"}
+    out: dict = {"decode_sentences": len(src), "decode_threads": torch.get_num_threads()}
+    for beam, name in names.items():
         translator.search_ids(src[:32], beam_size=beam)  # warm-up
         start = time.perf_counter()
         translator.search_ids(src, beam_size=beam)
-        out[f"decode_beam{beam}_sent_per_s"] = len(src) / (time.perf_counter() - start)
+        out[f"{name}_sentences_per_s"] = len(src) / (time.perf_counter() - start)
     out["decode_peak_rss_mb"] = peak_rss_mb()
+    if loaded.config.model.type != "transformer":
+        return out
+    try:
+        import ctranslate2
+    except ImportError:
+        return out
+    from nmt.export.ctranslate2 import export_ctranslate2
+
+    engine = ctranslate2.Translator(str(export_ctranslate2(Path(args.model))), device="cpu",
+                                    intra_threads=torch.get_num_threads())
+    tokenizer, decoding = loaded.tokenizer, loaded.config.decoding
+    pieces = [tokenizer.src_pieces(ids) for ids in src]
+    for beam, name in names.items():
+        options = {"beam_size": beam, "max_batch_size": decoding.batch_sentences, "length_penalty":
+                   decoding.length_penalty, "max_decoding_length": loaded.model.max_positions or 256}
+        engine.translate_batch(pieces[:32], **options)  # warm-up
+        start = time.perf_counter()
+        engine.translate_batch(pieces, **options)
+        out[f"ct2_{name}_sentences_per_s"] = len(src) / (time.perf_counter() - start)
     return out
 
 
@@ -115,7 +218,8 @@ def phase_budget(args) -> dict:
             "budget_train_tokens_per_s": last["train_tokens_per_s"], "budget_peak_rss_mb": last["peak_rss_mb"]}
 
 
-PHASES = {"train": phase_train, "decode": phase_decode, "peak": phase_peak, "budget": phase_budget}
+PHASES = {"train": phase_train, "floor": phase_floor, "decode": phase_decode, "peak": phase_peak,
+          "budget": phase_budget}
 
 
 def run_phase(name: str, argv: list[str]) -> dict:
@@ -138,28 +242,40 @@ def main() -> None:
     parser.add_argument("--split", default="dev", help="the split decoded for decoding speed")
     parser.add_argument("--budget-minutes", type=float, help="also train for this long and report dev BLEU")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--floor-precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(PHASES[args.phase](args)))
+        print(json.dumps({"phase": args.phase, "cpu": cpu(), **PHASES[args.phase](args)}))
         return
     argv = ["--config", str(args.config), "--warmup", str(args.warmup), "--steps", str(args.steps),
             "--split", args.split]
     for item in args.set:
         argv += ["--set", item]
-    figures: dict = {"config": str(args.config), "overrides": args.set, "cpu_threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    figures.update(run_phase("peak", argv))
-    figures.update(run_phase("train", argv))
-    figures["train_fraction_of_fp32_peak"] = figures["train_gflops"] / figures["matmul_fp32_gflops"]
+    figures: dict = {"config": str(args.config), "overrides": args.set, "cpu": cpu(),
+                     "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "date": time.strftime("%Y-%m-%d")}
+
+    def phase(name: str, extra: list[str] | None = None) -> None:
+        found = run_phase(name, [*argv, *(extra or [])])
+        print(json.dumps(found), flush=True)
+        figures.update({k: v for k, v in found.items() if k not in ("phase", "cpu")})
+
+    phase("peak")
+    phase("train")
+    peak = figures["matmul_bf16_gflops" if figures["precision"] == "bf16" else "matmul_fp32_gflops"]
+    figures["train_fraction_of_peak"] = figures["train_gflops"] / peak
+    phase("floor", ["--floor-precision", figures["precision"]])
+    if figures["floor_tokens_per_s"]:
+        figures["speedup_over_floor"] = figures["train_tokens_per_s"] / figures["floor_tokens_per_s"]
     if args.model:
-        figures.update(run_phase("decode", [*argv, "--model", str(args.model)]))
+        phase("decode", ["--model", str(args.model)])
+        for name in ("greedy", "beam5"):
+            if (theirs := figures.get(f"ct2_{name}_sentences_per_s")) is not None:
+                figures[f"{name}_over_ct2"] = figures[f"{name}_sentences_per_s"] / theirs
     if args.budget_minutes:
-        figures.update(run_phase("budget", [*argv, "--budget-minutes", str(args.budget_minutes)]))
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        shown = f"{value:,.2f}" if isinstance(value, float) else value
-        print(f"{key.ljust(width)}  {shown}")
+        phase("budget", ["--budget-minutes", str(args.budget_minutes)])
+    print(json.dumps({"phase": "summary", **figures}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
