@@ -40,9 +40,13 @@ def server(trained_run, trained_transformer, tmp_path_factory):
     process.wait(timeout=30)
 
 
-def cell_weights(page, panel: str) -> list[float]:
-    return page.eval_on_selector_all(f"{panel} .attention > table.heatmap td.cell",
-                                     "cells => cells.map(c => Number(c.dataset.weight))")
+def cell_weights(page, panel: str, table: str = ".attention > table.heatmap") -> list[float]:
+    return page.eval_on_selector_all(f"{panel} {table} td.cell", "cells => cells.map(c => Number(c.dataset.weight))")
+
+
+def signed(value: float | None) -> str:
+    """A correlation as the page shows it."""
+    return "–" if value is None else f"{value:+.3f}"
 
 
 def test_the_page_translates_draws_attention_and_switches_heads_and_models(server, tmp_path):
@@ -115,4 +119,41 @@ def test_the_page_translates_draws_attention_and_switches_heads_and_models(serve
         assert "error" not in (page.get_attribute("#status", "class") or "")
         shot = page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         assert len(shot) > 20_000
+        browser.close()
+
+
+def test_the_page_draws_the_attribution_under_the_attention_with_its_spearman(server):
+    port = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelectorAll('#model-a option').length == 2")
+        page.fill("#text", "ab ca de")
+        page.fill("#beam", "3")
+        page.select_option("#attribution", "input_x_gradient")
+        page.click("#translate")
+        transformer = ".panel[data-model=transformer]"
+        attribution = f"{transformer} .attention > .attribution"
+        page.wait_for_selector(f"{attribution} table.heatmap td.cell", timeout=120_000)  # the child starts first
+
+        expected = post(port, "/attention", {"text": "ab ca de", "model": "transformer", "beam_size": 3,
+                                             "attribution": "input_x_gradient"})
+        explained = expected["attribution"]
+        assert cell_weights(page, transformer) == pytest.approx(sum(expected["weights"], []), abs=1e-6)
+        assert cell_weights(page, transformer, ".attribution table.heatmap") == pytest.approx(
+            sum(explained["weights"], []), abs=1e-6)
+        caption = page.inner_text(f"{attribution} .caption")
+        assert "input × gradient attribution" in caption and signed(explained["mean_spearman"]) in caption
+        shown = page.eval_on_selector_all(f"{attribution} td.spearman", "cells => cells.map(c => c.textContent)")
+        assert shown == [signed(r) for r in explained["spearman"]]
+
+        page.select_option(f"{transformer} .kind-select", "encoder")  # attribution is over the source only
+        page.wait_for_selector(f"{transformer} .attention .meta:has-text('Attribution is over the source tokens')")
+        assert page.locator(attribution).count() == 0
+        page.select_option(f"{transformer} .kind-select", "cross")
+        page.wait_for_selector(f"{attribution} table.heatmap")
+        page.select_option("#attribution", "")
+        page.wait_for_selector(attribution, state="detached")
+        assert "error" not in (page.get_attribute("#status", "class") or "")
         browser.close()

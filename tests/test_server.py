@@ -27,6 +27,7 @@ from toy import reverse_words
 from toy_runs import MIN_DEV_BLEU
 
 from nmt.data.splits import eval_set
+from nmt.inspect.attribution import STEPS, attribution_view
 from nmt.inspect.view import attention_view
 from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
@@ -44,7 +45,8 @@ from serve_bench import free_port  # noqa: E402
 @pytest.fixture(scope="module")
 def client(trained_run, trained_transformer):
     registry = ModelRegistry([("rnn", trained_run), ("transformer", trained_transformer)])
-    limits = Limits(max_texts=8, max_body_bytes=4096, max_batch_sentences=64, batch_wait_ms=30)
+    limits = Limits(max_texts=8, max_body_bytes=4096, max_batch_sentences=64, batch_wait_ms=30,
+                    max_attribution_cost=4096)
     with TestClient(create_app(registry, limits)) as test_client:
         yield test_client
 
@@ -140,6 +142,9 @@ ATTENTION_ERRORS = [
     ({"text": "ab", "model": "rnn", "kind": "encoder"}, "kind", "an RNN with one cross-attention map"),
     ({"text": "ab", "threshold": 2}, "threshold", "less than or equal to 1"),
     ({"text": ["ab"]}, "text", "valid string"),
+    ({"text": "ab", "attribution": "gradients"}, "attribution", "'input_x_gradient' or 'integrated_gradients'"),
+    ({"text": "ab", "model": "transformer", "kind": "encoder", "attribution": "input_x_gradient"}, "attribution",
+     "goes with kind cross, not encoder"),
 ]
 
 
@@ -181,6 +186,40 @@ def test_attention_matches_the_library_view(client, trained_transformer, trained
     rnn = client.post("/attention", json={"text": "ab ca de"}).json()  # the first model is the default
     assert rnn["model"] == "rnn" and rnn["layer"] is None and len(rnn["panels"]) == 1
     np.testing.assert_allclose(np.sum(rnn["weights"], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("model", "method", "words", "eos"), [
+    ("rnn", "input_x_gradient", False, True),
+    ("transformer", "integrated_gradients", True, False),
+    ("transformer", "input_x_gradient", False, False),
+])
+def test_attribution_beside_attention_matches_the_library(client, trained_run, trained_transformer, model, method,
+                                                          words, eos):
+    """Computed in the model's attribution child, shaped by the server as the library shapes it."""
+    found = client.post("/attention", json={"text": "ab ca de", "model": model, "words": words, "eos": eos,
+                                            "attribution": method}).json()
+    explained = found["attribution"]
+    assert explained["method"] == method
+    assert np.shape(explained["weights"]) == np.shape(found["weights"])
+    np.testing.assert_allclose(np.sum(explained["weights"], axis=1), 1.0, atol=1e-5)
+    loaded = load_model({"rnn": trained_run, "transformer": trained_transformer}[model])
+    expected = attribution_view(loaded, attention_view(loaded, "ab ca de", words=words, eos=eos), method, STEPS)
+    np.testing.assert_allclose(explained["weights"], expected.relevance, atol=1e-5)
+    shown = [np.nan if r is None else r for r in explained["spearman"]]
+    assert len(shown) == len(found["row_tokens"]) and shown == pytest.approx(expected.spearman, abs=1e-5,
+                                                                              nan_ok=True)
+    assert explained["mean_spearman"] == pytest.approx(expected.mean_spearman, abs=1e-5)
+
+
+def test_an_attribution_over_its_cost_bound_is_refused_with_413_naming_the_bound(client):
+    body = {"text": "ab ca de fo gu hi jo ku le mi no pa", "model": "transformer"}
+    response = client.post("/attention", json={**body, "attribution": "integrated_gradients"})
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["field"] == "attribution" and f"x {STEPS} steps" in error["message"]
+    assert "at most 4096" in error["message"]
+    assert client.post("/attention", json={**body, "attribution": "input_x_gradient"}).status_code == 200
+    assert client.post("/attention", json=body).json()["attribution"] is None  # not asked for
 
 
 def test_models_and_health(client):

@@ -5,18 +5,21 @@ source), and how well attention ranks the source tokens as the attribution does 
 Attention says where a step looked; attribution what the output depended on. Per target token t and source
 token s, relevance = |sum over the embedding dimensions of the attribution|, divided by the row's total so
 that rows sum to 1 like attention's; the same word rule and EOS switch as attention then apply
-(nmt.inspect.words). captum is imported when an attribution is asked for: it loads matplotlib, which serving
-never imports."""
+(nmt.inspect.words). captum is imported when an attribution is computed (`attribute`): it loads matplotlib,
+which serving never imports; the shaping and the comparison (`shape_attribution`) need no captum and no model,
+so the server runs `attribute` in a child process (nmt.serve.attributor) and shapes its result itself."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inspect.view import AttentionView
@@ -25,7 +28,10 @@ from nmt.models import Model
 from nmt.runs.loading import LoadedRun
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
-METHODS = ("input_x_gradient", "integrated_gradients")
+Method = Literal["input_x_gradient", "integrated_gradients"]
+METHODS: tuple[str, ...] = get_args(Method)
+STEPS = 32
+"""Integration steps of integrated gradients, unless told otherwise."""
 
 
 def source_embedding(model: Model, src: torch.Tensor) -> nn.Embedding:
@@ -46,7 +52,7 @@ def source_embedding(model: Model, src: torch.Tensor) -> nn.Embedding:
 
 
 def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int], method: str = "input_x_gradient",
-              steps: int = 32) -> torch.Tensor:
+              steps: int = STEPS) -> torch.Tensor:
     """(T + 1, S) relevance of each source token (EOS included) for each forced target token and the final EOS,
     rows summing to 1 (module docstring). `steps`: integration steps of integrated gradients."""
     if method not in METHODS:
@@ -114,13 +120,19 @@ class AttributionView:
 
 
 def attribution_view(loaded: LoadedRun, view: AttentionView, method: str = "input_x_gradient",
-                     steps: int = 32) -> AttributionView:
+                     steps: int = STEPS) -> AttributionView:
     """Attribution of the translation in a cross-attention `view`, at its level (words or subwords, EOS or
     not), beside its weights (one head, or the heads' average)."""
     if view.kind != "cross":
         raise ConfigError(f"--attribution is over the source tokens: it goes with --kind cross, not {view.kind}")
-    tokenizer = loaded.tokenizer
-    relevance = attribute(loaded, view.src_ids, view.tgt_ids, method, steps)
+    return shape_attribution(view, loaded.tokenizer, attribute(loaded, view.src_ids, view.tgt_ids, method, steps),
+                             method)
+
+
+def shape_attribution(view: AttentionView, tokenizer: Tokenizer, relevance: torch.Tensor,
+                      method: str) -> AttributionView:
+    """`attribute`'s (T + 1, S) relevance of the translation in a cross-attention `view`, shaped as the view
+    is (words or subwords, EOS or not) and compared with its weights."""
     rows = [*tokenizer.tgt_pieces(view.tgt_ids), EOS]
     if view.eos and EOS not in view.row_labels:  # the translation stopped at the length limit, without EOS
         relevance, rows = relevance[:-1], rows[:-1]

@@ -1,10 +1,12 @@
 // The attention explorer: one panel per chosen model, each with its translation, n-best list and heatmap,
-// drawn from POST /translate and POST /attention. Plain DOM, no external files (works offline).
+// and on demand the gradient attribution of the same translation under it, drawn from POST /translate and
+// POST /attention. Plain DOM, no external files (works offline).
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 let models = {};  // name -> GET /models entry
-let shown = [];  // the panels on the page, redrawn when the word or EOS switch changes
+let shown = [];  // the panels on the page, redrawn when the word, EOS or attribution switch changes
+const METHODS = {input_x_gradient: "input × gradient", integrated_gradients: "integrated gradients"};
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -39,12 +41,17 @@ function fixed(value, digits = 3) {
   return Number(value).toFixed(digits);
 }
 
-// A heatmap table: rows attend to columns; with `stats`, entropy and max weight per row beside it.
-function heatmap(rows, cols, weights, {stats = null, small = false, threshold = 0.1, hover = null} = {}) {
+// A correlation with its sign; null (undefined: a constant row) as a dash.
+function signed(value) {
+  return value == null ? "–" : (value >= 0 ? "+" : "") + fixed(value);
+}
+
+// A heatmap table: rows attend to columns; each of `columns` ([header, class, one text per row]) beside it.
+function heatmap(rows, cols, weights, {columns = [], small = false, threshold = 0.1, hover = null} = {}) {
   const table = element("table", {class: "heatmap"});
   const head = element("tr", {}, element("th"));
   cols.forEach((token) => head.append(element("th", {class: "col", text: token})));
-  if (stats) head.append(element("th", {class: "col", text: "entropy"}), element("th", {class: "col", text: "max"}));
+  columns.forEach(([header]) => head.append(element("th", {class: "col", text: header})));
   table.append(head);
   rows.forEach((token, i) => {
     const rowHeader = element("th", {class: "row", text: token, title: "click: highlight what it attends to"});
@@ -60,10 +67,7 @@ function heatmap(rows, cols, weights, {stats = null, small = false, threshold = 
       if (hover) cell.addEventListener("mouseenter", () => hover(`${token} → ${cols[j]}: ${fixed(weight, 4)}`));
       row.append(cell);
     });
-    if (stats) {
-      row.append(element("td", {class: "stat entropy", text: fixed(stats.entropy[i])}),
-                 element("td", {class: "stat max-weight", text: fixed(stats.max_weight[i])}));
-    }
+    columns.forEach(([, cls, texts]) => row.append(element("td", {class: `stat ${cls}`, text: texts[i]})));
     rowHeader.addEventListener("click", () => highlight(table, i, threshold));
     table.append(row);
   });
@@ -149,6 +153,8 @@ class Panel {
     const request = {text: this.text, model: this.info.name, beam_size: this.beam, threshold: this.threshold,
                      words: $("#words").checked, eos: $("#eos").checked};
     if (this.info.type === "transformer") Object.assign(request, this.choice);
+    const method = $("#attribution").value;
+    if (method && this.choice.kind === "cross") request.attribution = method;
     const view = await api("/attention", request);
     this.view = view;
     const hoverLine = element("div", {class: "hover", text: " "});
@@ -160,8 +166,13 @@ class Panel {
     const children = [this.selectors(),
       element("div", {class: "meta", text: `${where}: mean entropy ${fixed(entropy)} ± ${fixed(std)} nats, ` +
         `mean max weight ${fixed(view.summary.max_weight[0])}`}),
-      heatmap(view.row_tokens, view.col_tokens, view.weights,
-              {stats: view, threshold: this.threshold, hover}), hoverLine];
+      heatmap(view.row_tokens, view.col_tokens, view.weights, {threshold: this.threshold, hover, columns: [
+        ["entropy", "entropy", view.entropy.map((e) => fixed(e))],
+        ["max", "max-weight", view.max_weight.map((m) => fixed(m))]]}),
+      hoverLine];
+    if (view.attribution) children.push(this.attribution(view, hover));
+    else if (method) children.push(element("div", {class: "meta", text: "Attribution is over the source tokens: " +
+      "choose the cross attention to see it."}));
     if (view.panels.length > 1) {
       const grid = element("div", {class: "grid"});
       view.panels.forEach((panel) => grid.append(element("figure", {},
@@ -177,6 +188,17 @@ class Panel {
       children.push(element("details", {}, element("summary", {text: `${view.kind} attention statistics of every head`}), table));
     }
     this.attentionNode.replaceChildren(...children);
+  }
+
+  // The gradient attribution of the same translation, shaped as the attention map, with the rank correlation
+  // (Spearman) of each of its rows with the attention's.
+  attribution(view, hover) {
+    const found = view.attribution;
+    const caption = `${METHODS[found.method]} attribution: each target token's gradient relevance over the ` +
+      `source tokens (rows sum to 1); mean Spearman with the attention above ${signed(found.mean_spearman)}`;
+    return element("div", {class: "attribution"}, element("div", {class: "meta caption", text: caption}),
+      heatmap(view.row_tokens, view.col_tokens, found.weights, {threshold: this.threshold, hover, columns: [
+        ["Spearman", "spearman", found.spearman.map(signed)]]}));
   }
 }
 
@@ -214,10 +236,14 @@ async function start() {
     setStatus(`cannot list the models: ${err.message}`, true);
   }
   $("#query").addEventListener("submit", translate);
-  const redraw = () => Promise.all(shown.map((panel) => panel.drawAttention()))
-    .catch((err) => setStatus(err.message, true));
-  $("#words").addEventListener("change", redraw);
-  $("#eos").addEventListener("change", redraw);
+  const redraw = (busy = "") => {
+    setStatus(busy);
+    return Promise.all(shown.map((panel) => panel.drawAttention()))
+      .then(() => setStatus(""), (err) => setStatus(err.message, true));
+  };
+  $("#words").addEventListener("change", () => redraw());
+  $("#eos").addEventListener("change", () => redraw());
+  $("#attribution").addEventListener("change", () => redraw(shown.length ? "computing the attribution…" : ""));
 }
 
 start();
