@@ -232,11 +232,14 @@ def test_a_transformer_trains_through_the_trainer_and_translates(trained_transfo
     assert greedy == beam == reverse_words("ab ca de fo")
 
 
-def test_auto_precision_takes_the_faster_step_measured_here_and_caches_it(tmp_path):
+def test_auto_precision_takes_the_faster_step_measured_here_and_caches_it(tmp_path, monkeypatch):
     import time
 
+    from nmt.training import precision
     from nmt.training.precision import CACHE_FILE, choose_cpu_precision
 
+    # bf16 as fast as fp32 in a matmul, whatever the CPU running the test: the model's steps decide
+    monkeypatch.setattr(precision, "bf16_matmul_slowdown", lambda: 1.0)
     calls: list[str] = []
 
     def step(precision: str) -> None:
@@ -254,6 +257,15 @@ def test_auto_precision_takes_the_faster_step_measured_here_and_caches_it(tmp_pa
     assert again.cached and again.precision == "fp32" and not calls
     (tmp_path / CACHE_FILE).write_text("{not json")  # a damaged cache is measured again, not an error
     assert choose_cpu_precision(step, "key", tmp_path).precision == "fp32" and calls
+
+
+def test_auto_precision_does_not_time_an_emulated_bf16_step(tmp_path, monkeypatch):
+    from nmt.training import precision
+
+    monkeypatch.setattr(precision, "bf16_matmul_slowdown", lambda: 400.0)  # oneDNN held to AVX2 measured 400x
+    calls: list[str] = []
+    found = precision.choose_cpu_precision(calls.append, "key", tmp_path)
+    assert found.precision == "fp32" and set(calls) == {"fp32"} and "emulated" in found.describe()
 
 
 def test_auto_precision_is_measured_on_the_models_own_step_and_logged(tmp_path, caplog):

@@ -3,15 +3,19 @@ in both, on this machine. A CPU's flags do not say which is faster: bf16 pays wh
 natively and the step is bound by its matmuls, and loses where bf16 is emulated or the step is bound by
 element-wise work and casts (issue 24 measured 1.13x on a Sapphire Rapids CPU where the flags promised more).
 
-The choice is cached per CPU, torch version, thread count and model (`precision.json` in data.cache_dir,
-replaced whole on every write; two runs writing at once lose at most an entry, which is measured again) and
-logged with what was measured. A CUDA GPU takes bf16 where it supports it, without measuring."""
+Where bf16 is emulated, one step would take minutes (a bf16 matmul ran 400x slower than fp32 with oneDNN
+held to AVX2), so a small matmul in both precisions is timed first, and bf16 is left out when it runs more
+than EMULATED times slower. The choice is cached per CPU (its name and the kernels torch and oneDNN
+dispatch to), torch version, thread count and model (`precision.json` in data.cache_dir, replaced whole on
+every write; two runs writing at once lose at most an entry, which is measured again) and logged with what
+was measured. A CUDA GPU takes bf16 where it supports it, without measuring."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -27,10 +31,12 @@ log = logging.getLogger(__name__)
 CACHE_FILE = "precision.json"
 TIMED_STEPS = 3  # after one untimed step per precision (allocations, kernel selection)
 CANDIDATES = ("fp32", "bf16")
+EMULATED = 4.0  # a bf16 matmul this many times slower than fp32 is emulated: its step is not worth timing
 
 
 def cpu_name() -> str:
-    """The CPU's model name and the kernels torch dispatches to on it: what a measurement holds for."""
+    """The CPU's model name and the kernels torch and oneDNN dispatch to on it (ATEN_CPU_CAPABILITY and
+    ONEDNN_MAX_CPU_ISA emulate others): what a measurement holds for."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,19 +45,23 @@ def cpu_name() -> str:
                 break
     except OSError:
         pass
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}{f', oneDNN {onednn}' if onednn else ''})"
 
 
 @dataclass
 class PrecisionChoice:
     precision: str
     step_ms: dict[str, float]  # the median step of each precision measured
+    bf16_matmul_slowdown: float  # a small bf16 matmul's time over fp32's
     cached: bool = False
 
     def describe(self) -> str:
         timings = ", ".join(f"{name} {ms:.0f} ms" for name, ms in self.step_ms.items())
+        emulated = f"; bf16 matmul {self.bf16_matmul_slowdown:.0f}x slower: emulated" \
+            if self.bf16_matmul_slowdown > EMULATED else ""
         source = "measured earlier on this CPU" if self.cached else "measured now"
-        return f"precision auto -> {self.precision} ({timings} per step, {source})"
+        return f"precision auto -> {self.precision} ({timings} per step{emulated}; {source})"
 
 
 def measurement_key(model_summary: str, batch_tokens: int) -> str:
@@ -65,6 +75,20 @@ def _read(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def bf16_matmul_slowdown(size: int = 256, repeats: int = 3) -> float:
+    """How many times slower a small bf16 matmul runs than an fp32 one here (fastest of `repeats` each)."""
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(size, size).to(dtype)
+        runs = []
+        for _ in range(repeats + 1):  # the first: warm-up
+            start = time.perf_counter()
+            torch.mm(a, a)
+            runs.append(time.perf_counter() - start)
+        seconds[dtype] = min(runs[1:])
+    return seconds[torch.bfloat16] / max(seconds[torch.float32], 1e-9)
 
 
 def time_step(step: Callable[[], None]) -> float:
@@ -85,15 +109,20 @@ def choose_cpu_precision(step: Callable[[str], None], key: str, cache_dir: Path)
     path = cache_dir / CACHE_FILE
     known = _read(path).get(key)
     if isinstance(known, dict) and known.get("precision") in CANDIDATES:
-        return PrecisionChoice(known["precision"], dict(known.get("step_ms", {})), cached=True)
+        return PrecisionChoice(known["precision"], dict(known.get("step_ms", {})),
+                               float(known.get("bf16_matmul_slowdown", 0.0)), cached=True)
+    slowdown = bf16_matmul_slowdown()
+    candidates = CANDIDATES if slowdown <= EMULATED else ("fp32",)
     state = torch.get_rng_state()
     try:
-        timings = {name: time_step(functools.partial(step, name)) for name in CANDIDATES}
+        timings = {name: time_step(functools.partial(step, name)) for name in candidates}
     finally:
         torch.set_rng_state(state)
-    choice = PrecisionChoice(min(timings, key=timings.__getitem__), {k: round(v, 1) for k, v in timings.items()})
+    choice = PrecisionChoice(min(timings, key=timings.__getitem__), {k: round(v, 1) for k, v in timings.items()},
+                             round(slowdown, 2))
     entries = _read(path)
-    entries[key] = {"precision": choice.precision, "step_ms": choice.step_ms}
+    entries[key] = {"precision": choice.precision, "step_ms": choice.step_ms,
+                    "bf16_matmul_slowdown": choice.bf16_matmul_slowdown}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
