@@ -337,3 +337,32 @@ def test_align_errors_are_one_line_naming_the_file_and_line(trained_transformer,
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert message in result.stderr
+
+
+@pytest.mark.slow  # subprocesses of the CLI, and eflomal: seconds each
+def test_align_prepare_writes_the_guided_alignment_file_then_training_reads_it(tmp_path):
+    pytest.importorskip("eflomal")
+    from toy import toy_config_dict, write_config
+    from toy_runs import TRANSFORMER_RUN
+
+    raw = toy_config_dict(tmp_path, **TRANSFORMER_RUN)
+    raw["training"] = {**raw["training"], "max_steps": 6, "validate_every": 6, "log_every": 2,
+                       "guided_alignment": {"path": str(tmp_path / "links"), "weight": 0.5}}
+    config = write_config(tmp_path, raw)
+    missing = run("train", "--config", config)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: training.guided_alignment.path")
+    assert "nmt align --prepare" in missing.stderr
+
+    prepared = run("align", "--prepare", "--config", config)
+    assert prepared.returncode == 0, prepared.stderr
+    assert re.search(r"links: 1,500 training pairs, [\d,]+ links", prepared.stdout)
+    assert len((tmp_path / "links").read_text().splitlines()) == 1500
+
+    trained = run("train", "--config", config)
+    assert trained.returncode == 0, trained.stderr
+    guided = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(record.get("alignment_loss", 0) > 0 for record in guided)
+    for bad in (["--prepare"], ["--prepare", "--config", config, "--src", config]):
+        refused = run("align", *bad)
+        assert refused.returncode == 2 and "--prepare aligns a training corpus" in refused.stderr

@@ -110,6 +110,7 @@ def test_eflomal_aligns_the_training_corpus_line_by_line(tmp_path):
     assert hits / sum(len(f) for f in found) > 0.9
 
 
+@pytest.mark.slow  # two trainings (11 s here): in `make test-slow`, which CI runs
 def test_guided_alignment_makes_the_guided_head_align(tmp_path):
     """The same short run with and without guidance on layer 1, head 1: only the guided head learns the
     mirrored links (measured: AER 0.04 guided against 0.33 unguided; the other heads of either run
