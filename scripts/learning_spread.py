@@ -1,6 +1,7 @@
-"""The spread behind the suite's learning thresholds: train the tests' toy runs (tests/toy_runs.py) and the
-attention learning tests (tests/test_learning.py) over several seeds and CPU kernel paths, and print what
-each reached, so a threshold can be set clearly below the worst.
+"""The spread behind the suite's learning thresholds: train the tests' toy runs (tests/toy_runs.py), the
+attention learning tests (tests/test_learning.py) and the guided-alignment test's two runs
+(tests/test_guided_alignment.py: the guided head's AER with and without guidance) over several seeds and CPU
+kernel paths, and print what each reached, so a threshold can be set clearly below the worst.
 
     python scripts/learning_spread.py [--seeds 7 8 9] [--capabilities native avx2 default] [--what rnn transformer]
 
@@ -39,6 +40,13 @@ def child(what: str, seed: int) -> dict:
             result = train(load_config(toy_run_config(Path(root), what, seed)), show_progress=False)
             scores = [r["dev_bleu"] for r in RunDir(result.run_dir).metrics() if "dev_bleu" in r]
         return {"scores": scores, "worst": min(scores[-1:]), "cpu": torch.backends.cpu.get_cpu_capability()}
+    if what == "guided":
+        from test_guided_alignment import guided_head_aer
+
+        with tempfile.TemporaryDirectory() as root:
+            unguided, guided = (guided_head_aer(Path(root) / str(on), on, seed) for on in (False, True))
+        return {"scores": [f"AER unguided {unguided:.3f}, guided {guided:.3f}"], "worst": guided,
+                "cpu": torch.backends.cpu.get_cpu_capability()}
     from test_learning import learn_to_reverse
 
     steps, accuracy, _ = learn_to_reverse(what, seed)
@@ -50,9 +58,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     parser.add_argument("--capabilities", nargs="+", default=["native", "avx2", "default"])
-    parser.add_argument("--what", nargs="+", default=["rnn", "transformer", *LEARNING],
-                        help=f"rnn / transformer (the trained fixtures: final dev BLEU) or an attention type of "
-                             f"the learning test ({', '.join(LEARNING)}: steps to 95%% exact match)")
+    parser.add_argument("--what", nargs="+", default=["rnn", "transformer", *LEARNING, "guided"],
+                        help=f"rnn / transformer (the trained fixtures: final dev BLEU), an attention type of "
+                             f"the learning test ({', '.join(LEARNING)}: steps to 95%% exact match) or guided "
+                             "(the guided head's AER)")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -74,7 +83,7 @@ def main() -> int:
                 print(f"{what}\t{capability} ({found['cpu']})\tseed {seed}\t{found['scores']}", flush=True)
                 worst.setdefault(what, []).append(found["worst"])
     for what, values in worst.items():
-        pick = max if what in LEARNING else min  # most steps needed / lowest final BLEU
+        pick = max if what in (*LEARNING, "guided") else min  # most steps / highest AER / lowest final BLEU
         print(f"worst {what}: {pick(values)} over {len(values)} runs")
     return 0
 

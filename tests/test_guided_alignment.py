@@ -110,18 +110,25 @@ def test_eflomal_aligns_the_training_corpus_line_by_line(tmp_path):
     assert hits / sum(len(f) for f in found) > 0.9
 
 
+def guided_head_aer(root: Path, guided: bool, seed: int | None = None) -> float:
+    """Layer 1 head 1's AER on 60 generated pairs after the toy Transformer's recipe cut to 300 steps, trained
+    towards the true links on that head (weight 0.5) or without guidance (scripts/learning_spread.py too)."""
+    pairs = reversal_pairs(60, seed=11)
+    gold = [GoldLinks(mirrored(s), mirrored(s)) for s, _ in pairs]
+    config = guided_config(root, 300, guided, layer=1, head=1, weight=0.5)
+    if seed is not None:
+        config = config.model_copy(update={"seed": seed})
+    run = train(config, show_progress=False).run_dir
+    maps = word_maps(load_model(run, "best"), [s for s, _ in pairs], [t for _, t in pairs])
+    return {(row.layer, row.head): row.score.aer for row in score_heads(maps, gold)}[1, 1]
+
+
 @pytest.mark.slow  # two trainings (11 s here): in `make test-slow`, which CI runs
 def test_guided_alignment_makes_the_guided_head_align(tmp_path):
     """The same short run with and without guidance on layer 1, head 1: only the guided head learns the
-    mirrored links (measured: AER 0.04 guided against 0.33 unguided; the other heads of either run
-    0.21 to 0.61, BENCHMARKS.md)."""
-    pairs = reversal_pairs(60, seed=11)
-    gold = [GoldLinks(mirrored(s), mirrored(s)) for s, _ in pairs]
-    aer = {}
-    for guided in (False, True):
-        config = guided_config(tmp_path / str(guided), 300, guided, layer=1, head=1, weight=0.5)
-        run = train(config, show_progress=False).run_dir
-        maps = word_maps(load_model(run, "best"), [s for s, _ in pairs], [t for _, t in pairs])
-        aer[guided] = {(row.layer, row.head): row.score.aer for row in score_heads(maps, gold)}
-    assert aer[True][1, 1] < 0.15
-    assert aer[True][1, 1] < aer[False][1, 1] - 0.1
+    mirrored links. Measured (`python scripts/learning_spread.py --what guided`): AER 0.04 guided against
+    0.33 unguided (seed 7, AVX512); over seeds 7, 8, 9 with ATEN_CPU_CAPABILITY=avx2, 0.042 to 0.096 guided
+    against 0.335 to 0.573."""
+    unguided, guided = (guided_head_aer(tmp_path / str(on), on) for on in (False, True))
+    assert guided < 0.2
+    assert guided < unguided - 0.1
