@@ -459,7 +459,8 @@ def align(
         from nmt.data.word_aligner import prepare_alignment
 
         done = prepare_alignment(_config(config, None), output)
-        typer.echo(f"{done.path}: {done.pairs:,} training pairs, {done.links:,} links ({done.seconds:.0f} s)")
+        typer.echo(f"{done.path}: {done.pairs:,} training pairs, {done.links:,} links, {done.unaligned:,} pairs left "
+                   f"empty (their words and the tokenizer's disagree) ({done.seconds:.0f} s)")
         return
     if src is None:
         raise typer.BadParameter("give --src FILE (or --prepare --config X.yaml)")

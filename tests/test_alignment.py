@@ -89,12 +89,18 @@ def test_forced_decoding_aligns_the_given_translation_word_by_word(fixture, requ
         select_map(pairs[0], layer=9)
 
 
-def test_the_heads_of_the_reversal_model_are_scored_and_the_best_one_aligns_the_mirror(trained_transformer, tmp_path):
+def write_reversal_pairs(folder: Path) -> list[str]:
+    """Five reversal pairs as `src`, `tgt` and their true links as `gold` in `folder`; returns the sources."""
     sources = ["ab ca de fo", "gu hi jo", "le mi no pa ku", "ca de", "hi jo ku le mi no"]
-    (tmp_path / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
-    (tmp_path / "tgt").write_text("".join(reverse_words(s) + "\n" for s in sources), encoding="utf-8")
-    (tmp_path / "gold").write_text("".join(format_links(reversed_links(len(s.split()))) + "\n" for s in sources),
-                                   encoding="utf-8")
+    (folder / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    (folder / "tgt").write_text("".join(reverse_words(s) + "\n" for s in sources), encoding="utf-8")
+    (folder / "gold").write_text("".join(format_links(reversed_links(len(s.split()))) + "\n" for s in sources),
+                                 encoding="utf-8")
+    return sources
+
+
+def test_the_heads_of_the_reversal_model_are_scored_and_the_best_one_aligns_the_mirror(trained_transformer, tmp_path):
+    sources = write_reversal_pairs(tmp_path)
     found = align_files(trained_transformer, tmp_path / "src", tmp_path / "tgt", gold_file=tmp_path / "gold",
                         choose_on=tmp_path / "gold")
     assert len(found.table) == 2 * (4 + 1)  # 2 layers x (4 heads + their average)
@@ -115,11 +121,7 @@ def test_the_heads_of_the_reversal_model_are_scored_and_the_best_one_aligns_the_
 def test_links_by_attribution_are_scored_beside_every_head(trained_run, tmp_path):
     """The RNN reversal model's output depends on the mirrored source word (its attribution peaks there: see
     test_attribution), so links by attribution find the mirror; every head gets its rank correlation with it."""
-    sources = ["ab ca de fo", "gu hi jo", "le mi no pa ku", "ca de", "hi jo ku le mi no"]
-    (tmp_path / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
-    (tmp_path / "tgt").write_text("".join(reverse_words(s) + "\n" for s in sources), encoding="utf-8")
-    (tmp_path / "gold").write_text("".join(format_links(reversed_links(len(s.split()))) + "\n" for s in sources),
-                                   encoding="utf-8")
+    write_reversal_pairs(tmp_path)
     found = align_files(trained_run, tmp_path / "src", tmp_path / "tgt", gold_file=tmp_path / "gold",
                         attribution="input_x_gradient")
     assert found.by_attribution == "input_x_gradient"

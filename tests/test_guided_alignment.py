@@ -15,10 +15,11 @@ from nmt.config import load_config
 from nmt.data.batching import collate
 from nmt.data.links import GoldLinks, format_links
 from nmt.data.prepare import prepare_data
+from nmt.data.word_aligner import grow_diag_final_and, piece_words, word_starts
 from nmt.errors import ConfigError
 from nmt.inspect.aligner import score_heads, word_maps
 from nmt.runs.loading import load_model
-from nmt.training.guided import AlignmentGuide, piece_words, word_starts
+from nmt.training.guided import AlignmentGuide
 from nmt.training.trainer import train
 
 
@@ -45,6 +46,16 @@ def test_word_indices_of_pieces_leave_specials_out():
     starts = word_starts(["<pad>", "<unk>", "<s>", "</s>", "\u2581Zwei", "\u2581Hund", "e"])
     assert piece_words(np.array([4, 5, 6, 3]), starts).tolist() == [0, 1, 1, -1]
     assert piece_words(np.array([5, 1, 4, 3]), starts).tolist() == [0, 0, 1, -1]  # <unk> inside a word
+
+
+def test_grow_diag_final_and_grows_from_the_agreed_links_and_is_not_the_union():
+    forward = {(0, 0), (1, 1)}
+    reverse = {(0, 0), (1, 0), (1, 1), (2, 2)}
+    # (2, 2) neighbours (1, 1) and its words are unaligned: grown; (1, 0) joins two aligned words: left out
+    assert grow_diag_final_and(forward, reverse) == {(0, 0), (1, 1), (2, 2)}
+    # final-and: a link of one direction alone, far from the agreed ones, whose words are both unaligned
+    assert grow_diag_final_and({(0, 0), (5, 4)}, {(0, 0)}) == {(0, 0), (5, 4)}
+    assert grow_diag_final_and({(0, 0), (5, 4), (5, 0)}, {(0, 0)}) == {(0, 0), (5, 4)}
 
 
 def test_targets_spread_each_target_piece_over_its_linked_source_pieces(tmp_path):

@@ -49,15 +49,21 @@ def signed(value: float | None) -> str:
     return "–" if value is None else f"{value:+.3f}"
 
 
+def open_page(p, port: int):
+    """Chromium on the served page, both models listed, "ab ca de" typed and beam 3 set: (browser, page)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.wait_for_function("document.querySelectorAll('#model-a option').length == 2")
+    page.fill("#text", "ab ca de")
+    page.fill("#beam", "3")
+    return browser, page
+
+
 def test_the_page_translates_draws_attention_and_switches_heads_and_models(server, tmp_path):
     port = server
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.querySelectorAll('#model-a option').length == 2")
-        page.fill("#text", "ab ca de")
-        page.fill("#beam", "3")
+        browser, page = open_page(p, port)
         page.click("#translate")
         transformer = ".panel[data-model=transformer]"
         page.wait_for_selector(f"{transformer} .attention > table.heatmap td.cell")
@@ -125,12 +131,7 @@ def test_the_page_translates_draws_attention_and_switches_heads_and_models(serve
 def test_the_page_draws_the_attribution_under_the_attention_with_its_spearman(server):
     port = server
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.querySelectorAll('#model-a option').length == 2")
-        page.fill("#text", "ab ca de")
-        page.fill("#beam", "3")
+        browser, page = open_page(p, port)
         page.select_option("#attribution", "input_x_gradient")
         page.click("#translate")
         transformer = ".panel[data-model=transformer]"

@@ -1,7 +1,12 @@
 """Word alignments of a training corpus, for guided alignment (`nmt align --prepare`): eflomal (Östling &
-Tiedemann 2016) aligns the cleaned training pairs in both directions and NLTK's grow-diag-final-and (Koehn et
-al. 2005) joins the two directions, the recipe Marian's and OpenNMT-py's guided alignment document with
-fast_align and atools. Lines follow the prepared training split, so training reads link n for pair n."""
+Tiedemann 2016) aligns the cleaned training pairs in both directions and grow-diag-final-and (Koehn et al.
+2005) joins the two, the recipe Marian's and OpenNMT-py's guided alignment document with fast_align and
+atools. atools is not on PyPI, and NLTK's `grow_diag_final_and` (3.10) returns the union of the two
+directions (its neighbour test compares indices with dictionary keys), so the heuristic is written here.
+
+Lines follow the prepared training split, so training reads line n for pair n. A pair whose whitespace
+words the tokenizer does not start one piece each ("▁") gets an empty line: its links would point at the
+wrong pieces. eflomal samples from a random seed of its own, so two runs of `--prepare` differ slightly."""
 
 from __future__ import annotations
 
@@ -12,36 +17,83 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nmt.config import Config
 from nmt.data.links import Link, format_links, read_links
 from nmt.data.prepare import prepare_data
+from nmt.data.tokenizer import WORD_START
 from nmt.errors import ConfigError, DataError
 from nmt.fileio import atomic_write_text
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 
 
-def _aligner_modules():
-    try:
-        import eflomal
-        from nltk.translate.gdfa import grow_diag_final_and
-    except ImportError:
-        raise ConfigError("word alignment needs eflomal and nltk: pip install 'nmt[align]'") from None
-    return eflomal, grow_diag_final_and
+NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def grow_diag_final_and(forward: set[Link], reverse: set[Link]) -> set[Link]:
+    """Koehn et al.'s symmetrization: start from the links both directions agree on; add a neighbouring link
+    (diagonals included) of the union while one of its two words is still unaligned, until none is added; then
+    add a link of either direction whose two words are both unaligned."""
+    links = forward & reverse
+    union = forward | reverse
+    sources, targets = {i for i, _ in links}, {j for _, j in links}
+    grown = True
+    while grown:
+        grown = False
+        for i, j in sorted(links):
+            for di, dj in NEIGHBOURS:
+                near = (i + di, j + dj)
+                if near in union and near not in links and (near[0] not in sources or near[1] not in targets):
+                    links.add(near)
+                    sources.add(near[0])
+                    targets.add(near[1])
+                    grown = True
+    for direction in (forward, reverse):
+        for i, j in sorted(direction):
+            if i not in sources and j not in targets:
+                links.add((i, j))
+                sources.add(i)
+                targets.add(j)
+    return links
+
+
+def _pharaoh(line: str) -> set[Link]:
+    return {(int(i), int(j)) for i, _, j in (link.partition("-") for link in line.split())}
 
 
 def align_words(sources: Sequence[str], targets: Sequence[str]) -> list[set[Link]]:
     """Symmetrized word links (source word, target word) of each pair of whitespace-tokenized sentences."""
     if len(sources) != len(targets):
         raise DataError(f"{len(sources)} source sentences but {len(targets)} target sentences")
-    eflomal, grow_diag_final_and = _aligner_modules()
+    try:
+        import eflomal
+    except ImportError:
+        raise ConfigError("word alignment needs eflomal: pip install 'nmt[align]'") from None
     with tempfile.TemporaryDirectory(prefix="nmt-align-") as folder:
         forward, reverse = Path(folder) / "forward", Path(folder) / "reverse"
         eflomal.Aligner().align(sources, targets, links_filename_fwd=str(forward), links_filename_rev=str(reverse))
         forward_lines = forward.read_text(encoding="utf-8").splitlines()
         reverse_lines = reverse.read_text(encoding="utf-8").splitlines()
-    return [set(grow_diag_final_and(len(src.split()), len(tgt.split()), fwd, rev))
-            for src, tgt, fwd, rev in zip(sources, targets, forward_lines, reverse_lines, strict=True)]
+    return [grow_diag_final_and(_pharaoh(fwd), _pharaoh(rev))
+            for fwd, rev in zip(forward_lines, reverse_lines, strict=True)]
+
+
+def word_starts(pieces: list[str]) -> np.ndarray:
+    """Per vocabulary id: 1 where the piece begins a word, 0 where it continues one, -1 for PAD, BOS and EOS,
+    which belong to no word."""
+    starts = np.array([piece.startswith(WORD_START) for piece in pieces], dtype=np.int64)
+    starts[[PAD_ID, BOS_ID, EOS_ID]] = -1
+    return starts
+
+
+def piece_words(ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The word index of each piece (0-based), -1 for specials: ["▁Zwei", "▁Hund", "e", "</s>"] -> [0, 1, 1, -1]."""
+    kind = starts[ids]
+    words = np.cumsum(kind == 1) - 1
+    return np.where(kind == -1, -1, words)
 
 
 @dataclass
@@ -50,6 +102,7 @@ class PreparedAlignment:
     pairs: int
     links: int
     seconds: float
+    unaligned: int  # pairs left empty: their words and the tokenizer's word starts disagree
 
 
 def prepare_alignment(config: Config, output: Path | None = None) -> PreparedAlignment:
@@ -62,12 +115,21 @@ def prepare_alignment(config: Config, output: Path | None = None) -> PreparedAli
                               "or give --output")
         output = Path(guided.path)
     started = time.monotonic()
-    train = prepare_data(config).splits["train"]
+    prepared = prepare_data(config)
+    train, tokenizer = prepared.splits["train"], prepared.tokenizer
     sources, targets = train.src_text, train.tgt_text
     log.info("aligning %d training pairs with eflomal", len(sources))
     found = align_words(sources, targets)
+    src_starts = word_starts(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
+    tgt_starts = word_starts(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
+    unaligned = 0
+    for i, (source, target) in enumerate(zip(sources, targets, strict=True)):
+        if (int((src_starts[train.src_ids(i)] == 1).sum()) != len(source.split())
+                or int((tgt_starts[train.tgt_ids(i)] == 1).sum()) != len(target.split())):
+            found[i], unaligned = set(), unaligned + 1
     atomic_write_text(output, "".join(format_links(links) + "\n" for links in found))
-    return PreparedAlignment(output, len(found), sum(len(links) for links in found), time.monotonic() - started)
+    return PreparedAlignment(output, len(found), sum(len(links) for links in found), time.monotonic() - started,
+                             unaligned)
 
 
 def read_training_links(path: Path, pairs: int) -> list[frozenset[Link]]:

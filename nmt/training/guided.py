@@ -20,29 +20,13 @@ from nmt.config import Config
 from nmt.data.batching import Batch
 from nmt.data.links import Link
 from nmt.data.prepare import EncodedSplit
-from nmt.data.tokenizer import WORD_START, Tokenizer
-from nmt.data.word_aligner import read_training_links
+from nmt.data.tokenizer import Tokenizer
+from nmt.data.word_aligner import piece_words, read_training_links, word_starts
 from nmt.errors import ConfigError
-from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 
 MISMATCH_LIMIT = 0.01  # more pairs than this with links outside their words: the file was made for other data
-
-
-def word_starts(pieces: list[str]) -> np.ndarray:
-    """Per vocabulary id: 1 where the piece begins a word, 0 where it continues one, -1 for PAD, BOS and EOS,
-    which belong to no word."""
-    starts = np.array([piece.startswith(WORD_START) for piece in pieces], dtype=np.int64)
-    starts[[PAD_ID, BOS_ID, EOS_ID]] = -1
-    return starts
-
-
-def piece_words(ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The word index of each piece (0-based), -1 for specials: ["▁Zwei", "▁Hund", "e", "</s>"] -> [0, 1, 1, -1]."""
-    kind = starts[ids]
-    words = np.cumsum(kind == 1) - 1
-    return np.where(kind == -1, -1, words)
 
 
 class AlignmentGuide:
