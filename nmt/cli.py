@@ -440,9 +440,9 @@ def align(
     beam_size: BeamOption = None,
     checkpoint: CheckpointOption = Which.best,
     set_: RunSetOption = None,
-    attribution: Annotated[str | None, typer.Option(
-        "--attribution", help="Link by gradient attribution (input_x_gradient or integrated_gradients) instead of "
-                              "attention; with --gold, each head's rank correlation with it too.")] = None,
+    attribution: Annotated[Attribution | None, typer.Option(
+        "--attribution", help="Link by gradient attribution instead of attention; with --gold, each head's rank "
+                              "correlation with it too.")] = None,
     prepare: Annotated[bool, typer.Option("--prepare", help="Instead: align the training pairs of --config with "
                                           "eflomal, for training.guided_alignment (written to its path, or "
                                           "--output).")] = False,
@@ -453,9 +453,10 @@ def align(
     from nmt.inspect.aligner import align_files
 
     if prepare:
-        if config is None or src is not None or model is not None:
-            raise typer.BadParameter("--prepare aligns a training corpus: give --config X.yaml (and --output), "
-                                     "not --src or --model")
+        others = [src, tgt, model, layer, head, choose_head_on, threshold, gold, attribution, beam_size]
+        if config is None or any(option is not None for option in others):
+            raise typer.BadParameter("--prepare aligns a training corpus: give --config X.yaml (and --output) "
+                                     "only")
         from nmt.data.word_aligner import prepare_alignment
 
         done = prepare_alignment(_config(config, None), output)
@@ -465,7 +466,7 @@ def align(
     if src is None:
         raise typer.BadParameter("give --src FILE (or --prepare --config X.yaml)")
     found = align_files(_run_dir(model, config), src, tgt, layer, head, threshold, gold, choose_head_on, beam_size,
-                        checkpoint.value, set_ or [], attribution)
+                        checkpoint.value, set_ or [], attribution and attribution.value)
     _write_out("".join(format_links(links) + "\n" for links in found.links), output)
     which = f"layer {found.layer} " + (f"head {found.head}" if found.head else "heads averaged")
     if found.by_attribution:

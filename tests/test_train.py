@@ -259,6 +259,33 @@ def test_auto_precision_takes_the_faster_step_measured_here_and_caches_it(tmp_pa
     assert choose_cpu_precision(step, "key", tmp_path).precision == "fp32" and calls
 
 
+def test_a_resumed_run_keeps_the_precision_it_trained_in(tmp_path, caplog):
+    from nmt.training.precision import CACHE_FILE
+    from nmt.training.trainer import setup
+
+    raw = toy_config_dict(tmp_path, training={"precision": "auto", "max_steps": 2, "validate_every": 2})
+    first = train(load_config(write_config(tmp_path, raw)), show_progress=False)
+    assert first.steps == 2
+    cache = tmp_path / "cache" / CACHE_FILE
+    entries = json.loads(cache.read_text())
+    (measured,) = {entry["precision"] for entry in entries.values()}
+    other = "fp32" if measured == "bf16" else "bf16"
+    cache.write_text(json.dumps({key: {**entry, "precision": other} for key, entry in entries.items()}))
+    raw["training"]["max_steps"] = 4
+    with caplog.at_level(logging.INFO, logger="nmt"):
+        resumed = setup(load_config(write_config(tmp_path, raw)), resume=True)
+    resumed.lock.release()
+    assert resumed.precision == measured and f"trains in {measured} as before" in caplog.text
+
+
+def test_measuring_the_matmuls_draws_no_random_numbers(tmp_path):
+    from nmt.training.precision import choose_cpu_precision
+
+    state = torch.get_rng_state()
+    choose_cpu_precision(lambda precision: None, "key", tmp_path)  # the real matmul probe, on this CPU
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_auto_precision_does_not_time_an_emulated_bf16_step(tmp_path, monkeypatch):
     from nmt.training import precision
 
@@ -269,7 +296,7 @@ def test_auto_precision_does_not_time_an_emulated_bf16_step(tmp_path, monkeypatc
 
 
 def test_auto_precision_is_measured_on_the_models_own_step_and_logged(tmp_path, caplog):
-    from nmt.training.precision import CACHE_FILE
+    from nmt.training.precision import CACHE_FILE, EMULATED
     from nmt.training.trainer import setup
 
     config = load_config(write_config(tmp_path, toy_config_dict(tmp_path, training={"precision": "auto"})))
@@ -279,7 +306,8 @@ def test_auto_precision_is_measured_on_the_models_own_step_and_logged(tmp_path, 
     cached = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())
     (entry,) = cached.values()
     assert trainer.precision == entry["precision"] in ("fp32", "bf16")
-    assert set(entry["step_ms"]) == {"fp32", "bf16"}
+    # bf16 is stepped unless a matmul found it emulated (an AVX2-only CPU): then fp32 alone
+    assert ("bf16" in entry["step_ms"]) == (entry["bf16_matmul_slowdown"] <= EMULATED) and "fp32" in entry["step_ms"]
     assert "precision auto -> " in caplog.text and "measured now" in caplog.text
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from nmt.data.tokenizer import WORD_START
 from nmt.errors import ConfigError, DataError
 from nmt.inference.translate import Translator
 from nmt.inspect.alignment import AlignmentScore, extract_links, score_links
-from nmt.inspect.attribution import attribute, spearman_rows
+from nmt.inspect.attribution import attribute, mean_defined, spearman_rows
 from nmt.inspect.words import EOS, shape_view
 from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun, load_model
@@ -158,8 +159,7 @@ def mean_spearman(pairs: Sequence[WordMaps], layer: int, head: int | None) -> fl
         if pair.attribution is None:
             return None
         rows += spearman_rows(select_map(pair, layer, head), pair.attribution)
-    defined = [r for r in rows if not np.isnan(r)]
-    return float(np.mean(defined)) if defined else float("nan")
+    return mean_defined(rows)
 
 
 def score_heads(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], threshold: float | None = None
@@ -221,7 +221,7 @@ def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, lay
     if attribution is None:
         links = links_of(pairs, layer, head, threshold)
     else:
-        links = [extract_links(pair.attribution, threshold) for pair in pairs if pair.attribution is not None]
+        links = [extract_links(cast(np.ndarray, pair.attribution), threshold) for pair in pairs]
     table: list[HeadScore] = []
     score = None
     if gold is not None and gold_file is not None:

@@ -114,9 +114,13 @@ class AttributionView:
 
     @property
     def mean_spearman(self) -> float:
-        """The mean over the rows that have a correlation (NaN if none has)."""
-        defined = [r for r in self.spearman if not np.isnan(r)]
-        return float(np.mean(defined)) if defined else float("nan")
+        return mean_defined(self.spearman)
+
+
+def mean_defined(correlations: Sequence[float]) -> float:
+    """The mean over the rows that have a correlation (NaN if none has)."""
+    defined = [r for r in correlations if not np.isnan(r)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def attribution_view(loaded: LoadedRun, view: AttentionView, method: str = "input_x_gradient",

@@ -259,7 +259,12 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
     async def attribution(served: ServedModel, view: AttentionView, method: str) -> AttributionOut:
         """The gradient attribution of `view`'s translation, shaped as its weights and compared with them."""
         check_attribution_cost(method, len(view.tgt_ids) + 1, len(view.src_ids), STEPS, limits.max_attribution_cost)
-        relevance = await attributor.relevance(served.name, view.src_ids, view.tgt_ids, method, STEPS)
+        try:
+            relevance = await attributor.relevance(served.name, view.src_ids, view.tgt_ids, method, STEPS)
+        except Exception as err:  # the child died, or failed to load the run: the server itself is fine
+            log.warning("attribution for %s failed in its child process: %s", served.name, err)
+            raise ClientError("attribution", f"the attribution process of {served.name} failed ({err}); retry, "
+                                             "or ask without attribution", status=503) from None
         shaped = await asyncio.to_thread(shape_attribution, view, served.loaded.tokenizer, relevance, method)
         return AttributionOut(method=method, weights=shaped.relevance.tolist(),
                               spearman=[None if math.isnan(r) else r for r in shaped.spearman],

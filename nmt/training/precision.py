@@ -3,16 +3,18 @@ in both, on this machine. A CPU's flags do not say which is faster: bf16 pays wh
 natively and the step is bound by its matmuls, and loses where bf16 is emulated or the step is bound by
 element-wise work and casts (issue 24 measured 1.13x on a Sapphire Rapids CPU where the flags promised more).
 
-Where bf16 is emulated, one step would take minutes (a bf16 matmul ran 400x slower than fp32 with oneDNN
-held to AVX2), so a small matmul in both precisions is timed first, and bf16 is left out when it runs more
-than EMULATED times slower. The choice is cached per CPU (its name and the kernels torch and oneDNN
-dispatch to), torch version, thread count and model (`precision.json` in data.cache_dir, replaced whole on
-every write; two runs writing at once lose at most an entry, which is measured again) and logged with what
-was measured. A CUDA GPU takes bf16 where it supports it, without measuring."""
+Where bf16 is emulated, one step would take minutes (with oneDNN held to AVX2, a 2048 bf16 matmul ran at
+0.4 GFLOP/s, a 256 one 52x slower than fp32), so a small matmul in both precisions is timed first, and bf16
+is left out when it runs more than EMULATED times slower. The two precisions then take turns on the
+training split's largest batch. The choice is cached per CPU (its name and the kernels torch and oneDNN
+dispatch to), torch version, thread count and step (the model's config and size, the batch budget, the
+dropout kernel, guided alignment) in `precision.json` in data.cache_dir (replaced whole on every write; two
+runs writing at once lose at most an entry, which is measured again), logged with what was measured, and
+kept by a resumed run. A CUDA GPU takes bf16 where it supports it, without measuring."""
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import logging
 import os
@@ -64,9 +66,11 @@ class PrecisionChoice:
         return f"precision auto -> {self.precision} ({timings} per step{emulated}; {source})"
 
 
-def measurement_key(model_summary: str, batch_tokens: int) -> str:
-    return (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model_summary} | "
-            f"{batch_tokens} tokens")
+def measurement_key(model_summary: str, step_settings: dict) -> str:
+    """What a measurement holds for: the CPU, torch, threads, and the step (the model's config, vocabulary
+    sizes and the training settings that change its work), hashed after a readable summary."""
+    digest = hashlib.sha256(json.dumps(step_settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model_summary} {digest}"
 
 
 def _read(path: Path) -> dict:
@@ -81,7 +85,7 @@ def bf16_matmul_slowdown(size: int = 256, repeats: int = 3) -> float:
     """How many times slower a small bf16 matmul runs than an fp32 one here (fastest of `repeats` each)."""
     seconds = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(size, size).to(dtype)
+        a = torch.full((size, size), 0.5, dtype=dtype)  # not random: the measurement draws nothing
         runs = []
         for _ in range(repeats + 1):  # the first: warm-up
             start = time.perf_counter()
@@ -91,15 +95,18 @@ def bf16_matmul_slowdown(size: int = 256, repeats: int = 3) -> float:
     return seconds[torch.bfloat16] / max(seconds[torch.float32], 1e-9)
 
 
-def time_step(step: Callable[[], None]) -> float:
-    """Median milliseconds of `step` over TIMED_STEPS runs, after one untimed."""
-    step()
-    times = []
+def time_steps(step: Callable[[str], None], candidates: tuple[str, ...]) -> dict[str, float]:
+    """Median milliseconds of `step(precision)` per candidate over TIMED_STEPS rounds, after one untimed; the
+    candidates take turns, so that a change in the machine's load falls on both."""
+    for name in candidates:
+        step(name)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(TIMED_STEPS):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+        for name in candidates:
+            start = time.perf_counter()
+            step(name)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: sorted(found)[len(found) // 2] for name, found in times.items()}
 
 
 def choose_cpu_precision(step: Callable[[str], None], key: str, cache_dir: Path) -> PrecisionChoice:
@@ -115,7 +122,7 @@ def choose_cpu_precision(step: Callable[[str], None], key: str, cache_dir: Path)
     candidates = CANDIDATES if slowdown <= EMULATED else ("fp32",)
     state = torch.get_rng_state()
     try:
-        timings = {name: time_step(functools.partial(step, name)) for name in candidates}
+        timings = time_steps(step, candidates)
     finally:
         torch.set_rng_state(state)
     choice = PrecisionChoice(min(timings, key=timings.__getitem__), {k: round(v, 1) for k, v in timings.items()},

@@ -215,6 +215,7 @@ class Progress:
     tokens: int = 0  # target tokens trained on
     skipped_nonfinite: int = 0
     skipped_oom: int = 0
+    precision: str = ""  # what the run trains in (precision auto's choice is kept on resume)
 
 
 @dataclass
@@ -228,7 +229,7 @@ class StepShare:
 
 @dataclass
 class StepResult:
-    loss: float  # mean per target token, the alignment term included
+    loss: float  # mean per target token (the translation's; guided alignment's term apart)
     tokens: int
     grad_norm: float  # of the unscaled gradients, before clipping
     alignment_loss: float | None = None  # with guided alignment: its cross-entropy per target token, unweighted
@@ -353,7 +354,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
         self.precision = self._choose_precision()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.progress = Progress()
+        self.progress = Progress(precision=self.precision)
         self.nonfinite_in_a_row = 0
         self.last_saved_step: int | None = None
         self.resumed_from: Checkpoint | None = None
@@ -370,6 +371,11 @@ class Trainer:
         self.scaler.load_state_dict(saved["scaler"])
         self._restore_rng(saved, checkpoint.step)
         self.progress = Progress(**saved["progress"])
+        if self.cfg.precision == "auto" and self.progress.precision not in ("", self.precision):
+            log.info("precision auto: the run trains in %s as before (measured %s now)", self.progress.precision,
+                     self.precision)
+            self.precision = self.progress.precision
+        self.progress.precision = self.precision
         self.resumed_from = checkpoint
         self.last_saved_step = checkpoint.step
 
@@ -460,18 +466,18 @@ class Trainer:
 
     def batch_loss(self, module: nn.Module, batch: Batch, precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A batch's summed token loss through `module` (the model, or DDP around it), with guided alignment's
-        weighted term added; and that term's cross-entropy alone (None without guided alignment)."""
+        """A batch's summed token loss through `module` (the model, or DDP around it), and guided alignment's
+        cross-entropy (None without it); training minimizes the first plus the weighted second (`objective`)."""
         assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
         guide = self.guide
         with autocast(self.device, precision):
             logits, attention = module(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
                                        self.cfg.teacher_forcing, guide.layer if guide else None)
         loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-        if guide is None:
-            return loss, None
-        alignment = guide.loss(attention, batch)
-        return loss + guide.weight * alignment, alignment
+        return loss, None if guide is None else guide.loss(attention, batch)
+
+    def objective(self, loss: torch.Tensor, alignment: torch.Tensor | None) -> torch.Tensor:
+        return loss if alignment is None or self.guide is None else loss + self.guide.weight * alignment
 
     def _choose_precision(self) -> str:
         """The config's precision; for `auto`, bf16 on a GPU that supports it, and on a CPU whichever of fp32 and
@@ -483,13 +489,19 @@ class Trainer:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         chosen = None
         if self.world.is_main:
-            probe = make_batch(self.train_split, split_batches(self.train_split, self.config, self.config.seed)[0])
+            batches = split_batches(self.train_split, self.config, self.config.seed)
+            largest = max(batches, key=lambda indices: int(self.train_split.src_lengths[indices].sum()
+                                                           + self.train_split.tgt_lengths[indices].sum()))
+            probe = make_batch(self.train_split, largest)  # not a small leftover batch: a full step's work
 
             def step(precision: str) -> None:
-                self.batch_loss(self.model, probe, precision)[0].backward()
+                self.objective(*self.batch_loss(self.model, probe, precision)).backward()
                 self.model.zero_grad(set_to_none=True)
 
-            key = measurement_key(self.config.model.summary, self.cfg.batch_tokens)
+            key = measurement_key(self.config.model.summary, {
+                "model": self.config.model.model_dump(mode="json"), "batch_tokens": self.cfg.batch_tokens,
+                "parameters": count_parameters(self.model), "fast_dropout": self.cfg.fast_dropout,
+                "guided_layer": self.guide.layer if self.guide else None})
             found = choose_cpu_precision(step, key, Path(self.config.data.cache_dir))
             log.info(found.describe())
             chosen = found.precision
@@ -509,10 +521,9 @@ class Trainer:
         loss_sum = alignment_sum = 0.0
         try:
             for position, batch in enumerate(share.batches):
-                assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
                 with self._gradient_sync(last=position == len(share.batches) - 1):
                     loss, alignment = self.batch_loss(self.trained, batch, self.precision)
-                    self.scaler.scale(loss * scale).backward()
+                    self.scaler.scale(self.objective(loss, alignment) * scale).backward()
                 if alignment is not None:
                     alignment_sum += float(alignment.detach()) * share.weight
                 loss_sum += float(loss.detach()) * share.weight
@@ -529,7 +540,7 @@ class Trainer:
         loss_sum, alignment_sum = self.world.sum([loss_sum, alignment_sum], self.device)
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
-        if not (math.isfinite(loss_sum) and bool(torch.isfinite(norm))):
+        if not (math.isfinite(loss_sum + alignment_sum) and bool(torch.isfinite(norm))):
             self._skip_nonfinite()
             return None
         self.scaler.step(self.optimizer)
