@@ -222,6 +222,22 @@ def test_an_attribution_over_its_cost_bound_is_refused_with_413_naming_the_bound
     assert client.post("/attention", json=body).json()["attribution"] is None  # not asked for
 
 
+def test_an_attribution_child_that_fails_is_a_503_and_the_server_goes_on(client, monkeypatch, caplog):
+    from nmt.serve.attributor import Attributor
+
+    async def fails(*_args, **_kwargs):
+        raise RuntimeError("the child was killed")
+
+    monkeypatch.setattr(Attributor, "relevance", fails)
+    body = {"text": "ab ca de", "model": "rnn", "attribution": "input_x_gradient"}
+    response = client.post("/attention", json=body)
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["field"] == "attribution" and "the child was killed" in error["message"]
+    assert "Traceback" not in caplog.text
+    assert client.post("/attention", json={**body, "attribution": None}).status_code == 200
+
+
 def test_models_and_health(client):
     client.post("/translate", json={"text": "ab ca"})
     models = {m["name"]: m for m in client.get("/models").json()}
