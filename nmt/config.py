@@ -398,6 +398,8 @@ class DecodingConfig(Section):
     """Longer inputs are truncated (with a warning), and so are translations given to `nmt score`; a Transformer
     also stops at its model.transformer.max_positions."""
     batch_sentences: PositiveInt = 128
+    """Sentences decoded together; beam search decodes beam_size rows for each (fewer sentences where the
+    attention history of a batch would pass 512 MiB)."""
     tuned: TunedDecoding | None = None
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """Benchmark nmt on this machine: training throughput and achieved GFLOP/s against the measured matmul peak of
 the precision trained in, against a plain-PyTorch floor (nn.Transformer of the same size on the same token
-batches, eager, same precision), decoding speed (greedy and beam 5) against CTranslate2 on the same export,
-threads and sentences, peak memory, and optionally dev BLEU after a wall-clock training budget.
+batches, eager, same precision), decoding speed and BLEU (greedy and beam 5, on the fp32 model and on its int8
+quantization) against CTranslate2 (float32 and int8) on the same export, threads and sentences, peak memory,
+and optionally dev BLEU after a wall-clock training budget.
 
     python scripts/bench.py --config configs/multi30k_deen_transformer.yaml [--model RUN] \
         [--budget-minutes 20] [--json bench.json]
@@ -154,24 +155,36 @@ def phase_floor(args) -> dict:
 
 
 def phase_decode(args) -> dict:
-    """Our search (greedy and beam 5) on a split, then CTranslate2 on the run's export with the same threads,
-    batch size, beams and length penalty, where ctranslate2 is installed (Transformer runs)."""
-    from nmt.config import load_config
-    from nmt.data.prepare import prepare_data
+    """Our search (greedy and beam 5), on the fp32 model and on its int8 quantization, then CTranslate2 on the
+    run's export (its float32 and its int8 compute types) with the same threads, batch size, beams and length
+    penalty, where ctranslate2 is installed (Transformer runs); each with the split's BLEU, so that int8's loss
+    is measured where its speed is."""
+    from nmt.data.splits import eval_set
+    from nmt.inference.metrics import bleu
     from nmt.inference.translate import Translator
     from nmt.runs.loading import load_model
 
+    beams = {1: "greedy", 5: "beam5"}
+    out: dict = {"decode_threads": torch.get_num_threads()}
     loaded = load_model(Path(args.model))
-    translator = Translator.for_run(loaded)
-    split = prepare_data(load_config(args.config, args.set)).splits[args.split]
-    src = [list(split.src_ids(i)) for i in range(len(split))]
-    names = {1: "greedy", 5: "beam5"}
-    out: dict = {"decode_sentences": len(src), "decode_threads": torch.get_num_threads()}
-    for beam, name in names.items():
-        translator.search_ids(src[:32], beam_size=beam)  # warm-up
+    data = eval_set(loaded.config.data, args.split)
+    src = Translator.for_run(loaded).encode(data.sources)
+    out["decode_sentences"] = len(src)
+    evaluation, tokenizer = loaded.config.evaluation, loaded.tokenizer
+
+    def timed(name: str, translate, inputs: list) -> None:
+        """Sentences/s of `translate` over `inputs` (after a warm-up), and BLEU of the texts it returns."""
+        translate(inputs[:32])
         start = time.perf_counter()
-        translator.search_ids(src, beam_size=beam)
-        out[f"{name}_sentences_per_s"] = len(src) / (time.perf_counter() - start)
+        hypotheses = translate(inputs)
+        out[f"{name}_sentences_per_s"] = len(inputs) / (time.perf_counter() - start)
+        out[f"{name}_bleu"] = bleu(hypotheses, data.references, evaluation).score
+
+    for quantize, prefix in ((None, ""), ("int8", "int8_")):
+        translator = Translator.for_run(load_model(Path(args.model), quantize=quantize))
+        for beam, name in beams.items():
+            timed(prefix + name, lambda ids, beam=beam, translator=translator: [
+                tokenizer.decode_tgt(hyps[0].tokens) for hyps in translator.search_ids(ids, beam_size=beam)], src)
     out["decode_peak_rss_mb"] = peak_rss_mb()
     if loaded.config.model.type != "transformer":
         return out
@@ -181,17 +194,21 @@ def phase_decode(args) -> dict:
         return out
     from nmt.export.ctranslate2 import export_ctranslate2
 
-    engine = ctranslate2.Translator(str(export_ctranslate2(Path(args.model))), device="cpu",
-                                    intra_threads=torch.get_num_threads())
-    tokenizer, decoding = loaded.tokenizer, loaded.config.decoding
+    exported, decoding = str(export_ctranslate2(Path(args.model))), loaded.config.decoding
     pieces = [tokenizer.src_pieces(ids) for ids in src]
-    for beam, name in names.items():
-        options = {"beam_size": beam, "max_batch_size": decoding.batch_sentences, "length_penalty":
-                   decoding.length_penalty, "max_decoding_length": loaded.model.max_positions or 256}
-        engine.translate_batch(pieces[:32], **options)  # warm-up
-        start = time.perf_counter()
-        engine.translate_batch(pieces, **options)
-        out[f"ct2_{name}_sentences_per_s"] = len(src) / (time.perf_counter() - start)
+    piece_ids = tokenizer.vocabulary.tgt_ids if tokenizer.vocabulary else None
+
+    def detokenized(tokens: list[str]) -> str:
+        return tokenizer.decode_tgt([piece_ids[p] if piece_ids else tokenizer.tgt.piece_to_id(p) for p in tokens])
+
+    for compute_type, prefix in (("float32", "ct2_"), ("int8", "ct2_int8_")):
+        engine = ctranslate2.Translator(exported, device="cpu", compute_type=compute_type,
+                                        intra_threads=torch.get_num_threads())
+        for beam, name in beams.items():
+            options = {"beam_size": beam, "max_batch_size": decoding.batch_sentences, "length_penalty":
+                       decoding.length_penalty, "max_decoding_length": loaded.model.max_positions or 256}
+            timed(prefix + name, lambda batch, engine=engine, options=options: [
+                detokenized(r.hypotheses[0]) for r in engine.translate_batch(batch, **options)], pieces)
     return out
 
 
@@ -271,8 +288,12 @@ def main() -> None:
     if args.model:
         phase("decode", ["--model", str(args.model)])
         for name in ("greedy", "beam5"):
+            figures[f"int8_{name}_bleu_loss"] = figures[f"{name}_bleu"] - figures[f"int8_{name}_bleu"]
             if (theirs := figures.get(f"ct2_{name}_sentences_per_s")) is not None:
-                figures[f"{name}_over_ct2"] = figures[f"{name}_sentences_per_s"] / theirs
+                for ours in (name, f"int8_{name}"):
+                    figures[f"{ours}_over_ct2"] = figures[f"{ours}_sentences_per_s"] / theirs
+                figures[f"int8_{name}_over_ct2_int8"] = (figures[f"int8_{name}_sentences_per_s"]
+                                                         / figures[f"ct2_int8_{name}_sentences_per_s"])
     if args.budget_minutes:
         phase("budget", ["--budget-minutes", str(args.budget_minutes)])
     print(json.dumps({"phase": "summary", **figures}), flush=True)

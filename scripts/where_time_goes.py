@@ -3,7 +3,8 @@
 trained run; CPU self time grouped into what bounds it.
 
     NMT_DATA_MIRROR=../shared/data python scripts/where_time_goes.py --config configs/multi30k_deen_transformer.yaml \\
-        [--set training.precision=fp32] [--steps 10] [--top 15] [--decode RUN --beam 5 --sentences 300]
+        [--set training.precision=fp32] [--steps 10] [--top 15]
+        [--decode RUN --beam 5 --sentences 300 [--quantize int8] [--batch-sentences N]]
 
 Prints one JSON object: the CPU, the precision, the share of self time per group (matmul: GEMMs and their
 backward; attention: the fused kernel; elementwise: adds, multiplies, activations, casts, copies; norm:
@@ -35,7 +36,7 @@ GROUPS = (  # the first group whose words appear in an operator's name takes its
 
 
 def group_of(name: str) -> str:
-    bare = name.removeprefix("aten::").lower()
+    bare = name.split("::", 1)[-1].lower()
     parts = bare.split("_")
     for group, words in GROUPS:
         if any(word in parts or ("_" in word and word in bare) for word in words):
@@ -68,13 +69,18 @@ def profile_decoding(args) -> tuple[profile, int, dict]:
     from nmt.inference.translate import Translator
     from nmt.runs.loading import load_model
 
-    translator = Translator.for_run(load_model(args.decode))
+    loaded = load_model(args.decode, quantize=args.quantize)
+    translator = Translator.for_run(loaded)
+    if args.batch_sentences:
+        decoding = loaded.config.decoding.model_copy(update={"batch_sentences": args.batch_sentences})
+        translator = Translator(loaded.model, loaded.tokenizer, decoding, loaded.config.data.clean)
     split = prepare_data(load_config(args.config, args.set)).splits["dev"]
     src = [list(split.src_ids(i)) for i in range(min(args.sentences, len(split)))]
     translator.search_ids(src[:32], beam_size=args.beam)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         translator.search_ids(src, beam_size=args.beam)
-    return prof, len(src), {"phase": f"decode, beam {args.beam}", "run": str(args.decode)}
+    return prof, len(src), {"phase": f"decode, beam {args.beam}", "run": str(args.decode),
+                            "quantize": args.quantize}
 
 
 def main() -> None:
@@ -87,12 +93,14 @@ def main() -> None:
     parser.add_argument("--decode", type=Path, help="profile decoding the dev split with this trained run instead")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=300)
+    parser.add_argument("--batch-sentences", type=int, help="sentences per decoding batch (default: the run's)")
+    parser.add_argument("--quantize", choices=["int8"], help="decode with the int8 model (nmt translate --quantize)")
     args = parser.parse_args()
 
     from nmt.training.precision import cpu_name
 
     prof, steps, what = profile_decoding(args) if args.decode else profile_training(args)
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "quantized::"))]  # int8: quantized::
     total = sum(e.self_cpu_time_total for e in events)
     groups: dict[str, float] = defaultdict(float)
     for event in events:

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_search import BOS, EOS, PAD, PrefixState, scripted_step  # the scripted distribution
+from test_search import BOS, EOS, PAD, NoMemory, PrefixState, scripted_step  # the scripted distribution
 from toy import reverse_words
 from toy_runs import PROBES
 
@@ -34,7 +34,7 @@ def run_copy(trained_run, tmp_path):
 
 
 def first_tokens(sampling: Sampling, draws: int = 4000) -> Counter:
-    found = greedy_search(scripted_step, PrefixState([()] * draws), torch.full((draws,), 1), BOS, EOS, PAD,
+    found = greedy_search(scripted_step, NoMemory(), PrefixState([()] * draws), torch.full((draws,), 1), BOS, EOS, PAD,
                           sampling.picker(torch.device("cpu")))
     return Counter(h.tokens[0] if h.tokens else EOS for h in found)
 

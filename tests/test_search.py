@@ -44,7 +44,17 @@ class PrefixState:
         return PrefixState([self.prefixes[i] for i in index.tolist()])
 
 
-def scripted_step(prev: torch.Tensor, state: PrefixState):
+class NoMemory:
+    """The scripted 'encoder memory': the distributions depend on the prefix only."""
+
+    def select(self, index: torch.Tensor) -> "NoMemory":
+        return self
+
+    def repeat(self, times: int) -> "NoMemory":
+        return self
+
+
+def scripted_step(prev: torch.Tensor, state: PrefixState, memory: NoMemory):
     prefixes = [p if token == BOS else p + (token,) for p, token in zip(state.prefixes, prev.tolist(), strict=True)]
     log_probs = torch.full((len(prefixes), V), float("-inf"))
     for row, prefix in enumerate(prefixes):
@@ -54,19 +64,20 @@ def scripted_step(prev: torch.Tensor, state: PrefixState):
 
 
 def run_beam(k: int, n_best: int = 1, batch: int = 2, max_len: int = 6, alpha: float = 0.0):
-    state = PrefixState([()] * (batch * k))
-    return beam_search(scripted_step, state, torch.full((batch,), max_len), k, BOS, EOS, PAD, alpha, n_best)
+    state = PrefixState([()] * batch)
+    return beam_search(scripted_step, NoMemory(), state, torch.full((batch,), max_len), k, BOS, EOS, PAD, alpha,
+                       n_best)
 
 
 def test_greedy_takes_the_locally_best_token():
-    hyps = greedy_search(scripted_step, PrefixState([()] * 2), torch.full((2,), 6), BOS, EOS, PAD)
+    hyps = greedy_search(scripted_step, NoMemory(), PrefixState([()] * 2), torch.full((2,), 6), BOS, EOS, PAD)
     assert [h.tokens for h in hyps] == [[A], [A]]
     assert hyps[0].log_prob == pytest.approx(log_prob_of([A], True))
     assert hyps[0].attention.shape == (2, S)  # one row per generated token, EOS included
 
 
 def test_beam_one_equals_greedy():
-    greedy = greedy_search(scripted_step, PrefixState([()] * 2), torch.full((2,), 6), BOS, EOS, PAD)
+    greedy = greedy_search(scripted_step, NoMemory(), PrefixState([()] * 2), torch.full((2,), 6), BOS, EOS, PAD)
     beam = [h[0] for h in run_beam(1)]
     assert [h.tokens for h in beam] == [h.tokens for h in greedy]
     assert [h.log_prob for h in beam] == pytest.approx([h.log_prob for h in greedy])
@@ -85,9 +96,11 @@ def test_beam_finds_the_better_hypothesis_and_nbest_is_sorted():
 
 
 def test_length_limit_ends_hypotheses_without_eos():
-    hyps = greedy_search(lambda p, s: _always(p, s, A), PrefixState([()]), torch.tensor([4]), BOS, EOS, PAD)
+    hyps = greedy_search(lambda p, s, m: _always(p, s, A), NoMemory(), PrefixState([()]), torch.tensor([4]), BOS,
+                         EOS, PAD)
     assert hyps[0].tokens == [A, A, A, A]
-    beams = beam_search(lambda p, s: _always(p, s, A), PrefixState([()] * 2), torch.tensor([4]), 2, BOS, EOS, PAD)
+    beams = beam_search(lambda p, s, m: _always(p, s, A), NoMemory(), PrefixState([()]), torch.tensor([4]), 2, BOS,
+                        EOS, PAD)
     assert beams[0][0].tokens == [A, A, A, A]
 
 
@@ -123,3 +136,35 @@ def test_trained_model_beam_scores_at_least_greedy_and_batching_changes_nothing(
         assert batched[0].tokens == alone[0].tokens
         assert batched[0].log_prob == pytest.approx(alone[0].log_prob, abs=1e-4)
     assert [t.text for t in translator.translate(lines[:2], beam_size=1)] == [reverse_words(s) for s in lines[:2]]
+
+
+@pytest.mark.parametrize("fixture", ["trained_run", "trained_transformer"])
+def test_dropping_finished_sentences_from_the_batch_changes_no_hypothesis(fixture, request):
+    """The fast path (rows of finished sentences dropped as soon as one finishes) against the plain one (every
+    row decoded to the end), greedy and beam, on sentences of different lengths."""
+    from nmt.data.batching import collate
+    from nmt.runs.loading import load_model
+    from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
+
+    loaded = load_model(request.getfixturevalue(fixture))
+    model = loaded.model.eval()
+    lines = ["ab ca de fo gu hi jo", "le", "no pa ab", "hi jo ku le mi", "gu fo", "fo fo fo ab ca de fo gu hi"]
+    src = [ids for ids in loaded.tokenizer.encode_src(lines)]
+    batch = collate(src, None, list(range(len(src))))
+    limits = batch.src_lengths + 2
+    with torch.inference_mode():
+        memory, state = model.encode(batch.src, batch.src_lengths, batch.src_mask)
+        searches = {
+            "greedy": lambda share: [[h] for h in greedy_search(model.step_log_probs, memory, state, limits, BOS_ID,
+                                                                EOS_ID, PAD_ID, drop_share=share)],
+            "beam": lambda share: beam_search(model.step_log_probs, memory, state, limits, 3, BOS_ID, EOS_ID, PAD_ID,
+                                              1.0, n_best=3, drop_share=share),
+        }
+        for search in searches.values():
+            dropping, plain = search(0.0), search(1.0)
+            assert len({len(hyps[0].tokens) for hyps in plain}) > 2  # the sentences do end at different steps
+            for a, b in zip(dropping, plain, strict=True):
+                assert [h.tokens for h in a] == [h.tokens for h in b]
+                assert [h.log_prob for h in a] == pytest.approx([h.log_prob for h in b], abs=1e-5)
+                for x, y in zip(a, b, strict=True):
+                    torch.testing.assert_close(x.attention, y.attention, atol=1e-5, rtol=1e-5)

@@ -3,7 +3,6 @@ tensors; and a reversal task learned from generated integer sequences as the pro
 
 from __future__ import annotations
 
-import functools
 import itertools
 import random
 
@@ -63,6 +62,21 @@ def test_explicit_and_fused_attention_agree(mask_kind):
     for need_weights in (True, False):
         dropped, _ = attention(query, keys, None if mask_kind == "none" else mask, need_weights=need_weights)
         assert not torch.allclose(dropped, explicit, atol=1e-3)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_grouped_queries_read_one_keys_row_as_its_copies_would(need_weights):
+    """Beams: g query rows per keys row give what g copies of the keys row give."""
+    attention, query, memory, mask = attention_inputs()
+    attention.eval()
+    keys = attention.project_memory(memory)
+    beams = torch.randn(6, 5, 12)
+    grouped, grouped_weights = attention(beams, keys, mask, need_weights)
+    copied, copied_weights = attention(beams, keys.repeat_interleave(2, 0), mask.repeat_interleave(2, 0),
+                                       need_weights)
+    torch.testing.assert_close(grouped, copied, atol=1e-5, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(grouped_weights, copied_weights, atol=1e-6, rtol=1e-5)
 
 
 def test_every_heads_weights_sum_to_one_and_are_exactly_zero_on_padding():
@@ -156,9 +170,46 @@ def test_cached_steps_equal_the_teacher_forced_forward(norm, positions):
     for t in range(tgt_in.shape[1]):
         log_probs, state, step_weights = model.step_log_probs(tgt_in[:, t], state, memory)
         assert log_probs.dtype == torch.float32 and state.position == t + 1
-        assert all(cache.shape == (3, t + 1, 32) for cache in state.cache)
+        assert all(state.keys(layer).shape == (3, t + 1, 32) for layer in range(len(state.cache)))
         torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(step_weights, weights[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_the_in_place_cache_equals_the_concatenated_one_and_survives_a_branch(monkeypatch):
+    """The in-place cache (the fast path) against concatenation (the plain one); a state stepped twice (two
+    continuations of one prefix) copies instead of overwriting its first continuation's position."""
+    model = make_model().eval()
+    src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
+
+    def steps(ids_per_step):
+        memory, state = model.encode(src, lengths, mask)
+        out = []
+        for ids in ids_per_step:
+            log_probs, state, _ = model.step_log_probs(ids, state, memory)
+            out.append(log_probs)
+        return out, state, memory
+
+    with torch.inference_mode():
+        in_place, state, memory = steps(tgt_in.T)
+        assert state.in_place and state.cache[0].shape[1] > state.position  # room beyond the positions written
+        monkeypatch.setattr(Transformer, "in_place_cache", False)
+        plain, plain_state, _ = steps(tgt_in.T)
+        assert not plain_state.in_place and plain_state.cache[0].shape[1] == plain_state.position
+        monkeypatch.undo()
+        for a, b in zip(in_place, plain, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        _, first, _ = model.step_log_probs(torch.full((3,), 5), state, memory)
+        _, second, _ = model.step_log_probs(torch.full((3,), 6), state, memory)  # a branch of the same state
+        after_first, _, _ = model.step_log_probs(torch.full((3,), 7), first, memory)
+        after_second, _, _ = model.step_log_probs(torch.full((3,), 7), second, memory)
+    assert first.cache[0].data_ptr() == state.cache[0].data_ptr() != second.cache[0].data_ptr()
+    with torch.inference_mode():
+        memory, replay = model.encode(src, lengths, mask)
+        for ids in [*tgt_in.T, torch.full((3,), 5)]:
+            _, replay, _ = model.step_log_probs(ids, replay, memory)
+        expected, _, _ = model.step_log_probs(torch.full((3,), 7), replay, memory)
+    torch.testing.assert_close(after_first, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(after_second, expected)
 
 
 def test_beam_of_one_equals_greedy_through_search():
@@ -167,12 +218,8 @@ def test_beam_of_one_equals_greedy_through_search():
     max_lengths = torch.tensor([9, 7, 4])
     with torch.inference_mode():
         memory, state = model.encode(src, lengths, mask)
-        greedy = greedy_search(lambda prev, s: model.step_log_probs(prev, s, memory), state, max_lengths, BOS_ID,
-                               EOS_ID, PAD_ID)
-        order = torch.arange(3).repeat_interleave(1)
-        beams = memory.repeat(1)
-        beam = beam_search(lambda prev, s: model.step_log_probs(prev, s, beams), state.select(order), max_lengths,
-                           1, BOS_ID, EOS_ID, PAD_ID)
+        greedy = greedy_search(model.step_log_probs, memory, state, max_lengths, BOS_ID, EOS_ID, PAD_ID)
+        beam = beam_search(model.step_log_probs, memory, state, max_lengths, 1, BOS_ID, EOS_ID, PAD_ID)
     for g, (b,) in zip(greedy, beam, strict=True):
         assert g.tokens == b.tokens
         assert g.log_prob == pytest.approx(b.log_prob, abs=1e-4)
@@ -188,7 +235,7 @@ def test_memory_repeat_and_state_select_keep_rows_together():
         _, state, _ = model.step_log_probs(tgt_in[:, t], state, memory)
     expected, _, expected_weights = model.step_log_probs(tgt_in[:, 2], state, memory)
     beams, state = memory.repeat(2), state.select(torch.arange(3).repeat_interleave(2))
-    assert beams.output.shape[0] == beams.mask.shape[0] == 6 and all(k.shape[0] == 6 for k in beams.cross_kv)
+    assert all(t.shape[0] == 6 for t in beams.flatten())
     prev = tgt_in[:, 2].repeat_interleave(2)
     prev[1::2] = 5  # the second beam of each sentence takes another token
     log_probs, state, weights = model.step_log_probs(prev, state, beams)
@@ -290,12 +337,8 @@ def test_a_tiny_transformer_learns_to_reverse_sequences(one_thread):
     max_lengths = batch.src_lengths + 3
     with torch.inference_mode():
         memory, state = model.encode(batch.src, batch.src_lengths, batch.src_mask)
-        greedy = greedy_search(lambda prev, s: model.step_log_probs(prev, s, memory), state, max_lengths, BOS_ID,
-                               EOS_ID, PAD_ID)
-        beams = memory.repeat(3)
-        order = torch.arange(len(test)).repeat_interleave(3)
-        beam = beam_search(lambda prev, s: model.step_log_probs(prev, s, beams), state.select(order), max_lengths,
-                           3, BOS_ID, EOS_ID, PAD_ID)
+        greedy = greedy_search(model.step_log_probs, memory, state, max_lengths, BOS_ID, EOS_ID, PAD_ID)
+        beam = beam_search(model.step_log_probs, memory, state, max_lengths, 3, BOS_ID, EOS_ID, PAD_ID)
     expected = [list(reversed(s)) for s in test]
     greedy_exact = np.mean([h.tokens == e for h, e in zip(greedy, expected, strict=True)])
     beam_exact = np.mean([hyps[0].tokens == e for hyps, e in zip(beam, expected, strict=True)])
@@ -310,6 +353,5 @@ def test_layer_head_combinations_are_the_same_interface():
         model = make_model(layers, heads).eval()
         with torch.inference_mode():
             memory, state = model.encode(src, lengths, mask)
-            step = functools.partial(model.step_log_probs, memory=memory)
-            found = greedy_search(step, state, torch.tensor([4, 4, 4]), BOS_ID, EOS_ID, PAD_ID)
+            found = greedy_search(model.step_log_probs, memory, state, torch.tensor([4, 4, 4]), BOS_ID, EOS_ID, PAD_ID)
         assert all(h.attention.shape[1] == 7 for h in found)

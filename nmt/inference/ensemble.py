@@ -29,6 +29,10 @@ class EnsembleMemory:
     def repeat(self, times: int) -> EnsembleMemory:
         return EnsembleMemory([m.repeat(times) for m in self.members])
 
+    def select(self, index: torch.Tensor) -> EnsembleMemory:
+        """Keep these sentences, each with its beams."""
+        return EnsembleMemory([m.select(index) for m in self.members])
+
 
 @dataclass
 class EnsembleState:

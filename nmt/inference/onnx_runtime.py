@@ -29,9 +29,15 @@ ENCODER, STEP, LAYOUT = "encoder.onnx", "step.onnx", "layout.json"
 @dataclass
 class OnnxMemory:
     tensors: list[np.ndarray]
+    beams: int = 1  # rows per sentence
 
     def repeat(self, times: int) -> OnnxMemory:
-        return OnnxMemory([np.repeat(t, times, axis=0) for t in self.tensors])
+        return OnnxMemory([np.repeat(t, times, axis=0) for t in self.tensors], self.beams * times)
+
+    def select(self, index: torch.Tensor) -> OnnxMemory:
+        """Keep these sentences, each with its beams."""
+        rows = (index.cpu().numpy()[:, None] * self.beams + np.arange(self.beams)).reshape(-1)
+        return OnnxMemory([np.take(t, rows, axis=0) for t in self.tensors], self.beams)
 
 
 @dataclass

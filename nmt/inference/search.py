@@ -1,10 +1,11 @@
 """Greedy and beam search over a step function; nothing here knows about text or about the model.
 
-    step_fn(prev_ids (N,), state) -> (log_probs (N, V), new state, attention weights (N, S))
+    step_fn(prev_ids (N,), state, memory) -> (log_probs (N, V), new state, attention weights (N, S))
 
-`state` is any object with `select(index)` that keeps / reorders its batch rows (DecoderState does).
-Both searches are batched: greedy over sentences, beam over sentences x beams as one (B*K) batch, with
-finished hypotheses tracked in tensors, no Python loop over sentences or beams.
+as a model's `step_log_probs` is. `state` is any object with `select(index)` that keeps / reorders its
+batch rows (DecoderState does), `memory` one with `select(index)` and `repeat(times)`. Both searches are
+batched: greedy over sentences, beam over sentences x beams as one (B*K) batch, with finished hypotheses
+tracked in tensors, no Python loop over sentences or beams; sentences that are done leave the batch.
 
 Neither search ever emits the start symbol (BOS) or padding: their log-probabilities are set to -inf after
 the step (not renormalized), as Marian's generation bans its pad/start id. Lengths count generated tokens
@@ -24,7 +25,10 @@ import torch
 from nmt.config import MAX_SEED
 from nmt.errors import ConfigError
 
-StepFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any, torch.Tensor]]
+StepFn = Callable[[torch.Tensor, Any, Any], tuple[torch.Tensor, Any, torch.Tensor]]
+
+DROP_SHARE = 0.25
+"""Finished rows leave the batch once they are this share of the rows decoded (BENCHMARKS.md measures it)."""
 
 
 @dataclass
@@ -94,115 +98,169 @@ class Sampling:
 
 
 def _never_emitted(log_probs: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
-    """(N, V) log-probabilities with BOS and PAD at -inf: no hypothesis continues with either."""
-    return log_probs.index_fill(-1, torch.tensor([bos, pad], device=log_probs.device), float("-inf"))
+    """(N, V) log-probabilities with BOS and PAD set to -inf in place (the step's output is the search's own; an
+    (N, V) copy a step is what beam search can least afford): no hypothesis continues with either."""
+    return log_probs.index_fill_(-1, torch.tensor([bos, pad], device=log_probs.device), float("-inf"))
 
 
-def _argmax(log_probs: torch.Tensor) -> torch.Tensor:
-    return log_probs.argmax(dim=-1)
+def _rows_to_keep(running: torch.Tensor, share: float) -> torch.Tensor | None:
+    """The rows to go on decoding, once at least `share` of the rows decoded are done (None: not yet, or none
+    done); dropping rows costs a copy of their memory and state, so it waits until enough can go."""
+    done = int((~running).sum())
+    if done == 0 or done < share * running.numel():
+        return None
+    return running.nonzero().squeeze(1)
 
 
 @torch.no_grad()
-def greedy_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, bos: int, eos: int,
-                  pad: int, pick: Callable[[torch.Tensor], torch.Tensor] = _argmax) -> list[Hypothesis]:
-    """Take the most probable token at every step (or the one `pick` draws, for sampling); each sentence
-    stops at its own EOS or length limit. Scores are the model's log-probabilities of the tokens taken."""
+def greedy_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.Tensor, bos: int, eos: int,
+                  pad: int, pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  drop_share: float = DROP_SHARE) -> list[Hypothesis]:
+    """Take the most probable token at every step (or the one `pick` draws from (N, V) log-probabilities, for
+    sampling); each sentence stops at its own EOS or length limit. Scores are the model's log-probabilities of
+    the tokens taken.
+    Finished sentences leave the batch (their memory and state rows dropped) once `drop_share` of the rows
+    still decoded have finished; 1.0 keeps every row to the end (the plain reference)."""
     batch = max_lengths.shape[0]
     device = max_lengths.device
+    limit = int(max_lengths.max())
+    rows = torch.arange(batch, device=device)  # the sentence each decoded row belongs to
     prev = torch.full((batch,), bos, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # per decoded row
+    steps = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence, from here on
     log_prob = torch.zeros(batch, device=device)
-    tokens, attention = [], []
-    for t in range(int(max_lengths.max())):
-        log_probs, state, weights = step_fn(prev, state)
+    tokens = torch.full((batch, limit), pad, dtype=torch.long, device=device)
+    attention: list[torch.Tensor] = []  # per step (batch, S)
+    for t in range(limit):
+        log_probs, state, weights = step_fn(prev, state, memory)
         log_probs = _never_emitted(log_probs, bos, pad)
-        best = pick(log_probs)
+        best = log_probs.argmax(dim=-1) if pick is None else pick(log_probs)
         best_lp = log_probs.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         best = best.masked_fill(finished, pad)
-        log_prob += best_lp.masked_fill(finished, 0.0)
-        steps += (~finished).long()
-        tokens.append(best)
-        attention.append(weights)
-        finished |= (best == eos) | (t + 1 >= max_lengths)
+        tokens[rows, t] = best
+        log_prob[rows] += best_lp.masked_fill(finished, 0.0)
+        steps[rows] += (~finished).long()
+        step_attention = weights.new_zeros(batch, weights.shape[-1])
+        step_attention[rows] = weights
+        attention.append(step_attention)
+        finished |= (best == eos) | (t + 1 >= max_lengths[rows])
         if bool(finished.all()):
             break
         prev = best
-    all_tokens, all_attention = torch.stack(tokens, dim=1), torch.stack(attention, dim=1)
-    return [_hypothesis(all_tokens[i], all_attention[i], int(steps[i]), eos, float(log_prob[i]), float(log_prob[i]))
+        keep = _rows_to_keep(~finished, drop_share)
+        if keep is not None:
+            rows, prev, finished = rows[keep], prev[keep], finished[keep]
+            memory, state = memory.select(keep), state.select(keep)
+    all_attention = torch.stack(attention, dim=1)
+    return [_hypothesis(tokens[i], all_attention[i], int(steps[i]), eos, float(log_prob[i]), float(log_prob[i]))
             for i in range(batch)]
 
 
 @torch.no_grad()
-def beam_search(step_fn: StepFn, state: Any, max_lengths: torch.Tensor, beam_size: int, bos: int, eos: int,
-                pad: int, alpha: float = 0.0, n_best: int = 1) -> list[list[Hypothesis]]:
-    """Beam search; `state` holds B*K rows (each sentence's rows repeated K times, consecutively).
+def beam_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.Tensor, beam_size: int, bos: int,
+                eos: int, pad: int, alpha: float = 0.0, n_best: int = 1,
+                drop_share: float = DROP_SHARE) -> list[list[Hypothesis]]:
+    """Beam search over `memory` and `state` of one row per sentence (each repeated K times here).
 
     Each step scores every beam's extensions, keeps the 2K best, moves those among the first K that end
     (EOS, or the sentence's length limit) into a finished buffer of K per sentence, and continues with the
     K best that do not end. A sentence is done when its buffer is full; a finished hypothesis is never
-    extended again, and is dropped only for K better finished ones. Returns the `n_best` best per sentence."""
+    extended again, and is dropped only for K better finished ones. Done sentences leave the batch once
+    `drop_share` of the sentences decoded are done (1.0: never, the plain reference).
+
+    Histories are kept as back-pointers (each step's surviving tokens, the beam each extends, the step's
+    attention rows), and only the returned hypotheses are traced back at the end: no step copies the
+    histories of all beams. Returns the `n_best` best per sentence."""
     batch, k = max_lengths.shape[0], beam_size
     device = max_lengths.device
-    rows = torch.arange(batch, device=device)
+    sentences = torch.arange(batch, device=device)  # the sentence of each one decoded
+    memory, state = memory.repeat(k), state.select(sentences.repeat_interleave(k))
     alive_scores = torch.full((batch, k), float("-inf"), device=device)
     alive_scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
-    alive_tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)
-    alive_attention = torch.zeros(0)  # (B, K, t, S) once the source length is known, at the first step
     limit = int(max_lengths.max())
+    # The finished buffer, per sentence: score (normalized), log p, length, and its last step: the alive beam
+    # it extended (an index into the alive beams of the step before) and its token.
     fin_scores = torch.full((batch, k), float("-inf"), device=device)
     fin_log_probs = torch.zeros(batch, k, device=device)
-    fin_steps = torch.zeros(batch, k, dtype=torch.long, device=device)
-    fin_tokens = torch.full((batch, k, limit), pad, dtype=torch.long, device=device)
-    fin_attention = torch.zeros(0)  # (B, K, limit, S), allocated at the first step
+    fin_lengths = torch.zeros(batch, k, dtype=torch.long, device=device)
+    fin_beams = torch.zeros(batch, k, dtype=torch.long, device=device)
+    fin_tokens = torch.full((batch, k), pad, dtype=torch.long, device=device)
+    # Per step t: the alive beams' tokens and the beam of step t - 1 each extends (batch, K), and the attention
+    # rows of the beams that were extended at t (batch, K, S).
+    step_tokens: list[torch.Tensor] = []
+    step_parents: list[torch.Tensor] = []
+    step_weights: list[torch.Tensor] = []
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
     for t in range(limit):
-        log_probs, state, weights = step_fn(prev, state)
+        log_probs, state, weights = step_fn(prev, state, memory)
         log_probs = _never_emitted(log_probs, bos, pad)
-        vocab, src_len = log_probs.shape[-1], weights.shape[-1]
-        if t == 0:
-            fin_attention = weights.new_zeros(batch, k, limit, src_len)
-            alive_attention = weights.new_zeros(batch, k, 0, src_len)
-        candidates = (alive_scores.unsqueeze(-1) + log_probs.view(batch, k, vocab)).view(batch, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)  # (B, 2K), sorted
+        decoded, vocab, src_len = sentences.shape[0], log_probs.shape[-1], weights.shape[-1]
+        rows = torch.arange(decoded, device=device)
+        all_weights = weights.new_zeros(batch, k, src_len)
+        all_weights[sentences] = weights.view(decoded, k, src_len)
+        step_weights.append(all_weights)
+        candidates = log_probs.view(decoded, k, vocab).add_(alive_scores.unsqueeze(-1)).view(decoded, k * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)  # (b, 2K), sorted
         beam, token = top_index // vocab, top_index % vocab
-        ending = (token == eos) | (t + 1 >= max_lengths).unsqueeze(1)
+        ending = (token == eos) | (t + 1 >= max_lengths[sentences]).unsqueeze(1)
         rank = torch.arange(top_scores.shape[1], device=device)
-        done = fin_scores[:, -1] > float("-inf")  # buffer already full: nothing more to add
+        done = fin_scores[sentences, -1] > float("-inf")  # buffer already full: nothing more to add
         newly_finished = ending & (rank < k) & torch.isfinite(top_scores) & ~done.unsqueeze(1)
-
-        # The hypotheses behind all 2K candidates: their history plus the new token and weights.
-        history = alive_tokens.gather(1, beam.unsqueeze(-1).expand(-1, -1, t))
-        cand_tokens = torch.cat([history, token.unsqueeze(-1)], dim=-1)  # (B, 2K, t+1)
-        step_weights = weights.view(batch, k, src_len).gather(1, beam.unsqueeze(-1).expand(-1, -1, src_len))
-        cand_attention = torch.cat(
-            [alive_attention.gather(1, beam[..., None, None].expand(-1, -1, t, src_len)), step_weights.unsqueeze(2)],
-            dim=2,
-        )  # (B, 2K, t+1, S)
 
         # Finished buffer: keep the K best of (old finished, newly finished), by length-normalized score.
         normalized = top_scores / length_penalty(torch.tensor(t + 1, device=device), alpha)
-        merged_scores = torch.cat([fin_scores, normalized.masked_fill(~newly_finished, float("-inf"))], dim=1)
-        fin_scores, keep = merged_scores.topk(k, dim=1)
-        padded_tokens = torch.nn.functional.pad(cand_tokens, (0, limit - t - 1), value=pad)
-        padded_attention = torch.nn.functional.pad(cand_attention, (0, 0, 0, limit - t - 1))
-        fin_tokens = torch.cat([fin_tokens, padded_tokens], dim=1)[rows[:, None], keep]
-        fin_attention = torch.cat([fin_attention, padded_attention], dim=1)[rows[:, None], keep]
-        fin_log_probs = torch.cat([fin_log_probs, top_scores], dim=1).gather(1, keep)
-        fin_steps = torch.cat([fin_steps, torch.full_like(top_scores, t + 1, dtype=torch.long)], dim=1).gather(1, keep)
+        merged = torch.cat([fin_scores[sentences], normalized.masked_fill(~newly_finished, float("-inf"))], dim=1)
+        scores, keep = merged.topk(k, dim=1)
+        fin_scores[sentences] = scores
+        fin_log_probs[sentences] = torch.cat([fin_log_probs[sentences], top_scores], dim=1).gather(1, keep)
+        lengths = torch.full_like(beam, t + 1)
+        fin_lengths[sentences] = torch.cat([fin_lengths[sentences], lengths], dim=1).gather(1, keep)
+        fin_beams[sentences] = torch.cat([fin_beams[sentences], beam], dim=1).gather(1, keep)
+        fin_tokens[sentences] = torch.cat([fin_tokens[sentences], token], dim=1).gather(1, keep)
 
-        if bool((fin_scores[:, -1] > float("-inf")).all()):
+        running = fin_scores[sentences, -1] == float("-inf")
+        if not bool(running.any()):
             break
         # Alive: the K best candidates that do not end.
         alive_scores, pick = top_scores.masked_fill(ending, float("-inf")).topk(k, dim=1)
-        alive_tokens = cand_tokens[rows[:, None], pick]
-        alive_attention = cand_attention[rows[:, None], pick]
-        source_rows = (rows.unsqueeze(1) * k + beam.gather(1, pick)).view(-1)
-        state = state.select(source_rows)
-        prev = alive_tokens[:, :, -1].reshape(-1)
+        parents, alive_tokens = beam.gather(1, pick), token.gather(1, pick)
+        step_tokens.append(torch.full((batch, k), pad, dtype=torch.long, device=device).index_copy(0, sentences,
+                                                                                                  alive_tokens))
+        step_parents.append(torch.zeros(batch, k, dtype=torch.long, device=device).index_copy(0, sentences, parents))
+        source_rows = rows.unsqueeze(1) * k + parents  # (b, K): the decoded row each alive beam continues
+        prev = alive_tokens.view(-1)
+        going = _rows_to_keep(running, drop_share)
+        if going is not None:
+            memory = memory.select(going)
+            sentences, alive_scores, source_rows, prev = (sentences[going], alive_scores[going], source_rows[going],
+                                                          prev.view(decoded, k)[going].view(-1))
+        state = state.select(source_rows.view(-1))
 
+    tokens, attention = _trace_back(fin_lengths[:, :n_best], fin_beams[:, :n_best], fin_tokens[:, :n_best],
+                                    step_tokens, step_parents, step_weights, pad)
     return [
-        [_hypothesis(fin_tokens[i, j], fin_attention[i, j], int(fin_steps[i, j]), eos, float(fin_log_probs[i, j]),
+        [_hypothesis(tokens[i, j], attention[i, j], int(fin_lengths[i, j]), eos, float(fin_log_probs[i, j]),
                      float(fin_scores[i, j])) for j in range(n_best)]
         for i in range(batch)
     ]
+
+
+def _trace_back(lengths: torch.Tensor, beams: torch.Tensor, last_tokens: torch.Tensor, step_tokens: list[torch.Tensor],
+                step_parents: list[torch.Tensor], step_weights: list[torch.Tensor], pad: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finished hypotheses (B, n) of `lengths`, each ending in `last_tokens` after alive beam `beams` of the
+    step before -> their tokens (B, n, L) and attention rows (B, n, L, S), followed back through the steps."""
+    longest = int(lengths.max())
+    batch, n = lengths.shape
+    tokens = torch.full((batch, n, longest), pad, dtype=torch.long, device=lengths.device)
+    attention = step_weights[0].new_zeros(batch, n, longest, step_weights[0].shape[-1])
+    cursor = beams.clone()  # an alive beam of step s - 1 at the hypothesis's last step, of step s before it
+    for s in range(longest - 1, -1, -1):
+        last, inside = lengths == s + 1, lengths > s + 1
+        if bool(inside.any()):
+            tokens[:, :, s] = torch.where(inside, step_tokens[s].gather(1, cursor), pad)
+            cursor = torch.where(inside, step_parents[s].gather(1, cursor), cursor)
+        tokens[:, :, s] = torch.where(last, last_tokens, tokens[:, :, s])
+        rows = step_weights[s].gather(1, cursor.unsqueeze(-1).expand(-1, -1, attention.shape[-1]))
+        attention[:, :, s] = rows.masked_fill(~(last | inside).unsqueeze(-1), 0.0)
+    return tokens, attention

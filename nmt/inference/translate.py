@@ -40,17 +40,16 @@ class Translation:
 
 
 BEAM_MEMORY_BYTES = 512 << 20
-"""What beam search's hypothesis buffers (attention rows of every candidate) may take per batch."""
+"""What beam search's attention history (a row per beam and step) may take per batch."""
 
 
 def beam_batch_sentences(beam_size: int, longest_src: int, decoding: DecodingConfig) -> int:
-    """Sentences per decoding batch: batch_sentences / beam, fewer when the beam's buffers (about 4 x beam x
-    output limit x source length floats a sentence) would pass BEAM_MEMORY_BYTES."""
-    if beam_size == 1:
-        return decoding.batch_sentences
+    """Sentences per decoding batch: batch_sentences (each decoded as beam_size rows, as CTranslate2's
+    max_batch_size counts them), fewer when the attention history (beam x output limit x source length floats
+    a sentence) would pass BEAM_MEMORY_BYTES."""
     limit = int(longest_src * decoding.max_ratio + decoding.max_extra)
-    per_sentence = 4 * beam_size * limit * longest_src * 4
-    return max(1, min(decoding.batch_sentences // beam_size, BEAM_MEMORY_BYTES // per_sentence))
+    per_sentence = beam_size * limit * longest_src * 4
+    return max(1, min(decoding.batch_sentences, BEAM_MEMORY_BYTES // per_sentence))
 
 
 class Translator:
@@ -84,23 +83,13 @@ class Translator:
                                + self.decoding.max_extra).long()
                 if self.model.max_positions is not None:  # a Transformer decodes no further than its positions
                     max_lengths = max_lengths.clamp(max=self.model.max_positions)
-
-                def step(prev, state, memory=memory):
-                    return self.model.step_log_probs(prev, state, memory)
-
-                if pick is not None:
-                    found = [[h] for h in greedy_search(step, state, max_lengths, BOS_ID, EOS_ID, PAD_ID, pick)]
-                elif beam_size == 1:
-                    found = [[h] for h in greedy_search(step, state, max_lengths, BOS_ID, EOS_ID, PAD_ID)]
+                step = self.model.step_log_probs
+                if beam_size == 1 or pick is not None:
+                    found = [[h] for h in greedy_search(step, memory, state, max_lengths, BOS_ID, EOS_ID, PAD_ID,
+                                                        pick)]
                 else:
-                    order = torch.arange(batch.size, device=self.device).repeat_interleave(beam_size)
-                    beams = memory.repeat(beam_size)
-
-                    def beam_step(prev, state, memory=beams):
-                        return self.model.step_log_probs(prev, state, memory)
-
-                    found = beam_search(beam_step, state.select(order), max_lengths, beam_size, BOS_ID, EOS_ID,
-                                        PAD_ID, self.decoding.length_penalty, n_best)
+                    found = beam_search(step, memory, state, max_lengths, beam_size, BOS_ID, EOS_ID, PAD_ID,
+                                        self.decoding.length_penalty, n_best)
                 for index, hyps in zip(indices, found, strict=True):
                     results[index] = hyps
                 bar.update(len(indices))

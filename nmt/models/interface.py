@@ -23,6 +23,10 @@ class Memory(Protocol):
         """Each sentence `times` times in a row (beams), projections reused."""
         ...
 
+    def select(self, index: torch.Tensor) -> Memory:
+        """Keep these sentences, each with all its repeated rows (search drops finished sentences)."""
+        ...
+
 
 class State(Protocol):
     def select(self, index: torch.Tensor) -> State:

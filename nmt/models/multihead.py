@@ -79,7 +79,19 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Query (B, T, Hq), keys and values from `project_memory` (B, S, 2D), mask True at positions to attend
         to ((B, S), (B, T, S) or broadcastable; None: all) -> context (B, T, O) and weights (B, heads, T, S), or
-        None with `need_weights=False` (fused path)."""
+        None with `need_weights=False` (fused path).
+
+        The query may have g times as many rows as the keys (g x B, T, Hq): g consecutive query rows (a
+        sentence's beams) then attend to the same keys row, read once for all g; the mask is (B, S) or None."""
+        groups = query.shape[0] // keys_values.shape[0]
+        if groups > 1:
+            rows, steps = query.shape[:2]
+            context, grouped = self(query.reshape(keys_values.shape[0], groups * steps, -1), keys_values, mask,
+                                    need_weights)
+            if grouped is None:
+                return context.reshape(rows, steps, -1), None
+            # (B, heads, g x T, S) -> (g x B, heads, T, S)
+            return context.reshape(rows, steps, -1), grouped.unflatten(2, (groups, steps)).transpose(1, 2).flatten(0, 1)
         q = self._split_heads(self.query_proj(query))  # (B, heads, T, dh)
         k, v = (self._split_heads(part) for part in keys_values.split(self.dim, dim=-1))  # (B, heads, S, dh)
         mask4 = self._broadcast_mask(mask)

@@ -42,10 +42,18 @@ class EncoderMemory:
     values: torch.Tensor  # (B, S, He)
     projected: torch.Tensor  # (B, S, K)
     mask: torch.Tensor  # (B, S) True at real tokens
+    beams: int = 1  # rows per sentence: B counts sentences x beams
 
     def repeat(self, times: int) -> EncoderMemory:
         """Each sentence `times` times in a row (for beams), keys reused rather than recomputed."""
-        return EncoderMemory(*(t.repeat_interleave(times, dim=0) for t in (self.values, self.projected, self.mask)))
+        values, projected, mask = (t.repeat_interleave(times, dim=0) for t in (self.values, self.projected, self.mask))
+        return EncoderMemory(values, projected, mask, self.beams * times)
+
+    def select(self, index: torch.Tensor) -> EncoderMemory:
+        """Keep these sentences, each with its beams (search drops finished sentences)."""
+        rows = (index.unsqueeze(1) * self.beams + torch.arange(self.beams, device=index.device)).view(-1)
+        values, projected, mask = (t.index_select(0, rows) for t in (self.values, self.projected, self.mask))
+        return EncoderMemory(values, projected, mask, self.beams)
 
     def flatten(self) -> list[torch.Tensor]:
         return [self.values, self.projected, self.mask]
@@ -268,7 +276,8 @@ class RNNEncoderDecoder(nn.Module):
 
     def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]) -> tuple[EncoderMemory, DecoderState]:
         hidden: Hidden = (state[0], state[1]) if self.decoder.is_lstm else state[0]
-        return EncoderMemory(*memory), DecoderState(hidden, state[-1])
+        values, projected, mask = memory
+        return EncoderMemory(values, projected, mask), DecoderState(hidden, state[-1])
 
     def step_log_probs(
         self, prev_ids: torch.Tensor, state: DecoderState, memory: EncoderMemory

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
 import torch
@@ -42,35 +42,104 @@ from nmt.tokens import PAD_ID
 
 @dataclass
 class TransformerMemory:
-    """What every decoder step reads: encoder output, source mask, each decoder layer's cross-attention keys."""
+    """What every decoder step reads: encoder output, source mask, each decoder layer's cross-attention keys.
+
+    One row per sentence even in beam search: `beams` decoder rows in a row share it, and cross-attention reads
+    each sentence's keys once for all its beams (MultiHeadAttention's grouped queries) instead of once per
+    beam from K copies."""
 
     output: torch.Tensor  # (B, S, D) the encoder stack's output
     mask: torch.Tensor  # (B, S) True at real tokens
     cross_kv: tuple[torch.Tensor, ...]  # per decoder layer (B, S, 2D): W^K h and W^V h, projected once
+    beams: int = 1  # decoder rows per sentence
 
     def repeat(self, times: int) -> TransformerMemory:
-        """Each sentence `times` times in a row (for beams); projections reused, not recomputed."""
-        return TransformerMemory(self.output.repeat_interleave(times, dim=0),
-                                 self.mask.repeat_interleave(times, dim=0),
-                                 tuple(k.repeat_interleave(times, dim=0) for k in self.cross_kv))
+        """Each sentence for `times` decoder rows in a row (for beams); nothing copied."""
+        return TransformerMemory(self.output, self.mask, self.cross_kv, self.beams * times)
+
+    def select(self, index: torch.Tensor) -> TransformerMemory:
+        """Keep these sentences (search drops finished ones)."""
+        return TransformerMemory(self.output.index_select(0, index), self.mask.index_select(0, index),
+                                 tuple(k.index_select(0, index) for k in self.cross_kv), self.beams)
 
     def flatten(self) -> list[torch.Tensor]:
-        return [self.mask, *self.cross_kv]
+        """One row per decoder row, as an exported graph takes them."""
+        return [t.repeat_interleave(self.beams, dim=0) for t in (self.mask, *self.cross_kv)]
 
 
 @dataclass
 class TransformerState:
-    """The decoder's self-attention cache: per layer, keys and values (B, t, 2D) of the t positions so far."""
+    """The decoder's self-attention cache: per layer, the keys and values (N, t, 2D) of the t positions so far.
+
+    With `in_place`, each layer's tensor (N, room, 2D) has room beyond position t, so that a step writes its
+    own position there instead of copying every earlier one (torch.cat's copies took a sixth of greedy
+    decoding's time, BENCHMARKS.md); the room doubles when it runs out. Successive states of one search share
+    those tensors and `written`, how many positions they hold: a state stepped a second time (a branch) copies
+    rather than overwrite its successor's position. Without `in_place` (graphs exported with flat tensors)
+    every step concatenates, the plain reference."""
 
     cache: tuple[torch.Tensor, ...]
     position: int  # t: the index of the next position to decode (same for every row)
+    in_place: bool = True
+    written: list[int] = field(default_factory=lambda: [0])  # one shared counter, a list so states share it
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """Layer `layer`'s keys and values of the positions so far: (N, t, 2D)."""
+        return self.cache[layer][:, : self.position]
 
     def select(self, index: torch.Tensor) -> TransformerState:
-        """Keep / reorder batch rows (beam search)."""
-        return TransformerState(tuple(c.index_select(0, index) for c in self.cache), self.position)
+        """Keep / reorder batch rows (beam search): the positions written are copied into new tensors with room
+        for one more, the next step's (beam search selects after every step; more room would be more memory to
+        map, which cost more than the copy)."""
+        if not self.in_place or torch.is_grad_enabled():
+            return TransformerState(tuple(c.index_select(0, index) for c in self.cache), self.position, self.in_place,
+                                    [self.position])
+        selected: list[torch.Tensor] = []
+        for c in self.cache:
+            room = c.new_empty(index.shape[0], self.position + 1, c.shape[2])
+            torch.index_select(self.keys(len(selected)), 0, index, out=room[:, : self.position])
+            selected.append(room)
+        return TransformerState(tuple(selected), self.position, True, [self.position])
 
     def flatten(self) -> list[torch.Tensor]:
-        return list(self.cache)
+        return [self.keys(layer) for layer in range(len(self.cache))]
+
+
+class CacheAppender:
+    """Appends one call's new positions to every layer's cache of a `TransformerState` and builds the next state:
+    in the shared tensors' room where this state owns them, into new tensors with doubled room where not;
+    concatenated (the plain path) where the state is not `in_place` or gradients are recorded."""
+
+    MIN_ROOM = 16
+
+    def __init__(self, state: TransformerState, new_positions: int):
+        self.state, self.end = state, state.position + new_positions
+        self.in_place = state.in_place and not torch.is_grad_enabled()  # autograd may hold the earlier positions
+        owner = state.written[0] == state.position
+        self.copy = not owner or any(c.shape[1] < self.end for c in state.cache)
+        self.cache: list[torch.Tensor] = []
+
+    def __call__(self, new: torch.Tensor) -> torch.Tensor:
+        """This layer's new keys and values (N, T, 2D) -> all of them so far (N, t + T, 2D)."""
+        layer, start = len(self.cache), self.state.position
+        if not self.in_place:
+            keys = torch.cat([self.state.keys(layer), new], dim=1)
+            self.cache.append(keys)
+            return keys
+        buffer = self.state.cache[layer]
+        if self.copy:
+            room = max(2 * self.end, self.MIN_ROOM)
+            buffer = torch.cat([buffer[:, :start], new.new_empty(new.shape[0], room - start, new.shape[2])], dim=1)
+        buffer[:, start:self.end] = new
+        self.cache.append(buffer)
+        return buffer[:, : self.end]
+
+    def next_state(self) -> TransformerState:
+        if not self.in_place:
+            return TransformerState(tuple(self.cache), self.end, self.state.in_place, [self.end])
+        written = [self.end] if self.copy else self.state.written
+        written[0] = self.end
+        return TransformerState(tuple(self.cache), self.end, True, written)
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -150,25 +219,27 @@ class DecoderLayer(nn.Module):
         self.self_sub, self.cross_sub, self.ff_sub = (Sublayer(d_model, dropout, norm) for _ in range(3))
 
     def forward(
-        self, x: torch.Tensor, cache: torch.Tensor | None, self_mask: torch.Tensor | None, cross_kv: torch.Tensor,
+        self, x: torch.Tensor, append: CacheAppender, self_mask: torch.Tensor | None, cross_kv: torch.Tensor,
         src_mask: torch.Tensor, need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """New positions x (B, T, D) after `cache` (B, t, 2D) of earlier ones (None: none) -> output (B, T, D),
-        the grown cache (B, t + T, 2D), self-attention weights (B, heads, T, t + T) and cross-attention
-        weights (B, heads, T, S), the weights None unless `need_weights`."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """New positions x (B, T, D), appended by `append` after the t cached ones -> output (B, T, D),
+        self-attention weights (B, heads, T, t + T) and cross-attention weights (B, heads, T, S), the weights
+        None unless `need_weights`."""
         h = self.self_sub.inputs(x)
-        keys = self.self_attn.project_memory(h)
-        if cache is not None:
-            keys = torch.cat([cache, keys], dim=1)
+        keys = append(self.self_attn.project_memory(h))
         out, self_weights = self.self_attn(h, keys, self_mask, need_weights)
         x = self.self_sub.residual(x, out)
         out, cross_weights = self.cross_attn(self.cross_sub.inputs(x), cross_kv, src_mask, need_weights)
         x = self.cross_sub.residual(x, out)
         x = self.ff_sub.residual(x, self.ff(self.ff_sub.inputs(x)))
-        return x, keys, self_weights, cross_weights
+        return x, self_weights, cross_weights
 
 
 class Transformer(nn.Module):
+    in_place_cache = True
+    """Decoding's switch: the self-attention cache written in place (TransformerState), or concatenated every
+    step (False: the plain reference the tests compare with)."""
+
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
         self.cfg = cfg
@@ -248,7 +319,8 @@ class Transformer(nn.Module):
         layers = cast("list[DecoderLayer]", list(self.decoder_layers))
         cross_kv = tuple(layer.cross_attn.project_memory(output) for layer in layers)
         empty = output.new_zeros(output.shape[0], 0, 2 * self.d_model)
-        return TransformerMemory(output, src_mask, cross_kv), TransformerState((empty,) * len(cross_kv), 0)
+        return TransformerMemory(output, src_mask, cross_kv), TransformerState((empty,) * len(cross_kv), 0,
+                                                                                 self.in_place_cache)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor
                ) -> tuple[TransformerMemory, TransformerState]:
@@ -262,18 +334,15 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor, TransformerState, list[torch.Tensor], list[torch.Tensor]]:
         """Embedded new positions (B, T, D) -> decoder output (B, T, D), the state with the grown caches, and
         the self- and cross-attention weights of the layers in `explicit` (0-based; the explicit path)."""
-        caches: list[torch.Tensor] = []
+        append = CacheAppender(state, x.shape[1])
         self_weights: list[torch.Tensor] = []
         cross_weights: list[torch.Tensor] = []
-        for i, (layer, cache, keys) in enumerate(zip(self.decoder_layers, state.cache, memory.cross_kv,
-                                                     strict=True)):
-            x, cache, sw, cw = layer(x, cache, self_mask, keys, memory.mask, i in explicit)
-            caches.append(cache)
+        for i, (layer, keys) in enumerate(zip(self.decoder_layers, memory.cross_kv, strict=True)):
+            x, sw, cw = layer(x, append, self_mask, keys, memory.mask, i in explicit)
             if sw is not None and cw is not None:
                 self_weights.append(sw)
                 cross_weights.append(cw)
-        state = TransformerState(tuple(caches), state.position + x.shape[1])
-        return self.decoder_norm(x), state, self_weights, cross_weights
+        return self.decoder_norm(x), append.next_state(), self_weights, cross_weights
 
     @staticmethod
     def causal_mask(length: int, device: torch.device) -> torch.Tensor:
@@ -324,7 +393,7 @@ class Transformer(nn.Module):
         # The step reads neither the encoder output (its keys are projected; the mask stands in for it) nor the
         # position, which the cache's length gives: a dynamic dimension of an exported graph.
         return (TransformerMemory(memory[0], memory[0], tuple(memory[1:])),
-                TransformerState(tuple(state), state[0].shape[1]))
+                TransformerState(tuple(state), state[0].shape[1], in_place=False))
 
     def step_log_probs(
         self, prev_ids: torch.Tensor, state: TransformerState, memory: TransformerMemory
