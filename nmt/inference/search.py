@@ -118,19 +118,21 @@ def greedy_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.T
                   drop_share: float = DROP_SHARE) -> list[Hypothesis]:
     """Take the most probable token at every step (or the one `pick` draws from (N, V) log-probabilities, for
     sampling); each sentence stops at its own EOS or length limit. Scores are the model's log-probabilities of
-    the tokens taken.
-    Finished sentences leave the batch (their memory and state rows dropped) once `drop_share` of the rows
-    still decoded have finished; 1.0 keeps every row to the end (the plain reference)."""
+    the tokens taken. Finished sentences leave the batch (their memory and state rows dropped) once
+    `drop_share` of the rows still decoded have finished; 1.0 keeps every row to the end (the plain
+    reference)."""
     batch = max_lengths.shape[0]
     device = max_lengths.device
     limit = int(max_lengths.max())
-    rows = torch.arange(batch, device=device)  # the sentence each decoded row belongs to
+    # per decoded row: its sentence, its previous token, whether it has ended
+    rows = torch.arange(batch, device=device)
     prev = torch.full((batch,), bos, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # per decoded row
-    steps = torch.zeros(batch, dtype=torch.long, device=device)  # per sentence, from here on
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    # per sentence: tokens generated, their log p, the tokens, and each step's attention row (batch, S)
+    steps = torch.zeros(batch, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch, device=device)
     tokens = torch.full((batch, limit), pad, dtype=torch.long, device=device)
-    attention: list[torch.Tensor] = []  # per step (batch, S)
+    attention: list[torch.Tensor] = []
     for t in range(limit):
         log_probs, state, weights = step_fn(prev, state, memory)
         log_probs = _never_emitted(log_probs, bos, pad)

@@ -80,7 +80,7 @@ class Translator:
                 batch = collate([src[i] for i in indices], None, indices).to(self.device)
                 memory, state = self.model.encode(batch.src, batch.src_lengths, batch.src_mask)
                 max_lengths = (batch.src_lengths.to(self.device).float() * self.decoding.max_ratio
-                               + self.decoding.max_extra).long()
+                               + self.decoding.max_extra).long().clamp(min=1)  # room for EOS at least
                 if self.model.max_positions is not None:  # a Transformer decodes no further than its positions
                     max_lengths = max_lengths.clamp(max=self.model.max_positions)
                 step = self.model.step_log_probs
