@@ -228,6 +228,13 @@ class ModelConfig(Section):
         return self.transformer.max_positions if self.type == "transformer" else None
 
     @property
+    def cache_floats_per_position(self) -> int:
+        """Floats a decoding row's state grows by per decoded position: a Transformer's self-attention keys and
+        values in every decoder layer; 0 for an RNN, whose state does not grow."""
+        t = self.transformer
+        return 2 * t.d_model * t.decoder_layers if self.type == "transformer" else 0
+
+    @property
     def input_feeding(self) -> bool:
         """Whether the decoder feeds h~_{t-1} into step t (resolved by `_resolve_input_feeding`)."""
         return bool(self.decoder.input_feeding)
@@ -399,7 +406,7 @@ class DecodingConfig(Section):
     also stops at its model.transformer.max_positions."""
     batch_sentences: PositiveInt = 128
     """Sentences decoded together; beam search decodes beam_size rows for each (fewer sentences where the
-    attention history of a batch would pass 512 MiB)."""
+    attention history and the caches of a batch would pass 1 GiB)."""
     tuned: TunedDecoding | None = None
 
     @model_validator(mode="after")

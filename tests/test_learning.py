@@ -31,8 +31,7 @@ def exact_match(model, seqs) -> float:
     batch = batch_of(seqs)
     with torch.no_grad():
         memory, state = model.encode(batch.src, batch.src_lengths, batch.src_mask)
-        hyps = greedy_search(lambda p, s: model.step_log_probs(p, s, memory), state,
-                             batch.src_lengths + 2, BOS_ID, EOS_ID, PAD_ID)
+        hyps = greedy_search(model.step_log_probs, memory, state, batch.src_lengths + 2, BOS_ID, EOS_ID, PAD_ID)
     model.train()
     return sum(h.tokens == list(reversed(s)) for h, s in zip(hyps, seqs, strict=True)) / len(seqs)
 

@@ -3,6 +3,7 @@ tensors; and a reversal task learned from generated integer sequences as the pro
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 
@@ -77,6 +78,8 @@ def test_grouped_queries_read_one_keys_row_as_its_copies_would(need_weights):
     torch.testing.assert_close(grouped, copied, atol=1e-5, rtol=1e-5)
     if need_weights:
         torch.testing.assert_close(grouped_weights, copied_weights, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of the memory rows"):
+        attention(torch.randn(4, 5, 12), keys, mask, need_weights)
 
 
 def test_every_heads_weights_sum_to_one_and_are_exactly_zero_on_padding():
@@ -212,6 +215,27 @@ def test_the_in_place_cache_equals_the_concatenated_one_and_survives_a_branch(mo
     assert not torch.allclose(after_second, expected)
 
 
+def test_beam_hypotheses_score_and_attend_as_the_teacher_forced_forward_does():
+    """Beam 3's back-pointers traced at the end: every returned hypothesis, fed back teacher forced, has the
+    log-probability and the attention rows the search reported."""
+    model = make_model(heads=4).eval()
+    src, lengths, mask, _ = random_batch(SV, TV, seed=3)
+    with torch.inference_mode():
+        memory, state = model.encode(src, lengths, mask)
+        found = beam_search(model.step_log_probs, memory, state, torch.tensor([7, 5, 3]), 3, BOS_ID, EOS_ID, PAD_ID,
+                            n_best=3)
+        for i, hyps in enumerate(found):
+            for h in hyps:
+                steps = h.attention.shape[0]
+                targets = h.tokens + [EOS_ID] * (steps - len(h.tokens))  # EOS scored where it ended with one
+                tgt_in = torch.tensor([[BOS_ID, *targets[:-1]]])
+                logits, weights = model(src[i:i + 1], lengths[i:i + 1], mask[i:i + 1], tgt_in)
+                log_p = torch.log_softmax(logits[0], -1).gather(-1, torch.tensor(targets)[:, None]).sum()
+                assert h.log_prob == pytest.approx(float(log_p), abs=1e-4)
+                torch.testing.assert_close(h.attention, weights[0], atol=1e-5, rtol=1e-5)
+    assert len({tuple(h.tokens) for h in found[0]}) == 3
+
+
 def test_beam_of_one_equals_greedy_through_search():
     model = make_model(heads=4).eval()
     src, lengths, mask, _ = random_batch(SV, TV, seed=1)
@@ -226,10 +250,17 @@ def test_beam_of_one_equals_greedy_through_search():
         torch.testing.assert_close(g.attention, b.attention)
 
 
-def test_memory_repeat_and_state_select_keep_rows_together():
-    """Beams: rows repeated, then reordered within a sentence; each row keeps its own cache."""
+@pytest.mark.parametrize("mode", ["inference", "gradients"])
+def test_memory_repeat_and_state_select_keep_rows_together(mode):
+    """Beams: rows repeated, then reordered within a sentence; each row keeps its own cache (the in-place
+    cache under inference mode, the concatenated one where gradients are recorded)."""
     model = make_model().eval()
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
+    with torch.inference_mode() if mode == "inference" else contextlib.nullcontext():
+        _check_rows_stay_together(model, src, lengths, mask, tgt_in)
+
+
+def _check_rows_stay_together(model, src, lengths, mask, tgt_in):
     memory, state = model.encode(src, lengths, mask)
     for t in range(2):
         _, state, _ = model.step_log_probs(tgt_in[:, t], state, memory)

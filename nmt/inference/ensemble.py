@@ -52,6 +52,7 @@ class Ensemble(nn.Module):
         self.registered = nn.ModuleList(cast(list[nn.Module], self.members))
         bounds = [m.max_positions for m in self.members if m.max_positions is not None]
         self.max_positions = min(bounds) if bounds else None  # what every member can encode
+        self.cache_floats_per_position = sum(m.cache_floats_per_position for m in self.members)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
                ) -> tuple[EnsembleMemory, EnsembleState]:

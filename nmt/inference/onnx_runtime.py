@@ -1,5 +1,5 @@
 """Decode an exported run (nmt export --format onnx) on onnxruntime: `OnnxModel` wraps the encoder and step
-graphs behind the same interface as a PyTorch model (`encode`, `step_log_probs`, `memory.repeat`,
+graphs behind the same interface as a PyTorch model (`encode`, `step_log_probs`, `memory.repeat` and `select`,
 `state.select`), so the Translator and the Python search decode it unchanged. This module also owns the
 export folder's file names, which the exporter writes."""
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nmt.config import ModelConfig
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.models.flat import FlatLayout
 from nmt.runs.checkpoint import Checkpoint
@@ -137,9 +138,10 @@ def read_export(folder: Path) -> Export:
 class OnnxModel(nn.Module):
     """The exported graphs on onnxruntime's CPU provider, decoding through the PyTorch search code."""
 
-    def __init__(self, folder: Path, max_positions: int | None):
+    def __init__(self, folder: Path, model: ModelConfig):
         super().__init__()
-        self.max_positions = max_positions  # the exported model's, as its config says
+        self.max_positions = model.max_positions  # the exported model's, as its config says
+        self.cache_floats_per_position = model.cache_floats_per_position
         try:
             import onnxruntime
         except ImportError:
@@ -173,7 +175,7 @@ def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> DecodingRun:
     """A run's exported model, which the Translator decodes like a PyTorch one."""
     run = RunDir(run_dir)
     config = load_run_config(run, overrides)
-    model = OnnxModel(run.export_dir("onnx"), config.model.max_positions)
+    model = OnnxModel(run.export_dir("onnx"), config.model)
     # the checkpoint as the export recorded it: it needs no checkpoint on disk (training may have pruned it)
     checkpoint = Checkpoint(CheckpointFiles(run.checkpoints_dir / model.checkpoint), model.checkpoint_meta)
     return DecodingRun(run, config, load_tokenizer(run), model, checkpoint)

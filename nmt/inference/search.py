@@ -2,7 +2,8 @@
 
     step_fn(prev_ids (N,), state, memory) -> (log_probs (N, V), new state, attention weights (N, S))
 
-as a model's `step_log_probs` is. `state` is any object with `select(index)` that keeps / reorders its
+as a model's `step_log_probs` is; the log-probabilities it returns are the search's to change in place.
+`state` is any object with `select(index)` that keeps / reorders its
 batch rows (DecoderState does), `memory` one with `select(index)` and `repeat(times)`. Both searches are
 batched: greedy over sentences, beam over sentences x beams as one (B*K) batch, with finished hypotheses
 tracked in tensors, no Python loop over sentences or beams; sentences that are done leave the batch.
@@ -238,6 +239,8 @@ def beam_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.Ten
                                                           prev.view(decoded, k)[going].view(-1))
         state = state.select(source_rows.view(-1))
 
+    # a slot never filled (fewer than K finite candidates ever ended) is an empty hypothesis, not a leftover
+    fin_lengths = fin_lengths.masked_fill(fin_scores == float("-inf"), 0)
     tokens, attention = _trace_back(fin_lengths[:, :n_best], fin_beams[:, :n_best], fin_tokens[:, :n_best],
                                     step_tokens, step_parents, step_weights, pad)
     return [

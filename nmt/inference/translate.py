@@ -39,17 +39,20 @@ class Translation:
         return self.texts[0]
 
 
-BEAM_MEMORY_BYTES = 512 << 20
-"""What beam search's attention history (a row per beam and step) may take per batch."""
+SEARCH_MEMORY_BYTES = 1 << 30
+"""What a decoding batch's growing buffers may take: the attention history (a row per beam and step) and the
+decoder states' caches, twice (a beam's reordering copies them)."""
 
 
-def beam_batch_sentences(beam_size: int, longest_src: int, decoding: DecodingConfig) -> int:
-    """Sentences per decoding batch: batch_sentences (each decoded as beam_size rows, as CTranslate2's
-    max_batch_size counts them), fewer when the attention history (beam x output limit x source length floats
-    a sentence) would pass BEAM_MEMORY_BYTES."""
-    limit = int(longest_src * decoding.max_ratio + decoding.max_extra)
-    per_sentence = beam_size * limit * longest_src * 4
-    return max(1, min(decoding.batch_sentences, BEAM_MEMORY_BYTES // per_sentence))
+def batch_sentences(beam_size: int, longest_src: int, decoding: DecodingConfig, cache_floats_per_position: int
+                    ) -> int:
+    """Sentences per decoding batch: decoding.batch_sentences (each decoded as beam_size rows, as CTranslate2's
+    max_batch_size counts them), fewer where the buffers that grow with the output would pass
+    SEARCH_MEMORY_BYTES at the output limit: per row and position, a source-length attention row and twice
+    the model's cache floats."""
+    limit = max(1, int(longest_src * decoding.max_ratio + decoding.max_extra))
+    per_sentence = beam_size * limit * (longest_src + 2 * cache_floats_per_position) * 4
+    return max(1, min(decoding.batch_sentences, SEARCH_MEMORY_BYTES // per_sentence))
 
 
 class Translator:
@@ -71,7 +74,8 @@ class Translator:
         lengths = np.array([len(s) for s in src])
         longest = max(1, int(lengths.max(initial=1)))
         budget = self.decoding.batch_sentences * longest
-        batches = token_batches(lengths, None, budget, beam_batch_sentences(beam_size, longest, self.decoding))
+        sentences = batch_sentences(beam_size, longest, self.decoding, self.model.cache_floats_per_position)
+        batches = token_batches(lengths, None, budget, sentences)
         was_training = self.model.training
         self.model.eval()
         with torch.inference_mode(), progress_bar(total=len(src), desc="translate", unit="sent", enabled=progress,

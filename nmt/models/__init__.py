@@ -3,8 +3,8 @@
 
 Every model is built as `Model(cfg, src_vocab_size, tgt_vocab_size)` and offers training the teacher-forced
 `forward(src, lengths, src_mask, tgt_in)` -> (logits, weights) and `forward_flops`, search the decoding
-interface of interface.py (`Decoder`: `encode`, `step_log_probs`, `memory.repeat`, `state.select`), and export
-its flat form (`Exportable`). This package is the one place that branches on model.type.
+interface of interface.py (`Decoder`: `encode`, `step_log_probs`, `memory.repeat` and `select`,
+`state.select`), and export its flat form (`Exportable`). This package is the one place that branches on model.type.
 """
 
 from __future__ import annotations

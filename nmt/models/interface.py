@@ -4,7 +4,8 @@ never ask which one they hold.
 
 `encode` runs the encoder once and returns the memory every step reads and the first decoder state;
 `step_log_probs` takes one step for a batch of prefixes. Beam search repeats the memory per beam
-(`Memory.repeat`) and reorders the states as beams survive (`State.select`). Each model reads only its own
+(`Memory.repeat`) and reorders the states as beams survive (`State.select`); both searches drop finished
+sentences (`Memory.select`, `State.select`). Each model reads only its own
 memory and state objects, so the step's arguments are typed as the model defines them."""
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class Decoder(Protocol):
     def max_positions(self) -> int | None:
         """The longest source, and the longest output, the model can encode or decode; None: no bound (an
         RNN). The Translator truncates longer inputs and the server refuses them."""
+        ...
+
+    @property
+    def cache_floats_per_position(self) -> int:
+        """Floats a decoding row's state grows by per position decoded (the Translator bounds beam batches
+        by it)."""
         ...
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...

@@ -83,8 +83,13 @@ class MultiHeadAttention(nn.Module):
 
         The query may have g times as many rows as the keys (g x B, T, Hq): g consecutive query rows (a
         sentence's beams) then attend to the same keys row, read once for all g; the mask is (B, S) or None."""
-        groups = query.shape[0] // keys_values.shape[0]
-        if groups > 1:
+        # (an exported graph, traced, always has one query row per memory row)
+        if not torch.jit.is_tracing() and query.shape[0] != keys_values.shape[0]:
+            groups, rest = divmod(query.shape[0], keys_values.shape[0])
+            if rest or groups == 0 or (mask is not None and mask.dim() != 2):
+                raise ValueError(f"attention: {query.shape[0]} query rows for {keys_values.shape[0]} memory rows "
+                                 f"(mask {None if mask is None else tuple(mask.shape)}): the query rows must be a "
+                                 "multiple of the memory rows, with a (B, S) mask when they are more")
             rows, steps = query.shape[:2]
             context, grouped = self(query.reshape(keys_values.shape[0], groups * steps, -1), keys_values, mask,
                                     need_weights)

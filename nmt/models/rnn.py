@@ -226,6 +226,7 @@ class RNNEncoderDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.max_positions: int | None = None  # recurrence has no position table
+        self.cache_floats_per_position = 0  # the recurrent state does not grow
         self.encoder = Encoder(cfg, src_vocab_size)
         self.decoder = Decoder(cfg, tgt_vocab_size)
         for embedding in (self.encoder.embed, self.decoder.embed):

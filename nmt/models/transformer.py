@@ -42,25 +42,25 @@ from nmt.tokens import PAD_ID
 
 @dataclass
 class TransformerMemory:
-    """What every decoder step reads: encoder output, source mask, each decoder layer's cross-attention keys.
+    """What every decoder step reads: the source mask and each decoder layer's cross-attention keys and values
+    (the encoder output itself is read only through them).
 
     One row per sentence even in beam search: `beams` decoder rows in a row share it, and cross-attention reads
     each sentence's keys once for all its beams (MultiHeadAttention's grouped queries) instead of once per
     beam from K copies."""
 
-    output: torch.Tensor  # (B, S, D) the encoder stack's output
     mask: torch.Tensor  # (B, S) True at real tokens
     cross_kv: tuple[torch.Tensor, ...]  # per decoder layer (B, S, 2D): W^K h and W^V h, projected once
     beams: int = 1  # decoder rows per sentence
 
     def repeat(self, times: int) -> TransformerMemory:
         """Each sentence for `times` decoder rows in a row (for beams); nothing copied."""
-        return TransformerMemory(self.output, self.mask, self.cross_kv, self.beams * times)
+        return TransformerMemory(self.mask, self.cross_kv, self.beams * times)
 
     def select(self, index: torch.Tensor) -> TransformerMemory:
         """Keep these sentences (search drops finished ones)."""
-        return TransformerMemory(self.output.index_select(0, index), self.mask.index_select(0, index),
-                                 tuple(k.index_select(0, index) for k in self.cross_kv), self.beams)
+        cross_kv = tuple(k.index_select(0, index) for k in self.cross_kv)
+        return TransformerMemory(self.mask.index_select(0, index), cross_kv, self.beams)
 
     def flatten(self) -> list[torch.Tensor]:
         """One row per decoder row, as an exported graph takes them."""
@@ -127,8 +127,8 @@ class CacheAppender:
             self.cache.append(keys)
             return keys
         buffer = self.state.cache[layer]
-        if self.copy:
-            room = max(2 * self.end, self.MIN_ROOM)
+        if self.copy:  # one decoding step: room to grow into; several positions at once (teacher forcing): none
+            room = max(2 * self.end, self.MIN_ROOM) if self.end - start == 1 else self.end
             buffer = torch.cat([buffer[:, :start], new.new_empty(new.shape[0], room - start, new.shape[2])], dim=1)
         buffer[:, start:self.end] = new
         self.cache.append(buffer)
@@ -249,6 +249,7 @@ class Transformer(nn.Module):
             raise ValueError(f"tie='all' shares one embedding matrix, which needs a joint vocabulary: source "
                              f"vocabulary {src_vocab_size} != target vocabulary {tgt_vocab_size}")
         self.d_model, self.max_positions, self.dropout = d_model, max_positions, Dropout(t.dropout)
+        self.cache_floats_per_position = cfg.cache_floats_per_position
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
         learned = positions == "learned"
@@ -319,8 +320,8 @@ class Transformer(nn.Module):
         layers = cast("list[DecoderLayer]", list(self.decoder_layers))
         cross_kv = tuple(layer.cross_attn.project_memory(output) for layer in layers)
         empty = output.new_zeros(output.shape[0], 0, 2 * self.d_model)
-        return TransformerMemory(output, src_mask, cross_kv), TransformerState((empty,) * len(cross_kv), 0,
-                                                                                 self.in_place_cache)
+        return TransformerMemory(src_mask, cross_kv), TransformerState((empty,) * len(cross_kv), 0,
+                                                                        self.in_place_cache)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor
                ) -> tuple[TransformerMemory, TransformerState]:
@@ -390,9 +391,9 @@ class Transformer(nn.Module):
 
     def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]
                   ) -> tuple[TransformerMemory, TransformerState]:
-        # The step reads neither the encoder output (its keys are projected; the mask stands in for it) nor the
-        # position, which the cache's length gives: a dynamic dimension of an exported graph.
-        return (TransformerMemory(memory[0], memory[0], tuple(memory[1:])),
+        # The step does not read the position, which the cache's length gives: a dynamic dimension of an
+        # exported graph.
+        return (TransformerMemory(memory[0], tuple(memory[1:])),
                 TransformerState(tuple(state), state[0].shape[1], in_place=False))
 
     def step_log_probs(
