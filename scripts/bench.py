@@ -189,7 +189,7 @@ def phase_decode(args) -> dict:
         out[f"{name}_bleu"] = bleu(hypotheses, data.references, evaluation).score
 
     for quantize, prefix in ((None, ""), ("int8", "int8_")):
-        translator = Translator.for_run(load_model(Path(args.model), quantize=quantize))
+        translator = Translator.for_run(loaded if quantize is None else load_model(Path(args.model), quantize=quantize))
         for beam, name in beams.items():
             timed(prefix + name, lambda ids, beam=beam, translator=translator: [
                 tokenizer.decode_tgt(hyps[0].tokens) for hyps in translator.search_ids(ids, beam_size=beam)], src)
