@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config
-from nmt.errors import NmtError
+from nmt.errors import ArgumentError, NmtError
 
 app = typer.Typer(
     help="Neural machine translation with attention: prepare data, train, translate, evaluate, inspect attention.",
@@ -36,6 +37,18 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
                         force=True)
 
 
+def _as_option(fn: Callable, field: str) -> str:
+    """An argument as the command's user wrote it: `beam_size` is `--beam-size` where the command has that
+    option; other fields (a text, a setting) stay as they are."""
+    hint = typing.get_type_hints(fn, include_extras=True).get(field)
+    for info in getattr(hint, "__metadata__", ()):
+        if isinstance(info, typer.models.OptionInfo):  # in Annotated, typer keeps the first name as `default`
+            names = [n for n in (info.default, *info.param_decls) if isinstance(n, str) and n.startswith("--")]
+            if names:
+                return names[0]
+    return field
+
+
 def command(fn: Callable | None = None, *, name: str | None = None) -> Callable:
     """Register a command whose library errors become one line on stderr and the error's exit code; `name`
     when the command's name is not its function's (a Python keyword)."""
@@ -46,6 +59,9 @@ def command(fn: Callable | None = None, *, name: str | None = None) -> Callable:
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except ArgumentError as err:
+            typer.echo(f"error: {_as_option(fn, err.field)}: {err.message}", err=True)
+            raise typer.Exit(err.exit_code) from None
         except NmtError as err:
             for line in str(err).splitlines():
                 typer.echo(f"error: {line}", err=True)
@@ -142,12 +158,6 @@ def import_(
                f"source {found.src_vocab_size}, target {found.tgt_vocab_size}")
 
 
-class Which(str, Enum):
-    best = "best"  # by dev BLEU
-    last = "last"  # the newest intact checkpoint
-    averaged = "averaged"  # written by nmt average
-
-
 class Split(str, Enum):
     dev = "dev"
     test = "test"
@@ -159,8 +169,9 @@ RunSetOption = Annotated[
                  "--set decoding.length_penalty=0.6 (repeatable)."),
 ]
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
-CheckpointOption = Annotated[Which, typer.Option("--checkpoint", help="best (by dev BLEU), last (the newest) or "
-                                                 "averaged (written by nmt average).")]
+CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="best (by dev BLEU), last (the newest), "
+                                               "averaged (written by nmt average) or a checkpoint's folder name "
+                                               "(step-00003000).")]
 RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")]
 SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
 SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
@@ -241,7 +252,7 @@ def translate(
     n_best: Annotated[int | None, typer.Option("--n-best", min=1, max=MAX_BEAM, help="Print the N best hypotheses "
                                                "with scores (at most the beam size); default: the config's "
                                                "decoding.n_best.")] = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
     sample: Annotated[bool, typer.Option("--sample", help="Draw each translation from the model instead of "
                                          "searching (back-translation); beam and n-best do not apply.")] = False,
@@ -270,7 +281,7 @@ def translate(
         raise typer.BadParameter("--temperature, --top-k, --top-p and --seed go with --sample")
     if sample and (beam_size or n_best):
         raise typer.BadParameter("--sample draws one translation per line: leave out --beam-size and --n-best")
-    done = translate_lines(_run_dirs(model, config), lines, beam_size, n_best, checkpoint.value, set_ or [],
+    done = translate_lines(_run_dirs(model, config), lines, beam_size, n_best, checkpoint, set_ or [],
                            progress=input_ is not None and _progress(),
                            sampling=Sampling(temperature, top_k, top_p, seed) if sample else None,
                            quantize=quantize and quantize.value, runtime=runtime.value)
@@ -290,7 +301,7 @@ def evaluate(
     src: SrcOption = None,
     ref: RefOption = None,
     beam_size: BeamOption = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
     quantize: QuantizeOption = None,
     runtime: RuntimeOption = Runtime.torch,
@@ -298,7 +309,7 @@ def evaluate(
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
     from nmt.inference.evaluate import evaluate as run_evaluation
 
-    report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint.value, beam_size,
+    report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint, beam_size,
                             progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value,
                             runtime=runtime.value)
     typer.echo(f"{report.name}: {report.sentences} sentences")
@@ -317,7 +328,7 @@ def attention(
     beam_size: BeamOption = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write the heatmaps "
                                                     "(default RUN_DIR/attention).")] = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
     kind: KindOption = "cross",
     layer: Annotated[int | None, typer.Option("--layer", min=1, help="Transformer: which layer (default the "
@@ -339,7 +350,7 @@ def attention(
 
     from nmt.inspect.analysis import inspect_sentence
 
-    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint.value, output_dir,
+    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir,
                              set_ or [], kind, layer, head, words, eos, attribution and attribution.value, steps)
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
@@ -388,7 +399,7 @@ def analyze(
     buckets: Annotated[str | None, typer.Option(help="Upper bounds of source-length buckets in words, e.g. "
                                                 "10,20 (default: terciles: short, medium, long).")] = None,
     beam_size: BeamOption = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
     kind: KindOption = "cross",
     words: WordsOption = False,
@@ -399,7 +410,7 @@ def analyze(
     from nmt.inspect.analysis import analyze as run_analysis
 
     found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
-                         checkpoint.value, progress=_progress(), overrides=set_ or [], kind=kind, words=words, eos=eos)
+                         checkpoint, progress=_progress(), overrides=set_ or [], kind=kind, words=words, eos=eos)
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
                               f"{r.max_weight:.3f}"] for r in found.rows]))
@@ -438,7 +449,7 @@ def align(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the alignments here, not stdout.")]
     = None,
     beam_size: BeamOption = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
     attribution: Annotated[Attribution | None, typer.Option(
         "--attribution", help="Link by gradient attribution instead of attention; with --gold, each head's rank "
@@ -466,7 +477,7 @@ def align(
     if src is None:
         raise typer.BadParameter("give --src FILE (or --prepare --config X.yaml)")
     found = align_files(_run_dir(model, config), src, tgt, layer, head, threshold, gold, choose_head_on, beam_size,
-                        checkpoint.value, set_ or [], attribution and attribution.value)
+                        checkpoint, set_ or [], attribution and attribution.value)
     _write_out("".join(format_links(links) + "\n" for links in found.links), output)
     which = f"layer {found.layer} " + (f"head {found.head}" if found.head else "heads averaged")
     if found.by_attribution:
@@ -491,7 +502,7 @@ def score(
     model: ModelOption = None,
     config: RunConfigOption = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSONL here, not stdout.")] = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
 ) -> None:
     """Forced decoding: each translation's log-probability under the model, per sentence and per token (JSONL)."""
@@ -501,7 +512,7 @@ def score(
     from nmt.inference.score import score_pairs
 
     pairs = list(read_text_pairs(src, ref))
-    scored = score_pairs(_run_dir(model, config), [s for s, _ in pairs], [t for _, t in pairs], checkpoint.value,
+    scored = score_pairs(_run_dir(model, config), [s for s, _ in pairs], [t for _, t in pairs], checkpoint,
                          set_ or [])
     _write_out("".join(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in scored), output)
 
@@ -516,7 +527,7 @@ def tune(
     split: SplitOption = None,
     src: SrcOption = None,
     ref: RefOption = None,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table; leave the run's config as it is.")]
     = False,
 ) -> None:
@@ -526,7 +537,7 @@ def tune(
 
     beam_sizes = _numbers("--beams", beams, int, "1,5")
     alphas = _numbers("--length-penalties", length_penalties, float, "0,1.0")
-    found = run_tune(_run_dir(model, config), beam_sizes, alphas, split.value if split else "dev", checkpoint.value,
+    found = run_tune(_run_dir(model, config), beam_sizes, alphas, split.value if split else "dev", checkpoint,
                      write=not dry_run, src_file=src, ref_file=ref)
     typer.echo(format_table(
         ["beam", "length penalty", f"{found.split} BLEU", "chrF", "sent/s", ""],
@@ -569,7 +580,7 @@ def export(
     format_: Annotated[ExportFormat, typer.Option("--format", help="onnx: the encoder and one decoder step; "
                                                   "ctranslate2: a Transformer run as a CTranslate2 model.")]
     = ExportFormat.onnx,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default RUN/export/FORMAT).")]
     = None,
 ) -> None:
@@ -578,7 +589,7 @@ def export(
     from nmt.export.onnx import export_onnx
 
     write = export_onnx if format_ is ExportFormat.onnx else export_ctranslate2
-    folder = write(_run_dir(model, config), checkpoint.value, output)
+    folder = write(_run_dir(model, config), checkpoint, output)
     typer.echo(f"{format_.value}: {folder}")
 
 
@@ -610,7 +621,7 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the models.")]
     = 1,
-    checkpoint: CheckpointOption = Which.best,
+    checkpoint: CheckpointOption = "best",
     max_batch: Annotated[int, typer.Option(min=1, help="Sentences decoded together at most.")] = 64,
     batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a request waits for others to share its "
                                                  "batch.")] = 2.0,
@@ -629,7 +640,7 @@ def serve(
         raise NmtError(f"nmt serve needs the serving extra ({err.name} is missing): pip install 'nmt[serve]'") \
             from None
 
-    run_server(served_runs(model), host, port, workers, checkpoint.value,
+    run_server(served_runs(model), host, port, workers, checkpoint,
                Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms,
                       max_request_cost=max_request_cost),
                quantize and quantize.value)

@@ -15,6 +15,15 @@ class ConfigError(NmtError):
     exit_code = 2
 
 
+class ArgumentError(ConfigError):
+    """An argument of a call (an API keyword, a request field, a command-line option) is of the wrong type or
+    out of bounds. It carries the argument's name, so each front end can name it as its caller wrote it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 class DataError(NmtError):
     """An input corpus or text file cannot be used (misaligned, not UTF-8, missing)."""
 

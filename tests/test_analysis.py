@@ -82,9 +82,9 @@ def test_transformer_attention_by_kind_layer_and_head(trained_transformer, tmp_p
     causal = inspect_sentence(trained_transformer, "ab ca de", out_dir=tmp_path, kind="decoder", head=1)
     assert causal.col_labels[0] == "<s>"
     assert np.all(np.triu(causal.weights, k=1) == 0.0)  # no position looks ahead
-    with pytest.raises(ConfigError, match="--layer 3: the model has 2 layers"):
+    with pytest.raises(ConfigError, match="layer: 3 is outside 1..2: the model has 2 layers"):
         inspect_sentence(trained_transformer, "ab", out_dir=tmp_path, layer=3)
-    with pytest.raises(ConfigError, match="--head 5: the model has 4 heads"):
+    with pytest.raises(ConfigError, match="head: 5 is outside 1..4: the model has 4 heads"):
         inspect_sentence(trained_transformer, "ab", out_dir=tmp_path, head=5)
 
 

@@ -74,7 +74,7 @@ def test_a_transformer_view_holds_every_head_of_every_layer(trained_transformer)
     one = run.attention(PROBES[1], kind="encoder", layer=1, head=2)
     assert one.weights.shape == (cols, cols) and np.allclose(one.weights, view.kinds("encoder").heads[0][1].weights)
     assert run.attention(PROBES[1], layer=2).weights.shape == (1, heads, rows, cols)
-    with pytest.raises(ConfigError, match="head 9"):
+    with pytest.raises(ConfigError, match="head: 9 is outside"):
         run.attention(PROBES[1], head=9)
 
 

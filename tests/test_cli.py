@@ -165,7 +165,7 @@ def test_beam_size_and_n_best_are_bounded(trained_run):
     assert "decoding.beam_size" in over.stderr
     short = run("translate", "--model", trained_run, "ab ca", "--beam-size", "3", "--n-best", "5")
     _one_error_line(short)
-    assert "n-best 5 cannot exceed the beam size (3)" in short.stderr
+    assert "--n-best: 5 cannot exceed the beam size (3)" in short.stderr
 
 
 def test_lines_without_content_translate_to_empty_lines(trained_run):
@@ -330,7 +330,7 @@ def test_align_errors_are_one_line_naming_the_file_and_line(trained_transformer,
     cases = [
         (["--tgt", tmp_path / "tgt", "--gold", tmp_path / "gold"], f"{tmp_path / 'gold'}:2: 'x' is no link"),
         (["--gold", tmp_path / "gold"], "add --tgt FILE"),
-        (["--tgt", tmp_path / "tgt", "--layer", "7"], "--layer 7: the model has 2 layers"),
+        (["--tgt", tmp_path / "tgt", "--layer", "7"], "--layer: 7 is outside 1..2: the model has 2 layers"),
     ]
     for extra, message in cases:
         result = run("align", "--model", trained_transformer, "--src", tmp_path / "src", *extra)

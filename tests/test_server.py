@@ -134,12 +134,12 @@ def test_client_errors_name_the_field_and_never_give_500(client, body, status, f
 
 
 ATTENTION_ERRORS = [
-    ({"text": "ab", "model": "transformer", "layer": 9}, "layer", "layer 9: the model has 2 layers"),
-    ({"text": "ab", "model": "transformer", "head": 5}, "head", "head 5: the model has 4 heads"),
+    ({"text": "ab", "model": "transformer", "layer": 9}, "layer", "9 is outside 1..2: the model has 2 layers"),
+    ({"text": "ab", "model": "transformer", "head": 5}, "head", "5 is outside 1..4: the model has 4 heads"),
     ({"text": "ab", "model": "transformer", "head": 0}, "head", "greater than or equal to 1"),
     ({"text": "ab", "model": "transformer", "kind": "sideways"}, "kind", "'cross', 'encoder' or 'decoder'"),
-    ({"text": "ab", "model": "rnn", "layer": 1}, "layer", "an RNN with one cross-attention map"),
-    ({"text": "ab", "model": "rnn", "kind": "encoder"}, "kind", "an RNN with one cross-attention map"),
+    ({"text": "ab", "model": "rnn", "layer": 1}, "layer", "this RNN run has one cross-attention map"),
+    ({"text": "ab", "model": "rnn", "kind": "encoder"}, "kind", "this RNN run has one cross-attention map"),
     ({"text": "ab", "threshold": 2}, "threshold", "less than or equal to 1"),
     ({"text": ["ab"]}, "text", "valid string"),
     ({"text": "ab", "attribution": "gradients"}, "attribution", "'input_x_gradient' or 'integrated_gradients'"),

@@ -14,13 +14,14 @@ from nmt.api.inline import explorer_html, page_data
 from nmt.api.views import AttentionView, KindMaps, plotting
 from nmt.config import Config, apply_override, parse_config
 from nmt.data.splits import EvalSet, eval_set
-from nmt.errors import ConfigError
+from nmt.errors import ArgumentError, ConfigError
+from nmt.inference import arguments
 from nmt.inference.metrics import Score, ter
 from nmt.inference.score import ScoredPair, score_with
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
-from nmt.inspect.attribution import AttributionView, attribution_view
-from nmt.inspect.view import attention_view
+from nmt.inspect.attribution import METHODS, AttributionView, attribution_view
+from nmt.inspect.view import attention_view, pick, refuse_selection_for_rnn
 from nmt.runs.loading import LoadedRun, load_model, read_config
 from nmt.serve.service import ServedModel
 
@@ -91,18 +92,15 @@ class Run:
         """A split of the run's corpus as training read and cleaned it: `.sources` and `.references`."""
         return eval_set(self.config.data, name)
 
-    def _translator_for(self, length_penalty: float | None) -> Translator:
-        if length_penalty is None:
-            return self._translator
-        decoding = self.config.decoding.model_copy(update={"length_penalty": length_penalty})
-        return Translator(self.loaded.model, self.loaded.tokenizer, decoding, self.config.data.clean)
-
-    def translate(self, texts: str | Sequence[str], beam_size: int | None = None, n_best: int = 1,
+    def translate(self, texts: str | Sequence[str], beam_size: int | None = None, n_best: int | None = None,
                   length_penalty: float | None = None) -> list[Translation]:
-        """Translate raw texts (one string or several); beam size and length penalty default to the run's
-        decoding settings. Each result holds the `n_best` hypotheses with their scores."""
-        lines = [texts] if isinstance(texts, str) else list(texts)
-        found = self._translator_for(length_penalty).translate(lines, beam_size, n_best)
+        """Translate raw texts (one string or several); beam size, n-best and length penalty default to the run's
+        decoding settings, within the command line's bounds. Each result holds the `n_best` hypotheses with their
+        scores."""
+        lines = arguments.texts(texts, "texts")
+        settings = arguments.search_settings(self.config.decoding, beam_size, n_best, length_penalty)
+        translator = self._translator.with_length_penalty(settings.length_penalty)
+        found = translator.translate(lines, settings.beam_size, settings.n_best)
         return [Translation(t.source, t.text, [Hypothesis(text, h.score, h.log_prob)
                                                for h, text in zip(t.hypotheses, t.texts, strict=True)])
                 for t in found]
@@ -129,16 +127,10 @@ class Run:
         maps = self._kind_maps(text, kind, threshold, beam_size, words, eos)
         count = len(maps.averages)
         if maps.averages[0].layer is None:
-            if layer is not None or head is not None:
-                raise ConfigError("layer and head select among a Transformer's attentions; this RNN run has one "
-                                  "cross-attention map")
+            refuse_selection_for_rnn(kind, layer, head)
             chosen = maps.averages
         else:
-            if layer is not None and not 1 <= layer <= count:
-                raise ConfigError(f"layer {layer}: the model has {count} layers (1 to {count})")
-            heads = len(maps.heads[0])
-            if head is not None and not 1 <= head <= heads:
-                raise ConfigError(f"head {head}: the model has {heads} heads (1 to {heads})")
+            layer, head = pick(count, layer, "layer"), pick(len(maps.heads[0]), head, "head")
             if head is not None:
                 chosen = [maps.heads[(layer or count) - 1][head - 1]]
             else:
@@ -155,6 +147,8 @@ class Run:
         input_x_gradient, or integrated_gradients with `steps`), beside the cross-attention of `head` of `layer`
         (default the last layer's heads averaged), with Spearman's rank correlation of the two per row
         (`.spearman`, `.mean_spearman`). `words` and `eos` shape both as in `attention`."""
+        method = arguments.choice(method, "method", METHODS)
+        steps = arguments.integer(steps, "steps", 1)
         view = attention_view(self.loaded, text, beam_size=beam_size, layer=layer, head=head,
                               translator=self._translator, words=words, eos=eos)
         return attribution_view(self.loaded, view, method, steps)
@@ -169,12 +163,13 @@ class Run:
                      "length_penalty": decoding.length_penalty, "translations": [found]}
         return explorer_html(page_data(view, described, translate))
 
-    def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[ScoredPair]:
-        """Forced decoding: each target's log-probability under the model, per sentence and per token."""
-        return score_with(self.loaded, list(sources), list(targets))
+    def score(self, sources: str | Sequence[str], targets: str | Sequence[str]) -> list[ScoredPair]:
+        """Forced decoding: each target's log-probability under the model, per sentence and per token (one pair
+        when given two strings)."""
+        return score_with(self.loaded, *arguments.aligned_texts(sources, targets, ("sources", "targets")))
 
-    def evaluate(self, split: str | None = None, sources: Sequence[str] | None = None,
-                 references: Sequence[str] | None = None, beam_size: int | None = None) -> Evaluation:
+    def evaluate(self, split: str | None = None, sources: str | Sequence[str] | None = None,
+                 references: str | Sequence[str] | None = None, beam_size: int | None = None) -> Evaluation:
         """BLEU, chrF and TER of a split of the run's corpus (default dev) or of given sources and references;
         writes nothing (`nmt evaluate` keeps the hypotheses and a report in the run directory)."""
         if (sources is None) != (references is None):
@@ -182,9 +177,10 @@ class Run:
         if sources is not None and references is not None:
             if split is not None:
                 raise ConfigError("evaluate: give a split or sources and references, not both")
-            if len(sources) != len(references) or not sources:
-                raise ConfigError(f"evaluate: {len(sources)} sources but {len(references)} references")
-            found = EvalSet("sources", list(sources), list(references))
+            given = arguments.aligned_texts(sources, references, ("sources", "references"))
+            if not given[0]:
+                raise ArgumentError("sources", "no texts to evaluate")
+            found = EvalSet("sources", *given)
         else:
             found = eval_set(self.config.data, split)
         decoded = decode_and_score(self._translator, found, self.config.evaluation, beam_size)
@@ -195,7 +191,8 @@ class Run:
 
 
 def load(run_dir: str | Path, checkpoint: str = "best") -> Run:
-    """A trained run from its directory: `checkpoint` is best (by dev BLEU), last or averaged."""
+    """A trained run from its directory: `checkpoint` is best (by dev BLEU), last, averaged or a checkpoint's
+    folder name (`step-00003000`); any other name is an error."""
     return Run(load_model(Path(run_dir), checkpoint), checkpoint)
 
 

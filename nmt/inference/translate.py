@@ -16,7 +16,7 @@ from nmt.config import CleanConfig, DecodingConfig
 from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
-from nmt.errors import ConfigError
+from nmt.inference.arguments import search_settings
 from nmt.inference.ensemble import load_models
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.models.interface import Decoder
@@ -64,6 +64,13 @@ class Translator:
     def for_run(cls, loaded: DecodingRun) -> Translator:
         """Decode as the run was configured: its decoding settings, its corpus cleaning."""
         return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
+
+    def with_length_penalty(self, length_penalty: float) -> Translator:
+        """This translator, ranking hypotheses with another length penalty (checked by the caller)."""
+        if length_penalty == self.decoding.length_penalty:
+            return self
+        changed = self.decoding.model_copy(update={"length_penalty": length_penalty})
+        return Translator(self.model, self.tokenizer, changed, self.clean)
 
     def search_ids(self, src: Sequence[Sequence[int]], beam_size: int, n_best: int = 1,
                    progress: bool = False, sampling: Sampling | None = None) -> list[list[Hypothesis]]:
@@ -124,13 +131,12 @@ class Translator:
                   progress: bool = False, sampling: Sampling | None = None) -> list[Translation]:
         """Translate raw lines; a line with no content (empty, or only spaces, control or invisible format
         characters) gives an empty translation."""
-        beam = beam_size or self.decoding.beam_size
-        if n_best > beam:
-            raise ConfigError(f"n-best {n_best} cannot exceed the beam size ({beam}): a beam keeps {beam} hypotheses")
+        settings = search_settings(self.decoding, beam_size, n_best)
         cleaned = [normalize(line, self.clean) for line in lines]  # as the training corpus was cleaned
         encoded = self.encode(cleaned)
         todo = [i for i, line in enumerate(cleaned) if has_content(line)]
-        found = self.search_ids([encoded[i] for i in todo], beam, n_best, progress, sampling) if todo else []
+        found = self.search_ids([encoded[i] for i in todo], settings.beam_size, settings.n_best, progress,
+                                sampling) if todo else []
         empty = Hypothesis([], 0.0, 0.0, torch.zeros(0, 0))
         by_line = dict(zip(todo, found, strict=True))
         out = []
@@ -154,8 +160,7 @@ def translate_lines(run_dir: Path | Sequence[Path], lines: Sequence[str], beam_s
     """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings.
     With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble."""
     loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
-    decoding = loaded.config.decoding
-    beam = 1 if sampling else beam_size or decoding.beam_size
-    n_best = 1 if sampling else n_best or min(decoding.n_best, beam)  # an explicit --n-best above the beam is an error
+    settings = search_settings(loaded.config.decoding, 1 if sampling else beam_size, 1 if sampling else n_best)
     translator = Translator.for_run(loaded)
-    return TranslatedLines(translator.translate(lines, beam, n_best, progress, sampling), beam, n_best)
+    return TranslatedLines(translator.translate(lines, settings.beam_size, settings.n_best, progress, sampling),
+                           settings.beam_size, settings.n_best)

@@ -11,7 +11,8 @@ import torch
 
 from nmt.config import ATTENTION_KINDS
 from nmt.data.tokenizer import Tokenizer
-from nmt.errors import ConfigError
+from nmt.errors import ArgumentError
+from nmt.inference.arguments import choice, integer, number, text
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inference.translate import Translator
 from nmt.inspect.words import shape_view
@@ -65,11 +66,22 @@ def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids:
             "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
 
 
-def _pick(count: int, chosen: int | None, what: str) -> int | None:
-    """A 1-based --layer/--head checked against what the model has; None stays None."""
-    if chosen is not None and not 1 <= chosen <= count:
-        raise ConfigError(f"--{what} {chosen}: the model has {count} {what}s (1 to {count})")
-    return chosen
+def refuse_selection_for_rnn(kind: str, layer: object, head: object) -> None:
+    """An RNN has one cross-attention map: choosing a kind, layer or head is a mistake, named as such."""
+    for name, value in (("kind", None if kind == "cross" else kind), ("layer", layer), ("head", head)):
+        if value is not None:
+            raise ArgumentError(name, "selects among a Transformer's attentions; this RNN run has one "
+                                      "cross-attention map")
+
+
+def pick(count: int, chosen: object, what: str) -> int | None:
+    """A 1-based layer or head checked against what the model has; None stays None."""
+    if chosen is None:
+        return None
+    found = integer(chosen, what, 1)
+    if found > count:
+        raise ArgumentError(what, f"{found} is outside 1..{count}: the model has {count} {what}s")
+    return found
 
 
 def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
@@ -89,18 +101,18 @@ def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, bea
     Transformer, `kind` picks cross-, encoder self- or decoder self-attention, `layer` one layer (default the
     last) and `head` one head (default: all heads of that layer, and their average as `weights`). With `words`
     the maps are merged into words, without `eos` EOS is left out (`shape_view`); statistics are of that view."""
-    if kind not in ATTENTION_KINDS:
-        raise ConfigError(f"--kind {kind}: choose one of {', '.join(ATTENTION_KINDS)}")
-    translation = (translator or Translator.for_run(loaded)).translate([sentence], beam_size or 1)[0]
+    choice(kind, "kind", ATTENTION_KINDS)
+    threshold = number(threshold, "threshold", 0.0, 1.0)
+    transformer = with_heads(loaded.model)
+    if transformer is None:
+        refuse_selection_for_rnn(kind, layer, head)
+    translation = (translator or Translator.for_run(loaded)).translate([text(sentence, "text")],
+                                                                       1 if beam_size is None else beam_size)[0]
     best = translation.hypotheses[0]
     rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
     row_labels, col_labels = map_labels(loaded.tokenizer, kind, translation.src_ids, best.tokens, rows)
     heads: list[HeadSummary] = []
-    transformer = with_heads(loaded.model)
     if transformer is None:
-        if kind != "cross" or layer is not None or head is not None:
-            raise ConfigError("--kind, --layer and --head select among a Transformer's attentions; this RNN run "
-                              "has one cross-attention map")
         weights, row_labels, col_labels = shape_view(best.attention, row_labels, col_labels, words, eos)
         panels = [("cross-attention", weights.numpy())]
     else:
@@ -110,8 +122,8 @@ def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, bea
             maps = transformer.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
         chosen, row_labels, col_labels = shape_view(maps[MAP_KEYS[kind]][:, 0].float(), row_labels, col_labels,
                                                     words, eos)  # (layers, heads, rows, cols)
-        layer = _pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
-        head = _pick(chosen.shape[1], head, "head")
+        layer = pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
+        head = pick(chosen.shape[1], head, "head")
         heads = _summaries(chosen)
         in_layer = chosen[layer - 1]
         if head is None:

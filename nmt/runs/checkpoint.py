@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from nmt.config import ModelConfig
-from nmt.errors import CheckpointError, DiskFullError
+from nmt.errors import ArgumentError, CheckpointError, DiskFullError
 from nmt.fileio import sha256_of, staged_folder
 from nmt.models import count_parameters
 from nmt.runs.rundir import CheckpointFiles, RunDir
@@ -207,8 +207,16 @@ def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
 
 
 def find_checkpoint(run: RunDir, which: str) -> Checkpoint:
-    """'best' (by dev BLEU), 'last' or 'averaged' (written by `nmt average`); a corrupted best falls back to
-    the newest intact one, with a warning."""
+    """'best' (by dev BLEU), 'last', 'averaged' (written by `nmt average`) or a checkpoint's folder name
+    (`step-00003000`); a corrupted best falls back to the newest intact one, with a warning. Any other name is
+    refused: it must never quietly mean the newest."""
+    if which not in ("best", "last", "averaged"):
+        named = {files.folder.name: files for files in run.checkpoints()}
+        if not isinstance(which, str) or which not in named:
+            shown = ", ".join(list(named)[-3:]) or "none yet"
+            raise ArgumentError("checkpoint", f"{which!r} is not best, last, averaged or a checkpoint of {run.path} "
+                                              f"(the newest: {shown})")
+        return verify(named[which])
     if which == "averaged":
         if not run.averaged_checkpoint().folder.is_dir():
             raise CheckpointError(f"{run.path}: no averaged checkpoint (write one with: nmt average --model "

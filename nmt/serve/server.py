@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from nmt.config import MAX_BEAM, AttentionKind
+from nmt.errors import ArgumentError
+from nmt.inference.arguments import MAX_LENGTH_PENALTY
 from nmt.inspect.attribution import STEPS, Method, shape_attribution
 from nmt.inspect.view import AttentionView
 from nmt.serve.attributor import Attributor
@@ -81,9 +83,6 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-
-MAX_LENGTH_PENALTY = 10.0
-"""Far above any useful alpha (0 to 2): larger ones only turn every score into -0.0."""
 
 Beam = Annotated[int | None, Field(ge=1, le=MAX_BEAM, description="1 = greedy; default: the run's")]
 
@@ -208,9 +207,9 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
-    @app.exception_handler(ClientError)
-    async def client_error(_request: Request, err: ClientError) -> JSONResponse:
-        return error_response(err.status, err.field, err.message)
+    @app.exception_handler(ArgumentError)
+    async def client_error(_request: Request, err: ArgumentError) -> JSONResponse:
+        return error_response(getattr(err, "status", 422), err.field, err.message)  # ClientError sets its own
 
     @app.exception_handler(Closing)
     async def closing(_request: Request, err: Closing) -> JSONResponse:

@@ -8,21 +8,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.config import MAX_BEAM
 from nmt.data.corpus import has_content, normalize
-from nmt.errors import ConfigError, NmtError
+from nmt.errors import ArgumentError, ConfigError
+from nmt.inference.arguments import search_settings
 from nmt.inference.translate import Translation, Translator
 from nmt.inspect.view import AttentionView, attention_view
-from nmt.models import count_parameters, with_heads
+from nmt.models import count_parameters
 from nmt.runs.loading import LoadedRun, load_model
 
 
-class ClientError(NmtError):
-    """A request the server cannot honour because of what the client sent (HTTP 4xx)."""
+class ClientError(ArgumentError):
+    """A request the server cannot honour because of what the client sent (HTTP 4xx; an `ArgumentError` from
+    the checks the server shares with the API is a 422)."""
 
     def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
+        super().__init__(field, message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,6 @@ class ServedModel:
                 "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
                 "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
                 "max_src_tokens": self.translator.source_limit[0]}
-
-    def translator_for(self, length_penalty: float) -> Translator:
-        decoding = self.loaded.config.decoding
-        if length_penalty == decoding.length_penalty:
-            return self.translator
-        changed = decoding.model_copy(update={"length_penalty": length_penalty})
-        return Translator(self.loaded.model, self.loaded.tokenizer, changed, self.loaded.config.data.clean)
 
 
 def text_field(texts: Sequence[str], i: int) -> str:
@@ -133,17 +127,8 @@ class ModelRegistry:
                  length_penalty: float | None) -> Decoding:
         """A request's decoding settings, each defaulting to the run's own; checked against each other."""
         served = self.get(name)
-        own = served.loaded.config.decoding
-        beam = beam_size or own.beam_size
-        if not 1 <= beam <= MAX_BEAM:
-            raise ClientError("beam_size", f"{beam} is outside 1..{MAX_BEAM}")
-        best = n_best or min(own.n_best, beam)
-        if best > beam:
-            raise ClientError("n_best", f"{best} cannot exceed the beam size ({beam})")
-        penalty = own.length_penalty if length_penalty is None else length_penalty
-        if penalty < 0:
-            raise ClientError("length_penalty", f"{penalty} must be >= 0")
-        return Decoding(served.name, beam, best, penalty)
+        settings = search_settings(served.loaded.config.decoding, beam_size, n_best, length_penalty)
+        return Decoding(served.name, settings.beam_size, settings.n_best, settings.length_penalty)
 
     def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
         """Refuse what cannot be translated faithfully: no texts, too many, an empty one, or one longer than the
@@ -168,20 +153,12 @@ class ModelRegistry:
 
     def translate(self, decoding: Decoding, texts: Sequence[str]) -> list[Translation]:
         served = self.models[decoding.model]
-        return served.translator_for(decoding.length_penalty).translate(texts, decoding.beam_size, decoding.n_best)
+        translator = served.translator.with_length_penalty(decoding.length_penalty)
+        return translator.translate(texts, decoding.beam_size, decoding.n_best)
 
     def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
                   head: int | None, threshold: float, words: bool = False, eos: bool = True
                   ) -> tuple[ServedModel, AttentionView]:
         served = self.get(name)
-        if with_heads(served.loaded.model) is None:
-            for field, value in (("kind", kind if kind != "cross" else None), ("layer", layer), ("head", head)):
-                if value is not None:
-                    raise ClientError(field, f"{served.name} is an RNN with one cross-attention map; {field} "
-                                             "selects among a Transformer's attentions")
-        try:
-            return served, attention_view(served.loaded, text, threshold, beam_size, kind, layer, head,
-                                          served.translator, words, eos)
-        except ConfigError as err:  # "--layer 9: the model has 3 layers": the field is the message's first word
-            field = str(err).split()[0].lstrip("-")
-            raise ClientError(field, str(err).removeprefix("--")) from None
+        return served, attention_view(served.loaded, text, threshold, beam_size, kind, layer, head, served.translator,
+                                      words, eos)
