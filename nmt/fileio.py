@@ -75,14 +75,16 @@ def describe_files(folder: Path) -> dict[str, dict[str, int | str]]:
 
 
 @contextmanager
-def staged_folder(final: Path, siblings: bool = False) -> Iterator[Path]:
+def staged_folder(final: Path, siblings: bool = False, replace: bool = True) -> Iterator[Path]:
     """Write a folder whole or not at all. The caller fills a fresh folder beside `final` (`.NAME.<random>.tmp`);
     its files are fsynced, then it takes `final`'s place in one step (renameat2's RENAME_EXCHANGE; where the
     system lacks it, two renames), so a crash at any moment leaves the old folder or the new one, never a mix.
     An error removes the staging folder; an OSError that names no file (torch.onnx.export's ENOSPC) is made to
     name the file being written, under its final name. The writer holds an flock on its staging folder, so the
     next call removes the leftovers of killed writers but never a live writer's (`siblings`: those of every
-    name in the parent, a folder that nmt owns)."""
+    name in the parent, a folder that nmt owns). Without `replace`, `final` must be missing or an empty folder:
+    the folder goes in with one rename, which the system refuses (OSError ENOTEMPTY or EEXIST) where anything
+    has appeared in `final`, so nothing there is ever removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final, siblings)
     staging, lock = _new_staging(final)
@@ -94,7 +96,7 @@ def staged_folder(final: Path, siblings: bool = False) -> Iterator[Path]:
                     with open(path, "rb") as handle:
                         os.fsync(handle.fileno())
             fsync_dir(staging)
-            _publish(staging, final)
+            _publish(staging, final, replace)
         except BaseException as err:
             _name_the_file(err, staging, final)
             raise
@@ -166,12 +168,13 @@ def _name_the_file(err: BaseException, staging: Path, final: Path) -> None:
         err.filename = str(final / named.relative_to(staging))
 
 
-def _publish(staging: Path, final: Path) -> None:
-    """Put `staging` at `final`; an earlier `final` ends up at `staging` (or is removed)."""
+def _publish(staging: Path, final: Path, replace: bool) -> None:
+    """Put `staging` at `final`; an earlier `final` ends up at `staging` (or is removed), or with `replace` false
+    stays where it is and the OSError of the rename is raised."""
     try:
         os.rename(staging, final)  # no `final` yet, or an empty one
     except OSError as err:
-        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not replace:
             raise
         if not _exchange(staging, final):
             old = staging.with_suffix(".old")

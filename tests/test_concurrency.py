@@ -26,10 +26,32 @@ NMT = str(Path(sys.executable).parent / "nmt")
 def test_the_lock_admits_one_holder_at_a_time(tmp_path):
     run = RunDir(tmp_path / "run")
     held = lock_run(run)
-    with pytest.raises(RunBusyError, match=rf"pid {os.getpid()} on .*one nmt train at a time"):
+    with pytest.raises(RunBusyError, match=rf"nmt train, pid {os.getpid()} on .*one writer at a time"):
         lock_run(run)  # another open file, as another process would have: refused
     held.release()
     lock_run(run).release()
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_what_the_next_writer_holds(tmp_path, monkeypatch):
+    """`nmt import` removes RUN/.lock before it releases it (RunLock.unlink). A writer that opened the old file
+    before that gets its flock once the import lets go: it must lock the file now at RUN/.lock instead, or a
+    third writer would take the run beside it."""
+    run = RunDir(tmp_path / "run")
+    importer = lock_run(run, "nmt import")
+    real_flock = fcntl.flock
+
+    def flock_once_the_importer_is_done(handle, operation):  # the importer ends between our open and our flock
+        if not importer.handle.closed:
+            importer.unlink()
+            importer.release()
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_once_the_importer_is_done)
+    trainer = lock_run(run)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with pytest.raises(RunBusyError, match=rf"nmt train, pid {os.getpid()} "):
+        lock_run(run)
+    trainer.release()
 
 
 def test_a_side_writer_leaves_a_live_writers_staging_alone_and_removes_a_dead_ones(tmp_path):

@@ -60,3 +60,22 @@ def test_a_folder_moved_aside_by_a_writer_that_died_is_put_back(tmp_path):
         (staging / "model").write_text("v2")
         raise RuntimeError("the new export fails")
     assert (tmp_path / "export" / "model").read_text() == "v1" and not aside.exists() and foreign.is_dir()
+
+
+def test_a_staged_folder_that_must_not_replace_leaves_what_appeared_at_its_place(tmp_path):
+    """`replace=False` (nmt import): a file written into the empty destination while the folder is staged makes
+    the rename fail; the file stays, the staged folder goes."""
+    import errno
+
+    from nmt.fileio import staged_folder
+
+    final = tmp_path / "run"
+    final.mkdir()
+    with pytest.raises(OSError) as refused, staged_folder(final, replace=False) as staging:
+        (staging / "config.yaml").write_text("imported")
+        (final / "checkpoint").write_text("trained")
+    assert refused.value.errno in (errno.ENOTEMPTY, errno.EEXIST)
+    assert [p.name for p in final.iterdir()] == ["checkpoint"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+    with staged_folder(tmp_path / "new", replace=False) as staging:
+        (staging / "config.yaml").write_text("imported")
+    assert (tmp_path / "new" / "config.yaml").read_text() == "imported"

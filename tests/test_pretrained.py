@@ -59,9 +59,10 @@ def _vocab(pieces: list[str], size: int | None = None) -> dict[str, int]:
     return vocab
 
 
-def build_marian(folder: Path, shared: bool, seed: int = 0) -> transformers.MarianMTModel:
+def build_marian(folder: Path, shared: bool, seed: int = 0, calibrate: bool = True) -> transformers.MarianMTModel:
     """A random-weight MarianMTModel saved as OPUS-MT models are: config, weights, two SentencePiece models and
-    the vocabularies (vocab.json, and target_vocab.json when the vocabularies are separate)."""
+    the vocabularies (vocab.json, and target_vocab.json when the vocabularies are separate). `calibrate`: with
+    translations that end mid-way (what comparing searches needs; seconds)."""
     folder.mkdir(parents=True)
     src_pieces = _train_spm(EN, folder / "source.spm")
     tgt_pieces = _train_spm(DE, folder / "target.spm")
@@ -84,7 +85,8 @@ def build_marian(folder: Path, shared: bool, seed: int = 0) -> transformers.Mari
     model = transformers.MarianMTModel(config).eval()
     with torch.no_grad():
         model.final_logits_bias.normal_(0.0, 0.5)  # a bias worth importing
-        _calibrate_eos(model, transformers.MarianTokenizer.from_pretrained(folder))
+        if calibrate:
+            _calibrate_eos(model, transformers.MarianTokenizer.from_pretrained(folder))
     model.save_pretrained(folder)
     (folder / "tokenizer_config.json").write_text(json.dumps({"separate_vocabs": not shared, "source_lang": "en",
                                                               "target_lang": "de"}))

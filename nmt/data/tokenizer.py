@@ -112,14 +112,22 @@ def _pieces(processor: spm.SentencePieceProcessor, line: str) -> list[str]:
     return code + processor.encode(line, out_type=str)
 
 
+def load_sentencepiece(proto: bytes) -> spm.SentencePieceProcessor:
+    """A SentencePiece model from its serialized proto; RuntimeError for one that is not a model, an empty one
+    included (the constructor's `model_proto=` skips an empty proto, leaving a processor that fails at its first
+    use: "Model is not initialized")."""
+    processor = spm.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(proto)
+    return processor
+
+
 class Tokenizer:
     """Encodes raw text to ids and decodes ids to detokenized text, one processor per side; with a
     `vocabulary`, through its piece -> id mapping instead of SentencePiece's own ids."""
 
     def __init__(self, src_proto: bytes, tgt_proto: bytes, vocabulary: Vocabulary | None = None):
         self.src_proto, self.tgt_proto, self.vocabulary = src_proto, tgt_proto, vocabulary
-        self.src = spm.SentencePieceProcessor(model_proto=src_proto)
-        self.tgt = spm.SentencePieceProcessor(model_proto=tgt_proto)
+        self.src, self.tgt = load_sentencepiece(src_proto), load_sentencepiece(tgt_proto)
 
     @classmethod
     def train(cls, src_lines: Iterable[str], tgt_lines: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:

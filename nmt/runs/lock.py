@@ -1,13 +1,14 @@
-"""One writer per run directory. `nmt train` holds an exclusive lock (fcntl.flock) on RUN/.lock from before
-it writes anything until it ends; the operating system releases it when the holder dies, so a killed trainer
-never blocks the resume that follows. The file names its holder, so a second writer is refused in one line
-saying who holds the run. Under torchrun rank 0 holds it."""
+"""One writer per run directory. `nmt train` and `nmt import` hold an exclusive lock (fcntl.flock) on RUN/.lock
+from before they write anything until they end; the operating system releases it when the holder dies, so a
+killed trainer never blocks the resume that follows. The file names its holder, so a second writer is refused
+in one line saying who holds the run. Under torchrun rank 0 holds it."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import socket
+from pathlib import Path
 from typing import IO
 
 from nmt.errors import RunBusyError
@@ -15,28 +16,52 @@ from nmt.runs.rundir import RunDir
 
 
 class RunLock:
-    def __init__(self, handle: IO[str]):
-        self.handle = handle
+    def __init__(self, handle: IO[str], path: Path):
+        self.handle, self.path = handle, path
 
     def release(self) -> None:
         """Give the run up (closing the file releases the lock)."""
         self.handle.close()
 
+    def unlink(self) -> None:
+        """Remove RUN/.lock while still holding it (`nmt import` renames its new run onto RUN, and a rename only
+        replaces an empty folder). A process that opened the file before gets its lock only after this one is
+        released, finds the file gone and locks the one at RUN/.lock instead (`lock_run`)."""
+        if _names(self.path, self.handle):
+            self.path.unlink()
 
-def lock_run(run: RunDir) -> RunLock:
-    """Take the run directory for this process, or raise RunBusyError naming the process that has it."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    handle = open(run.lock_path, "a+", encoding="utf-8")
+
+def _names(path: Path, handle: IO[str]) -> bool:
+    """Whether `path` is still the file `handle` has open."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise RunBusyError(f"{run.path} is being written by {holder}: one nmt train at a time per run "
-                           "directory; wait for it to end (or stop it), then continue with --resume") from None
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def lock_run(run: RunDir, command: str = "nmt train",
+             advice: str = "wait for it to end (or stop it), then continue with --resume") -> RunLock:
+    """Take the run directory for this process (`command` names it in the file), or raise RunBusyError naming
+    the process that has it, followed by `advice`."""
+    while True:
+        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(run.lock_path, "a+", encoding="utf-8")
+        except FileNotFoundError:  # the folder went as it was made (a refused import removes the one it made)
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunBusyError(f"{run.path} is being written by {holder}: one writer at a time per run "
+                               f"directory; {advice}") from None
+        if _names(run.lock_path, handle):
+            break
+        handle.close()  # its holder removed it before releasing it (RunLock.unlink): lock the file there now
     handle.seek(0)
     handle.truncate()
-    handle.write(f"nmt train, pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.write(f"{command}, pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
-    return RunLock(handle)
+    return RunLock(handle, run.lock_path)

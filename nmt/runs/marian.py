@@ -11,20 +11,22 @@ Marian starts decoding from its pad id, so that row becomes BOS; PAD is then one
 a zero embedding and a fixed logit bias of PAD_LOGIT: its probability underflows to exactly 0, so the
 distribution over the other ids is Marian's. Search never emits BOS or PAD (inference/search.py), as Marian's
 generation bans its pad id.
+
+The folder is input that may be hostile: marian_files.py reads it (bounded, hashed, validated before anything is
+allocated). The run directory is written under its lock (runs/lock.py), as `nmt train` writes it, and appears
+whole in one rename that the system refuses where the folder is not empty: an import never replaces a run.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from nmt.config import (
     MAX_BEAM,
@@ -37,28 +39,48 @@ from nmt.config import (
     TokenizerConfig,
     TrainingConfig,
     TransformerConfig,
+    _shown,
     config_to_yaml,
 )
-from nmt.data.tokenizer import Tokenizer, Vocabulary
+from nmt.data.tokenizer import Tokenizer, Vocabulary, load_sentencepiece
 from nmt.errors import CheckpointError, ConfigError, DownloadError, NmtError
-from nmt.fileio import sha256_of, staged_folder
+from nmt.fileio import staged_folder
 from nmt.models import build_model
 from nmt.runs.checkpoint import checkpoint_meta, write_checkpoint
+from nmt.runs.lock import RunLock, lock_run
+from nmt.runs.marian_files import (
+    CONFIG,
+    GENERATION,
+    MAX_VOCAB_BYTES,
+    PYTORCH_BIN,
+    SOURCE_SPM,
+    TARGET_SPM,
+    TARGET_VOCAB,
+    TOKENIZER_CONFIG,
+    VOCAB,
+    HFConfig,
+    HFGeneration,
+    HFTokenizer,
+    MarianFiles,
+    Weights,
+    read_generation,
+    read_hf_config,
+    read_weights,
+    validated,
+)
 from nmt.runs.rundir import RunDir
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
 
-CONFIG, SOURCE_SPM, TARGET_SPM = "config.json", "source.spm", "target.spm"
-VOCAB, TARGET_VOCAB, GENERATION = "vocab.json", "target_vocab.json", "generation_config.json"
-SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
-HUB_FILES = [CONFIG, SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB, GENERATION, "tokenizer_config.json",
-             "model*.safetensors*", PYTORCH_BIN]
+HUB_FILES = [CONFIG, SOURCE_SPM, TARGET_SPM, VOCAB, TARGET_VOCAB, GENERATION, TOKENIZER_CONFIG, "model*.safetensors*",
+             PYTORCH_BIN]
 ACTIVATIONS: dict[str, Literal["relu", "gelu", "silu"]] = {"swish": "silu", "silu": "silu", "relu": "relu",
                                                           "gelu": "gelu"}
 PAD_LOGIT = -1e4
 """The fixed logit bias of the PAD row Marian lacks: exp(-1e4) is 0 in float32 (and bf16, fp16)."""
 SPECIAL_NAMES = ("<pad>", "<unk>", "<s>", "</s>")  # the entries of nmt's special ids in a Vocabulary
+IMPORT = "nmt import"  # how the run's lock file names the import holding it
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,11 @@ class SideMapping:
     def ours(self) -> dict[int, int]:
         """Marian id -> nmt id."""
         return {row: i for i, row in enumerate(self.rows) if row is not None}
+
+    @property
+    def marian_size(self) -> int:
+        """Marian's rows on this side (every one of them has an nmt id)."""
+        return sum(row is not None for row in self.rows)
 
 
 @dataclass
@@ -102,151 +129,117 @@ def resolve_source(source: str) -> Path:
         raise DownloadError(f"--hf {source}: cannot fetch from the Hugging Face hub ({reason})") from None
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a Marian folder holds {CONFIG}, {SOURCE_SPM}, {TARGET_SPM}, "
-                              f"{VOCAB} and {SAFETENSORS})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable or not JSON ({err})") from None
-
-
-def _require(hf: dict[str, Any], folder: Path, key: str) -> Any:
-    if key not in hf:
-        raise CheckpointError(f"{folder / CONFIG}: no '{key}'")
-    return hf[key]
-
-
-def marian_settings(hf: dict[str, Any], folder: Path) -> TransformerConfig:
+def marian_settings(hf: HFConfig, where: Path) -> TransformerConfig:
     """Our Transformer with Marian's sizes and choices; an architecture we cannot reproduce is refused by name."""
-    where = folder / CONFIG
-    kind = hf.get("model_type")
-    if kind != "marian":
-        raise ConfigError(f"{where}: model_type {kind!r} is not supported (only 'marian': MarianMTModel)")
     for flag in ("normalize_before", "add_final_layer_norm", "normalize_embedding", "layernorm_embedding",
-                 "scale_attention", "static_position_embeddings"):
-        if hf.get(flag):
+                 "scale_attention"):  # static_position_embeddings, true in OPUS-MT's configs, is Marian's own
+        if getattr(hf, flag):
             raise ConfigError(f"{where}: {flag} is set: not a Marian architecture nmt reproduces")
     for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
-        if _require(hf, folder, a) != _require(hf, folder, b):
-            raise ConfigError(f"{where}: {a} {hf[a]} != {b} {hf[b]}: nmt's Transformer uses one value for both")
-    activation = hf.get("activation_function", "gelu")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"{where}: activation_function {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
-    if not hf.get("tie_word_embeddings", True) and hf.get("share_encoder_decoder_embeddings", True):
+        if getattr(hf, a) != getattr(hf, b):
+            raise ConfigError(f"{where}: {a} {getattr(hf, a)} != {b} {getattr(hf, b)}: nmt's Transformer uses one "
+                              "value for both")
+    if hf.activation_function not in ACTIVATIONS:
+        raise ConfigError(f"{where}: activation_function {_shown(hf.activation_function)} is not supported "
+                          f"({', '.join(ACTIVATIONS)})")
+    shared, tied = hf.share_encoder_decoder_embeddings, hf.tie_word_embeddings
+    if not tied and shared:
         raise ConfigError(f"{where}: shared encoder/decoder embeddings with a separate output layer are not "
                           "supported (tie_word_embeddings false)")
-    shared = hf.get("share_encoder_decoder_embeddings", True)
-    tie: Literal["none", "decoder", "all"] = ("all" if shared else "decoder") if hf.get("tie_word_embeddings", True) \
-        else "none"
+    tie: Literal["none", "decoder", "all"] = ("all" if shared else "decoder") if tied else "none"
     try:
         return TransformerConfig(
-            d_model=_require(hf, folder, "d_model"), heads=hf["encoder_attention_heads"], ff_size=hf["encoder_ffn_dim"],
-            encoder_layers=_require(hf, folder, "encoder_layers"),
-            decoder_layers=_require(hf, folder, "decoder_layers"),
-            dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.0),
-            positions="sinusoidal_halves", max_positions=_require(hf, folder, "max_position_embeddings"), norm="post",
-            tie=tie, activation=ACTIVATIONS[activation], scale_embeddings=bool(hf.get("scale_embedding", False)),
+            d_model=hf.d_model, heads=hf.encoder_attention_heads, ff_size=hf.encoder_ffn_dim,
+            encoder_layers=hf.encoder_layers, decoder_layers=hf.decoder_layers, dropout=hf.dropout,
+            attention_dropout=hf.attention_dropout, positions="sinusoidal_halves",
+            max_positions=hf.max_position_embeddings, norm="post", tie=tie,
+            activation=ACTIVATIONS[hf.activation_function], scale_embeddings=hf.scale_embedding,
             final_logits_bias=True)
     except ValueError as err:
         raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
 
 
-def side_mapping(vocab: Any, path: Path, size: int, pad: int, start: int, eos: int) -> SideMapping:
-    """nmt's ids for one side of Marian's vocabulary (module docstring)."""
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+def side_mapping(vocab: Any, path: Path, size: int, hf: HFConfig) -> SideMapping:
+    """nmt's ids for one side of Marian's vocabulary (module docstring): every id of the side's `size` rows
+    given to exactly one piece, '<unk>' among them with an id of its own."""
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
         raise CheckpointError(f"{path}: expected a JSON object mapping pieces to ids")
-    by_id = {i: piece for piece, i in vocab.items()}
-    if sorted(by_id) != list(range(size)):
-        raise CheckpointError(f"{path}: maps pieces to {len(by_id)} distinct ids, the model has {size} rows")
+    by_id: dict[int, str] = {}
+    for piece, i in vocab.items():
+        if not 0 <= i < size:
+            raise CheckpointError(f"{path}: piece {_shown(piece)} has id {i}, outside the model's {size} rows "
+                                  f"(0 to {size - 1})")
+        if i in by_id:
+            raise CheckpointError(f"{path}: pieces {_shown(by_id[i])} and {_shown(piece)} both have id {i}")
+        by_id[i] = piece
+    if len(by_id) < size:
+        missing = next(i for i in range(size) if i not in by_id)
+        raise CheckpointError(f"{path}: no piece has id {missing}: {len(by_id)} pieces for the model's {size} rows")
     if "<unk>" not in vocab:
         raise CheckpointError(f"{path}: no '<unk>' piece")
-    special: dict[int, int | None] = {PAD_ID: pad if pad != start else None, UNK_ID: vocab["<unk>"],
-                                      BOS_ID: start, EOS_ID: eos}
+    pad, start, eos, unk = hf.pad_token_id, hf.start_id, hf.eos_token_id, vocab["<unk>"]
+    for key, value in (("pad_token_id", pad), ("decoder_start_token_id", start), ("eos_token_id", eos)):
+        if value == unk:
+            raise CheckpointError(f"{path}: '<unk>' has id {unk}, {CONFIG}'s {key}: each needs an id of its own")
+    special: dict[int, int | None] = {PAD_ID: pad if pad != start else None, UNK_ID: unk, BOS_ID: start,
+                                      EOS_ID: eos}
     taken = {row for row in special.values() if row is not None}
     others = [i for i in range(size) if i not in taken]
     rows: tuple[int | None, ...] = tuple(special[i] for i in range(EOS_ID + 1)) + tuple(others)
     return SideMapping(SPECIAL_NAMES + tuple(by_id[i] for i in others), rows)
 
 
-def read_marian_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors by name, without the "model." prefix; never unpickles code."""
-    try:
-        if (folder / SAFETENSORS).is_file():
-            tensors = load_file(str(folder / SAFETENSORS))
-        elif (folder / SAFETENSORS_INDEX).is_file():
-            shards = sorted(set(_read_json(folder / SAFETENSORS_INDEX).get("weight_map", {}).values()))
-            tensors = {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
-        elif (folder / PYTORCH_BIN).is_file():
-            tensors = torch.load(folder / PYTORCH_BIN, map_location="cpu", weights_only=True)
-        else:
-            raise CheckpointError(f"{folder}: no weights ({SAFETENSORS} or {PYTORCH_BIN})")
-    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError) as err:  # weights_only: pickled code
-        raise CheckpointError(f"{folder}: cannot read the weights safely ({str(err).splitlines()[0]})") from None
-    if not isinstance(tensors, dict):
-        raise CheckpointError(f"{folder}: the weights are not a mapping of tensors")
-    return {name.removeprefix("model."): tensor.float() for name, tensor in tensors.items()}
-
-
-class _Weights:
-    """Marian's tensors, read by name; a missing one is an error naming it."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], folder: Path):
-        self.tensors, self.folder = tensors, folder
-
-    def __call__(self, *names: str) -> torch.Tensor:
-        for name in names:
-            if name in self.tensors:
-                return self.tensors[name]
-        raise CheckpointError(f"{self.folder}: the weights have no {' or '.join(names)}")
-
-
-def convert_weights(weights: _Weights, settings: TransformerConfig, src: SideMapping, tgt: SideMapping
+def convert_weights(weights: Weights, settings: TransformerConfig, src: SideMapping, tgt: SideMapping
                     ) -> dict[str, torch.Tensor]:
-    """Marian's tensors under our names, embedding rows (and logit biases) in nmt's id order."""
+    """Marian's tensors under our names, embedding rows (and logit biases) in nmt's id order; each Marian tensor
+    has the shape the config implies, or is refused by name."""
+    d, ff = settings.d_model, settings.ff_size
+
     def rows(matrix: torch.Tensor, side: SideMapping) -> torch.Tensor:
         out = matrix.new_zeros(len(side.rows), *matrix.shape[1:])
         ours, theirs = zip(*((i, row) for i, row in enumerate(side.rows) if row is not None), strict=True)
         out[torch.tensor(ours)] = matrix[torch.tensor(theirs)]
         return out
 
+    src_rows, tgt_rows = src.marian_size, tgt.marian_size
     state: dict[str, torch.Tensor] = {
-        "src_embed.weight": rows(weights("encoder.embed_tokens.weight", "shared.weight"), src),
-        "tgt_embed.weight": rows(weights("decoder.embed_tokens.weight", "shared.weight"), tgt),
+        "src_embed.weight": rows(weights("encoder.embed_tokens.weight", "shared.weight", shape=(src_rows, d)), src),
+        "tgt_embed.weight": rows(weights("decoder.embed_tokens.weight", "shared.weight", shape=(tgt_rows, d)), tgt),
     }
-    lm_head = weights("lm_head.weight") if settings.tie == "none" else None
+    lm_head = weights("lm_head.weight", shape=(tgt_rows, d)) if settings.tie == "none" else None
     state["output.weight"] = state["tgt_embed.weight"] if lm_head is None else rows(lm_head, tgt)
-    bias = rows(weights("final_logits_bias").reshape(-1, 1), tgt).squeeze(1)
+    bias = rows(weights("final_logits_bias", shape=(1, tgt_rows)).reshape(-1, 1), tgt).squeeze(1)
     bias[PAD_ID] = PAD_LOGIT if tgt.rows[PAD_ID] is None else bias[PAD_ID]
     state["final_logits_bias"] = bias
 
-    def linear(ours: str, theirs: str) -> None:
-        state[f"{ours}.weight"], state[f"{ours}.bias"] = weights(f"{theirs}.weight"), weights(f"{theirs}.bias")
+    def linear(ours: str, theirs: str, out: int, inner: int | None) -> None:
+        """A linear layer (`inner` its input size), or a layer norm (`inner` None)."""
+        state[f"{ours}.weight"] = weights(f"{theirs}.weight", shape=(out,) if inner is None else (out, inner))
+        state[f"{ours}.bias"] = weights(f"{theirs}.bias", shape=(out,))
 
     def attention(ours: str, theirs: str) -> None:
-        linear(f"{ours}.query_proj", f"{theirs}.q_proj")
-        linear(f"{ours}.out_proj", f"{theirs}.out_proj")
-        for part in ("weight", "bias"):  # our memory projection is W^K and W^V stacked
-            state[f"{ours}.memory_proj.{part}"] = torch.cat([weights(f"{theirs}.k_proj.{part}"),
-                                                             weights(f"{theirs}.v_proj.{part}")])
+        linear(f"{ours}.query_proj", f"{theirs}.q_proj", d, d)
+        linear(f"{ours}.out_proj", f"{theirs}.out_proj", d, d)
+        for part, shape in (("weight", (d, d)), ("bias", (d,))):  # our memory projection is W^K and W^V stacked
+            state[f"{ours}.memory_proj.{part}"] = torch.cat([weights(f"{theirs}.k_proj.{part}", shape=shape),
+                                                             weights(f"{theirs}.v_proj.{part}", shape=shape)])
 
     def feed_forward(ours: str, theirs: str) -> None:
-        linear(f"{ours}.ff.inner", f"{theirs}.fc1")
-        linear(f"{ours}.ff.outer", f"{theirs}.fc2")
-        linear(f"{ours}.ff_sub.norm", f"{theirs}.final_layer_norm")
+        linear(f"{ours}.ff.inner", f"{theirs}.fc1", ff, d)
+        linear(f"{ours}.ff.outer", f"{theirs}.fc2", d, ff)
+        linear(f"{ours}.ff_sub.norm", f"{theirs}.final_layer_norm", d, None)
 
     for i in range(settings.encoder_layers):
         ours, theirs = f"encoder_layers.{i}", f"encoder.layers.{i}"
         attention(f"{ours}.self_attn", f"{theirs}.self_attn")
-        linear(f"{ours}.attn_sub.norm", f"{theirs}.self_attn_layer_norm")
+        linear(f"{ours}.attn_sub.norm", f"{theirs}.self_attn_layer_norm", d, None)
         feed_forward(ours, theirs)
     for i in range(settings.decoder_layers):
         ours, theirs = f"decoder_layers.{i}", f"decoder.layers.{i}"
         attention(f"{ours}.self_attn", f"{theirs}.self_attn")
-        linear(f"{ours}.self_sub.norm", f"{theirs}.self_attn_layer_norm")
+        linear(f"{ours}.self_sub.norm", f"{theirs}.self_attn_layer_norm", d, None)
         attention(f"{ours}.cross_attn", f"{theirs}.encoder_attn")
-        linear(f"{ours}.cross_sub.norm", f"{theirs}.encoder_attn_layer_norm")
+        linear(f"{ours}.cross_sub.norm", f"{theirs}.encoder_attn_layer_norm", d, None)
         feed_forward(ours, theirs)
     return state
 
@@ -261,39 +254,38 @@ class MarianModel:
     tgt: SideMapping
     tokenizer: Tokenizer
     state: dict[str, torch.Tensor]
-    generation: dict[str, Any]
+    generation: HFGeneration
     languages: tuple[str, str]
+    sha256: dict[str, str]  # of every file read, by name
 
 
 def read_marian(folder: Path) -> MarianModel:
-    hf = _read_json(folder / CONFIG)
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{folder / CONFIG}: not a JSON object")
-    settings = marian_settings(hf, folder)
-    shared = settings.tie == "all" or hf.get("share_encoder_decoder_embeddings", True)
-    pad, eos = _require(hf, folder, "pad_token_id"), _require(hf, folder, "eos_token_id")
-    start = hf.get("decoder_start_token_id", pad)
-    src_vocab = _read_json(folder / VOCAB)
-    tgt_path = folder / (VOCAB if shared else TARGET_VOCAB)
-    src_size = _require(hf, folder, "vocab_size")
-    src = side_mapping(src_vocab, folder / VOCAB, src_size, pad, start, eos)
-    tgt = src if shared else side_mapping(_read_json(tgt_path), tgt_path, hf.get("decoder_vocab_size") or src_size,
-                                          pad, start, eos)
-    protos = []
-    for name in (SOURCE_SPM, TARGET_SPM):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder / name}: missing (the SentencePiece model of the "
-                                  f"{'source' if name == SOURCE_SPM else 'target'} side)")
-        protos.append((folder / name).read_bytes())
+    """Read a Marian folder and convert it; every check comes before the converted weights are allocated."""
+    files = MarianFiles(folder)
+    hf = read_hf_config(files)
+    settings = marian_settings(hf, folder / CONFIG)
+    generation = read_generation(files, hf)
+    src = side_mapping(files.json(VOCAB, MAX_VOCAB_BYTES), folder / VOCAB, hf.vocab_size, hf)
+    tgt = src if hf.share_encoder_decoder_embeddings else \
+        side_mapping(files.json(TARGET_VOCAB, MAX_VOCAB_BYTES), folder / TARGET_VOCAB, hf.tgt_vocab_size, hf)
+    tokenizer = Tokenizer(_sentencepiece(files, SOURCE_SPM, "source"), _sentencepiece(files, TARGET_SPM, "target"),
+                          Vocabulary(src.pieces, tgt.pieces))
+    state = convert_weights(read_weights(files, hf), settings, src, tgt)
+    names: HFTokenizer = validated(HFTokenizer, files.json_object(TOKENIZER_CONFIG), folder / TOKENIZER_CONFIG) \
+        if files.has(TOKENIZER_CONFIG) else HFTokenizer()
+    languages = (names.source_lang or "src", names.target_lang or "tgt")
+    return MarianModel(folder, settings, src, tgt, tokenizer, state, generation, languages, dict(files.sha256))
+
+
+def _sentencepiece(files: MarianFiles, name: str, side: str) -> bytes:
+    """A SentencePiece model that loads (an empty file does not)."""
+    proto = files.read(name, MAX_VOCAB_BYTES, missing=f"the SentencePiece model of the {side} side")
     try:
-        tokenizer = Tokenizer(protos[0], protos[1], Vocabulary(src.pieces, tgt.pieces))
+        load_sentencepiece(proto)
     except RuntimeError as err:
-        raise CheckpointError(f"{folder}: cannot load the SentencePiece models ({err})") from None
-    state = convert_weights(_Weights(read_marian_weights(folder), folder), settings, src, tgt)
-    generation = _read_json(folder / GENERATION) if (folder / GENERATION).is_file() else {}
-    tok_config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    languages = (str(tok_config.get("source_lang") or "src"), str(tok_config.get("target_lang") or "tgt"))
-    return MarianModel(folder, settings, src, tgt, tokenizer, state, generation, languages)
+        reason = "the file is empty" if not proto else f"it does not load: {str(err).splitlines()[0].strip()}"
+        raise CheckpointError(f"{files.folder / name}: not a SentencePiece model ({reason})") from None
+    return proto
 
 
 def run_config(marian: MarianModel, run: RunDir) -> Config:
@@ -302,7 +294,8 @@ def run_config(marian: MarianModel, run: RunDir) -> Config:
     src_lang, tgt_lang = marian.languages
     placeholder = TextSource(format="text", src=f"data/{run.path.name}/train.{src_lang}",
                              tgt=f"data/{run.path.name}/train.{tgt_lang}")
-    beams = int(marian.generation.get("num_beams") or 1)
+    generation = marian.generation
+    length_penalty = 1.0 if generation.length_penalty is None else generation.length_penalty
     return Config(
         name=run.path.name, run_dir=str(run.path),
         data=DataConfig(src_lang=src_lang, tgt_lang=tgt_lang, train=placeholder, dev=placeholder,
@@ -310,16 +303,45 @@ def run_config(marian: MarianModel, run: RunDir) -> Config:
         tokenizer=TokenizerConfig(vocab_size=max(16, len(marian.tgt.pieces)), joint=marian.settings.tie == "all"),
         model=ModelConfig(type="transformer", transformer=marian.settings),
         training=TrainingConfig(max_epochs=1),
-        decoding=DecodingConfig(beam_size=min(beams, MAX_BEAM),
-                                length_penalty=float(marian.generation.get("length_penalty", 1.0)),
+        decoding=DecodingConfig(beam_size=min(generation.num_beams or 1, MAX_BEAM), length_penalty=length_penalty,
                                 max_src_tokens=marian.settings.max_positions))
 
 
 def import_marian(source: str, run_dir: Path) -> ImportResult:
-    """Write run directory `run_dir` from a Marian model (a folder, or a hub id); refuses a run that exists."""
+    """Write run directory `run_dir` from a Marian model (a folder, or a hub id), holding the run's lock from
+    the start (a second import, or a trainer, is refused naming this one). The run appears whole, in one rename
+    that the system refuses where `run_dir` is not empty: whatever is found there, before or during the import
+    (a run copied in without the lock), is never replaced; the import is refused instead."""
     run = RunDir(run_dir)
-    if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-        raise ConfigError(f"--run-dir {run.path}: exists and is not empty; choose a new folder")
+    if run.path.is_symlink() or (run.path.exists() and not run.path.is_dir()):
+        raise ConfigError(f"--run-dir {run.path}: exists and is not a folder; choose a new folder")
+    made = not run.path.exists()
+    lock = lock_run(run, IMPORT, "choose another --run-dir")
+    try:
+        _refuse_unless_empty(run)
+        return _write_run(source, run, lock)
+    except BaseException:
+        if made:  # leave no empty folder behind (one that something was written into stays)
+            lock.unlink()
+            with contextlib.suppress(OSError):
+                run.path.rmdir()
+        raise
+    finally:
+        lock.release()
+
+
+def _refuse_unless_empty(run: RunDir) -> None:
+    """The run directory holds nothing but its lock file: there is no run to overwrite."""
+    found = sorted(path.name for path in run.path.iterdir() if path != run.lock_path)
+    if found:
+        raise ConfigError(f"--run-dir {run.path}: exists and is not empty ({_listing(found)}); choose a new folder")
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _write_run(source: str, run: RunDir, lock: RunLock) -> ImportResult:
     folder = resolve_source(source)
     marian = read_marian(folder)
     config = run_config(marian, run)
@@ -329,15 +351,23 @@ def import_marian(source: str, run_dir: Path) -> ImportResult:
     if missing or unexpected:
         raise CheckpointError(f"{folder}: converted weights do not fit: missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]}")
-    files = sorted(p.name for p in folder.iterdir() if p.is_file())
     meta = checkpoint_meta(0, 0, model, config.model, None)
     meta["imported_from"] = {"format": "marian", "source": source, "folder": str(folder.resolve()),
-                             "sha256": {name: sha256_of(folder / name) for name in files}}
-    with staged_folder(run.path) as staging:  # the whole run or nothing: an interrupted import leaves no half run
-        staged = RunDir(staging)
-        staged.write_config(config_to_yaml(config))
-        staged.write_tokenizer(tokenizer)
-        write_checkpoint(staged, staged.checkpoint(0), model.state_dict(), {}, meta)
+                             "sha256": marian.sha256}
+    try:
+        with staged_folder(run.path, replace=False) as staging:  # the whole run or nothing
+            staged = RunDir(staging)
+            staged.write_config(config_to_yaml(config))
+            staged.write_tokenizer(tokenizer)
+            write_checkpoint(staged, staged.checkpoint(0), model.state_dict(), {}, meta)
+            _refuse_unless_empty(run)  # again, right before the rename: a copy made without the lock meanwhile
+            lock.unlink()  # the rename replaces only an empty folder: it fails if anything appears from here on
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        found = sorted(path.name for path in run.path.iterdir())
+        raise ConfigError(f"--run-dir {run.path}: written by another process during the import "
+                          f"({_listing(found)}); left as it is: choose a new folder") from None
     log.info("imported %s into %s: %s", source, run.path, config.model.summary)
     return ImportResult(run.path, source, config.model.summary, int(meta["parameters"]), tokenizer.src_vocab_size,
                         tokenizer.tgt_vocab_size)
