@@ -512,38 +512,39 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one `key.sub=value` override in place; the value is parsed as YAML (`0.5`, `true`, `[1, 2]`)."""
     key, sep, value = assignment.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {_shown(assignment)}: expected key.sub=value")
+        raise ConfigError(f"--set {shown_value(assignment)}: expected key.sub=value")
     parts = key.strip().split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {_shown(assignment)}: {'.'.join(parts[: depth + 1])} is not a section")
+            raise ConfigError(f"--set {shown_value(assignment)}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
     try:
         node[parts[-1]] = parse_yaml(value)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {_shown(assignment)}: the value is not valid YAML: {_yaml_problem(err)}") from None
+        raise ConfigError(f"--set {shown_value(assignment)}: the value is not valid YAML: "
+                          f"{_yaml_problem(err)}") from None
 
 
 SHOWN_INPUT_CHARS = 80
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """A value as an error message quotes it: at most SHOWN_INPUT_CHARS characters, so that a huge input never
     makes a huge message."""
     text = repr(value)
     return text if len(text) <= SHOWN_INPUT_CHARS else f"{text[:SHOWN_INPUT_CHARS]}... ({len(text):,} characters)"
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         # Drop the discriminator tags pydantic inserts into union locations ('text', 'tsv', 'hf').
         loc = [str(p) for p in item["loc"] if p not in ("text", "tsv", "hf")]
         key = ".".join(loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {_shown(item.get('input'))})"
+        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {shown_value(item.get('input'))})"
         lines.append(f"{source}: {key}: {message}{got}")
     return "\n".join(lines)
 
@@ -552,7 +553,7 @@ def parse_config(raw: dict[str, Any], source: str = "config", check_files: bool 
     try:
         return Config.model_validate(raw, context={"check_files": check_files})
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+        raise ConfigError(format_validation_error(source, err)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_files: bool = True) -> Config:

@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nmt.config import MAX_BEAM, DecodingConfig
+from nmt.config import MAX_BEAM, DecodingConfig, shown_value
 from nmt.errors import ArgumentError
 
 MAX_LENGTH_PENALTY = 10.0
@@ -20,7 +20,7 @@ MAX_LENGTH_PENALTY = 10.0
 def integer(value: object, field: str, low: int, high: int | None = None) -> int:
     """An int in low..high (a NumPy integer counts; a bool or a float such as 2.0 does not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentError(field, f"{value!r} is not a whole number")
+        raise ArgumentError(field, f"{shown_value(value)} is not a whole number")
     found = int(value)
     if found < low or (high is not None and found > high):
         raise ArgumentError(field, f"{found} is outside {low}..{'' if high is None else high}")
@@ -30,7 +30,7 @@ def integer(value: object, field: str, low: int, high: int | None = None) -> int
 def number(value: object, field: str, low: float, high: float) -> float:
     """A finite real number in low..high (NaN and infinities are refused: they turn scores into NaN)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentError(field, f"{value!r} is not a number")
+        raise ArgumentError(field, f"{shown_value(value)} is not a number")
     found = float(value)
     if not math.isfinite(found) or not low <= found <= high:
         raise ArgumentError(field, f"{found} is outside {low:g}..{high:g}")
@@ -39,7 +39,7 @@ def number(value: object, field: str, low: float, high: float) -> float:
 
 def choice(value: object, field: str, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ArgumentError(field, f"{value!r} is not one of {', '.join(allowed)}")
+        raise ArgumentError(field, f"{shown_value(value)} is not one of {', '.join(allowed)}")
     return value
 
 

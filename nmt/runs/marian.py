@@ -39,8 +39,8 @@ from nmt.config import (
     TokenizerConfig,
     TrainingConfig,
     TransformerConfig,
-    _shown,
     config_to_yaml,
+    shown_value,
 )
 from nmt.data.tokenizer import Tokenizer, Vocabulary, load_sentencepiece
 from nmt.errors import CheckpointError, ConfigError, DownloadError, NmtError
@@ -140,7 +140,7 @@ def marian_settings(hf: HFConfig, where: Path) -> TransformerConfig:
             raise ConfigError(f"{where}: {a} {getattr(hf, a)} != {b} {getattr(hf, b)}: nmt's Transformer uses one "
                               "value for both")
     if hf.activation_function not in ACTIVATIONS:
-        raise ConfigError(f"{where}: activation_function {_shown(hf.activation_function)} is not supported "
+        raise ConfigError(f"{where}: activation_function {shown_value(hf.activation_function)} is not supported "
                           f"({', '.join(ACTIVATIONS)})")
     shared, tied = hf.share_encoder_decoder_embeddings, hf.tie_word_embeddings
     if not tied and shared:
@@ -167,10 +167,10 @@ def side_mapping(vocab: Any, path: Path, size: int, hf: HFConfig) -> SideMapping
     by_id: dict[int, str] = {}
     for piece, i in vocab.items():
         if not 0 <= i < size:
-            raise CheckpointError(f"{path}: piece {_shown(piece)} has id {i}, outside the model's {size} rows "
+            raise CheckpointError(f"{path}: piece {shown_value(piece)} has id {i}, outside the model's {size} rows "
                                   f"(0 to {size - 1})")
         if i in by_id:
-            raise CheckpointError(f"{path}: pieces {_shown(by_id[i])} and {_shown(piece)} both have id {i}")
+            raise CheckpointError(f"{path}: pieces {shown_value(by_id[i])} and {shown_value(piece)} both have id {i}")
         by_id[i] = piece
     if len(by_id) < size:
         missing = next(i for i in range(size) if i not in by_id)

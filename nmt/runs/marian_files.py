@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from nmt.config import _format_error, _shown
+from nmt.config import format_validation_error, shown_value
 from nmt.errors import CheckpointError, ConfigError
 
 CONFIG, SOURCE_SPM, TARGET_SPM = "config.json", "source.spm", "target.spm"
@@ -183,7 +183,7 @@ def validated(model: type[_Strict], raw: dict[str, Any], where: Path) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(str(where), err)) from None
+        raise ConfigError(format_validation_error(str(where), err)) from None
 
 
 def read_hf_config(files: MarianFiles) -> HFConfig:
@@ -193,7 +193,7 @@ def read_hf_config(files: MarianFiles) -> HFConfig:
     raw = files.json_object(CONFIG)
     kind = raw.get("model_type")
     if kind != "marian":
-        raise ConfigError(f"{where}: model_type {_shown(kind)} is not supported (only 'marian': MarianMTModel)")
+        raise ConfigError(f"{where}: model_type {shown_value(kind)} is not supported (only 'marian': MarianMTModel)")
     hf: HFConfig = validated(HFConfig, raw, where)
     if hf.share_encoder_decoder_embeddings and hf.decoder_vocab_size not in (None, hf.vocab_size):
         raise ConfigError(f"{where}: decoder_vocab_size {hf.decoder_vocab_size} != vocab_size {hf.vocab_size} with "
