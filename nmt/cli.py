@@ -43,7 +43,7 @@ def _as_option(fn: Callable, field: str) -> str:
     hint = typing.get_type_hints(fn, include_extras=True).get(field)
     for info in getattr(hint, "__metadata__", ()):
         if isinstance(info, typer.models.OptionInfo):  # in Annotated, typer keeps the first name as `default`
-            names = [n for n in (info.default, *info.param_decls) if isinstance(n, str) and n.startswith("--")]
+            names = [n for n in (info.default, *(info.param_decls or ())) if isinstance(n, str) and n.startswith("--")]
             if names:
                 return names[0]
     return field
