@@ -147,6 +147,56 @@ def test_resume_refuses_a_different_model_before_writing_anything(tmp_path):
             train(load_config(run.config_path, [refused]), resume=True)
 
 
+@pytest.mark.parametrize("refusal", ["guided_alignment", "init_from", "empty_corpus"])
+def test_a_refused_train_leaves_no_run_directory_and_keeps_one_it_found(tmp_path, refusal):
+    """Refused before anything is written: by guided alignment (after SentencePiece), by --init-from, by a
+    corpus with nothing to train on. The run directory used to be left holding only `.lock`."""
+    from nmt.errors import DataError
+    from nmt.training.init_from import with_init_from
+
+    raw = toy_config_dict(tmp_path, training={"max_steps": 2})
+    if refusal == "guided_alignment":
+        raw["training"]["guided_alignment"] = {"path": str(tmp_path / "no-links")}
+    if refusal == "empty_corpus":
+        for side in ("src", "tgt"):
+            Path(raw["data"]["train"][side]).write_text("")
+    config = load_config(write_config(tmp_path, raw))
+    if refusal == "init_from":
+        config = with_init_from(config, tmp_path / "no-run")
+    run = tmp_path / "run"
+    for found in (False, True):  # a folder that was there before (made by hand, empty) is left as it was
+        if found:
+            run.mkdir()
+        with pytest.raises((ConfigError, DataError)):
+            train(config, show_progress=False)
+        assert run.is_dir() == found and (not found or {p.name for p in run.iterdir()} <= {".lock"})
+
+
+def test_a_lock_file_removed_by_a_refused_trainer_is_not_the_one_the_next_trainer_holds(tmp_path, monkeypatch):
+    """A refused trainer removes RUN/.lock (and the folder) while another trainer has opened it but not yet locked
+    it: that one must lock the new file, or a third would get the run too."""
+    import fcntl
+
+    from nmt.runs.lock import lock_run
+
+    run = RunDir(tmp_path / "run")
+    real, calls = fcntl.flock, []
+
+    def flock(handle, how):
+        if not calls:  # between this trainer's open and its lock, the refused one gives the run up
+            run.lock_path.unlink()
+            run.path.rmdir()
+        calls.append(how)
+        return real(handle, how)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    held = lock_run(run)
+    try:
+        assert len(calls) == 2 and os.path.samestat(os.fstat(held.handle.fileno()), os.stat(run.lock_path))
+    finally:
+        held.release()
+
+
 def test_resume_accepts_and_records_budget_changes(tmp_path, caplog):
     import logging
 
