@@ -247,7 +247,9 @@ class ModelConfig(Section):
             log.warning("model.decoder.input_feeding: Bahdanau attention feeds its context vector into the RNN, "
                         "not h~; input feeding applies to Luong attention (dot, general, concat) and is off here")
         if self.decoder.input_feeding is None or bahdanau:
-            decoder = self.decoder.model_copy(update={"input_feeding": not bahdanau})
+            # resolved, not set: fine-tuning puts only what a config sets on top of the other run's model
+            decoder = DecoderConfig.model_construct(self.decoder.model_fields_set,
+                                                    **{**dict(self.decoder), "input_feeding": not bahdanau})
             object.__setattr__(self, "decoder", decoder)  # frozen model: resolved once, while validating
         return self
 
@@ -544,7 +546,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
         loc = [str(p) for p in item["loc"] if p not in ("text", "tsv", "hf")]
         key = ".".join(loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {shown_value(item.get('input'))})"
+        quoted = item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), dict)
+        got = f" (got {shown_value(item.get('input'))})" if quoted else ""  # a section's check names its keys itself
         lines.append(f"{source}: {key}: {message}{got}")
     return "\n".join(lines)
 

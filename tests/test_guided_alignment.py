@@ -84,10 +84,20 @@ def test_an_alignment_file_for_other_data_is_refused_in_one_line(tmp_path):
     links = Path(config.training.guided_alignment.path)
     kept = links.read_text().splitlines()
     links.write_text("\n".join(kept[:-1]) + "\n")
-    with pytest.raises(ConfigError, match=r"guided_alignment.path .*lines for \d+ training pairs"):
+    with pytest.raises(ConfigError, match=r"guided_alignment.path .*: \d+ lines of links for \d+ training pairs"):
         AlignmentGuide(config, data.splits["train"], data.tokenizer)
     links.write_text("".join("0-9 9-0\n" for _ in kept))
-    with pytest.raises(ConfigError, match="links outside their words"):
+    with pytest.raises(ConfigError, match=f"guided_alignment.path {links}:1: link 0-9 is outside the pair's"):
+        AlignmentGuide(config, data.splits["train"], data.tokenizer)
+    # One pair of hundreds, as the README says: refused naming its line (it was skipped with a warning)
+    assert len(kept) >= 100
+    links.write_text("".join(f"{line} 40-0\n" if number == 57 else f"{line}\n"
+                             for number, line in enumerate(kept, start=1)))
+    with pytest.raises(ConfigError, match=f"{links}:57: link 40-0 is outside the pair's .* other data"):
+        AlignmentGuide(config, data.splits["train"], data.tokenizer)
+    links.write_text("".join("\u00b2-0\n" if number == 3 else f"{line}\n"
+                             for number, line in enumerate(kept, start=1)))
+    with pytest.raises(ConfigError, match=f"guided_alignment.path {links}:3: '\u00b2-0' is no link"):
         AlignmentGuide(config, data.splits["train"], data.tokenizer)
     links.unlink()
     with pytest.raises(ConfigError, match="nmt align --prepare"):

@@ -367,6 +367,55 @@ def test_fine_tuning_starts_from_the_imported_weights_and_resumes_exactly(pretra
     assert not torch.equal(a["tgt_embed.weight"], before["tgt_embed.weight"])  # it did train
 
 
+def test_a_dropout_only_override_fine_tunes_the_runs_model_and_nothing_else_is_accepted(pretrained, tmp_path):
+    """`--set model.transformer.dropout=0.3` with --init-from used to be refused: the rest of the model fell back
+    to the defaults (d_model 256, relu, ...), which differ from the run's."""
+    from nmt.config import load_config
+    from nmt.errors import ConfigError
+    from nmt.runs.loading import load_run_config
+    from nmt.runs.rundir import RunDir
+    from nmt.training.init_from import with_init_from
+    from nmt.training.trainer import train
+
+    path = fine_tune_config(tmp_path / "dropout", max_steps=1)
+    result = train(with_init_from(load_config(path, ["model.transformer.dropout=0.3"]), pretrained),
+                   show_progress=False)
+    source = load_run_config(RunDir(pretrained)).model
+    saved = load_config(RunDir(result.run_dir).config_path, check_files=False).model
+    assert saved.transformer.dropout == 0.3 != source.transformer.dropout
+    assert saved == source.model_copy(update={"transformer": saved.transformer}) and \
+        saved.transformer.model_copy(update={"dropout": source.transformer.dropout}) == source.transformer
+    wider = with_init_from(load_config(fine_tune_config(tmp_path / "wider", max_steps=1),
+                                       ["model.transformer.dropout=0.3", "model.transformer.d_model=64"]), pretrained)
+    with pytest.raises(ConfigError, match=r"model differs from the run's: model.transformer.d_model 32 -> 64 \("):
+        train(wider, show_progress=False)  # only the key set is named, not every default
+    assert not (tmp_path / "wider" / "run").exists()
+
+
+def test_the_readme_vocab_extend_example_works_on_a_shared_vocabulary_import(pretrained, tmp_path):
+    """`finetune.yaml` without a tokenizer section, as the README's: the imported run shares one vocabulary
+    (tie: all), so the extended one is shared too (it used to need `tokenizer.joint: true`, and the error quoted
+    the whole config)."""
+    from nmt.config import load_config
+    from nmt.errors import ConfigError
+    from nmt.runs.rundir import RunDir
+    from nmt.training.init_from import with_init_from
+    from nmt.training.trainer import train
+
+    path = fine_tune_config(tmp_path / "extend", max_steps=1)
+    result = train(with_init_from(load_config(path), pretrained, "extend"), show_progress=False)
+    saved = load_config(RunDir(result.run_dir).config_path, check_files=False)
+    assert saved.tokenizer.joint and saved.model.transformer.tie == "all"
+    old, new = (json.loads(RunDir(run).vocab_path.read_text()) for run in (pretrained, result.run_dir))
+    assert new["src"] == new["tgt"] and new["src"][: len(old["src"])] == old["src"]
+    assert len(new["src"]) > len(old["src"])
+    separate = with_init_from(load_config(path, ["tokenizer.joint=false", f"run_dir={tmp_path / 'separate'}"]),
+                              pretrained, "extend")
+    with pytest.raises(ConfigError, match="tie all shares source and target embeddings: set tokenizer.joint: true$"):
+        train(separate, show_progress=False)
+    assert not (tmp_path / "separate").exists()
+
+
 @pytest.mark.slow  # subprocesses of the CLI: seconds each
 def test_another_vocabulary_is_refused_and_extend_maps_it(pretrained, tmp_path):
     from nmt.runs.rundir import RunDir

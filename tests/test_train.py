@@ -1,6 +1,8 @@
 import json
 import logging
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,56 @@ def test_resume_refuses_a_different_model_before_writing_anything(tmp_path):
     for refused in ("tokenizer.vocab_size=30", "seed=3", "data.clean.lowercase=true"):
         with pytest.raises(ConfigError, match=refused.split("=")[0]):
             train(load_config(run.config_path, [refused]), resume=True)
+
+
+@pytest.mark.parametrize("refusal", ["guided_alignment", "init_from", "empty_corpus"])
+def test_a_refused_train_leaves_no_run_directory_and_keeps_one_it_found(tmp_path, refusal):
+    """Refused before anything is written: by guided alignment (after SentencePiece), by --init-from, by a
+    corpus with nothing to train on. The run directory used to be left holding only `.lock`."""
+    from nmt.errors import DataError
+    from nmt.training.init_from import with_init_from
+
+    raw = toy_config_dict(tmp_path, training={"max_steps": 2})
+    if refusal == "guided_alignment":
+        raw["training"]["guided_alignment"] = {"path": str(tmp_path / "no-links")}
+    if refusal == "empty_corpus":
+        for side in ("src", "tgt"):
+            Path(raw["data"]["train"][side]).write_text("")
+    config = load_config(write_config(tmp_path, raw))
+    if refusal == "init_from":
+        config = with_init_from(config, tmp_path / "no-run")
+    run = tmp_path / "run"
+    for found in (False, True):  # a folder that was there before (made by hand, empty) is left as it was
+        if found:
+            run.mkdir()
+        with pytest.raises((ConfigError, DataError)):
+            train(config, show_progress=False)
+        assert run.is_dir() == found and (not found or {p.name for p in run.iterdir()} <= {".lock"})
+
+
+def test_a_lock_file_removed_by_a_refused_trainer_is_not_the_one_the_next_trainer_holds(tmp_path, monkeypatch):
+    """A refused trainer removes RUN/.lock (and the folder) while another trainer has opened it but not yet locked
+    it: that one must lock the new file, or a third would get the run too."""
+    import fcntl
+
+    from nmt.runs.lock import lock_run
+
+    run = RunDir(tmp_path / "run")
+    real, calls = fcntl.flock, []
+
+    def flock(handle, how):
+        if not calls:  # between this trainer's open and its lock, the refused one gives the run up
+            run.lock_path.unlink()
+            run.path.rmdir()
+        calls.append(how)
+        return real(handle, how)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    held = lock_run(run)
+    try:
+        assert len(calls) == 2 and os.path.samestat(os.fstat(held.handle.fileno()), os.stat(run.lock_path))
+    finally:
+        held.release()
 
 
 def test_resume_accepts_and_records_budget_changes(tmp_path, caplog):
@@ -293,6 +345,160 @@ def test_auto_precision_does_not_time_an_emulated_bf16_step(tmp_path, monkeypatc
     calls: list[str] = []
     found = precision.choose_cpu_precision(calls.append, "key", tmp_path)
     assert found.precision == "fp32" and set(calls) == {"fp32"} and "emulated" in found.describe()
+
+
+def _bf16_faster(calls: list[str]) -> Callable[[str], None]:
+    """A step whose bf16 runs faster than its fp32, recording what was timed."""
+    import time
+
+    def step(precision: str) -> None:
+        calls.append(precision)
+        time.sleep(0.001 if precision == "bf16" else 0.01)
+    return step
+
+
+@pytest.mark.parametrize("entry", [
+    {"step_ms": "12 ms"}, {"step_ms": 12.0}, {"step_ms": None}, {"step_ms": {"fp32": "12"}},
+    {"bf16_matmul_slowdown": "fast"}, {"bf16_matmul_slowdown": None}, {"bf16_matmul_slowdown": {"x": 1}},
+    {"precision": "fp16"}, {"precision": None}], ids=lambda entry: json.dumps(entry))
+def test_a_wrong_typed_cache_entry_is_measured_again_with_a_warning_naming_the_file_and_key(
+        tmp_path, monkeypatch, caplog, entry):
+    from nmt.training import precision
+    from nmt.training.precision import CACHE_FILE, bf16_kind, choose_cpu_precision
+
+    monkeypatch.setattr(precision, "bf16_matmul_slowdown", lambda: 1.0)
+    key, other = f"key | {bf16_kind(1.0)}", "another | bf16 native"
+    good = {"precision": "fp32", "step_ms": {"fp32": 3.0}, "bf16_matmul_slowdown": 1.0}
+    cache = tmp_path / CACHE_FILE
+    cache.write_text(json.dumps({key: {**good, "precision": "bf16", "step_ms": {"bf16": 1.0}, **entry},
+                                 other: good}))
+    calls: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="nmt"):
+        found = choose_cpu_precision(_bf16_faster(calls), "key", tmp_path)  # used to raise a TypeError or ValueError
+    assert not found.cached and set(calls) == {"fp32", "bf16"} and found.precision == "bf16"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(cache) in warning and repr(key) in warning and "measuring again" in warning
+    rewritten = json.loads(cache.read_text())
+    assert rewritten[other] == good and rewritten[key]["precision"] == "bf16"  # the other entry kept
+    calls.clear()
+    assert choose_cpu_precision(_bf16_faster(calls), "key", tmp_path).cached and not calls
+
+
+def test_an_oversize_cache_is_never_loaded_whole_and_is_started_anew(tmp_path, monkeypatch, caplog):
+    import tracemalloc
+
+    from nmt.training import precision
+    from nmt.training.precision import CACHE_FILE, MAX_CACHE_BYTES, bf16_kind, choose_cpu_precision
+
+    monkeypatch.setattr(precision, "bf16_matmul_slowdown", lambda: 1.0)
+    key = f"key | {bf16_kind(1.0)}"
+    cache = tmp_path / CACHE_FILE
+    entry = {"precision": "fp32", "step_ms": {"fp32": 3.0}, "bf16_matmul_slowdown": 1.0}
+    with cache.open("w") as handle:  # 8 MB of well-formed entries, the one asked for among them
+        handle.write(json.dumps({key: entry})[:-1])
+        for i in range(100_000):
+            handle.write(f', "padding {i}": {json.dumps(entry)}')
+        handle.write("}")
+    size = cache.stat().st_size
+    assert size > 8 * MAX_CACHE_BYTES
+    calls: list[str] = []
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="nmt"):
+            found = choose_cpu_precision(_bf16_faster(calls), "key", tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_CACHE_BYTES < size / 2, peak  # it read the whole file twice: 2.2 GB for 600 MB
+    assert not found.cached and found.precision == "bf16" and calls
+    assert str(cache) in caplog.text and "measuring again" in caplog.text
+    assert set(json.loads(cache.read_text())) == {key} and cache.stat().st_size < 1000
+
+
+def test_the_cache_is_written_only_when_a_measurement_adds_to_it(tmp_path, monkeypatch):
+    from nmt.training import precision
+    from nmt.training.precision import CACHE_FILE, choose_cpu_precision
+
+    monkeypatch.setattr(precision, "bf16_matmul_slowdown", lambda: 1.0)
+    choose_cpu_precision(_bf16_faster([]), "key", tmp_path)
+    written = (tmp_path / CACHE_FILE).stat()
+    for _ in range(3):
+        assert choose_cpu_precision(_bf16_faster([]), "key", tmp_path).cached
+    again = (tmp_path / CACHE_FILE).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from nmt.training.precision import PrecisionChoice, _store
+name, path = sys.argv[1], Path(sys.argv[2])
+choice = PrecisionChoice(precision="fp32", step_ms={"fp32": 1.0}, bf16_matmul_slowdown=1.0)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(40):
+    _store(path, f"{name} {i}", choice)
+"""
+
+
+def test_two_processes_measuring_at_once_keep_each_others_entries(tmp_path):
+    import subprocess
+    import sys
+
+    from nmt.training.precision import CACHE_FILE
+
+    cache = tmp_path / CACHE_FILE
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, name, str(cache)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for writer in writers:  # both started (torch imported) before either writes
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    for writer in writers:
+        assert writer.stdin is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    for writer in writers:
+        writer.communicate(timeout=120)
+        assert writer.returncode == 0
+    assert set(json.loads(cache.read_text())) == {f"{name} {i}" for name in ("a", "b") for i in range(40)}
+
+
+def test_a_choice_made_where_bf16_is_native_is_not_reused_where_it_is_emulated(tmp_path, monkeypatch):
+    """Two machines whose CPUs share a name (virtual machines show a generic "Intel(R) Xeon(R) Processor") and a
+    data cache: on one bf16 is native, on the other emulated (in the second process, oneDNN and torch are held
+    to AVX2, where a bf16 matmul runs about 100x slower than fp32)."""
+    import platform
+    import subprocess
+    import sys
+
+    from nmt.training import precision
+    from nmt.training.precision import CACHE_FILE, EMULATED, bf16_matmul_slowdown, choose_cpu_precision
+
+    if platform.machine() not in ("x86_64", "AMD64") or bf16_matmul_slowdown() > EMULATED:
+        pytest.skip("needs an x86 CPU that multiplies bf16 natively")
+    monkeypatch.setattr(precision, "cpu_name", lambda: "a VM's CPU")
+    native = choose_cpu_precision(_bf16_faster([]), "key", tmp_path)
+    assert native.precision == "bf16" and not native.cached
+    script = f"""
+import json, sys, time
+from pathlib import Path
+from nmt.training import precision
+precision.cpu_name = lambda: "a VM's CPU"
+calls = []
+def step(name):
+    calls.append(name)
+    time.sleep(0.001 if name == "bf16" else 0.01)
+found = precision.choose_cpu_precision(step, "key", Path({str(tmp_path)!r}))
+print(json.dumps({{"precision": found.precision, "cached": found.cached, "calls": sorted(set(calls)),
+                  "slowdown": precision.bf16_matmul_slowdown()}}))
+"""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    emulated = json.loads(done.stdout)
+    if emulated["slowdown"] <= EMULATED:
+        pytest.skip(f"bf16 is not emulated under AVX2 here ({emulated['slowdown']:.1f}x fp32)")
+    assert emulated == {**emulated, "precision": "fp32", "cached": False, "calls": ["fp32"]}  # bf16 not even timed
+    assert len(json.loads((tmp_path / CACHE_FILE).read_text())) == 2  # both choices kept, each under its own key
 
 
 def test_auto_precision_is_measured_on_the_models_own_step_and_logged(tmp_path, caplog):

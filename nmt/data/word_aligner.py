@@ -60,10 +60,6 @@ def grow_diag_final_and(forward: set[Link], reverse: set[Link]) -> set[Link]:
     return links
 
 
-def _pharaoh(line: str) -> set[Link]:
-    return {(int(i), int(j)) for i, _, j in (link.partition("-") for link in line.split())}
-
-
 def align_words(sources: Sequence[str], targets: Sequence[str]) -> list[set[Link]]:
     """Symmetrized word links (source word, target word) of each pair of whitespace-tokenized sentences."""
     if len(sources) != len(targets):
@@ -75,10 +71,10 @@ def align_words(sources: Sequence[str], targets: Sequence[str]) -> list[set[Link
     with tempfile.TemporaryDirectory(prefix="nmt-align-") as folder:
         forward, reverse = Path(folder) / "forward", Path(folder) / "reverse"
         eflomal.Aligner().align(sources, targets, links_filename_fwd=str(forward), links_filename_rev=str(reverse))
-        forward_lines = forward.read_text(encoding="utf-8").splitlines()
-        reverse_lines = reverse.read_text(encoding="utf-8").splitlines()
-    return [grow_diag_final_and(_pharaoh(fwd), _pharaoh(rev))
-            for fwd, rev in zip(forward_lines, reverse_lines, strict=True)]
+        forward_links = read_links(forward, len(sources))
+        reverse_links = read_links(reverse, len(sources))
+    return [grow_diag_final_and(set(fwd.sure), set(rev.sure))
+            for fwd, rev in zip(forward_links, reverse_links, strict=True)]
 
 
 def word_starts(pieces: list[str]) -> np.ndarray:
@@ -137,9 +133,9 @@ def read_training_links(path: Path, pairs: int) -> list[frozenset[Link]]:
     if not path.is_file():
         raise ConfigError(f"training.guided_alignment.path {path}: no such file (write it with: nmt align "
                           "--prepare --config CONFIG)")
-    lines = read_links(path)
-    if len(lines) != pairs:
-        raise ConfigError(f"training.guided_alignment.path {path}: {len(lines)} lines for {pairs} training pairs "
-                          "(made for other data or cleaning? write it again with: nmt align --prepare --config "
-                          "CONFIG)")
+    try:
+        lines = read_links(path, pairs, "training pairs (made for other data or cleaning? write it again with: nmt "
+                           "align --prepare --config CONFIG)")
+    except DataError as err:
+        raise ConfigError(f"training.guided_alignment.path {err}") from None
     return [links.possible for links in lines]

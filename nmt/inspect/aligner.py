@@ -148,7 +148,7 @@ def check_gold(pairs: Sequence[WordMaps], gold: Sequence[GoldLinks], name: str) 
     if len(gold) != len(pairs):
         raise DataError(f"{name}: {len(gold)} lines of links for {len(pairs)} sentence pairs")
     for number, (pair, links) in enumerate(zip(pairs, gold, strict=True), start=1):
-        check_links(links, len(pair.source_words), len(pair.target_words), f"{name}:{number}")
+        check_links(links.possible, len(pair.source_words), len(pair.target_words), f"{name}:{number}")
 
 
 def mean_spearman(pairs: Sequence[WordMaps], layer: int, head: int | None) -> float | None:
@@ -206,11 +206,11 @@ def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, lay
                           "and --choose-head-on")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold}: give a weight in (0, 1]")
-    gold = read_links(gold_file) if gold_file else None
-    choice = read_links(choose_on) if choose_on else None
     sources = list(read_lines(src_file))
     if not sources:
         raise DataError(f"--src {src_file}: no lines to align")
+    gold = read_links(gold_file, len(sources)) if gold_file else None  # a line per pair, read no further
+    choice = read_links(choose_on, len(sources)) if choose_on else None
     targets = list(read_lines(tgt_file)) if tgt_file else None
     pairs = word_maps(load_model(run_dir, checkpoint, overrides), sources, targets, beam_size, attribution)
     chosen = None

@@ -1,7 +1,12 @@
 """One writer per run directory. `nmt train` and `nmt import` hold an exclusive lock (fcntl.flock) on RUN/.lock
 from before they write anything until they end; the operating system releases it when the holder dies, so a
 killed trainer never blocks the resume that follows. The file names its holder, so a second writer is refused
-in one line saying who holds the run. Under torchrun rank 0 holds it."""
+in one line saying who holds the run. Under torchrun rank 0 holds it.
+
+A writer refused before it wrote anything (a bad --init-from, alignment file, corpus or Marian folder) gives
+the run up with `abandon`: a directory it created and left holding only the lock goes again. It removes the
+lock file while holding it (so does an import about to rename its run into place), so `lock_run` checks that
+the file it locked is still the run's, and takes the new one otherwise."""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from nmt.runs.rundir import RunDir
 
 
 class RunLock:
-    def __init__(self, handle: IO[str], path: Path):
-        self.handle, self.path = handle, path
+    def __init__(self, handle: IO[str], run: RunDir, created: bool):
+        self.handle, self.run, self.created = handle, run, created
 
     def release(self) -> None:
         """Give the run up (closing the file releases the lock)."""
@@ -27,12 +32,24 @@ class RunLock:
         """Remove RUN/.lock while still holding it (`nmt import` renames its new run onto RUN, and a rename only
         replaces an empty folder). A process that opened the file before gets its lock only after this one is
         released, finds the file gone and locks the one at RUN/.lock instead (`lock_run`)."""
-        if _names(self.path, self.handle):
-            self.path.unlink()
+        if _still_there(self.handle, self.run.lock_path):
+            self.run.lock_path.unlink()
+
+    def abandon(self) -> None:
+        """Give the run up after a refusal: the run directory goes if this lock created it and it holds nothing
+        but the lock file (a run that existed before is never touched)."""
+        try:
+            if self.created and [entry.name for entry in self.run.path.iterdir()] == [self.run.lock_path.name]:
+                self.unlink()
+                self.run.path.rmdir()  # fails, and keeps it, if another process has just written into it
+        except OSError:
+            pass
+        finally:
+            self.release()
 
 
-def _names(path: Path, handle: IO[str]) -> bool:
-    """Whether `path` is still the file `handle` has open."""
+def _still_there(handle: IO[str], path: Path) -> bool:
+    """Whether `handle` is the file at `path` (its holder may have removed it while we waited)."""
     try:
         return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
     except FileNotFoundError:
@@ -44,10 +61,11 @@ def lock_run(run: RunDir, command: str = "nmt train",
     """Take the run directory for this process (`command` names it in the file), or raise RunBusyError naming
     the process that has it, followed by `advice`."""
     while True:
+        created = not run.path.exists()
         run.path.mkdir(parents=True, exist_ok=True)
         try:
             handle = open(run.lock_path, "a+", encoding="utf-8")
-        except FileNotFoundError:  # the folder went as it was made (a refused import removes the one it made)
+        except FileNotFoundError:  # the folder went as it was made (a refused writer removes the one it made)
             continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,11 +75,11 @@ def lock_run(run: RunDir, command: str = "nmt train",
             handle.close()
             raise RunBusyError(f"{run.path} is being written by {holder}: one writer at a time per run "
                                f"directory; {advice}") from None
-        if _names(run.lock_path, handle):
+        if _still_there(handle, run.lock_path):
             break
-        handle.close()  # its holder removed it before releasing it (RunLock.unlink): lock the file there now
+        handle.close()  # its holder removed it before releasing it: lock the file there now
     handle.seek(0)
     handle.truncate()
     handle.write(f"{command}, pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
-    return RunLock(handle, run.lock_path)
+    return RunLock(handle, run, created)

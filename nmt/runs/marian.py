@@ -19,7 +19,6 @@ whole in one rename that the system refuses where the folder is not empty: an im
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 from dataclasses import dataclass
@@ -315,16 +314,12 @@ def import_marian(source: str, run_dir: Path) -> ImportResult:
     run = RunDir(run_dir)
     if run.path.is_symlink() or (run.path.exists() and not run.path.is_dir()):
         raise ConfigError(f"--run-dir {run.path}: exists and is not a folder; choose a new folder")
-    made = not run.path.exists()
     lock = lock_run(run, IMPORT, "choose another --run-dir")
     try:
         _refuse_unless_empty(run)
         return _write_run(source, run, lock)
     except BaseException:
-        if made:  # leave no empty folder behind (one that something was written into stays)
-            lock.unlink()
-            with contextlib.suppress(OSError):
-                run.path.rmdir()
+        lock.abandon()  # leaves no folder it made behind (one that something was written into stays)
         raise
     finally:
         lock.release()

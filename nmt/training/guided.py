@@ -18,15 +18,13 @@ import torch
 
 from nmt.config import Config
 from nmt.data.batching import Batch
-from nmt.data.links import Link
+from nmt.data.links import Link, check_links
 from nmt.data.prepare import EncodedSplit
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.word_aligner import piece_words, read_training_links, word_starts
-from nmt.errors import ConfigError
+from nmt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-MISMATCH_LIMIT = 0.01  # more pairs than this with links outside their words: the file was made for other data
 
 
 class AlignmentGuide:
@@ -40,26 +38,20 @@ class AlignmentGuide:
         self.src_starts = word_starts(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
         self.tgt_starts = word_starts(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
         self.links = read_training_links(Path(guided.path), len(split))
-        outside = [i for i in range(len(split)) if not self._inside(i)]
-        if len(outside) > MISMATCH_LIMIT * len(split):
-            raise ConfigError(f"training.guided_alignment.path {guided.path}: {len(outside)} of {len(split)} pairs "
-                              f"have links outside their words (pair {outside[0] + 1} first): made for other data? "
-                              "write it again with: nmt align --prepare --config CONFIG")
-        for i in outside:
-            self.links[i] = frozenset()
-        if outside:
-            log.warning("training.guided_alignment: %d pairs have links outside their words and are not guided",
-                        len(outside))
+        for index, links in enumerate(self.links):
+            if links:
+                try:
+                    check_links(links, *self._words(index), f"{guided.path}:{index + 1}")
+                except DataError as err:
+                    raise ConfigError(f"training.guided_alignment.path {err} (made for other data? write it again "
+                                      "with: nmt align --prepare --config CONFIG)") from None
         log.info("guided alignment: decoder layer %d, head %d, weight %g, %d of %d pairs aligned", self.layer + 1,
                  self.head + 1, self.weight, sum(1 for links in self.links if links), len(split))
 
-    def _inside(self, index: int) -> bool:
-        links = self.links[index]
-        if not links:
-            return True
-        src_words = int((self.src_starts[self.split.src_ids(index)] == 1).sum())
-        tgt_words = int((self.tgt_starts[self.split.tgt_ids(index)] == 1).sum())
-        return max(i for i, _ in links) < src_words and max(j for _, j in links) < tgt_words
+    def _words(self, index: int) -> tuple[int, int]:
+        """The source and target words of training pair `index`: the pieces that start one."""
+        return (int((self.src_starts[self.split.src_ids(index)] == 1).sum()),
+                int((self.tgt_starts[self.split.tgt_ids(index)] == 1).sum()))
 
     def targets(self, batch: Batch) -> torch.Tensor:
         """(B, T, S) on the CPU: each guided position's target distribution over the source pieces, 0 rows

@@ -1,9 +1,10 @@
 """Fine-tuning: a run that starts from another run's weights and tokenizer (`training.init_from`, set by
 `nmt train --init-from RUN`), an imported pretrained model (`nmt import`) or one trained here.
 
-The new run takes the other run's model (only dropout may differ) and, with `vocab: same`, its tokenizer: a
-config that asks for another model or tokenizer is refused by name. With `vocab: extend` a tokenizer is trained
-on the new corpus as the config says, and the pieces the other run lacks get new ids after its own: their
+The new run takes the other run's model and, with `vocab: same`, its tokenizer, with the keys the config (or
+`--set`) gives explicitly on top: one that changes anything but dropout is refused by name. With `vocab: extend`
+a tokenizer is trained on the new corpus as the config says (shared by both sides when the other run's is, unless
+the config sets `tokenizer.joint`), and the pieces the other run lacks get new ids after its own: their
 embedding and output rows start as a fresh model's, every other weight is the other run's. The optimizer,
 schedule and step count start fresh; the config records the checkpoint the weights came from, and a resumed
 run continues from its own checkpoints as any other.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -55,6 +57,20 @@ class Initialization:
         return init is not None and init.vocab == "extend"
 
 
+def _on_top(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _on_top(base[key], value) if both else value
+    return merged
+
+
+def inherited(source: BaseModel, given: BaseModel) -> dict[str, Any]:
+    """`source`'s settings with those `given` sets explicitly on top: a `--set model.transformer.dropout=0.2`
+    changes that key of the other run's model, where the rest of `given` would fall back to the defaults."""
+    return _on_top(source.model_dump(mode="json"), given.model_dump(mode="json", exclude_unset=True))
+
+
 def resolve_init(config: Config) -> Initialization:
     """Read the run `training.init_from` names and check `config` against it (module docstring)."""
     init = config.training.init_from
@@ -66,39 +82,33 @@ def resolve_init(config: Config) -> Initialization:
     except CheckpointError as err:
         raise ConfigError(f"{where}: {err}") from None
     checkpoint = surviving_pruning(source, lambda: find_checkpoint(source, "best"))
-    model = source_config.model
-    if "model" in config.model_fields_set:  # the config describes a model: it must be the other run's
-        refused = [d for d in config_diff(model.model_dump(mode="json"), config.model.model_dump(mode="json"), "model")
-                   if not d[0].endswith("dropout")]
-        if refused:
-            raise ConfigError(f"{where}: the config's model differs from the run's: {format_diff(refused)} (leave "
-                              "the model section out to fine-tune the run's model)")
-        model = config.model
-    tokenizer = source_config.tokenizer
+    raw = config.model_dump(mode="json")
+    raw["model"] = inherited(source_config.model, config.model)
+    refused = [d for d in config_diff(source_config.model.model_dump(mode="json"), raw["model"], "model")
+               if not d[0].endswith("dropout")]
+    if refused:
+        raise ConfigError(f"{where}: the config's model differs from the run's: {format_diff(refused)} (leave "
+                          "the model section out to fine-tune the run's model; only dropout may differ)")
     if init.vocab == "extend":
-        tokenizer = config.tokenizer
-    elif "tokenizer" in config.model_fields_set and config.tokenizer != source_config.tokenizer:
-        differences = config_diff(source_config.tokenizer.model_dump(mode="json"),
-                                  config.tokenizer.model_dump(mode="json"), "tokenizer")
-        raise ConfigError(f"{where}: the config asks for another vocabulary than the run's "
-                          f"({format_diff(differences)}); fine-tuning keeps the run's vocabulary: leave the tokenizer "
-                          "section out, or map the new one with --vocab extend")
-    recorded = init.model_copy(update={"checkpoint": checkpoint.path.name})
-    raw = config.model_copy(update={"model": model, "tokenizer": tokenizer,
-                                    "training": config.training.model_copy(update={"init_from": recorded})})
-    resolved = parse_config(raw.model_dump(mode="json"), source=where)
-    return Initialization(resolved, checkpoint, load_tokenizer(source))
+        if "joint" not in config.tokenizer.model_fields_set:  # a shared vocabulary (tie: all) stays shared
+            raw["tokenizer"]["joint"] = source_config.tokenizer.joint
+    else:
+        raw["tokenizer"] = inherited(source_config.tokenizer, config.tokenizer)
+        if differences := config_diff(source_config.tokenizer.model_dump(mode="json"), raw["tokenizer"], "tokenizer"):
+            raise ConfigError(f"{where}: the config asks for another vocabulary than the run's "
+                              f"({format_diff(differences)}); fine-tuning keeps the run's vocabulary: leave the "
+                              "tokenizer section out, or map the new one with --vocab extend")
+    raw["training"]["init_from"] = init.model_copy(update={"checkpoint": checkpoint.path.name}).model_dump(mode="json")
+    return Initialization(parse_config(raw, source=where), checkpoint, load_tokenizer(source))
 
 
 def resumed_init(config: Config, own: Config) -> Config:
     """`config` resuming a fine-tuned run: the model, vocabulary and recorded origin of the run's own config,
-    where `config` does not set them (a model or tokenizer it sets is compared on resume, as for any run)."""
-    update: dict = {"training": config.training.model_copy(update={"init_from": own.training.init_from})}
-    if "model" not in config.model_fields_set:
-        update["model"] = own.model
-    if "tokenizer" not in config.model_fields_set:
-        update["tokenizer"] = own.tokenizer
-    return config.model_copy(update=update)
+    with what `config` sets explicitly on top (compared on resume, as for any run)."""
+    raw = config.model_dump(mode="json")
+    raw["model"], raw["tokenizer"] = inherited(own.model, config.model), inherited(own.tokenizer, config.tokenizer)
+    raw["training"]["init_from"] = own.training.init_from.model_dump(mode="json") if own.training.init_from else None
+    return parse_config(raw, source="--resume")
 
 
 def extend_tokenizer(old: Tokenizer, new: Tokenizer) -> Tokenizer:

@@ -703,7 +703,7 @@ def setup(config: Config, resume: bool = False, show_progress: bool = False, wor
         return _setup(config, run, resume, show_progress, world, device, lock)
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.abandon()  # refused: a run directory this created, still empty, goes
         raise
 
 
