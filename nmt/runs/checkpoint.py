@@ -41,6 +41,9 @@ READ_ATTEMPTS = 5
 class Checkpoint:
     files: CheckpointFiles
     meta: dict[str, Any]
+    weights_sha256: str | None = None
+    """The weights' sha256 in the manifest verified: which weights these are, whatever the folder's name (a
+    rewritten `averaged`, a step written again); None in an export's record of its checkpoint."""
 
     @property
     def path(self) -> Path:
@@ -151,7 +154,7 @@ def verify(files: CheckpointFiles) -> Checkpoint:
             raise CheckpointError(f"{path}: missing")
         if sha256_of(path) != digest:
             raise CheckpointError(f"{path}: corrupted (sha256 does not match the manifest)")
-    return Checkpoint(files, read_meta(files))
+    return Checkpoint(files, read_meta(files), manifest[CheckpointFiles.WEIGHTS])
 
 
 def latest_intact(run: RunDir) -> Checkpoint | None:
@@ -206,9 +209,13 @@ def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def find_checkpoint(run: RunDir, which: str) -> Checkpoint:
+def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
     """'best' (by dev BLEU), 'last' or 'averaged' (written by `nmt average`); a corrupted best falls back to
-    the newest intact one, with a warning."""
+    the newest intact one, with a warning. Given the folder of one checkpoint, that one, verified, or an error."""
+    if isinstance(which, CheckpointFiles):
+        if not which.folder.is_dir():
+            raise CheckpointError(f"{which.folder}: no such checkpoint")
+        return verify(which)
     if which == "averaged":
         if not run.averaged_checkpoint().folder.is_dir():
             raise CheckpointError(f"{run.path}: no averaged checkpoint (write one with: nmt average --model "
