@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config
+from nmt.config import MAX_ATTRIBUTION_COST, MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config
 from nmt.errors import ArgumentError, NmtError
 
 app = typer.Typer(
@@ -343,6 +343,9 @@ def attention(
     = None,
     steps: Annotated[int, typer.Option("--steps", min=1, max=1024, help="Integration steps of "
                                        "--attribution integrated_gradients.")] = 32,
+    max_cost: Annotated[int, typer.Option("--max-cost", min=1, help="Refuse an attribution costing more: target x "
+                                          "source tokens x steps (one for input_x_gradient); the server's 413 "
+                                          "bound, max_attribution_cost, is the same.")] = MAX_ATTRIBUTION_COST,
 ) -> None:
     """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics;
     for a Transformer, per layer and head too; with --attribution, gradient attribution beside it."""
@@ -351,7 +354,8 @@ def attention(
     from nmt.inspect.analysis import inspect_sentence
 
     found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir,
-                             set_ or [], kind, layer, head, words, eos, attribution and attribution.value, steps)
+                             set_ or [], kind, layer, head, words, eos, attribution and attribution.value, steps,
+                             max_cost)
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
     if found.heads:

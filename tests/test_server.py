@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import json
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -27,13 +28,14 @@ from toy import reverse_words
 from toy_runs import MIN_DEV_BLEU
 
 from nmt.data.splits import eval_set
+from nmt.inference.translate import Translator
 from nmt.inspect.attribution import STEPS, attribution_view
 from nmt.inspect.view import attention_view
 from nmt.runs.loading import load_model, load_run_config
 from nmt.runs.rundir import RunDir
 from nmt.serve.microbatch import Closing, MicroBatcher
 from nmt.serve.server import Limits, create_app
-from nmt.serve.service import ModelRegistry, served_runs
+from nmt.serve.service import ModelRegistry, ServedModel, served_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 NMT = str(Path(sys.executable).parent / "nmt")
@@ -239,6 +241,66 @@ def test_an_attribution_child_killed_is_a_503_and_the_next_request_starts_a_new_
     assert response.json()["error"]["field"] == "attribution"
     assert "Traceback" not in caplog.text
     assert client.post("/attention", json=body).status_code == 200  # a fresh child
+
+
+def test_attribution_is_by_the_served_checkpoint_after_training_writes_a_better_one(trained_transformer, tmp_path,
+                                                                                  rewrite_meta):
+    """The attribution child used to load `best` when it started: once training had written a better checkpoint
+    after the server started, /attention put another checkpoint's attribution beside the served model's
+    attention (and /models still named the served one). The child now loads the checkpoint served, and a model
+    served with another checkpoint (reloaded) gets a child of its own."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_transformer, run_dir)
+    older, newer = RunDir(run_dir).checkpoints()[-2:]
+    rewrite_meta(older, lambda text: re.sub(r'"dev_bleu": [^,\n]+', '"dev_bleu": 0.0', text))  # newer: the best
+    held = tmp_path / newer.folder.name
+    newer.folder.rename(held)  # not written yet when the server starts
+    body = {"text": "ab ca de", "attribution": "integrated_gradients", "words": True}
+
+    def own(files) -> np.ndarray:
+        """A checkpoint's own attribution, computed directly."""
+        loaded = load_model(run_dir, files)
+        view = attention_view(loaded, body["text"], words=True)
+        return attribution_view(loaded, view, "integrated_gradients", STEPS).relevance
+
+    registry = ModelRegistry([("toy", run_dir)])
+    with TestClient(create_app(registry)) as client:
+        held.rename(newer.folder)  # training writes its best checkpoint yet (staged, then renamed in whole)
+        assert load_model(run_dir, "best").checkpoint.path == newer.folder
+        found = client.post("/attention", json=body)
+        described = client.get("/models").json()[0]
+        reloaded = load_model(run_dir, "best")
+        registry.models["toy"] = ServedModel("toy", reloaded, Translator.for_run(reloaded))
+        again = client.post("/attention", json=body)
+    by_older, by_newer = own(older), own(newer)
+    assert np.shape(by_older) != np.shape(by_newer) or not np.allclose(by_older, by_newer, atol=1e-3)
+    assert found.status_code == again.status_code == 200, (found.text, again.text)
+    assert described["checkpoint"] == older.folder.name
+    np.testing.assert_allclose(found.json()["attribution"]["weights"], by_older, atol=1e-5)
+    np.testing.assert_allclose(again.json()["attribution"]["weights"], by_newer, atol=1e-5)
+
+
+def test_attribution_refuses_a_served_checkpoint_written_again_or_pruned(trained_transformer, tmp_path):
+    """The served folder holding other weights (a step written again) or gone (pruned by training) is refused
+    by the child, naming why and what to do, not attributed with whatever is there; translation goes on."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_transformer, run_dir)
+    older, newer = RunDir(run_dir).checkpoints()[-2:]
+    body = {"text": "ab ca de", "attribution": "input_x_gradient"}
+    with TestClient(create_app(ModelRegistry([("toy", run_dir)], checkpoint="last"))) as client:
+        shutil.rmtree(newer.folder)
+        shutil.copytree(older.folder, newer.folder)
+        rewritten = client.post("/attention", json=body)
+        shutil.rmtree(newer.folder)
+        pruned = client.post("/attention", json=body)
+        translated = client.post("/translate", json={"text": body["text"]})
+    for response, reason in ((rewritten, "holds other weights than the server loaded"),
+                             (pruned, "no such checkpoint")):
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["field"] == "attribution" and reason in error["message"]
+        assert "restart the server" in error["message"] and "retry" not in error["message"]
+    assert translated.status_code == 200 and translated.json()["translations"][0]["text"] == reverse_words(body["text"])
 
 
 def test_models_and_health(client):

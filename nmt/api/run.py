@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from nmt.api.inline import explorer_html, page_data
 from nmt.api.views import AttentionView, KindMaps, plotting
-from nmt.config import Config, apply_override, parse_config
+from nmt.config import MAX_ATTRIBUTION_COST, Config, apply_override, parse_config
 from nmt.data.splits import EvalSet, eval_set
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference import arguments
@@ -142,16 +142,19 @@ class Run:
 
     def attribution(self, text: str, method: str = "input_x_gradient", layer: int | None = None,
                     head: int | None = None, words: bool = False, eos: bool = True, beam_size: int = 1,
-                    steps: int = 32) -> AttributionView:
+                    steps: int = 32, max_cost: int | None = MAX_ATTRIBUTION_COST) -> AttributionView:
         """Translate `text` and attribute each target token to the source tokens by gradients (captum:
         input_x_gradient, or integrated_gradients with `steps`), beside the cross-attention of `head` of `layer`
         (default the last layer's heads averaged), with Spearman's rank correlation of the two per row
-        (`.spearman`, `.mean_spearman`). `words` and `eos` shape both as in `attention`."""
+        (`.spearman`, `.mean_spearman`). `words` and `eos` shape both as in `attention`. Refused above `max_cost`
+        (target x source tokens x steps; None: no bound). Safe beside other threads using this run: the
+        gradients are taken on a copy of the model."""
         method = arguments.choice(method, "method", METHODS)
         steps = arguments.integer(steps, "steps", 1)
+        max_cost = None if max_cost is None else arguments.integer(max_cost, "max_cost", 1)
         view = attention_view(self.loaded, text, beam_size=beam_size, layer=layer, head=head,
                               translator=self._translator, words=words, eos=eos)
-        return attribution_view(self.loaded, view, method, steps)
+        return attribution_view(self.loaded, view, method, steps, max_cost)
 
     def _page(self, view: AttentionView) -> str:
         described = ServedModel(self.path.name, self.loaded, self._translator).describe()

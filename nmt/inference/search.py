@@ -39,6 +39,11 @@ class Hypothesis:
     log_prob: float  # log p of tokens (and EOS when it ended with one)
     attention: torch.Tensor  # (steps, S): one row per generated position, EOS included
 
+    @property
+    def ended(self) -> bool:
+        """Whether it ended with EOS; False when it stopped at its length limit (then it has no EOS row)."""
+        return self.attention.shape[0] > len(self.tokens)
+
 
 def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
     """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha; alpha = 0 ranks by log-probability alone."""

@@ -41,9 +41,13 @@ class WordMaps:
 
 
 def forced_cross_maps(loaded: LoadedRun, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
-                      batch_size: int = 32) -> list[torch.Tensor]:
+                      ended: Sequence[bool], batch_size: int = 32) -> list[torch.Tensor]:
     """Per pair (layers, heads, T + 1, S): cross-attention teacher forced on `tgt_ids` (without BOS or EOS; the
-    last row is EOS's), over the source as encoded (EOS included)."""
+    last row is EOS's), over the source as encoded (EOS included); (layers, heads, T, S) for a translation that
+    did not end with EOS (`ended` False: it stopped at its length limit): its EOS is not forced, so it needs no
+    position past the model's max_positions."""
+    # a translation that did not end: BOS and its first T - 1 tokens are the inputs of its T rows
+    tgt_ids = [tgt if done else tgt[:-1] for tgt, done in zip(tgt_ids, ended, strict=True)]
     model = loaded.model
     transformer = with_heads(model)
     found: list[torch.Tensor] = []
@@ -88,7 +92,8 @@ def word_maps(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str] 
             raise DataError(f"--src line {number} is empty: every pair needs words to align")
     src_ids = translator.encode(cleaned)
     if targets is None:
-        tgt_ids = [t.hypotheses[0].tokens for t in translator.translate(sources, beam_size)]
+        best = [t.hypotheses[0] for t in translator.translate(sources, beam_size)]
+        tgt_ids, ended = [h.tokens for h in best], [h.ended for h in best]
     else:
         if len(targets) != len(sources):
             raise DataError(f"--src has {len(sources)} lines but --tgt {len(targets)}")
@@ -100,18 +105,19 @@ def word_maps(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str] 
             if limit is not None and len(ids) + 1 > limit:
                 raise DataError(f"--tgt line {number} has {len(ids)} subword tokens; the model reads at most "
                                 f"{limit - 1} (model.transformer.max_positions)")
+        ended = [True] * len(tgt_ids)  # each forced with its EOS
     found = []
-    for number, (line, src, tgt, maps) in enumerate(zip(cleaned, src_ids, tgt_ids,
-                                                        forced_cross_maps(loaded, src_ids, tgt_ids), strict=True),
-                                                    start=1):
+    maps_of = forced_cross_maps(loaded, src_ids, tgt_ids, ended)
+    for number, (line, src, tgt, done, maps) in enumerate(zip(cleaned, src_ids, tgt_ids, ended, maps_of, strict=True),
+                                                          start=1):
         src_pieces = tokenizer.src_pieces(src)
         _words(line, src_pieces, "--src", number)
-        tgt_pieces = [*tokenizer.tgt_pieces(tgt), EOS]
+        tgt_pieces = [*tokenizer.tgt_pieces(tgt), EOS][:maps.shape[-2]]  # EOS when the translation ended
         shaped, rows, cols = shape_view(maps, tgt_pieces, src_pieces, words=True, eos=False)
         relevance = None
-        if attribution is not None:
-            relevance = shape_view(attribute(loaded, src, tgt, attribution), tgt_pieces, src_pieces, words=True,
-                                   eos=False)[0].numpy()
+        if attribution is not None:  # every line of a file, as asked: no bound per sentence
+            forced = attribute(loaded, src, tgt, attribution, ended=done, max_cost=None)
+            relevance = shape_view(forced, tgt_pieces, src_pieces, words=True, eos=False)[0].numpy()
         found.append(WordMaps(cols, rows, shaped.numpy(), relevance))
     return found
 

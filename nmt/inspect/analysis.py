@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from nmt.config import ATTENTION_KINDS
+from nmt.config import ATTENTION_KINDS, MAX_ATTRIBUTION_COST
 from nmt.data.batching import collate
 from nmt.data.splits import eval_set
 from nmt.data.tokenizer import Tokenizer
@@ -50,13 +50,15 @@ def file_stem(sentence: str) -> str:
 def inspect_sentence(run_dir: Path, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
                      checkpoint: str = "best", out_dir: Path | None = None, overrides: Sequence[str] = (),
                      kind: str = "cross", layer: int | None = None, head: int | None = None, words: bool = False,
-                     eos: bool = True, attribution: str | None = None, steps: int = 32) -> SentenceAttention:
+                     eos: bool = True, attribution: str | None = None, steps: int = 32,
+                     max_cost: int | None = MAX_ATTRIBUTION_COST) -> SentenceAttention:
     """`attention_view` of a trained run (merged into words, without EOS, as asked), drawn as a heatmap (one
     head, or a grid of all heads) in PNG and HTML under `out_dir` (default RUN_DIR/attention); with
-    `attribution` (a method of nmt.inspect.attribution), the attribution beside the attention in one more PNG."""
+    `attribution` (a method of nmt.inspect.attribution, refused above `max_cost`), the attribution beside the
+    attention in one more PNG."""
     loaded = load_model(run_dir, checkpoint, overrides)
     view = attention_view(loaded, sentence, threshold, beam_size, kind, layer, head, words=words, eos=eos)
-    explained = attribution_view(loaded, view, attribution, steps) if attribution else None
+    explained = attribution_view(loaded, view, attribution, steps, max_cost) if attribution else None
     title = f"{sentence} -> {view.translation}"
     suffix = "" if view.layer is None else f".{kind}-layer{view.layer}" + (f"-head{view.head}" if view.head else "")
     suffix += (".words" if words else "") + ("" if eos else ".no-eos")

@@ -53,6 +53,7 @@ class AttentionView:
     eos: bool = True  # False: the EOS row and column left out, rows renormalized
     src_ids: list[int] = field(default_factory=list)  # the source as encoded, EOS included
     tgt_ids: list[int] = field(default_factory=list)  # the translation's tokens, EOS not included
+    ended: bool = True  # the translation ended with EOS (False: it stopped at its length limit, without one)
 
 
 def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids: Sequence[int], rows: int
@@ -134,4 +135,4 @@ def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, bea
             panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
     return AttentionView(sentence, translation.text, kind, layer, head, col_labels, row_labels, panels,
                          weights.numpy(), attention_stats(weights, threshold), heads, words, eos,
-                         list(translation.src_ids), list(best.tokens))
+                         list(translation.src_ids), list(best.tokens), best.ended)

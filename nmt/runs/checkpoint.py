@@ -41,6 +41,9 @@ READ_ATTEMPTS = 5
 class Checkpoint:
     files: CheckpointFiles
     meta: dict[str, Any]
+    weights_sha256: str | None = None
+    """The weights' sha256 in the manifest verified: which weights these are, whatever the folder's name (a
+    rewritten `averaged`, a step written again); None in an export's record of its checkpoint."""
 
     @property
     def path(self) -> Path:
@@ -151,7 +154,7 @@ def verify(files: CheckpointFiles) -> Checkpoint:
             raise CheckpointError(f"{path}: missing")
         if sha256_of(path) != digest:
             raise CheckpointError(f"{path}: corrupted (sha256 does not match the manifest)")
-    return Checkpoint(files, read_meta(files))
+    return Checkpoint(files, read_meta(files), manifest[CheckpointFiles.WEIGHTS])
 
 
 def latest_intact(run: RunDir) -> Checkpoint | None:
@@ -206,10 +209,15 @@ def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def find_checkpoint(run: RunDir, which: str) -> Checkpoint:
+def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
     """'best' (by dev BLEU), 'last', 'averaged' (written by `nmt average`) or a checkpoint's folder name
     (`step-00003000`); a corrupted best falls back to the newest intact one, with a warning. Any other name is
-    refused: it must never quietly mean the newest."""
+    refused: it must never quietly mean the newest. Given the folder of one checkpoint, that one, verified, or
+    an error."""
+    if isinstance(which, CheckpointFiles):
+        if not which.folder.is_dir():
+            raise CheckpointError(f"{which.folder}: no such checkpoint")
+        return verify(which)
     if which not in ("best", "last", "averaged"):
         named = {files.folder.name: files for files in run.checkpoints()}
         if not isinstance(which, str) or which not in named:

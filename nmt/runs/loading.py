@@ -29,7 +29,7 @@ from nmt.models import Model, build_model
 from nmt.models.interface import Decoder
 from nmt.models.quantize import quantize_int8
 from nmt.runs.checkpoint import Checkpoint, find_checkpoint, surviving_pruning
-from nmt.runs.rundir import RunDir
+from nmt.runs.rundir import CheckpointFiles, RunDir
 
 
 def read_config(path: Path, overrides: Sequence[str] = (), check_files: bool = True) -> Config:
@@ -167,9 +167,10 @@ class LoadedRun(DecodingRun):
     model: Model
 
 
-def load_model(run_dir: Path, which: str = "best", overrides: Sequence[str] = (),
+def load_model(run_dir: Path, which: str | CheckpointFiles = "best", overrides: Sequence[str] = (),
                device: str | torch.device = "cpu", quantize: str | None = None) -> LoadedRun:
-    """A run's model ready to decode; `quantize="int8"` makes it a dynamically quantized CPU model."""
+    """A run's model ready to decode, from the checkpoint `which` names (runs.checkpoint.find_checkpoint);
+    `quantize="int8"` makes it a dynamically quantized CPU model."""
     if quantize not in (None, "int8"):
         raise ConfigError(f"quantize: {quantize!r} is not supported (int8 is)")
     if quantize and torch.device(device).type != "cpu":

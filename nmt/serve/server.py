@@ -29,12 +29,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from nmt.config import MAX_BEAM, AttentionKind
-from nmt.errors import ArgumentError
+from nmt.config import MAX_ATTRIBUTION_COST, MAX_BEAM, AttentionKind
+from nmt.errors import ArgumentError, CheckpointError, NmtError
 from nmt.inference.arguments import MAX_LENGTH_PENALTY
-from nmt.inspect.attribution import STEPS, Method, shape_attribution
+from nmt.inspect.attribution import STEPS, Cost, Method, shape_attribution
 from nmt.inspect.view import AttentionView
-from nmt.serve.attributor import Attributor
+from nmt.serve.attributor import Attributor, ServedCheckpoint
 from nmt.serve.microbatch import Closing, MicroBatcher
 from nmt.serve.service import ClientError, ModelRegistry, ServedModel, check_attribution_cost, decoding_costs
 from nmt.serve.transport import BodyLimit, DeadlineH11Protocol, error_response, hearing_shutdown, unless_disconnected
@@ -53,14 +53,14 @@ class Limits(BaseModel):
     (service.decoding_costs): the default request bound keeps a request to a few seconds of a 2-core CPU with
     the shipped configs' model sizes even when no hypothesis ends before max_ratio x length + max_extra
     tokens, a chunk to a quarter of that (measured in RELIABILITY.md). An attribution's cost is target x source
-    tokens x integration steps (service.check_attribution_cost): the default bound lets integrated gradients
-    explain a sentence of 15 subwords (16 x 16 x 32) in about 4 s of one CPU core with the shipped Transformer
-    (d_model 256; 14 x 14 x 32 took 3.2 s)."""
+    tokens x integration steps (nmt.inspect.attribution.Cost), bounded by default as the API and `nmt attention`
+    bound it (config.MAX_ATTRIBUTION_COST: integrated gradients of a sentence of 15 subwords in about 4 s of one
+    CPU core with the shipped Transformer)."""
 
     max_texts: int = 64  # texts in one /translate request (413 above)
     max_body_bytes: int = 1 << 20  # a request's body (413 above)
     max_request_cost: int = 1024  # a /translate or /attention request's decoding cost (413 above)
-    max_attribution_cost: int = 8192  # an /attention attribution: target x source tokens x steps (413 above)
+    max_attribution_cost: int = MAX_ATTRIBUTION_COST  # an attribution's target x source tokens x steps (413 above)
     max_batch_sentences: int = 64  # texts in one decode
     max_batch_cost: int = 256  # one decode's cost: a big request is decoded in chunks of this, round-robin
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others
@@ -192,8 +192,7 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
     limits = limits or Limits()
     batcher = MicroBatcher(registry.translate, limits.max_batch_sentences, limits.batch_wait_ms,
                            limits.max_batch_cost)
-    attributor = Attributor({name: served.loaded.run.path for name, served in registry.models.items()},
-                            registry.checkpoint)
+    attributor = Attributor()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -256,11 +255,20 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
                 for t in found])
 
     async def attribution(served: ServedModel, view: AttentionView, method: str) -> AttributionOut:
-        """The gradient attribution of `view`'s translation, shaped as its weights and compared with them."""
-        check_attribution_cost(method, len(view.tgt_ids) + 1, len(view.src_ids), STEPS, limits.max_attribution_cost)
+        """The gradient attribution of `view`'s translation by the checkpoint `served` decodes with, shaped as
+        its weights and compared with them. A refusal from the child is not worth a retry: the served checkpoint
+        gone (503 without "retry"), the input (422); a child that died is (503)."""
+        check_attribution_cost(Cost.of(method, len(view.tgt_ids) + int(view.ended), len(view.src_ids), STEPS),
+                               limits.max_attribution_cost)
         try:
-            relevance = await attributor.relevance(served.name, view.src_ids, view.tgt_ids, method, STEPS)
-        except Exception as err:  # the child died, or failed to load the run: the server itself is fine
+            relevance = await attributor.relevance(served.name, ServedCheckpoint.of(served.loaded), view.src_ids,
+                                                   view.tgt_ids, view.ended, method, STEPS)
+        except CheckpointError as err:
+            log.warning("attribution for %s refused: %s", served.name, err)
+            raise ClientError("attribution", str(err), status=503) from None
+        except NmtError as err:
+            raise ClientError("attribution", str(err)) from None
+        except Exception as err:  # the child died: the server itself is fine
             log.warning("attribution for %s failed in its child process: %s", served.name, err)
             raise ClientError("attribution", f"the attribution process of {served.name} failed ({err}); retry, "
                                              "or ask without attribution", status=503) from None

@@ -12,6 +12,7 @@ from nmt.data.corpus import has_content, normalize
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference.arguments import search_settings
 from nmt.inference.translate import Translation, Translator
+from nmt.inspect.attribution import Cost
 from nmt.inspect.view import AttentionView, attention_view
 from nmt.models import count_parameters
 from nmt.runs.loading import LoadedRun, load_model
@@ -77,17 +78,13 @@ def decoding_costs(beam_size: int, lengths: Sequence[int], max_cost: int) -> lis
     return costs
 
 
-def check_attribution_cost(method: str, rows: int, cols: int, steps: int, max_cost: int) -> None:
-    """An attribution's cost in target tokens x source tokens x integration steps (one for input x gradient):
-    it takes the gradients of one copy of the translation per target token, at each step. Above `max_cost` it
-    is refused with 413, before any gradient: it would hold the model's attribution child for minutes."""
-    taken = 1 if method == "input_x_gradient" else steps
-    cost = rows * cols * taken
-    if cost > max_cost:
-        cheaper = " or input_x_gradient" if taken > 1 else ""
-        raise ClientError("attribution", f"{method} costs {cost} ({rows} target tokens x {cols} source tokens x "
-                                         f"{taken} steps); at most {max_cost} per request: send a shorter text"
-                                         f"{cheaper}", status=413)
+def check_attribution_cost(cost: Cost, max_cost: int) -> None:
+    """An attribution above `max_cost` (nmt.inspect.attribution.Cost: target x source tokens x integration
+    steps) is refused with 413, before any gradient: it would hold the model's attribution child for minutes."""
+    if cost.total > max_cost:
+        cheaper = " or input_x_gradient" if cost.steps > 1 else ""
+        raise ClientError("attribution", f"{cost}; at most {max_cost} per request: send a shorter text{cheaper}",
+                          status=413)
 
 
 def served_runs(specs: Sequence[str]) -> list[tuple[str, Path]]:
@@ -107,7 +104,6 @@ class ModelRegistry:
     def __init__(self, runs: Sequence[tuple[str, Path]], checkpoint: str = "best", quantize: str | None = None):
         if not runs:
             raise ConfigError("--model: give at least one run directory to serve")
-        self.checkpoint = checkpoint
         self.models: dict[str, ServedModel] = {}
         for name, run_dir in runs:
             if name in self.models:
