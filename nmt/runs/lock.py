@@ -4,7 +4,7 @@ killed trainer never blocks the resume that follows. The file names its holder, 
 in one line saying who holds the run. Under torchrun rank 0 holds it.
 
 A writer refused before it wrote anything (a bad --init-from, alignment file, corpus or Marian folder) gives
-the run up with `abandon`: a directory it created and left holding only the lock goes again. It removes the
+the run up with `abandon`: a directory it created goes again unless something else appeared in it. It removes the
 lock file while holding it (so does an import about to rename its run into place), so `lock_run` checks that
 the file it locked is still the run's, and takes the new one otherwise."""
 
@@ -36,12 +36,12 @@ class RunLock:
             self.run.lock_path.unlink()
 
     def abandon(self) -> None:
-        """Give the run up after a refusal: the run directory goes if this lock created it and it holds nothing
-        but the lock file (a run that existed before is never touched)."""
+        """Give the run up after a refusal: a run directory this lock created loses its lock file, and goes if
+        nothing else is in it (a run that existed before is never touched; what others put in stays)."""
         try:
-            if self.created and [entry.name for entry in self.run.path.iterdir()] == [self.run.lock_path.name]:
+            if self.created:
                 self.unlink()
-                self.run.path.rmdir()  # fails, and keeps it, if another process has just written into it
+                self.run.path.rmdir()  # fails, and keeps it, if anything else is in it
         except OSError:
             pass
         finally:
