@@ -120,17 +120,8 @@ def exports(run: Path, kills: int, rng: random.Random, case_export: Case, case_k
 
 
 def serve(run: Path, case: Case) -> None:
-    port = free_port()
-    server = subprocess.Popen([*NMT, "serve", "--model", str(run), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(run)
     try:
-        def up() -> bool:
-            try:
-                return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
-            except OSError:
-                return server.poll() is not None
-        wait_for(up, 120, "the server")
         request = urllib.request.Request(f"{url}/translate", data=json.dumps({"text": "ab ca de"}).encode(),
                                          headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
@@ -143,6 +134,34 @@ def serve(run: Path, case: Case) -> None:
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def report(cases: dict[str, Case], started: float) -> None:
+    """One row per case, then the verdict; exits non-zero if any case was not as promised or never tried."""
+    print("| case | tries | as promised | outcome |")
+    print("|---|---:|---:|---|")
+    for case in cases.values():
+        print(f"| {case.name} | {case.tries} | {case.ok} | {'; '.join(case.notes)[:300]} |")
+    failed = [c.name for c in cases.values() if c.ok != c.tries or not c.tries]
+    print("all cases as promised" if not failed else f"FAILED: {', '.join(failed)}",
+          f"({time.monotonic() - started:.0f} s)")
+    sys.exit(1 if failed else 0)
+
+
+def start_server(run: Path) -> tuple[subprocess.Popen, str]:
+    """`nmt serve` on a free port, once /health answers; returns the process and its URL."""
+    port = free_port()
+    server = subprocess.Popen([*NMT, "serve", "--model", str(run), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            return server.poll() is not None
+    wait_for(up, 120, "the server")
+    return server, url
 
 
 def main() -> None:
@@ -186,15 +205,7 @@ def main() -> None:
             if trainer.poll() is None:
                 trainer.kill()
 
-    print("| case | tries | as promised | outcome |")
-    print("|---|---:|---:|---|")
-    for case in cases.values():
-        print(f"| {case.name} | {case.tries} | {case.ok} | {'; '.join(case.notes)[:300]} |")
-    failed = [c.name for c in cases.values() if c.ok != c.tries or not c.tries]
-    print("all cases as promised" if not failed else f"FAILED: {', '.join(failed)}",
-          f"({time.monotonic() - started:.0f} s)")
-    sys.exit(1 if failed else 0)
-
+    report(cases, started)
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ from nmt.runs.rundir import RunDir
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))  # the toy task and the Marian folder are test fixtures
-from concurrency import NMT, Case, free_port, nmt, one_line, wait_for  # noqa: E402
+from concurrency import NMT, Case, nmt, one_line, report, start_server, wait_for  # noqa: E402
 from toy import toy_config_dict, write_config  # noqa: E402
 from toy_runs import TOY_TRANSFORMER  # noqa: E402
 
@@ -121,17 +121,8 @@ def served_attribution(config: Path, run: Path, case: Case) -> None:
     The attribution /attention returns must be the served checkpoint's, as computed from it directly."""
     import nmt as api
 
-    port = free_port()
-    server = subprocess.Popen([*NMT, "serve", "--model", str(run), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(run)
     try:
-        def up() -> bool:
-            try:
-                return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
-            except OSError:
-                return server.poll() is not None
-        wait_for(up, 120, "the server")
         served = json.loads(urllib.request.urlopen(f"{url}/models", timeout=10).read())[0]["checkpoint"]
         before = len(RunDir(run).checkpoints())
         train(config, 2 * max(int(r.get("step", 0)) for r in RunDir(run).metrics()))
@@ -199,15 +190,7 @@ def main() -> None:
         served_attribution(config, run, cases[names[3]])
         threads_on_one_run(run, args.rounds, cases[names[4]])
 
-    print("| case | tries | as promised | outcome |")
-    print("|---|---:|---:|---|")
-    for case in cases.values():
-        print(f"| {case.name} | {case.tries} | {case.ok} | {'; '.join(case.notes)[:300]} |")
-    failed = [c.name for c in cases.values() if c.ok != c.tries or not c.tries]
-    print("all cases as promised" if not failed else f"FAILED: {', '.join(failed)}",
-          f"({time.monotonic() - started:.0f} s)")
-    sys.exit(1 if failed else 0)
-
+    report(cases, started)
 
 if __name__ == "__main__":
     main()
