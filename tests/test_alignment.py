@@ -55,6 +55,7 @@ def test_pharaoh_lines_end_at_newline_alone_and_tolerate_crlf_and_a_bom(tmp_path
         read_links(path, 2)
 
 
+@pytest.mark.slow  # real processes or big files: seconds
 def test_a_gold_file_longer_than_its_pairs_is_refused_at_the_first_line_too_many(tmp_path):
     """10^6 lines for 3 pairs: the reading stops at line 4 (it used to build every line's links first: 928 MB)."""
     import tracemalloc

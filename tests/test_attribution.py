@@ -90,7 +90,7 @@ def test_the_api_returns_attribution_beside_attention(trained_transformer):
     assert found.col_labels == view.col_tokens == ["ab", "ca", "de"]
     assert np.allclose(found.attention, view.weights)
     assert found.spearman == pytest.approx(spearman_rows(view.weights, found.relevance), nan_ok=True)
-    with pytest.raises(ConfigError, match="--attribution gradients: choose one of input_x_gradient"):
+    with pytest.raises(ConfigError, match="method: 'gradients' is not one of input_x_gradient"):
         run.attribution("ab ca de", method="gradients")
     with pytest.raises(ConfigError, match="goes with --kind cross"):
         attribution_view(run.loaded, attention_view(run.loaded, "ab ca de", kind="encoder"))
@@ -149,6 +149,7 @@ def endless_transformer(trained_transformer, tmp_path, rewrite_meta) -> Path:
     return copy
 
 
+@pytest.mark.slow  # real processes or big files: seconds
 def test_attribution_of_a_translation_stopped_at_the_models_positions(endless_transformer, tmp_path):
     """BOS + 16 tokens used to be forced into 16 positions: a traceback from `nmt attention`, `nmt align` and
     the API, a 503 "retry" from the server that every retry met again. The translation's EOS, which it never
@@ -177,6 +178,7 @@ def test_attribution_of_a_translation_stopped_at_the_models_positions(endless_tr
     assert len(served["attribution"]["weights"]) == len(served["row_tokens"]) == 16
 
 
+@pytest.mark.slow  # real processes or big files: seconds
 def test_an_attribution_over_the_cost_bound_is_refused_in_one_line_naming_steps(trained_transformer, tmp_path):
     """`nmt attention --steps 1024` of a long sentence used to run for minutes; the API, the CLI and the
     server (413, tests/test_server.py) now refuse one cost, target x source tokens x steps, above one bound."""

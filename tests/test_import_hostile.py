@@ -309,6 +309,7 @@ def one_line_refusal(code: int, stderr: str) -> bool:
     return code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr
 
 
+@pytest.mark.slow  # real processes or big files: seconds
 def test_imports_racing_into_one_folder_leave_one_run(slow_marian, tmp_path):
     """Two real `nmt import` processes into one folder at once: exactly one imports, the other is refused in one
     line (the run is being written, or exists), and the run is whole."""
@@ -327,6 +328,7 @@ def test_imports_racing_into_one_folder_leave_one_run(slow_marian, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]  # no staging folder left
 
 
+@pytest.mark.slow  # real processes or big files: seconds
 def test_a_run_copied_in_while_an_import_works_is_never_replaced(slow_marian, tmp_path):
     """A real import, stopped (SIGSTOP) once it holds RUN/.lock: a trained run's checkpoint is written into RUN
     without the lock (a copy), and `nmt train` on RUN is refused naming the import (its CLI in this process: flock

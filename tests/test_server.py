@@ -243,6 +243,7 @@ def test_an_attribution_child_killed_is_a_503_and_the_next_request_starts_a_new_
     assert client.post("/attention", json=body).status_code == 200  # a fresh child
 
 
+@pytest.mark.slow  # real processes or big files: seconds
 def test_attribution_is_by_the_served_checkpoint_after_training_writes_a_better_one(trained_transformer, tmp_path,
                                                                                   rewrite_meta):
     """The attribution child used to load `best` when it started: once training had written a better checkpoint
