@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from nmt.config import MAX_ATTRIBUTION_COST, MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, AttentionKind, Config
+from nmt.config import (
+    MAX_ATTRIBUTION_COST,
+    MAX_BEAM,
+    MAX_STEPS,
+    TUNE_BEAMS,
+    TUNE_LENGTH_PENALTIES,
+    AttentionKind,
+    Config,
+)
 from nmt.errors import ArgumentError, NmtError
 
 app = typer.Typer(
@@ -44,8 +52,7 @@ def _as_option(fn: Callable, field: str) -> str:
     for info in getattr(hint, "__metadata__", ()):
         if isinstance(info, typer.models.OptionInfo):  # in Annotated, typer keeps the first name as `default`
             names = [n for n in (info.default, *(info.param_decls or ())) if isinstance(n, str) and n.startswith("--")]
-            if names:
-                return names[0]
+            return names[0] if names else f"--{field.replace('_', '-')}"  # typer's own name for an unnamed one
     return field
 
 
@@ -341,7 +348,7 @@ def attention(
         "--attribution", help="Also attribute each target token to the source tokens by gradients (captum), drawn "
                               "beside the attention, with the rank correlation (Spearman) of the two per row.")]
     = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=1024, help="Integration steps of "
+    steps: Annotated[int, typer.Option("--steps", min=1, max=MAX_STEPS, help="Integration steps of "
                                        "--attribution integrated_gradients.")] = 32,
     max_cost: Annotated[int, typer.Option("--max-cost", min=1, help="Refuse an attribution costing more: target x "
                                           "source tokens x steps (one for input_x_gradient); the server's 413 "

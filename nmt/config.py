@@ -380,6 +380,10 @@ MAX_ATTRIBUTION_COST = 8192
 (nmt.inspect.attribution.Cost), in the API, `nmt attention --max-cost` and the server (413): integrated
 gradients of a sentence of 15 subwords (16 x 16 x 32) in about 4 s of one CPU core with the shipped Transformer
 (d_model 256; 14 x 14 x 32 took 3.2 s)."""
+MAX_STEPS = 1024
+"""The most integration steps an attribution may ask for, in the API and `nmt attention --steps`."""
+MAX_LENGTH_PENALTY = 10.0
+"""Far above any useful alpha (0 to 2): larger ones only turn every score into -0.0."""
 MAX_SEED = 2**32 - 1
 """The largest seed: what every random generator takes (NumPy's is the narrowest)."""
 
@@ -402,7 +406,7 @@ class TunedDecoding(Section):
 
 class DecodingConfig(Section):
     beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM)] = 1
-    length_penalty: Annotated[float, Field(ge=0.0)] = 0.0
+    length_penalty: Annotated[float, Field(ge=0.0, le=MAX_LENGTH_PENALTY)] = 0.0
     """GNMT alpha: hypotheses are ranked by log p / ((5 + length) / 6) ** alpha."""
     n_best: PositiveInt = 1
     max_ratio: Annotated[float, Field(gt=0.0, le=10.0)] = 2.0

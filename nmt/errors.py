@@ -23,6 +23,9 @@ class ArgumentError(ConfigError):
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
 
+    def __reduce__(self):  # pickled across processes (the server's attribution child) with both arguments
+        return type(self), (self.field, self.message)
+
 
 class DataError(NmtError):
     """An input corpus or text file cannot be used (misaligned, not UTF-8, missing)."""

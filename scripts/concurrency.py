@@ -152,7 +152,7 @@ def start_server(run: Path) -> tuple[subprocess.Popen, str]:
     """`nmt serve` on a free port, once /health answers; returns the process and its URL."""
     port = free_port()
     server = subprocess.Popen([*NMT, "serve", "--model", str(run), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

@@ -51,9 +51,12 @@ def start_import(marian: Path, target: Path) -> subprocess.Popen:
 
 
 def finished(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    code = process.wait(timeout=300)
-    out, err = process.communicate()
-    return subprocess.CompletedProcess(process.args, code, out, err)
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def import_race(marian: Path, target: Path, count: int, case: Case) -> None:
@@ -138,7 +141,8 @@ def served_attribution(config: Path, run: Path, case: Case) -> None:
                     f"served {served}, best after training {best_now} ({len(RunDir(run).checkpoints()) - before} "
                     f"new checkpoints): attribution {'of the served one' if same else 'NOT of the served one'}")
     finally:
-        server.kill()
+        server.terminate()  # SIGTERM: the server closes its attribution child too
+        server.wait(timeout=60)
 
 
 def threads_on_one_run(run: Path, rounds: int, case: Case) -> None:

@@ -212,8 +212,8 @@ def test_sampling_settings_are_checked_where_they_are_defined(settings, message)
 
 @pytest.mark.parametrize("beams,penalties,message", [
     ([], [0.0], "at least one"), ([0, 3], [0.0], "beam sizes go from 1"), ([65], [0.0], "beam sizes go from 1"),
-    ([1], [-0.5], "a length penalty is a finite number >= 0"), ([1], [math.nan], "finite number"),
-    ([1], [math.inf], "finite number")])
+    ([1], [-0.5], "a length penalty is a number from 0 to 10"), ([1], [math.nan], "from 0 to 10"),
+    ([1], [math.inf], "from 0 to 10"), ([1], [10.5], "from 0 to 10")])
 def test_the_tune_grid_is_checked_where_it_is_defined(beams, penalties, message):
     from nmt.inference.tune import grid
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from nmt.api.inline import explorer_html, page_data
 from nmt.api.views import AttentionView, KindMaps, plotting
-from nmt.config import MAX_ATTRIBUTION_COST, Config, apply_override, parse_config
+from nmt.config import MAX_ATTRIBUTION_COST, MAX_STEPS, Config, apply_override, parse_config
 from nmt.data.splits import EvalSet, eval_set
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference import arguments
@@ -150,7 +150,7 @@ class Run:
         (target x source tokens x steps; None: no bound). Safe beside other threads using this run: the
         gradients are taken on a copy of the model."""
         method = arguments.choice(method, "method", METHODS)
-        steps = arguments.integer(steps, "steps", 1)
+        steps = arguments.integer(steps, "steps", 1, MAX_STEPS)
         max_cost = None if max_cost is None else arguments.integer(max_cost, "max_cost", 1)
         view = attention_view(self.loaded, text, beam_size=beam_size, layer=layer, head=head,
                               translator=self._translator, words=words, eos=eos)

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from nmt.config import MAX_BEAM, DecodingConfig, shown_value
+from nmt.config import MAX_BEAM, MAX_LENGTH_PENALTY, DecodingConfig, shown_value
 from nmt.errors import ArgumentError
-
-MAX_LENGTH_PENALTY = 10.0
-"""Far above any useful alpha (0 to 2): larger ones only turn every score into -0.0."""
 
 
 def integer(value: object, field: str, low: int, high: int | None = None) -> int:
@@ -22,8 +19,8 @@ def integer(value: object, field: str, low: int, high: int | None = None) -> int
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArgumentError(field, f"{shown_value(value)} is not a whole number")
     found = int(value)
-    if found < low or (high is not None and found > high):
-        raise ArgumentError(field, f"{found} is outside {low}..{'' if high is None else high}")
+    if found < low or (high is not None and found > high):  # shown_value: a 5000-digit int is not printed whole
+        raise ArgumentError(field, f"{shown_value(found)} is outside {low}..{'' if high is None else high}")
     return found
 
 
@@ -31,7 +28,10 @@ def number(value: object, field: str, low: float, high: float) -> float:
     """A finite real number in low..high (NaN and infinities are refused: they turn scores into NaN)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentError(field, f"{shown_value(value)} is not a number")
-    found = float(value)
+    try:
+        found = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ArgumentError(field, f"{shown_value(value)} is outside {low:g}..{high:g}") from None
     if not math.isfinite(found) or not low <= found <= high:
         raise ArgumentError(field, f"{found} is outside {low:g}..{high:g}")
     return found
@@ -56,10 +56,11 @@ def text(value: object, field: str) -> str:
 
 
 def texts(value: object, field: str) -> list[str]:
-    """One text or a sequence of texts, as a list: a single str is one text, never its characters."""
+    """One text or several (a list, a tuple, a NumPy array, a generator...), as a list: a single str is one
+    text, never its characters."""
     if isinstance(value, str):
         return [text(value, field)]
-    if not isinstance(value, Sequence) or isinstance(value, bytes | bytearray):
+    if not isinstance(value, Iterable) or isinstance(value, bytes | bytearray | Mapping):
         raise ArgumentError(field, f"{type(value).__name__} is not a text or a sequence of texts")
     return [text(item, f"{field}[{i}]") for i, item in enumerate(value)]
 

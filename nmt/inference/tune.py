@@ -7,12 +7,11 @@ on that split; ties go to the current setting, then to the smaller (faster) beam
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.config import MAX_BEAM, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, TunedDecoding, config_to_yaml
+from nmt.config import MAX_BEAM, MAX_LENGTH_PENALTY, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, TunedDecoding, config_to_yaml
 from nmt.data.splits import eval_set
 from nmt.errors import ConfigError
 from nmt.inference.scoring import decode_and_score
@@ -45,8 +44,8 @@ def grid(beams: Sequence[int], penalties: Sequence[float], current: tuple[int, f
         raise ConfigError("tune: give at least one beam size and one length penalty")
     if not all(1 <= beam <= MAX_BEAM for beam in beams):
         raise ConfigError(f"tune: beam sizes go from 1 to {MAX_BEAM}, got {', '.join(map(str, beams))}")
-    if not all(0 <= alpha < math.inf for alpha in penalties):  # NaN fails both comparisons
-        raise ConfigError("tune: a length penalty is a finite number >= 0, got "
+    if not all(0 <= alpha <= MAX_LENGTH_PENALTY for alpha in penalties):  # NaN fails both comparisons
+        raise ConfigError(f"tune: a length penalty is a number from 0 to {MAX_LENGTH_PENALTY:g}, got "
                           + ", ".join(f"{a:g}" for a in penalties))
     points = {(1, current[1] if current[0] == 1 else 0.0) if beam == 1 else (beam, alpha)
               for beam in beams for alpha in penalties}

@@ -25,6 +25,7 @@ from nmt.errors import ConfigError, DataError
 from nmt.inference.translate import Translator
 from nmt.inspect.alignment import AlignmentScore, extract_links, score_links
 from nmt.inspect.attribution import attribute, mean_defined, spearman_rows
+from nmt.inspect.view import pick
 from nmt.inspect.words import EOS, shape_view
 from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun, load_model
@@ -126,11 +127,8 @@ def select_map(pair: WordMaps, layer: int | None = None, head: int | None = None
     """(target words, source words): one head of a layer, or the layer's heads averaged (head None); the
     layer defaults to the last."""
     layers, heads = pair.maps.shape[:2]
-    chosen = layer or layers
-    if not 1 <= chosen <= layers:
-        raise ConfigError(f"--layer {chosen}: the model has {layers} layer{'s' if layers > 1 else ''} (1 to {layers})")
-    if head is not None and not 1 <= head <= heads:
-        raise ConfigError(f"--head {head}: the model has {heads} head{'s' if heads > 1 else ''} (1 to {heads})")
+    chosen = pick(layers, layer, "layer") or layers
+    head = pick(heads, head, "head")
     in_layer = pair.maps[chosen - 1]
     return in_layer.mean(axis=0) if head is None else in_layer[head - 1]
 

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-from nmt.config import ModelConfig
+from nmt.config import ModelConfig, shown_value
 from nmt.errors import ArgumentError, CheckpointError, DiskFullError
 from nmt.fileio import sha256_of, staged_folder
 from nmt.models import count_parameters
@@ -222,8 +222,8 @@ def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
         named = {files.folder.name: files for files in run.checkpoints()}
         if not isinstance(which, str) or which not in named:
             shown = ", ".join(list(named)[-3:]) or "none yet"
-            raise ArgumentError("checkpoint", f"{which!r} is not best, last, averaged or a checkpoint of {run.path} "
-                                              f"(the newest: {shown})")
+            raise ArgumentError("checkpoint", f"{shown_value(which)} is not best, last, averaged or a checkpoint "
+                                              f"of {run.path} (the newest: {shown})")
         return verify(named[which])
     if which == "averaged":
         if not run.averaged_checkpoint().folder.is_dir():

@@ -30,8 +30,8 @@ class RunLock:
 
     def unlink(self) -> None:
         """Remove RUN/.lock while still holding it (`nmt import` renames its new run onto RUN, and a rename only
-        replaces an empty folder). A process that opened the file before gets its lock only after this one is
-        released, finds the file gone and locks the one at RUN/.lock instead (`lock_run`)."""
+        replaces an empty folder). A process that opened the file before and tries it after this one is
+        released finds the file gone and locks the one at RUN/.lock instead (`lock_run`)."""
         if _still_there(self.handle, self.run.lock_path):
             self.run.lock_path.unlink()
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from nmt.config import format_validation_error, shown_value
+from nmt.config import MAX_LENGTH_PENALTY, format_validation_error, shown_value
 from nmt.errors import CheckpointError, ConfigError
 
 CONFIG, SOURCE_SPM, TARGET_SPM = "config.json", "source.spm", "target.spm"
@@ -165,7 +165,7 @@ class HFGeneration(_Strict):
     """What the import reads from generation_config.json; its special ids, where given, must be config.json's."""
 
     num_beams: Size | None = None
-    length_penalty: Annotated[float, Field(ge=0.0)] | None = None
+    length_penalty: Annotated[float, Field(ge=0.0, le=MAX_LENGTH_PENALTY)] | None = None
     pad_token_id: TokenId | None = None
     eos_token_id: TokenId | list[TokenId] | None = None
     decoder_start_token_id: TokenId | None = None

@@ -29,9 +29,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from nmt.config import MAX_ATTRIBUTION_COST, MAX_BEAM, AttentionKind
+from nmt.config import MAX_ATTRIBUTION_COST, MAX_BEAM, MAX_LENGTH_PENALTY, AttentionKind
 from nmt.errors import ArgumentError, CheckpointError, NmtError
-from nmt.inference.arguments import MAX_LENGTH_PENALTY
 from nmt.inspect.attribution import STEPS, Cost, Method, shape_attribution
 from nmt.inspect.view import AttentionView
 from nmt.serve.attributor import Attributor, ServedCheckpoint

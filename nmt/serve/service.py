@@ -26,6 +26,9 @@ class ClientError(ArgumentError):
         super().__init__(field, message)
         self.status = status
 
+    def __reduce__(self):
+        return type(self), (self.field, self.message, self.status)
+
 
 @dataclass(frozen=True)
 class Decoding:
