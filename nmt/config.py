@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -544,7 +545,10 @@ SHOWN_INPUT_CHARS = 80
 def shown_value(value: Any) -> str:
     """A value as an error message quotes it: at most SHOWN_INPUT_CHARS characters, so that a huge input never
     makes a huge message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"an {type(value).__name__} of more than {sys.get_int_max_str_digits()} digits"
     return text if len(text) <= SHOWN_INPUT_CHARS else f"{text[:SHOWN_INPUT_CHARS]}... ({len(text):,} characters)"
 
 

@@ -133,7 +133,7 @@ def test_forced_decoding_aligns_the_given_translation_word_by_word(fixture, requ
     assert [" ".join(p.target_words) for p in own] == [reverse_words(s) for s in sources]
     with pytest.raises(DataError, match="--src has 2 lines but --tgt 1"):
         word_maps(loaded, sources, targets[:1])
-    with pytest.raises(ConfigError, match="--layer 9"):
+    with pytest.raises(ConfigError, match="layer: 9 is outside 1..[12]: the model has [12] layer"):
         select_map(pairs[0], layer=9)
 
 

@@ -5,6 +5,7 @@ string or a sequence (never iterated over as characters)."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -33,6 +34,11 @@ from nmt.inference import arguments
     (lambda run: run.translate(["ab", "\ud800 ca"]), "texts[1]", "character 1 is a lone surrogate"),
     (lambda run: run.translate(["ab", None]), "texts[1]", "NoneType is not a text"),
     (lambda run: run.translate(b"ab"), "texts", "bytes is not a text or a sequence of texts"),
+    (lambda run: run.translate({"ab": 1}), "texts", "dict is not a text or a sequence of texts"),
+    (lambda run: run.translate("ab", beam_size=10**5000), "beam_size", "digits is outside 1..64"),
+    (lambda run: run.translate("ab", length_penalty=10**400), "length_penalty", "is outside 0..10"),
+    (lambda run: run.attention(" \u200b "), "text", "is empty or only whitespace"),
+    (lambda run: run.attribution("ab", steps=5000), "steps", "5000 is outside 1..1024"),
     (lambda run: run.attention("ab", threshold=math.nan), "threshold", "nan is outside 0..1"),
     (lambda run: run.attention("ab", threshold=2), "threshold", "2.0 is outside 0..1"),
     (lambda run: run.attention("ab", kind="self"), "kind", "'self' is not one of cross, encoder, decoder"),
@@ -57,6 +63,19 @@ def test_numpy_numbers_are_numbers_and_bounds_are_inclusive(trained_run):
     assert len(found.hypotheses) == 2
     assert arguments.integer(MAX_BEAM, "beam_size", 1, MAX_BEAM) == MAX_BEAM
     assert arguments.number(0, "threshold", 0.0, 1.0) == 0.0
+
+
+def test_texts_come_from_any_iterable_and_argument_errors_cross_processes(trained_run):
+    run = nmt.load(trained_run)
+    expected = [t.text for t in run.translate(PROBES[:2])]
+    assert [t.text for t in run.translate(np.array(PROBES[:2]))] == expected
+    assert [t.text for t in run.translate(s for s in PROBES[:2])] == expected
+    from nmt.serve.service import ClientError
+
+    for error in (ArgumentError("beam_size", "0 is outside 1..64"), ClientError("text", "too long", 413)):
+        copied = pickle.loads(pickle.dumps(error))  # how the attribution child's errors reach the server
+        assert (type(copied), str(copied), copied.field, getattr(copied, "status", None)) == \
+            (type(error), str(error), error.field, getattr(error, "status", None))
 
 
 def test_one_string_is_one_text_for_score_and_evaluate(trained_run):

@@ -82,7 +82,8 @@ def pick(count: int, chosen: object, what: str) -> int | None:
         return None
     found = integer(chosen, what, 1)
     if found > count:
-        raise ArgumentError(what, f"{found} is outside 1..{count}: the model has {count} {what}s")
+        plural = "s" if count > 1 else ""
+        raise ArgumentError(what, f"{found} is outside 1..{count}: the model has {count} {what}{plural}")
     return found
 
 
