@@ -37,7 +37,7 @@ from nmt.inference import arguments
     (lambda run: run.translate({"ab": 1}), "texts", "dict is not a text or a sequence of texts"),
     (lambda run: run.translate("ab", beam_size=10**5000), "beam_size", "digits is outside 1..64"),
     (lambda run: run.translate("ab", length_penalty=10**400), "length_penalty", "is outside 0..10"),
-    (lambda run: run.attention(" \u200b "), "text", "is empty or only whitespace"),
+    (lambda run: run.attribution(" \u200b "), "text", "is empty or only whitespace"),
     (lambda run: run.attribution("ab", steps=5000), "steps", "5000 is outside 1..1024"),
     (lambda run: run.attention("ab", threshold=math.nan), "threshold", "nan is outside 0..1"),
     (lambda run: run.attention("ab", threshold=2), "threshold", "2.0 is outside 0..1"),

@@ -25,7 +25,7 @@ from torch import nn
 
 from nmt.config import MAX_ATTRIBUTION_COST
 from nmt.data.tokenizer import Tokenizer
-from nmt.errors import ConfigError
+from nmt.errors import ArgumentError, ConfigError
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inspect.view import AttentionView
 from nmt.inspect.words import EOS, shape_view
@@ -177,6 +177,8 @@ def attribution_view(loaded: LoadedRun, view: AttentionView, method: str = "inpu
     not), beside its weights (one head, or the heads' average)."""
     if view.kind != "cross":
         raise ConfigError(f"--attribution is over the source tokens: it goes with --kind cross, not {view.kind}")
+    if not view.tgt_ids and not view.ended:  # an empty text's placeholder translation: no token to attribute
+        raise ArgumentError("text", "is empty or only whitespace: there is no translation to attribute")
     relevance = attribute(loaded, view.src_ids, view.tgt_ids, method, steps, view.ended, max_cost)
     return shape_attribution(view, loaded.tokenizer, relevance, method)
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from nmt.config import ATTENTION_KINDS
-from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ArgumentError
 from nmt.inference.arguments import choice, integer, number, text
@@ -109,9 +108,7 @@ def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, bea
     transformer = with_heads(loaded.model)
     if transformer is None:
         refuse_selection_for_rnn(kind, layer, head)
-    if not has_content(normalize(text(sentence, "text"), loaded.config.data.clean)):
-        raise ArgumentError("text", "is empty or only whitespace: there is no attention to show")
-    translation = (translator or Translator.for_run(loaded)).translate([sentence],
+    translation = (translator or Translator.for_run(loaded)).translate([text(sentence, "text")],
                                                                        1 if beam_size is None else beam_size)[0]
     best = translation.hypotheses[0]
     rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
