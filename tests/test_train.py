@@ -322,7 +322,10 @@ def test_a_resumed_run_keeps_the_precision_it_trained_in(tmp_path, caplog):
     entries = json.loads(cache.read_text())
     (measured,) = {entry["precision"] for entry in entries.values()}
     other = "fp32" if measured == "bf16" else "bf16"
-    cache.write_text(json.dumps({key: {**entry, "precision": other} for key, entry in entries.items()}))
+    # a well-formed entry choosing the other precision (one without its step time is measured again: on a CPU
+    # that emulates bf16 only fp32 is timed)
+    cache.write_text(json.dumps({key: {**entry, "precision": other, "step_ms": {**entry["step_ms"], other: 1.0}}
+                                 for key, entry in entries.items()}))
     raw["training"]["max_steps"] = 4
     with caplog.at_level(logging.INFO, logger="nmt"):
         resumed = setup(load_config(write_config(tmp_path, raw)), resume=True)
