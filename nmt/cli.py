@@ -183,8 +183,8 @@ RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Fi
 SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
 SrcOption = Annotated[Path | None, typer.Option("--src", help="External source file (with --ref).")]
 RefOption = Annotated[Path | None, typer.Option("--ref", help="External reference file (with --src).")]
-KindOption = Annotated[AttentionKind, typer.Option("--kind", help="Transformer: cross-attention, or encoder / decoder "
-                                                  "self-attention.")]
+KindOption = Annotated[AttentionKind, typer.Option("--kind", help="Cross-attention, or encoder / decoder "
+                                                  "self-attention where the model has them (a Transformer).")]
 WordsOption = Annotated[bool, typer.Option("--words/--subwords", help="Merge subwords into words: a source word's "
                                            "pieces summed, a target word's averaged (rows still sum to 1); the "
                                            "statistics are of the merged map.")]
@@ -338,10 +338,10 @@ def attention(
     checkpoint: CheckpointOption = "best",
     set_: RunSetOption = None,
     kind: KindOption = "cross",
-    layer: Annotated[int | None, typer.Option("--layer", min=1, help="Transformer: which layer (default the "
-                                              "last).")] = None,
-    head: Annotated[int | None, typer.Option("--head", min=1, help="Transformer: one head (default a grid of "
-                                             "all heads).")] = None,
+    layer: Annotated[int | None, typer.Option("--layer", min=1, help="Which layer (default the last); "
+                                              "`nmt serve`'s /models lists a model's layers.")] = None,
+    head: Annotated[int | None, typer.Option("--head", min=1, help="One head (default a grid of all heads "
+                                             "of the layer, when it has several).")] = None,
     words: WordsOption = False,
     eos: EosOption = True,
     attribution: Annotated[Attribution | None, typer.Option(
@@ -355,24 +355,25 @@ def attention(
                                           "bound, max_attribution_cost, is the same.")] = MAX_ATTRIBUTION_COST,
 ) -> None:
     """Translate a sentence, draw its attention heatmap (PNG + HTML) and print per-step attention statistics;
-    for a Transformer, per layer and head too; with --attribution, gradient attribution beside it."""
+    per layer and head too when the model has several; with --attribution, gradient attribution beside it."""
     import math
 
-    from nmt.inspect.analysis import inspect_sentence
+    from nmt.inspect.sentence import inspect_sentence
 
-    found = inspect_sentence(_run_dir(model, config), sentence, threshold, beam_size, checkpoint, output_dir,
-                             set_ or [], kind, layer, head, words, eos, attribution and attribution.value, steps,
-                             max_cost)
+    found = inspect_sentence(_run_dir(model, config), sentence, threshold=threshold, beam_size=beam_size,
+                             checkpoint=checkpoint, out_dir=output_dir, overrides=set_ or [], kind=kind, layer=layer,
+                             head=head, words=words, eos=eos, attribution=attribution and attribution.value,
+                             steps=steps, max_cost=max_cost)
     stats = found.stats
     typer.echo(f"{found.source}\n-> {found.translation}\n")
-    if found.heads:
+    if len(found.heads) > 1:
         typer.echo(format_table(["layer", "head", "entropy", "max weight"],
                                 [[h.layer, h.head, f"{h.entropy:.3f}", f"{h.max_weight:.3f}"] for h in found.heads]))
         typer.echo("")
     unit = "word" if words else "token"
     rows = [[label, f"{e:.3f}", f"{m:.3f}", n] for label, e, m, n in
             zip(found.row_labels, stats.entropy, stats.max_weight, stats.above_threshold, strict=True)]
-    shown = "heads averaged" if found.heads and head is None else "weights"
+    shown = "heads averaged" if len(found.panels) > 1 else "weights"
     typer.echo(format_table([unit, f"entropy ({shown})", "max weight", f"> {threshold:g}"], rows))
     summary = stats.summary()
     typer.echo("mean ± std: " + ", ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in summary.items()))
@@ -417,11 +418,12 @@ def analyze(
     eos: EosOption = True,
 ) -> None:
     """BLEU, chrF, attention entropy and maximum weight by source length: a table and plots in the run dir;
-    for a Transformer also the entropy of every layer and head by source length."""
-    from nmt.inspect.analysis import analyze as run_analysis
+    with several layers or heads also the entropy of every layer and head by source length."""
+    from nmt.inspect.buckets import analyze as run_analysis
 
-    found = run_analysis(_run_dir(model, config), split and split.value, src, ref, _parse_buckets(buckets), beam_size,
-                         checkpoint, progress=_progress(), overrides=set_ or [], kind=kind, words=words, eos=eos)
+    found = run_analysis(_run_dir(model, config), split and split.value, src_file=src, ref_file=ref,
+                         edges=_parse_buckets(buckets), beam_size=beam_size, checkpoint=checkpoint,
+                         progress=_progress(), overrides=set_ or [], kind=kind, words=words, eos=eos)
     typer.echo(format_table(["src words", "sentences", "BLEU", "chrF", "entropy", "max weight"],
                             [[r.label, r.sentences, f"{r.bleu:.2f}", f"{r.chrf:.2f}", f"{r.entropy:.3f}",
                               f"{r.max_weight:.3f}"] for r in found.rows]))
@@ -487,8 +489,9 @@ def align(
         return
     if src is None:
         raise typer.BadParameter("give --src FILE (or --prepare --config X.yaml)")
-    found = align_files(_run_dir(model, config), src, tgt, layer, head, threshold, gold, choose_head_on, beam_size,
-                        checkpoint, set_ or [], attribution and attribution.value)
+    found = align_files(_run_dir(model, config), src, tgt, layer=layer, head=head, threshold=threshold,
+                        gold_file=gold, choose_on=choose_head_on, beam_size=beam_size, checkpoint=checkpoint,
+                        overrides=set_ or [], attribution=attribution and attribution.value)
     _write_out("".join(format_links(links) + "\n" for links in found.links), output)
     which = f"layer {found.layer} " + (f"head {found.head}" if found.head else "heads averaged")
     if found.by_attribution:
@@ -611,7 +614,7 @@ def compare(
     = Path("compare.png"),
 ) -> None:
     """Runs side by side: attention, size, training time and speed, memory, dev/test scores, attention entropy."""
-    from nmt.inspect.analysis import compare_plot, summarize_run
+    from nmt.inspect.comparison import compare_plot, summarize_run
 
     summaries = [summarize_run(run) for run in runs]
     typer.echo(format_table(

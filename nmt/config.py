@@ -223,6 +223,11 @@ class ModelConfig(Section):
     tie_embeddings: bool = False
     """Share the target embedding matrix with the output layer (needs embed_dim == decoder.hidden_size)."""
 
+    @classmethod
+    def of_transformer(cls, settings: TransformerConfig) -> ModelConfig:
+        """A Transformer of these settings (what `nmt import` builds from a Marian model's config)."""
+        return cls(type="transformer", transformer=settings)
+
     @property
     def max_positions(self) -> int | None:
         """The longest sequence the model can encode or decode (a Transformer's position table); None: any."""
@@ -239,6 +244,25 @@ class ModelConfig(Section):
     def input_feeding(self) -> bool:
         """Whether the decoder feeds h~_{t-1} into step t (resolved by `_resolve_input_feeding`)."""
         return bool(self.decoder.input_feeding)
+
+    @property
+    def attention_shape(self) -> tuple[int, int]:
+        """The decoder's cross-attention maps: (layers, heads per layer); an RNN has one layer."""
+        if self.type == "transformer":
+            return self.transformer.decoder_layers, self.transformer.heads
+        return 1, self.attention.heads if self.attention.type == "multihead" else 1
+
+    @property
+    def scheduled_sampling(self) -> bool:
+        """Whether the model can train with teacher_forcing below 1: an RNN decodes step by step and can feed
+        its own predictions back; a Transformer decodes every target position in parallel from the reference."""
+        return self.type == "rnn"
+
+    @property
+    def shares_source_embeddings(self) -> bool:
+        """One embedding matrix for source and target (a Transformer's tie: all), which needs a joint
+        vocabulary."""
+        return self.type == "transformer" and self.transformer.tie == "all"
 
     @model_validator(mode="after")
     def _resolve_input_feeding(self) -> ModelConfig:
@@ -379,8 +403,8 @@ MAX_BEAM = 64
 MAX_ATTRIBUTION_COST = 8192
 """The default bound of a gradient attribution's cost, target x source tokens x integration steps
 (nmt.inspect.attribution.Cost), in the API, `nmt attention --max-cost` and the server (413): integrated
-gradients of a sentence of 15 subwords (16 x 16 x 32) in about 4 s of one CPU core with the shipped Transformer
-(d_model 256; 14 x 14 x 32 took 3.2 s)."""
+gradients of a sentence of 15 subwords (16 x 16 x 32), seconds of one CPU core with the shipped Transformer
+(RELIABILITY.md has the measurement)."""
 MAX_STEPS = 1024
 """The most integration steps an attribution may ask for, in the API and `nmt attention --steps`."""
 MAX_LENGTH_PENALTY = 10.0
@@ -451,14 +475,13 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:
-        if self.model.type == "transformer":
-            if self.model.transformer.tie == "all" and not self.tokenizer.joint:
-                raise ValueError("model.transformer.tie all shares source and target embeddings: set "
-                                 "tokenizer.joint: true")
-            if self.training.teacher_forcing < 1.0:
-                raise ValueError("training.teacher_forcing below 1 (scheduled sampling) is for model.type rnn")
+        if self.model.shares_source_embeddings and not self.tokenizer.joint:
+            raise ValueError("model.transformer.tie all shares source and target embeddings: set "
+                             "tokenizer.joint: true")
+        if self.training.teacher_forcing < 1.0 and not self.model.scheduled_sampling:
+            raise ValueError("training.teacher_forcing below 1 (scheduled sampling) is for model.type rnn")
         if (guided := self.training.guided_alignment) is not None:
-            layers, heads = self.guided_layers_and_heads
+            layers, heads = self.model.attention_shape
             if guided.layer is not None and guided.layer > layers:
                 raise ValueError(f"training.guided_alignment.layer {guided.layer}: the decoder has {layers} "
                                  f"attention layer{'s' if layers > 1 else ''}")
@@ -468,19 +491,11 @@ class Config(Section):
         return self
 
     @property
-    def guided_layers_and_heads(self) -> tuple[int, int]:
-        """What guided alignment may choose from: the Transformer's decoder layers and heads; an RNN's one
-        attention, its heads averaged as the decoder reads them."""
-        if self.model.type == "transformer":
-            return self.model.transformer.decoder_layers, self.model.transformer.heads
-        return 1, 1
-
-    @property
     def guided_layer(self) -> int:
         """The guided decoder layer from 1 (the config's, else the penultimate); requires guided_alignment."""
         guided = self.training.guided_alignment
         assert guided is not None
-        return guided.layer or max(1, self.guided_layers_and_heads[0] - 1)
+        return guided.layer or max(1, self.model.attention_shape[0] - 1)
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -10,8 +10,10 @@ from toy_runs import MIN_DEV_BLEU
 from nmt.errors import ConfigError
 from nmt.inference.attention_stats import attention_stats, entropy
 from nmt.inference.translate import Translator
-from nmt.inspect.analysis import analyze, bucket_edges, head_entropies, inspect_sentence, summarize_run
+from nmt.inspect.buckets import analyze, bucket_edges, head_entropies
+from nmt.inspect.comparison import summarize_run
 from nmt.inspect.plots import heatmap_figure, heatmap_html
+from nmt.inspect.sentence import inspect_sentence
 from nmt.runs.loading import load_model
 from nmt.tokens import EOS_ID
 
@@ -57,8 +59,9 @@ def test_bucket_edges():
 def test_attention_command_library_on_a_trained_run(trained_run, tmp_path):
     found = inspect_sentence(trained_run, "ab ca de", out_dir=tmp_path)
     assert found.translation == reverse_words("ab ca de")  # the fixture learned the probes (conftest)
-    assert found.weights.shape == (len(found.row_labels), len(found.col_labels)) and found.heads == []
-    assert found.png.stat().st_size > 1000 and found.html.is_file()
+    assert found.weights.shape == (len(found.row_labels), len(found.col_labels))
+    assert [(h.layer, h.head) for h in found.heads] == [(1, 1)]  # one layer, one head
+    assert found.png.stat().st_size > 1000 and found.html.is_file() and ".cross-layer" not in found.png.name
     # a model that learned to reverse looks at the mirrored source word: focused attention
     assert np.mean(found.stats.max_weight) > 0.5
     summary = summarize_run(trained_run)
@@ -88,10 +91,15 @@ def test_transformer_attention_by_kind_layer_and_head(trained_transformer, tmp_p
         inspect_sentence(trained_transformer, "ab", out_dir=tmp_path, head=5)
 
 
-def test_an_rnn_run_has_no_layers_or_heads_to_choose(trained_run, tmp_path):
-    with pytest.raises(ConfigError, match="this RNN run has one cross-attention map"):
-        inspect_sentence(trained_run, "ab", out_dir=tmp_path, layer=1)
-    with pytest.raises(ConfigError, match="--kind encoder: this RNN run has one cross-attention"):
+def test_an_rnn_run_offers_its_one_layer_and_head_and_no_self_attention(trained_run, tmp_path):
+    """What the model describes is what may be chosen: one layer, one head (general attention), cross only."""
+    chosen = inspect_sentence(trained_run, "ab", out_dir=tmp_path, layer=1, head=1)
+    assert (chosen.layer, chosen.head) == (1, 1)
+    with pytest.raises(ConfigError, match="layer: 2 is outside 1..1: the model has 1 layer"):
+        inspect_sentence(trained_run, "ab", out_dir=tmp_path, layer=2)
+    with pytest.raises(ConfigError, match="kind: encoder: this model has cross attention only"):
+        inspect_sentence(trained_run, "ab", out_dir=tmp_path, kind="encoder")
+    with pytest.raises(ConfigError, match="kind: encoder: this model has cross attention only"):
         analyze(trained_run, "test", kind="encoder")
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from toy import reversal_pairs
 
 import nmt
-from nmt.errors import ConfigError
+from nmt.errors import ArgumentError, ConfigError
 from nmt.fileio import sha256_of
 from nmt.inspect.attribution import Cost, attribute, attribution_view, spearman_rows
 from nmt.inspect.view import attention_view
@@ -171,7 +171,7 @@ def test_attribution_of_a_translation_stopped_at_the_models_positions(endless_tr
                  ["align", "--src", tmp_path / "src.txt", "--attribution", "input_x_gradient"]):
         result = nmt_command(*args, "--model", endless_transformer)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    with TestClient(create_app(ModelRegistry([("endless", endless_transformer)]))) as client:
+    with TestClient(create_app(ModelRegistry.load([("endless", endless_transformer)]))) as client:
         response = client.post("/attention", json={"text": "ab ca de", "attribution": "input_x_gradient"})
     assert response.status_code == 200, response.text
     served = response.json()
@@ -187,16 +187,18 @@ def test_an_attribution_over_the_cost_bound_is_refused_in_one_line_naming_steps(
                          "integrated_gradients", "--steps", "1024", "-o", tmp_path / "maps")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --steps 1024: integrated_gradients costs "), lines
-    assert "above the bound of 8192" in lines[0] and "--max-cost" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: --steps: integrated_gradients costs "), lines
+    assert "above the bound of 8192" in lines[0] and "fewer steps" in lines[0]
     assert not (tmp_path / "maps").exists()  # refused before any gradient or drawing
     lifted = nmt_command("attention", "--model", trained_transformer, sentence, "--attribution",
                          "integrated_gradients", "--steps", "2", "--max-cost", "100000", "-o", tmp_path / "maps")
     assert lifted.returncode == 0, lifted.stderr
 
     run = nmt.load(trained_transformer)
-    with pytest.raises(ConfigError, match=r"--steps 1024: .* above the bound of 8192"):
+    with pytest.raises(ArgumentError, match=r"integrated_gradients costs .* above the bound of 8192") as refused:
         run.attribution(sentence, method="integrated_gradients", steps=1024)
-    with pytest.raises(ConfigError, match=r"above the bound of 10: attribute a shorter sentence"):
+    assert refused.value.field == "steps"
+    with pytest.raises(ArgumentError, match=r"above the bound of 10: attribute a shorter sentence") as refused:
         run.attribution(sentence, max_cost=10)
+    assert refused.value.field == "max_cost"
     assert Cost.of("input_x_gradient", 3, 4, 32).total == 12 and Cost.of("integrated_gradients", 3, 4, 32).total == 384

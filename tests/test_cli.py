@@ -176,7 +176,7 @@ def test_lines_without_content_translate_to_empty_lines(trained_run):
 
 
 def test_heatmap_file_names_never_collide(trained_run, tmp_path):
-    from nmt.inspect.analysis import inspect_sentence
+    from nmt.inspect.sentence import inspect_sentence
 
     shared = "ab ca de fo gu hi jo ku le mi no pa ab ca de"  # 44 characters: the first 40 are shared
     names = {inspect_sentence(trained_run, sentence, out_dir=tmp_path).png

@@ -35,7 +35,7 @@ def test_serving_an_attribution_loads_no_plotting_and_no_captum(trained_run: Pat
         from fastapi.testclient import TestClient
         from nmt.serve.server import create_app
         from nmt.serve.service import ModelRegistry
-        with TestClient(create_app(ModelRegistry([("rnn", Path({str(trained_run)!r}))]))) as client:
+        with TestClient(create_app(ModelRegistry.load([("rnn", Path({str(trained_run)!r}))]))) as client:
             found = client.post("/attention", json={{"text": "ab ca de", "attribution": "input_x_gradient"}})
             assert found.status_code == 200 and found.json()["attribution"]["weights"], found.text
         """))

@@ -54,7 +54,7 @@ def learn_to_reverse(attention: str, seed: int = 0, max_steps: int = MAX_STEPS) 
     accuracy, first_loss, loss = 0.0, None, None
     for step in range(1, max_steps + 1):
         batch = batch_of(sequences(64, generator))
-        logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+        logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         loss = token_loss(logits, batch.tgt_out, 0.0) / batch.n_tgt_tokens
         optimizer.zero_grad()
         loss.backward()

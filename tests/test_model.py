@@ -30,9 +30,11 @@ COMBINATIONS = list(itertools.product(["gru", "lstm"], ["gru", "lstm"], ["bahdan
 def test_shapes_and_every_parameter_gets_a_gradient(enc_rnn, dec_rnn, attention, bidirectional, layers):
     model = build_model(config(enc_rnn, dec_rnn, attention, bidirectional, layers), SV, TV)
     src, lengths, mask, tgt_in = random_batch(SV, TV)
-    logits, weights = model(src, lengths, mask, tgt_in)
-    assert logits.shape == (3, 6, TV) and weights.shape == (3, 6, 7)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 6))
+    logits, weights = model.forward_with_attention(src, lengths, mask, tgt_in, 0)
+    assert logits.shape == (3, 6, TV) and weights.shape == (3, 1, 6, 7)
+    torch.testing.assert_close(model(src, lengths, mask, tgt_in), logits)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 1, 6))
+    weights = weights[:, 0]
     assert torch.all(weights[~mask.unsqueeze(1).expand_as(weights)] == 0)
     logits.logsumexp(-1).sum().backward()
     for name, parameter in model.named_parameters():
@@ -44,7 +46,8 @@ def test_shapes_and_every_parameter_gets_a_gradient(enc_rnn, dec_rnn, attention,
 def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feeding):
     model = build_model(config(dec_rnn="lstm", attention=attention, input_feeding=input_feeding), SV, TV).eval()
     src, lengths, mask, tgt_in = random_batch(SV, TV)
-    logits, weights = model(src, lengths, mask, tgt_in)
+    logits = model(src, lengths, mask, tgt_in)
+    weights = model.attention_maps(src, lengths, mask, tgt_in)["cross"][0].mean(dim=1)  # (B, T, S), as search
     memory, state = model.encode(src, lengths, mask)
     for t in range(tgt_in.shape[1]):
         log_probs, state, step_weights = model.step_log_probs(tgt_in[:, t], state, memory)
@@ -55,8 +58,8 @@ def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feedin
 def test_padding_does_not_change_a_sentences_output():
     model = build_model(config(attention="general"), SV, TV).eval()
     src, lengths, mask, tgt_in = random_batch(SV, TV)
-    full, _ = model(src, lengths, mask, tgt_in)
-    alone, _ = model(src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:])
+    full = model(src, lengths, mask, tgt_in)
+    alone = model(src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:])
     torch.testing.assert_close(full[2:], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -65,8 +68,8 @@ def test_tied_embeddings_share_the_matrix_and_scheduled_sampling_runs():
     assert model.decoder.output.weight is model.decoder.embed.weight
     src, lengths, mask, tgt_in = random_batch(SV, TV)
     torch.manual_seed(0)
-    sampled, _ = model(src, lengths, mask, tgt_in, teacher_forcing=0.0)
-    forced, _ = model(src, lengths, mask, tgt_in, teacher_forcing=1.0)
+    sampled = model(src, lengths, mask, tgt_in, teacher_forcing=0.0)
+    forced = model(src, lengths, mask, tgt_in, teacher_forcing=1.0)
     assert sampled.shape == forced.shape
     # the first step sees BOS either way; later steps see the model's own predictions instead
     torch.testing.assert_close(sampled[:, 0], forced[:, 0])

@@ -188,7 +188,7 @@ def test_logits_equal_transformers_within_tolerance(imported):
     src = loaded.tokenizer.encode_src(PROBES)
     batch = collate(src, loaded.tokenizer.encode_tgt(DE[:4]), list(range(4)))
     with torch.no_grad():
-        ours, _ = loaded.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+        ours = loaded.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         marian_src, marian_tgt = _marian_inputs(loaded, marian, model, batch.src, batch.tgt_in)
         theirs = model(input_ids=marian_src, attention_mask=batch.src_mask.long(),
                        decoder_input_ids=marian_tgt).logits
@@ -279,7 +279,7 @@ def test_attention_command_and_the_served_api_work_on_an_imported_run(imported, 
     expected = nmt("translate", "--model", run, sentence)
     assert expected.returncode == 0, expected.stderr
 
-    registry = ModelRegistry([("marian", run)])
+    registry = ModelRegistry.load([("marian", run)])
     with TestClient(create_app(registry, Limits(max_texts=8, batch_wait_ms=1))) as client:
         served = client.post("/translate", json={"text": [sentence], "model": "marian"})
         assert served.status_code == 200, served.text

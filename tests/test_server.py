@@ -46,7 +46,7 @@ from serve_bench import free_port  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client(trained_run, trained_transformer):
-    registry = ModelRegistry([("rnn", trained_run), ("transformer", trained_transformer)])
+    registry = ModelRegistry.load([("rnn", trained_run), ("transformer", trained_transformer)])
     limits = Limits(max_texts=8, max_body_bytes=4096, max_batch_sentences=64, batch_wait_ms=30,
                     max_attribution_cost=4096)
     with TestClient(create_app(registry, limits)) as test_client:
@@ -264,7 +264,7 @@ def test_attribution_is_by_the_served_checkpoint_after_training_writes_a_better_
         view = attention_view(loaded, body["text"], words=True)
         return attribution_view(loaded, view, "integrated_gradients", STEPS).relevance
 
-    registry = ModelRegistry([("toy", run_dir)])
+    registry = ModelRegistry.load([("toy", run_dir)])
     with TestClient(create_app(registry)) as client:
         held.rename(newer.folder)  # training writes its best checkpoint yet (staged, then renamed in whole)
         assert load_model(run_dir, "best").checkpoint.path == newer.folder
@@ -288,7 +288,7 @@ def test_attribution_refuses_a_served_checkpoint_written_again_or_pruned(trained
     shutil.copytree(trained_transformer, run_dir)
     older, newer = RunDir(run_dir).checkpoints()[-2:]
     body = {"text": "ab ca de", "attribution": "input_x_gradient"}
-    with TestClient(create_app(ModelRegistry([("toy", run_dir)], checkpoint="last"))) as client:
+    with TestClient(create_app(ModelRegistry.load([("toy", run_dir)], checkpoint="last"))) as client:
         shutil.rmtree(newer.folder)
         shutil.copytree(older.folder, newer.folder)
         rewritten = client.post("/attention", json=body)
@@ -364,7 +364,7 @@ def test_a_text_longer_than_the_model_encodes_is_refused_and_its_batch_mates_are
     long_text = " ".join(["ab ca de fo"] * 20)  # 80 words
     assert 64 < len(load_model(short_transformer).tokenizer.encode_src([long_text])[0]) <= 256
     limits = Limits(batch_wait_ms=200)  # the six requests share a batch when they reach the decoder together
-    with TestClient(create_app(ModelRegistry([("short", short_transformer)]), limits)) as client:
+    with TestClient(create_app(ModelRegistry.load([("short", short_transformer)]), limits)) as client:
         bodies = [{"text": "ab ca de"}] * 5 + [{"text": long_text}]
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(lambda body: client.post("/translate", json=body), bodies))

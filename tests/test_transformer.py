@@ -112,34 +112,41 @@ def test_rnn_style_use_keys_projected_once_and_repeated_rows_agree():
 # ---- the Transformer
 
 
+def last_cross(model: Transformer, *batch: torch.Tensor) -> torch.Tensor:
+    """The last layer's cross-attention averaged over heads (B, T, S): what search returns per step."""
+    return model.attention_maps(*batch)["cross"][-1].mean(dim=1)
+
+
 @pytest.mark.parametrize("layers,heads", [(1, 1), (2, 4)])
 def test_shapes_maps_and_every_parameter_gets_a_gradient(layers, heads):
     model = make_model(layers, heads, positions="learned", tie="none")
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
-    logits, weights = model(src, lengths, mask, tgt_in)
-    assert logits.shape == (3, 6, TV) and weights is None  # training: fused path, no weights
+    logits = model(src, lengths, mask, tgt_in)
+    assert logits.shape == (3, 6, TV)
     logits.logsumexp(-1).sum().backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     model.eval()
-    _, weights = model(src, lengths, mask, tgt_in)
-    assert weights is not None and weights.shape == (3, 6, 7)
+    guided, weights = model.forward_with_attention(src, lengths, mask, tgt_in, layers - 1)
+    assert weights.shape == (3, heads, 6, 7)
+    torch.testing.assert_close(guided, model(src, lengths, mask, tgt_in), atol=1e-5, rtol=1e-5)
     maps = model.attention_maps(src, lengths, mask, tgt_in)
-    assert maps["encoder_self"].shape == (layers, 3, heads, 7, 7)
-    assert maps["decoder_self"].shape == (layers, 3, heads, 6, 6)
+    assert tuple(maps) == model.describe().kinds
+    assert maps["encoder"].shape == (layers, 3, heads, 7, 7)
+    assert maps["decoder"].shape == (layers, 3, heads, 6, 6)
     assert maps["cross"].shape == (layers, 3, heads, 6, 7)
-    torch.testing.assert_close(maps["cross"][-1].mean(1), weights)
+    torch.testing.assert_close(maps["cross"][-1], weights)
     for name, maps_ in maps.items():
         torch.testing.assert_close(maps_.sum(-1), torch.ones(maps_.shape[:-1]), msg=name)
     assert torch.all(maps["cross"].masked_select(~mask[None, :, None, None, :].expand_as(maps["cross"])) == 0)
-    assert torch.all(maps["decoder_self"].triu(1) == 0)  # nothing attends to a later target position
+    assert torch.all(maps["decoder"].triu(1) == 0)  # nothing attends to a later target position
 
 
 def test_training_fused_path_equals_eval_explicit_path_without_dropout():
     model = make_model()
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
-    fused, _ = model(src, lengths, mask, tgt_in)
-    explicit, _ = model.eval()(src, lengths, mask, tgt_in)
+    fused = model(src, lengths, mask, tgt_in)
+    explicit, _ = model.eval().forward_with_attention(src, lengths, mask, tgt_in, 1)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
@@ -148,8 +155,8 @@ def test_later_target_tokens_do_not_change_earlier_logits():
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     changed = tgt_in.clone()
     changed[:, 3:] = torch.randint(4, TV, (3, 3))
-    before, _ = model(src, lengths, mask, tgt_in)
-    after, _ = model(src, lengths, mask, changed)
+    before = model(src, lengths, mask, tgt_in)
+    after = model(src, lengths, mask, changed)
     torch.testing.assert_close(after[:, :3], before[:, :3], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(after[:, 3:], before[:, 3:])
 
@@ -158,8 +165,9 @@ def test_padding_does_not_change_a_sentences_output():
     model = make_model().eval()
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
     tgt_in[2, 4:] = PAD_ID  # the short sentence's target is padded too
-    full, full_weights = model(src, lengths, mask, tgt_in)
-    alone, alone_weights = model(src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:, :4])
+    full, full_weights = model(src, lengths, mask, tgt_in), last_cross(model, src, lengths, mask, tgt_in)
+    alone = model(src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:, :4])
+    alone_weights = last_cross(model, src[2:, :2], lengths[2:], mask[2:, :2], tgt_in[2:, :4])
     torch.testing.assert_close(full[2:, :4], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(full_weights[2:, :4, :2], alone_weights, atol=1e-6, rtol=1e-5)
 
@@ -168,7 +176,7 @@ def test_padding_does_not_change_a_sentences_output():
 def test_cached_steps_equal_the_teacher_forced_forward(norm, positions):
     model = make_model(norm=norm, positions=positions).eval()
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
-    logits, weights = model(src, lengths, mask, tgt_in)
+    logits, weights = model(src, lengths, mask, tgt_in), last_cross(model, src, lengths, mask, tgt_in)
     memory, state = model.encode(src, lengths, mask)
     for t in range(tgt_in.shape[1]):
         log_probs, state, step_weights = model.step_log_probs(tgt_in[:, t], state, memory)
@@ -229,7 +237,8 @@ def test_beam_hypotheses_score_and_attend_as_the_teacher_forced_forward_does():
                 steps = h.attention.shape[0]
                 targets = h.tokens + [EOS_ID] * (steps - len(h.tokens))  # EOS scored where it ended with one
                 tgt_in = torch.tensor([[BOS_ID, *targets[:-1]]])
-                logits, weights = model(src[i:i + 1], lengths[i:i + 1], mask[i:i + 1], tgt_in)
+                one = (src[i:i + 1], lengths[i:i + 1], mask[i:i + 1], tgt_in)
+                logits, weights = model(*one), last_cross(model, *one)
                 log_p = torch.log_softmax(logits[0], -1).gather(-1, torch.tensor(targets)[:, None]).sum()
                 assert h.log_prob == pytest.approx(float(log_p), abs=1e-4)
                 torch.testing.assert_close(h.attention, weights[0], atol=1e-5, rtol=1e-5)
@@ -299,9 +308,9 @@ def test_post_norm_runs_and_differs_from_pre_norm():
     assert not missing and set(unexpected) == {f"{stack}_norm.{p}" for stack in ("encoder", "decoder")
                                                for p in ("weight", "bias")}
     src, lengths, mask, tgt_in = random_batch(SV, TV, seed=1)
-    pre_logits, _ = pre(src, lengths, mask, tgt_in)
-    post_logits, post_weights = post(src, lengths, mask, tgt_in)
-    assert torch.isfinite(post_logits).all() and post_weights is not None
+    pre_logits = pre(src, lengths, mask, tgt_in)
+    post_logits = post(src, lengths, mask, tgt_in)
+    assert torch.isfinite(post_logits).all()
     assert not torch.allclose(pre_logits, post_logits, atol=1e-3)
 
 
@@ -355,7 +364,7 @@ def test_a_tiny_transformer_learns_to_reverse_sequences(one_thread):
         batch = collate([list(train[i]) + [EOS_ID] for i in indices], [list(reversed(train[i])) for i in indices],
                         indices)
         assert batch.tgt_in is not None and batch.tgt_out is not None
-        logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+        logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID)
         optimizer.zero_grad()
         loss.backward()

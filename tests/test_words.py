@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 import nmt
 from nmt.inference.attention_stats import attention_stats
-from nmt.inspect.analysis import head_entropies
+from nmt.inspect.buckets import head_entropies
 from nmt.inspect.view import attention_view
 from nmt.inspect.words import drop_eos, merge_words, shape_view, word_groups, word_labels
 from nmt.runs.loading import load_model
@@ -100,7 +100,7 @@ def test_the_api_and_the_server_serve_the_word_view(trained_transformer):
     every = run.attention("abca de fo", words=True)
     assert every.weights.shape[-1] == 4 and np.allclose(every.weights.sum(-1), 1.0, atol=1e-5)
 
-    with TestClient(create_app(ModelRegistry([("transformer", trained_transformer)]))) as client:
+    with TestClient(create_app(ModelRegistry.load([("transformer", trained_transformer)]))) as client:
         body = {"text": "abca de fo", "layer": 2, "head": 1, "words": True, "eos": False}
         found = client.post("/attention", json=body).json()
         assert found["words"] is True and found["eos"] is False

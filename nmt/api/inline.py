@@ -1,7 +1,8 @@
 """The attention explorer page (nmt/serve/static) inline in a notebook: the page's own HTML, CSS and script,
 answered from data embedded in the output instead of the server, inside an iframe so that several views in
 one notebook keep their element ids and globals apart. Hover, row highlighting and the kind, layer and head
-choice are the page's own code: nothing of its rendering is copied here."""
+choice are the page's own code: nothing of its rendering is copied here, and the answers to its requests are
+made by the server's own `attention_response`, so the JSON the page reads has one producer."""
 
 from __future__ import annotations
 
@@ -12,30 +13,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nmt.serve.service import attention_response
+
 if TYPE_CHECKING:
-    from nmt.api.views import AttentionMap, AttentionView, KindMaps
+    from nmt.api.views import AttentionView, KindMaps
 
 PAGE_LINKS = ('<link rel="stylesheet" href="/static/app.css">', '<script src="/static/app.js"></script>')
 """What the page loads from the server; replaced by the files' contents."""
 
-# The page's API calls, answered from DATA: GET /models, POST /translate, POST /attention.
+# The page's API calls, answered from DATA: GET /models, POST /translate, POST /attention (each kind's answers
+# per layer: the heads averaged, then each head, as the server gives them).
 SHIM = """
 const DATA = JSON.parse(document.getElementById("nmt-data").textContent);
 function answer(path, request) {
   if (path === "/models") return [DATA.model];
   if (path === "/translate") return DATA.translate;
-  const kind = DATA.kinds[request.kind || "cross"];
-  if (!kind) return {error: {field: "kind", message: `call run.attention(text, kind="${request.kind}") for it`}};
-  const layer = kind.layers.find((l) => l.layer === (request.layer ?? kind.layers.at(-1).layer));
-  const map = request.head ? layer.heads[request.head - 1] : layer.average;
-  const panels = request.head ? [map] : (layer.heads.length ? layer.heads : [layer.average]);
-  return {model: DATA.model.name, source: DATA.source, translation: DATA.translation, kind: kind.kind,
-          layer: layer.layer, head: request.head || null, row_tokens: kind.row_tokens, col_tokens: kind.col_tokens,
-          weights: map.weights, entropy: map.entropy, max_weight: map.max_weight,
-          above_threshold: map.above_threshold, threshold: DATA.threshold, summary: map.summary,
-          words: DATA.words, eos: DATA.eos,
-          panels: panels.map((p) => ({caption: `${kind.kind} ${p.caption}`, weights: p.weights})),
-          heads: kind.heads};
+  const layers = DATA.attention[request.kind || "cross"];
+  if (!layers) return {error: {field: "kind", message: `call run.attention(text, kind="${request.kind}") for it`}};
+  return layers[(request.layer ?? layers.length) - 1][request.head || 0];
 }
 window.fetch = async (path, options = {}) => {
   const found = answer(path, options.body ? JSON.parse(options.body) : {});
@@ -54,28 +49,18 @@ new ResizeObserver(() => {
 HIDDEN = "header, form { display: none; } body { margin: 0.5rem; }"
 
 
-def _map(found: AttentionMap) -> dict[str, Any]:
-    return {"caption": found.caption, "weights": found.weights.tolist(), "entropy": found.entropy.tolist(),
-            "max_weight": found.max_weight.tolist(), "above_threshold": found.above_threshold.tolist(),
-            "summary": found.summary()}
-
-
-def _kind(maps: KindMaps) -> dict[str, Any]:
-    heads = [{"layer": m.layer, "head": m.head, "entropy": float(m.entropy.mean()),
-              "max_weight": float(m.max_weight.mean())} for layer in maps.heads for m in layer]
-    return {"kind": maps.kind, "row_tokens": maps.row_tokens, "col_tokens": maps.col_tokens, "heads": heads,
-            "layers": [{"layer": average.layer, "average": _map(average), "heads": [_map(m) for m in heads]}
-                       for average, heads in zip(maps.averages, maps.heads, strict=True)]}
+def _answers(model: str, maps: KindMaps) -> list[list[dict[str, Any]]]:
+    """What POST /attention answers for each layer of one kind: the heads averaged, then each head."""
+    return [[attention_response(model, view), *(attention_response(model, view.with_head(h + 1))
+                                                for h in range(len(view.panels)))] for view in maps.views]
 
 
 def page_data(view: AttentionView, model: dict[str, Any], translate: dict[str, Any]) -> dict[str, Any]:
-    """What the page would fetch: the model's description, the translation, and every map of every kind
-    (one kind for an RNN)."""
-    kinds = [view.kind] + ([k for k in ("cross", "encoder", "decoder") if k != view.kind]
-                           if view.all_maps.averages[0].layer is not None else [])
-    return {"model": model, "translate": translate, "source": view.source, "translation": view.translation,
-            "threshold": view.threshold, "words": view.words, "eos": view.eos,
-            "kinds": {k: _kind(view.all_maps if k == view.kind else view.kinds(k)) for k in kinds}}
+    """What the page would fetch: the model's description, the translation, and the answer for every layer and
+    head of every kind the model has (`model["kinds"]`)."""
+    kinds = {view.kind: view.all_maps, **{k: view.kinds(k) for k in model["kinds"] if k != view.kind}}
+    return {"model": model, "translate": translate, "source": view.source,
+            "attention": {k: _answers(model["name"], maps) for k, maps in kinds.items()}}
 
 
 def explorer_html(data: dict[str, Any]) -> str:

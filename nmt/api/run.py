@@ -16,19 +16,20 @@ from nmt.config import MAX_ATTRIBUTION_COST, MAX_STEPS, Config, apply_override, 
 from nmt.data.splits import EvalSet, eval_set
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference import arguments
-from nmt.inference.metrics import Score, ter
+from nmt.inference.metrics import Score
+from nmt.inference.options import DecodingOptions
 from nmt.inference.score import ScoredPair, score_with
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.attribution import METHODS, AttributionView, attribution_view
-from nmt.inspect.view import attention_view, pick, refuse_selection_for_rnn
+from nmt.inspect.view import attention_view, pick
 from nmt.runs.loading import LoadedRun, load_model, read_config
 from nmt.serve.service import ServedModel
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from nmt.inspect.analysis import RunSummary
+    from nmt.inspect.comparison import RunSummary
 
 
 @dataclass
@@ -97,51 +98,44 @@ class Run:
         """Translate raw texts (one string or several); beam size, n-best and length penalty default to the run's
         decoding settings, within the command line's bounds. Each result holds the `n_best` hypotheses with their
         scores."""
-        lines = arguments.texts(texts, "texts")
-        settings = arguments.search_settings(self.config.decoding, beam_size, n_best, length_penalty)
-        translator = self._translator.with_length_penalty(settings.length_penalty)
-        found = translator.translate(lines, settings.beam_size, settings.n_best)
+        found = self._translator.translate(arguments.texts(texts, "texts"), beam_size, n_best, length_penalty)
         return [Translation(t.source, t.text, [Hypothesis(text, h.score, h.log_prob)
                                                for h, text in zip(t.hypotheses, t.texts, strict=True)])
                 for t in found]
 
     def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int, words: bool = False,
                    eos: bool = True) -> KindMaps:
-        """Every layer's maps of `kind` (each head and their average), or an RNN's one map."""
-        last = attention_view(self.loaded, text, threshold, beam_size, kind, translator=self._translator, words=words,
-                              eos=eos)
-        if last.layer is None:
-            return KindMaps.of([last], threshold)
-        earlier = [attention_view(self.loaded, text, threshold, beam_size, kind, layer, translator=self._translator,
-                                  words=words, eos=eos) for layer in range(1, last.layer)]
+        """Every layer's maps of `kind`: each head and their average."""
+        last = attention_view(self.loaded, text, threshold=threshold, beam_size=beam_size, kind=kind,
+                              translator=self._translator, words=words, eos=eos)
+        earlier = [attention_view(self.loaded, text, threshold=threshold, beam_size=beam_size, kind=kind, layer=layer,
+                                  translator=self._translator, words=words, eos=eos) for layer in range(1, last.layer)]
         return KindMaps.of([*earlier, last], threshold)
 
     def attention(self, text: str, kind: str = "cross", layer: int | None = None, head: int | None = None,
-                  threshold: float = 0.1, beam_size: int = 1, words: bool = False, eos: bool = True) -> AttentionView:
-        """Translate `text` and return where each token looked. An RNN has one cross-attention map. For a
-        Transformer `kind` is cross, encoder or decoder (self-attention); with neither `layer` nor `head`
-        the view holds every head of every layer, with `layer` every head of that layer, with `head` that
-        head (of `layer`, default the last). `words` merges subwords into words (a source word's pieces
-        summed, a target word's averaged: rows still sum to 1); `eos=False` leaves EOS out. Statistics are
-        of the map so shown."""
+                  threshold: float = 0.1, beam_size: int | None = None, words: bool = False, eos: bool = True
+                  ) -> AttentionView:
+        """Translate `text` (beam size default: the run's) and return where each token looked. `kind` is one of
+        the model's attention kinds (`describe().kinds`: cross for every model; encoder and decoder
+        self-attention for a Transformer); with neither `layer` nor `head` the view holds every head of every
+        layer, with `layer` every head of that layer, with `head` that head (of `layer`, default the last).
+        `words` merges subwords into words (a source word's pieces summed, a target word's averaged: rows still
+        sum to 1); `eos=False` leaves EOS out. Statistics are of the map so shown."""
+        beam_size = DecodingOptions.resolve(self.config.decoding, beam_size).beam_size
         maps = self._kind_maps(text, kind, threshold, beam_size, words, eos)
         count = len(maps.averages)
-        if maps.averages[0].layer is None:
-            refuse_selection_for_rnn(kind, layer, head)
-            chosen = maps.averages
+        layer, head = pick(count, layer, "layer"), pick(len(maps.heads[0]), head, "head")
+        if head is not None:
+            chosen = [maps.heads[(layer or count) - 1][head - 1]]
         else:
-            layer, head = pick(count, layer, "layer"), pick(len(maps.heads[0]), head, "head")
-            if head is not None:
-                chosen = [maps.heads[(layer or count) - 1][head - 1]]
-            else:
-                chosen = [m for i, per_layer in enumerate(maps.heads) if layer in (None, i + 1) for m in per_layer]
+            chosen = [m for i, per_layer in enumerate(maps.heads) if layer in (None, i + 1) for m in per_layer]
         return AttentionView(text, maps.translation, kind, layer, head, threshold, beam_size, maps.row_tokens,
                              maps.col_tokens, chosen, maps,
                              kinds=lambda other: self._kind_maps(text, other, threshold, beam_size, words, eos),
                              page=self._page, words=words, eos=eos)
 
     def attribution(self, text: str, method: str = "input_x_gradient", layer: int | None = None,
-                    head: int | None = None, words: bool = False, eos: bool = True, beam_size: int = 1,
+                    head: int | None = None, words: bool = False, eos: bool = True, beam_size: int | None = None,
                     steps: int = 32, max_cost: int | None = MAX_ATTRIBUTION_COST) -> AttributionView:
         """Translate `text` and attribute each target token to the source tokens by gradients (captum:
         input_x_gradient, or integrated_gradients with `steps`), beside the cross-attention of `head` of `layer`
@@ -187,10 +181,8 @@ class Run:
         else:
             found = eval_set(self.config.data, split)
         decoded = decode_and_score(self._translator, found, self.config.evaluation, beam_size)
-        hypotheses = decoded.hypotheses
-        return Evaluation(found.name, len(found.sources),
-                          [decoded.bleu, decoded.chrf, ter(hypotheses, found.references, self.config.evaluation)],
-                          hypotheses)
+        return Evaluation(found.name, len(found.sources), decoded.scores(found.references, self.config.evaluation),
+                          decoded.hypotheses)
 
 
 def load(run_dir: str | Path, checkpoint: str = "best") -> Run:
@@ -249,13 +241,13 @@ class Comparison(list["RunSummary"]):
     def plot(self) -> Figure:
         """Best dev BLEU, attention entropy and training speed per run (the `nmt compare` plot)."""
         plotting()
-        from nmt.inspect.analysis import compare_figure
+        from nmt.inspect.comparison import compare_figure
 
         return compare_figure(self)
 
 
 def compare(runs: Sequence[Run | str | Path]) -> Comparison:
     """What each run achieved, from its directory alone (no model is built)."""
-    from nmt.inspect.analysis import summarize_run  # with plotting: loaded when asked for
+    from nmt.inspect.comparison import summarize_run  # with plotting: loaded when asked for
 
     return Comparison(summarize_run(r.path if isinstance(r, Run) else Path(r)) for r in runs)

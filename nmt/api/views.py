@@ -41,8 +41,8 @@ class AttentionMap:
     """One map: who attends (rows) to what (columns), with each row's entropy (nats), largest weight and the
     number of positions above the view's threshold."""
 
-    layer: int | None  # 1-based; None for an RNN's single map
-    head: int | None  # 1-based; None for an RNN's single map or the heads' average
+    layer: int  # 1-based
+    head: int | None  # 1-based; None: the heads' average
     weights: np.ndarray  # (rows, cols)
     entropy: np.ndarray  # (rows,)
     max_weight: np.ndarray  # (rows,)
@@ -50,12 +50,10 @@ class AttentionMap:
 
     @property
     def caption(self) -> str:
-        if self.layer is None:
-            return "cross-attention"
         return f"layer {self.layer} " + (f"head {self.head}" if self.head else "heads averaged")
 
     @classmethod
-    def of(cls, layer: int | None, head: int | None, weights: np.ndarray, threshold: float) -> AttentionMap:
+    def of(cls, layer: int, head: int | None, weights: np.ndarray, threshold: float) -> AttentionMap:
         stats = attention_stats(torch.from_numpy(np.ascontiguousarray(weights)), threshold)
         return cls(layer, head, weights, np.array(stats.entropy), np.array(stats.max_weight),
                    np.array(stats.above_threshold, dtype=int))
@@ -70,14 +68,15 @@ class AttentionMap:
 @dataclass
 class KindMaps:
     """Every map of one kind of attention for one translated sentence: per layer, the heads' average and each
-    head (an RNN: one layer holding its one map as the average, no heads)."""
+    head (a single-head attention: its one map as both)."""
 
     kind: str
     translation: str
     row_tokens: list[str]
     col_tokens: list[str]
     averages: list[AttentionMap]  # one per layer
-    heads: list[list[AttentionMap]]  # per layer, per head; [[]] for an RNN
+    heads: list[list[AttentionMap]]  # per layer, per head
+    views: list[SentenceView] = field(repr=False)  # per layer, every head: what the inline page answers from
 
     @classmethod
     def of(cls, layers: list[SentenceView], threshold: float) -> KindMaps:
@@ -85,19 +84,18 @@ class KindMaps:
         averages, heads = [], []
         for view in layers:
             averages.append(AttentionMap.of(view.layer, None, view.weights, threshold))
-            heads.append([] if view.layer is None else
-                         [AttentionMap.of(view.layer, h + 1, weights, threshold)
+            heads.append([AttentionMap.of(view.layer, h + 1, weights, threshold)
                           for h, (_, weights) in enumerate(view.panels)])
         first = layers[0]
-        return cls(first.kind, first.translation, first.row_labels, first.col_labels, averages, heads)
+        return cls(first.kind, first.translation, first.row_labels, first.col_labels, averages, heads, layers)
 
 
 @dataclass
 class AttentionView:
-    """One sentence's translation and its attention of one kind. With neither `layer` nor `head` chosen, a
-    Transformer's view holds every head of every layer: `weights` is then (layers, heads, rows, cols) and
-    `entropy`, `max_weight`, `above_threshold` are (layers, heads, rows); with a layer only, (1, heads, ...).
-    A single map (a chosen head, or an RNN) gives (rows, cols) and (rows,)."""
+    """One sentence's translation and its attention of one kind. With neither `layer` nor `head` chosen, the
+    view holds every head of every layer: `weights` is then (layers, heads, rows, cols) and `entropy`,
+    `max_weight`, `above_threshold` are (layers, heads, rows); with a layer only, (1, heads, ...). A single
+    map (a chosen head, or a model with one layer of one head) gives (rows, cols) and (rows,)."""
 
     source: str
     translation: str

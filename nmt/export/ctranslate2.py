@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmt.errors import ConfigError, NmtError
-from nmt.export import export_folder
+from nmt.errors import NmtError
+from nmt.export import export_folder, require_export
 from nmt.fileio import describe_files
-from nmt.runs.loading import load_model
+from nmt.runs.loading import LoadedRun, load_model
 from nmt.runs.rundir import RunDir
 from nmt.tokens import BOS_ID, PAD_ID
 
@@ -27,15 +27,18 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
     from ctranslate2's own TransformerSpec: the source must end with "</s>" (as `Tokenizer.encode_src` gives)
     and decoding starts from "<s>", as in nmt. It replaces an earlier export whole; nmt.json, which
     ctranslate2 ignores, records every other file's size and sha256."""
+    return write_ctranslate2(load_model(run_dir, which), output or RunDir(run_dir).export_dir("ctranslate2"))
+
+
+def write_ctranslate2(loaded: LoadedRun, folder: Path) -> Path:
+    """`export_ctranslate2` of a loaded run, into `folder`."""
+    require_export(loaded.model, "ctranslate2")
     try:
         import ctranslate2
         from ctranslate2.specs import common_spec, transformer_spec
     except ImportError:
         raise NmtError("CTranslate2 export needs ctranslate2: pip install 'nmt[export]'") from None
-    loaded = load_model(run_dir, which)
-    if loaded.config.model.type != "transformer":
-        raise ConfigError("--format ctranslate2 is for Transformer runs; export an RNN with --format onnx")
-    model: Any = loaded.model  # a Transformer: its submodules are read by name below
+    model: Any = loaded.model  # a Transformer (its exports say so): its submodules are read by name below
     settings = loaded.config.model.transformer
     pre = settings.norm == "pre"
     activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
@@ -83,7 +86,6 @@ def export_ctranslate2(run_dir: Path, which: str = "best", output: Path | None =
     spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
     spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
     spec.validate()
-    folder = output or RunDir(run_dir).export_dir("ctranslate2")
     with export_folder(folder, MANIFEST) as staging:
         spec.save(str(staging))
         (staging / MANIFEST).write_text(json.dumps({"checkpoint": loaded.checkpoint.path.name,

@@ -8,16 +8,17 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
 
-from nmt.export import export_folder
+from nmt.export import export_folder, require_export
 from nmt.fileio import describe_files
 from nmt.inference.onnx_runtime import ENCODER, LAYOUT, STEP
 from nmt.models.flat import FlatLayout
 from nmt.models.interface import Exportable
-from nmt.runs.loading import load_model
+from nmt.runs.loading import LoadedRun, load_model
 from nmt.runs.rundir import RunDir
 from nmt.tokens import PAD_ID
 
@@ -61,10 +62,14 @@ def _dynamic_axes(layout: FlatLayout, names: list[str], sequence: str) -> dict[s
 def export_onnx(run_dir: Path, which: str = "best", output: Path | None = None) -> Path:
     """Write encoder.onnx, step.onnx and layout.json (which records each graph's size and sha256) for a run's
     checkpoint into `output` (RUN/export/onnx), replacing an earlier export whole."""
-    loaded = load_model(run_dir, which)
-    model: Exportable = loaded.model
+    return write_onnx(load_model(run_dir, which), output or RunDir(run_dir).export_dir("onnx"))
+
+
+def write_onnx(loaded: LoadedRun, folder: Path) -> Path:
+    """`export_onnx` of a loaded run, into `folder`."""
+    require_export(loaded.model, "onnx")
+    model = cast(Exportable, loaded.model)
     layout = model.flat_layout()
-    folder = output or RunDir(run_dir).export_dir("onnx")
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, PAD_ID, PAD_ID]]) % loaded.tokenizer.src_vocab_size
     lengths = (src != PAD_ID).sum(dim=1)
     # torch's TorchScript-based exporter traces the graphs and warns about every shape it reads in Python;

@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-from nmt.config import MAX_BEAM, MAX_LENGTH_PENALTY, DecodingConfig, shown_value
+from nmt.config import shown_value
 from nmt.errors import ArgumentError
 
 
@@ -71,29 +70,3 @@ def aligned_texts(first: object, second: object, fields: tuple[str, str]) -> tup
     if len(found[0]) != len(found[1]):
         raise ArgumentError(fields[1], f"{len(found[1])} texts for {len(found[0])} {fields[0]}: they go in pairs")
     return found
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How one call decodes: each setting the caller left out is the run's own."""
-
-    beam_size: int
-    n_best: int
-    length_penalty: float
-
-
-def search_settings(own: DecodingConfig, beam_size: object = None, n_best: object = None,
-                    length_penalty: object = None) -> SearchSettings:
-    """A call's decoding settings checked against the bounds and each other; n-best defaults to the run's,
-    capped at the beam size (an explicit one above it is an error)."""
-    beam = own.beam_size if beam_size is None else integer(beam_size, "beam_size", 1, MAX_BEAM)
-    if n_best is None:
-        best = min(own.n_best, beam)
-    else:
-        best = integer(n_best, "n_best", 1, MAX_BEAM)
-        if best > beam:
-            raise ArgumentError("n_best", f"{best} cannot exceed the beam size ({beam}): a beam keeps {beam} "
-                                          "hypotheses")
-    penalty = own.length_penalty if length_penalty is None else number(length_penalty, "length_penalty", 0.0,
-                                                                          MAX_LENGTH_PENALTY)
-    return SearchSettings(beam, best, penalty)

@@ -16,7 +16,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from nmt.errors import ConfigError
+from nmt.errors import ArgumentError
 from nmt.inference.onnx_runtime import load_onnx
 from nmt.models.interface import Decoder
 from nmt.runs.loading import DecodingRun, load_model
@@ -75,11 +75,11 @@ def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides:
     decodes each run's ONNX export (nmt export) on onnxruntime instead of its PyTorch checkpoint."""
     run_dirs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
     if not run_dirs:
-        raise ConfigError("--model: give at least one run directory")
+        raise ArgumentError("model", "give at least one run directory")
     if runtime == "onnx":
         if quantize or which != "best":
-            raise ConfigError("--quantize and --checkpoint apply to PyTorch decoding, not to --runtime onnx: the "
-                              "export holds one checkpoint (choose it with nmt export --checkpoint)")
+            raise ArgumentError("runtime", "onnx decodes the export, which holds one checkpoint (chosen when it was "
+                                           "exported) and is not quantized: quantize and checkpoint apply to torch")
         loaded = [load_onnx(run_dir, overrides) for run_dir in run_dirs]
     else:
         loaded = [load_model(run_dir, which, overrides, quantize=quantize) for run_dir in run_dirs]
@@ -89,7 +89,7 @@ def load_models(run_dirs: Path | Sequence[Path], which: str = "best", overrides:
     for other in loaded[1:]:
         if (other.tokenizer.src_proto, other.tokenizer.tgt_proto, other.tokenizer.vocabulary) != (
                 first.tokenizer.src_proto, first.tokenizer.tgt_proto, first.tokenizer.vocabulary):
-            raise ConfigError(f"--model {other.run.path}: its SentencePiece models differ from {first.run.path}'s; "
-                              "an ensemble needs runs trained on the same vocabularies")
+            raise ArgumentError("model", f"{other.run.path}: its SentencePiece models differ from "
+                                         f"{first.run.path}'s; an ensemble needs runs trained on the same vocabularies")
     ensemble = Ensemble([run.model for run in loaded]).eval()
     return DecodingRun(first.run, first.config, first.tokenizer, ensemble, first.checkpoint)

@@ -11,7 +11,8 @@ from pathlib import Path
 from nmt.data.splits import eval_set
 from nmt.fileio import atomic_write_text
 from nmt.inference.ensemble import load_models
-from nmt.inference.metrics import Score, scores_to_dict, ter
+from nmt.inference.metrics import Score, scores_to_dict
+from nmt.inference.options import DecodingOptions
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 
@@ -32,10 +33,10 @@ def evaluate(run_dir: Path | Sequence[Path], split: str | None = None, src_file:
     loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
     config = loaded.config
     found = eval_set(config.data, split, src_file, ref_file)
-    beam = beam_size or config.decoding.beam_size
+    beam = DecodingOptions.resolve(config.decoding, beam_size).beam_size
     decoded = decode_and_score(Translator.for_run(loaded), found, config.evaluation, beam, progress)
     hypotheses = decoded.hypotheses
-    scores = [decoded.bleu, decoded.chrf, ter(hypotheses, found.references, config.evaluation)]
+    scores = decoded.scores(found.references, config.evaluation)
     hyp_path, report_path = loaded.run.eval_files(found.name, beam)
     atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
     report = {"test_set": found.name, "sentences": len(found.sources), "checkpoint": loaded.checkpoint.path.name,

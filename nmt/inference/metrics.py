@@ -41,10 +41,5 @@ def ter(hypotheses: Sequence[str], references: Sequence[str], cfg: EvaluationCon
     return Score("TER", metric.corpus_score(list(hypotheses), [list(references)]).score, str(metric.get_signature()))
 
 
-def score_all(hypotheses: Sequence[str], references: Sequence[str], cfg: EvaluationConfig) -> list[Score]:
-    """BLEU (with the configured tokenization), chrF and TER."""
-    return [metric(hypotheses, references, cfg) for metric in (bleu, chrf, ter)]
-
-
 def scores_to_dict(scores: Sequence[Score]) -> dict:
     return {s.name: asdict(s) for s in scores}

@@ -77,7 +77,7 @@ def score_with(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str]
         for indices in token_batches(src_lengths, tgt_lengths, budget, config.decoding.batch_sentences):
             batch = collate([src[i] for i in indices], [tgt[i] for i in indices], indices).to(translator.device)
             assert batch.tgt_in is not None and batch.tgt_out is not None
-            logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
+            logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
             chosen = logits.float().log_softmax(dim=-1).gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)
             for row, index in enumerate(indices):
                 cut = int(index) in truncated

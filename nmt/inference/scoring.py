@@ -5,11 +5,12 @@ instead, on the same `eval_set`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nmt.config import EvaluationConfig
 from nmt.data.splits import EvalSet
-from nmt.inference.metrics import Score, bleu, chrf
+from nmt.inference.metrics import Score, bleu, chrf, ter
 from nmt.inference.translate import Translation, Translator
 
 
@@ -28,6 +29,11 @@ class DecodedSet:
     @property
     def sentences_per_s(self) -> float:
         return len(self.translations) / max(self.seconds, 1e-9)
+
+    def scores(self, references: Sequence[str], evaluation: EvaluationConfig) -> list[Score]:
+        """BLEU, chrF and TER (what `nmt evaluate` reports; validation needs only the first two, so TER is
+        computed when asked for)."""
+        return [self.bleu, self.chrf, ter(self.hypotheses, references, evaluation)]
 
 
 def decode_and_score(translator: Translator, data: EvalSet, evaluation: EvaluationConfig,

@@ -16,8 +16,8 @@ from nmt.config import CleanConfig, DecodingConfig
 from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
-from nmt.inference.arguments import search_settings
 from nmt.inference.ensemble import load_models
+from nmt.inference.options import DecodingOptions
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.models.interface import Decoder
 from nmt.progress import progress_bar
@@ -65,17 +65,13 @@ class Translator:
         """Decode as the run was configured: its decoding settings, its corpus cleaning."""
         return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
 
-    def with_length_penalty(self, length_penalty: float) -> Translator:
-        """This translator, ranking hypotheses with another length penalty (checked by the caller)."""
-        if length_penalty == self.decoding.length_penalty:
-            return self
-        changed = self.decoding.model_copy(update={"length_penalty": length_penalty})
-        return Translator(self.model, self.tokenizer, changed, self.clean)
-
     def search_ids(self, src: Sequence[Sequence[int]], beam_size: int, n_best: int = 1,
-                   progress: bool = False, sampling: Sampling | None = None) -> list[list[Hypothesis]]:
+                   progress: bool = False, sampling: Sampling | None = None, length_penalty: float | None = None
+                   ) -> list[list[Hypothesis]]:
         """Decode encoded source sentences (each ending in EOS) in length-sorted batches; input order kept.
-        With `sampling`, each sentence is one draw from the model instead of a search."""
+        With `sampling`, each sentence is one draw from the model instead of a search. The length penalty
+        (checked by the caller) defaults to the run's."""
+        penalty = self.decoding.length_penalty if length_penalty is None else length_penalty
         results: list[list[Hypothesis]] = [[] for _ in src]
         pick = sampling.picker(self.device) if sampling is not None else None
         lengths = np.array([len(s) for s in src])
@@ -100,7 +96,7 @@ class Translator:
                                                         pick)]
                 else:
                     found = beam_search(step, memory, state, max_lengths, beam_size, BOS_ID, EOS_ID, PAD_ID,
-                                        self.decoding.length_penalty, n_best)
+                                        penalty, n_best)
                 for index, hyps in zip(indices, found, strict=True):
                     results[index] = hyps
                 bar.update(len(indices))
@@ -127,16 +123,18 @@ class Translator:
                 ids[limit - 1:] = [EOS_ID]
         return encoded
 
-    def translate(self, lines: Sequence[str], beam_size: int | None = None, n_best: int = 1,
-                  progress: bool = False, sampling: Sampling | None = None) -> list[Translation]:
-        """Translate raw lines; a line with no content (empty, or only spaces, control or invisible format
-        characters) gives an empty translation."""
-        settings = search_settings(self.decoding, beam_size, n_best)
+    def translate(self, lines: Sequence[str], beam_size: object = None, n_best: object = None,
+                  length_penalty: object = None, progress: bool = False, sampling: Sampling | None = None
+                  ) -> list[Translation]:
+        """Translate raw lines, decoding as `DecodingOptions.resolve` says (what is not given is the run's); a
+        line with no content (empty, or only spaces, control or invisible format characters) gives an empty
+        translation."""
+        settings = DecodingOptions.resolve(self.decoding, beam_size, n_best, length_penalty)
         cleaned = [normalize(line, self.clean) for line in lines]  # as the training corpus was cleaned
         encoded = self.encode(cleaned)
         todo = [i for i, line in enumerate(cleaned) if has_content(line)]
         found = self.search_ids([encoded[i] for i in todo], settings.beam_size, settings.n_best, progress,
-                                sampling) if todo else []
+                                sampling, settings.length_penalty) if todo else []
         empty = Hypothesis([], 0.0, 0.0, torch.zeros(0, 0))
         by_line = dict(zip(todo, found, strict=True))
         out = []
@@ -160,7 +158,8 @@ def translate_lines(run_dir: Path | Sequence[Path], lines: Sequence[str], beam_s
     """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings.
     With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble."""
     loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
-    settings = search_settings(loaded.config.decoding, 1 if sampling else beam_size, 1 if sampling else n_best)
-    translator = Translator.for_run(loaded)
-    return TranslatedLines(translator.translate(lines, settings.beam_size, settings.n_best, progress, sampling),
-                           settings.beam_size, settings.n_best)
+    settings = DecodingOptions.resolve(loaded.config.decoding, 1 if sampling else beam_size,
+                                       1 if sampling else n_best)
+    translations = Translator.for_run(loaded).translate(lines, settings.beam_size, settings.n_best,
+                                                        progress=progress, sampling=sampling)
+    return TranslatedLines(translations, settings.beam_size, settings.n_best)

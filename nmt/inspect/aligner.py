@@ -27,7 +27,6 @@ from nmt.inspect.alignment import AlignmentScore, extract_links, score_links
 from nmt.inspect.attribution import attribute, mean_defined, spearman_rows
 from nmt.inspect.view import pick
 from nmt.inspect.words import EOS, shape_view
-from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun, load_model
 
 
@@ -37,7 +36,7 @@ class WordMaps:
 
     source_words: list[str]
     target_words: list[str]
-    maps: np.ndarray  # (layers, heads, target words, source words); an RNN: (1, 1, ...)
+    maps: np.ndarray  # (layers, heads, target words, source words)
     attribution: np.ndarray | None = None  # (target words, source words), rows summing to 1, when asked for
 
 
@@ -50,25 +49,15 @@ def forced_cross_maps(loaded: LoadedRun, src_ids: Sequence[Sequence[int]], tgt_i
     # a translation that did not end: BOS and its first T - 1 tokens are the inputs of its T rows
     tgt_ids = [tgt if done else tgt[:-1] for tgt, done in zip(tgt_ids, ended, strict=True)]
     model = loaded.model
-    transformer = with_heads(model)
     found: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(src_ids), batch_size):
-                chunk = slice(start, start + batch_size)
-                batch = collate(src_ids[chunk], tgt_ids[chunk], np.arange(len(src_ids[chunk])))
-                assert batch.tgt_in is not None
-                if transformer is None:
-                    maps = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)[1][None, :, None]
-                else:
-                    maps = transformer.attention_maps(batch.src, batch.src_lengths, batch.src_mask,
-                                                      batch.tgt_in)["cross"]
-                for row, (src, tgt) in enumerate(zip(src_ids[chunk], tgt_ids[chunk], strict=True)):
-                    found.append(maps[:, row, :, :len(tgt) + 1, :len(src)].float())
-    finally:
-        model.train(was_training)
+    with torch.inference_mode():
+        for start in range(0, len(src_ids), batch_size):
+            chunk = slice(start, start + batch_size)
+            batch = collate(src_ids[chunk], tgt_ids[chunk], np.arange(len(src_ids[chunk])))
+            assert batch.tgt_in is not None
+            maps = model.attention_maps(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)["cross"]
+            for row, (src, tgt) in enumerate(zip(src_ids[chunk], tgt_ids[chunk], strict=True)):
+                found.append(maps[:, row, :, :len(tgt) + 1, :len(src)].float())
     return found
 
 
@@ -193,7 +182,7 @@ class Alignment:
     by_attribution: str | None = None  # the attribution method the links come from; None: attention
 
 
-def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, layer: int | None = None,
+def align_files(run_dir: Path, src_file: Path, tgt_file: Path | None = None, *, layer: int | None = None,
                 head: int | None = None, threshold: float | None = None, gold_file: Path | None = None,
                 choose_on: Path | None = None, beam_size: int | None = None, checkpoint: str = "best",
                 overrides: Sequence[str] = (), attribution: str | None = None) -> Alignment:

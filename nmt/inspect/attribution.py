@@ -63,15 +63,15 @@ class Cost:
 
 
 def check_cost(cost: Cost, max_cost: int | None) -> None:
-    """Refuse, before any gradient, an attribution above `max_cost` (None: no bound), naming the options of
-    `nmt attention` and the API's argument that lower the cost or lift the bound."""
+    """Refuse, before any gradient, an attribution above `max_cost` (None: no bound), naming the argument that
+    lowers the cost (steps of integrated gradients) or else the bound."""
     if max_cost is None or cost.total <= max_cost:
         return
     if cost.steps > 1:
-        raise ConfigError(f"--steps {cost.steps}: {cost}, above the bound of {max_cost}: lower --steps, use "
-                          "input_x_gradient, or raise the bound with --max-cost (max_cost in Python)")
-    raise ConfigError(f"--attribution {cost}, above the bound of {max_cost}: attribute a shorter sentence, or raise "
-                      "the bound with --max-cost (max_cost in Python)")
+        raise ArgumentError("steps", f"{cost}, above the bound of {max_cost}: use fewer steps or input_x_gradient, "
+                                     "or raise the bound (max cost)")
+    raise ArgumentError("max_cost", f"{cost}, above the bound of {max_cost}: attribute a shorter sentence, or raise "
+                                    "the bound")
 
 
 def source_embedding(model: Model, src: torch.Tensor) -> nn.Embedding:
@@ -100,9 +100,8 @@ def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int],
 
     The hooks (captum's, `source_embedding`'s) go on a copy of the model, never on `loaded.model`, which may be
     translating in another thread at the same time (one `nmt.load` run shared): a hook there changes what its
-    embedding returns. The copy takes about 25 ms with the shipped Transformer (7.6M parameters), against
-    160 ms for input x gradient and 3.3 s for integrated gradients of 15 subwords: a lock instead would hold
-    every other use of the model for those seconds."""
+    embedding returns. The copy costs a small fraction of the attribution itself, while a lock instead would
+    hold every other use of the model for the attribution's seconds."""
     if method not in METHODS:
         raise ConfigError(f"--attribution {method}: choose one of {', '.join(METHODS)}")
     rows = len(tgt_ids) + int(ended)
@@ -121,7 +120,7 @@ def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int],
     def forced_log_probs(ids: torch.Tensor) -> torch.Tensor:
         """(N, S) source ids -> (N, rows) log-probability of each forced target token."""
         count = ids.shape[0]
-        logits, _ = model(ids, length.repeat(count), ids != PAD_ID, tgt_in.expand(count, -1))
+        logits = model(ids, length.repeat(count), ids != PAD_ID, tgt_in.expand(count, -1))
         return logits.float().log_softmax(-1).gather(-1, tgt_out.expand(count, -1).unsqueeze(-1)).squeeze(-1)
 
     embedding = source_embedding(model, src[:1])

@@ -3,25 +3,21 @@ page and a notebook shows. Kept free of plotting so that serving never loads mat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from nmt.config import ATTENTION_KINDS
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ArgumentError
 from nmt.inference.arguments import choice, integer, number, text
 from nmt.inference.attention_stats import AttentionStats, attention_stats
 from nmt.inference.translate import Translator
 from nmt.inspect.words import shape_view
-from nmt.models import with_heads
 from nmt.runs.loading import LoadedRun
 from nmt.tokens import BOS_ID, PAD_ID
-
-MAP_KEYS = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}
-"""`Transformer.attention_maps` key of each of the ATTENTION_KINDS."""
 
 
 @dataclass
@@ -41,19 +37,25 @@ class AttentionView:
     source: str
     translation: str
     kind: str  # cross, encoder or decoder
-    layer: int | None  # 1-based, Transformers; None for an RNN
-    head: int | None  # 1-based; None: the heads averaged (or an RNN's single map)
+    layer: int  # 1-based
+    head: int | None  # 1-based; None: the heads averaged (a single-head attention's one map)
     col_labels: list[str]  # what is attended to (source tokens; target inputs for decoder self-attention)
     row_labels: list[str]  # who attends (target outputs; source tokens for encoder self-attention)
     panels: list[tuple[str, np.ndarray]]  # (caption, weights): every head of the layer, or the one drawn
     weights: np.ndarray  # (rows, cols): the chosen head, or the heads' average
     stats: AttentionStats  # of `weights`
-    heads: list[HeadSummary]  # every layer and head of the chosen kind (Transformer runs; empty for RNNs)
+    heads: list[HeadSummary]  # every layer and head of the chosen kind
     words: bool = False  # merged into words (nmt.inspect.words): panels, weights, stats and heads alike
     eos: bool = True  # False: the EOS row and column left out, rows renormalized
     src_ids: list[int] = field(default_factory=list)  # the source as encoded, EOS included
     tgt_ids: list[int] = field(default_factory=list)  # the translation's tokens, EOS not included
     ended: bool = True  # the translation ended with EOS (False: it stopped at its length limit, without one)
+
+    def with_head(self, head: int) -> AttentionView:
+        """The same layer's view of one head (from a view of all its heads), without translating again."""
+        caption, weights = self.panels[head - 1]
+        return dataclasses.replace(self, head=head, panels=[(caption, weights)], weights=weights,
+                                   stats=attention_stats(torch.from_numpy(weights), self.stats.threshold))
 
 
 def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids: Sequence[int], rows: int
@@ -67,12 +69,11 @@ def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids:
             "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
 
 
-def refuse_selection_for_rnn(kind: str, layer: object, head: object) -> None:
-    """An RNN has one cross-attention map: choosing a kind, layer or head is a mistake, named as such."""
-    for name, value in (("kind", None if kind == "cross" else kind), ("layer", layer), ("head", head)):
-        if value is not None:
-            raise ArgumentError(name, "selects among a Transformer's attentions; this RNN run has one "
-                                      "cross-attention map")
+def pick_kind(kinds: Sequence[str], kind: object) -> str:
+    """An attention kind the model has (`describe().kinds`)."""
+    if kind in kinds or kind not in ("cross", "encoder", "decoder"):
+        return choice(kind, "kind", kinds)
+    raise ArgumentError("kind", f"{kind}: this model has {' and '.join(kinds)} attention only")
 
 
 def pick(count: int, chosen: object, what: str) -> int | None:
@@ -96,44 +97,35 @@ def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
     return found
 
 
-def attention_view(loaded: LoadedRun, sentence: str, threshold: float = 0.1, beam_size: int | None = None,
+def attention_view(loaded: LoadedRun, sentence: str, *, threshold: float = 0.1, beam_size: int | None = None,
                    kind: str = "cross", layer: int | None = None, head: int | None = None,
                    translator: Translator | None = None, words: bool = False, eos: bool = True) -> AttentionView:
-    """Translate one sentence and collect where each token looked. An RNN has one cross-attention map; for a
-    Transformer, `kind` picks cross-, encoder self- or decoder self-attention, `layer` one layer (default the
-    last) and `head` one head (default: all heads of that layer, and their average as `weights`). With `words`
-    the maps are merged into words, without `eos` EOS is left out (`shape_view`); statistics are of that view."""
-    choice(kind, "kind", ATTENTION_KINDS)
+    """Translate one sentence (beam size default: the run's) and collect where each token looked: the `kind`
+    of attention the model has (cross-, encoder self- or decoder self-attention: `describe().kinds`), of
+    `layer` (default the last) and `head` (default: all heads of that layer, and their average as `weights`),
+    teacher forced on the translation. With `words` the maps are merged into words, without `eos` EOS is left
+    out (`shape_view`); statistics are of that view."""
+    model = loaded.model
+    kind = pick_kind(model.describe().kinds, kind)
     threshold = number(threshold, "threshold", 0.0, 1.0)
-    transformer = with_heads(loaded.model)
-    if transformer is None:
-        refuse_selection_for_rnn(kind, layer, head)
-    translation = (translator or Translator.for_run(loaded)).translate([text(sentence, "text")],
-                                                                       1 if beam_size is None else beam_size)[0]
+    translation = (translator or Translator.for_run(loaded)).translate([text(sentence, "text")], beam_size)[0]
     best = translation.hypotheses[0]
     rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
     row_labels, col_labels = map_labels(loaded.tokenizer, kind, translation.src_ids, best.tokens, rows)
-    heads: list[HeadSummary] = []
-    if transformer is None:
-        weights, row_labels, col_labels = shape_view(best.attention, row_labels, col_labels, words, eos)
-        panels = [("cross-attention", weights.numpy())]
+    src = torch.tensor([translation.src_ids])
+    tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
+    maps = model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)[kind]
+    chosen, row_labels, col_labels = shape_view(maps[:, 0].float(), row_labels, col_labels, words,
+                                                eos)  # (layers, heads, rows, cols)
+    layer = pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
+    head = pick(chosen.shape[1], head, "head")
+    in_layer = chosen[layer - 1]
+    if head is None:
+        weights = in_layer.mean(dim=0)
+        panels = [(f"{kind} layer {layer} head {h + 1}", in_layer[h].numpy()) for h in range(in_layer.shape[0])]
     else:
-        src = torch.tensor([translation.src_ids])
-        tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
-        with torch.no_grad():
-            maps = transformer.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)
-        chosen, row_labels, col_labels = shape_view(maps[MAP_KEYS[kind]][:, 0].float(), row_labels, col_labels,
-                                                    words, eos)  # (layers, heads, rows, cols)
-        layer = pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
-        head = pick(chosen.shape[1], head, "head")
-        heads = _summaries(chosen)
-        in_layer = chosen[layer - 1]
-        if head is None:
-            weights = in_layer.mean(dim=0)
-            panels = [(f"{kind} layer {layer} head {h + 1}", in_layer[h].numpy()) for h in range(in_layer.shape[0])]
-        else:
-            weights = in_layer[head - 1]
-            panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
+        weights = in_layer[head - 1]
+        panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
     return AttentionView(sentence, translation.text, kind, layer, head, col_labels, row_labels, panels,
-                         weights.numpy(), attention_stats(weights, threshold), heads, words, eos,
+                         weights.numpy(), attention_stats(weights, threshold), _summaries(chosen), words, eos,
                          list(translation.src_ids), list(best.tokens), best.ended)

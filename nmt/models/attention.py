@@ -45,8 +45,10 @@ class Attention(nn.Module):
         return context, weights
 
     def attend(self, query: torch.Tensor, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """An RNN decoder's step over its encoder memory: keys `projected`, encoder outputs as `values`."""
-        return self(query, memory.projected, memory.values, memory.mask)
+        """An RNN decoder's step over its encoder memory (keys `projected`, encoder outputs as `values`):
+        context (B, Tq, Hm) and the weights as one head's, (B, 1, Tq, S), the shape multi-head attention gives."""
+        context, weights = self(query, memory.projected, memory.values, memory.mask)
+        return context, weights.unsqueeze(1)
 
 
 class AdditiveAttention(Attention):

@@ -1,6 +1,9 @@
-"""The one interface search decodes through. The PyTorch models (`RNNEncoderDecoder`, `Transformer`), an
-ensemble of them and an exported model on ONNX Runtime all offer it, so search, translation and serving
-never ask which one they hold.
+"""The interfaces the rest of nmt talks to, so that nothing outside nmt/models asks which model it holds.
+
+`Decoder` is what search decodes through: the PyTorch models (`RNNEncoderDecoder`, `Transformer`), an ensemble
+of them and an exported model on ONNX Runtime all offer it. `Model` is a trainable PyTorch model: a Decoder
+that also trains (`forward`, `forward_with_attention`), shows its attention (`attention_maps`) and says what it
+is and what it can do (`describe`).
 
 `encode` runs the encoder once and returns the memory every step reads and the first decoder state;
 `step_log_probs` takes one step for a batch of prefixes. Beam search repeats the memory per beam
@@ -10,7 +13,8 @@ memory and state objects, so the step's arguments are typed as the model defines
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -87,3 +91,59 @@ class Exportable(Decoder, Protocol):
     def flat_layout(self) -> FlatLayout: ...
 
     def unflatten(self, memory: list[torch.Tensor], state: list[torch.Tensor]) -> tuple[Any, Any]: ...
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a model is and what it can show or be exported to: what the server's /models, the explorer page,
+    the Python API, attention views and the exporters read instead of the config's model type."""
+
+    summary: str  # the architecture in a few words, as the training log and `nmt compare` print it
+    family: str  # "rnn", "transformer": a label for people, never a switch
+    attention: str  # the cross-attention's kind: bahdanau, dot, general, concat, multihead
+    layers: int  # decoder layers with a cross-attention map (an RNN: 1)
+    heads: int  # heads of each of those layers (1: a single-head attention)
+    kinds: tuple[str, ...]  # the attention kinds `attention_maps` returns, cross first
+    exports: tuple[str, ...]  # the export formats the model can be written to (onnx, ctranslate2)
+
+
+class Model(Decoder, Protocol):
+    """A trainable PyTorch model (an `nn.Module`) as the rest of nmt uses it."""
+
+    def __call__(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
+                 teacher_forcing: float = 1.0) -> torch.Tensor:
+        """Teacher forced: logits (B, T, V)."""
+        ...
+
+    def forward_with_attention(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                               tgt_in: torch.Tensor, layer: int, teacher_forcing: float = 1.0
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and decoder layer `layer`'s (0-based) cross-attention, every head, (B, heads, T, S),
+        with gradients: what guided alignment trains."""
+        ...
+
+    def attention_maps(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                       tgt_in: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """Every attention map, exact, in eval mode, teacher forced on `tgt_in`: for each of `describe().kinds`
+        (layers, B, heads, rows, cols); cross (rows T, cols S), encoder self (S, S), decoder self (T, T)."""
+        ...
+
+    def describe(self) -> ModelDescription: ...
+
+    def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
+        """Multiply-adds x 2 of one teacher-forced forward pass over a batch (training is about 3x)."""
+        ...
+
+    # the nn.Module surface the rest of nmt uses
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, nn.Parameter]]: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...

@@ -54,10 +54,10 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, query: torch.Tensor, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """An RNN decoder's step over its encoder memory (`projected` from `project_memory`, `mask`): context
-        (B, Tq, Hm) and the heads' average weights (B, Tq, S)."""
+        (B, Tq, Hm) and each head's weights (B, heads, Tq, S)."""
         context, weights = self(query, memory.projected, memory.mask)
         assert weights is not None  # the explicit path: weights asked for
-        return context, weights.mean(dim=1)
+        return context, weights
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, heads, L, dh)."""

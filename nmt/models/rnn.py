@@ -1,7 +1,9 @@
-"""The sequence-to-sequence model: an RNN encoder, an attentional RNN decoder, and `build_model`.
+"""The RNN encoder-decoder: an RNN encoder and an attentional RNN decoder (`build_model` builds it for
+`model.type: rnn`).
 
 Shapes: B batch, S source positions, T target positions, E embedding size, He encoder output size
-(hidden x directions), Hd decoder hidden size, V target vocabulary, L decoder layers.
+(hidden x directions), Hd decoder hidden size, V target vocabulary, L decoder layers, heads the attention's
+heads (1 unless multi-head).
 
 Two decoder flows, chosen by the attention type:
 - Bahdanau (2014): the query is the previous decoder state s_{t-1}; the context c_t is fed into the RNN
@@ -27,6 +29,7 @@ from nmt.config import ModelConfig
 from nmt.models.attention import Attention, build_attention
 from nmt.models.dropout import Dropout
 from nmt.models.flat import FlatLayout
+from nmt.models.interface import ModelDescription
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
 
@@ -142,14 +145,14 @@ class Decoder(nn.Module):
         return DecoderState(hidden, encoder_final.new_zeros(batch, self.hidden_size))
 
     def attend(self, query: torch.Tensor, memory: EncoderMemory) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (B, Tq, Hm) and weights over the source (B, Tq, S); multi-head weights averaged over heads."""
+        """Context (B, Tq, Hm) and each head's weights over the source (B, heads, Tq, S)."""
         return self.attention.attend(query, memory)
 
     def recur(
         self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> tuple[torch.Tensor, Hidden, torch.Tensor, torch.Tensor]:
         """The sequential part of a step, from the embedded previous token (B, E): the top layer's output
-        s_t (B, 1, Hd), the new hidden state, the context c_t (B, 1, Hm) and the weights (B, 1, S)."""
+        s_t (B, 1, Hd), the new hidden state, the context c_t (B, 1, Hm) and the weights (B, heads, 1, S)."""
         if self.queries_previous_state:
             query = _top_layer(state.hidden).unsqueeze(1)  # s_{t-1}
             context, weights = self.attend(query, memory)
@@ -167,10 +170,11 @@ class Decoder(nn.Module):
     def step(
         self, embedded: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One decoder step from the embedded previous token (B, E): h~_t (B, Hd), new state, weights (B, S)."""
+        """One decoder step from the embedded previous token (B, E): h~_t (B, Hd), new state, and the weights
+        averaged over heads (B, S), as search keeps them."""
         output, hidden, context, weights = self.recur(embedded, state, memory)
         attentional = self.attentional(context, output).squeeze(1)
-        return attentional, DecoderState(hidden, attentional), weights.squeeze(1)
+        return attentional, DecoderState(hidden, attentional), weights.mean(dim=1).squeeze(1)
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         return self.output(self.dropout(attentional))
@@ -178,7 +182,7 @@ class Decoder(nn.Module):
     def forward(
         self, tgt_in: torch.Tensor, state: DecoderState, memory: EncoderMemory, teacher_forcing: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unroll over the target: logits (B, T, V) and attention weights (B, T, S).
+        """Unroll over the target: logits (B, T, V) and each head's attention weights (B, heads, T, S).
 
         With teacher_forcing < 1, each step takes the model's own previous prediction instead of the
         reference with probability 1 - teacher_forcing, so logits are needed inside the loop. Otherwise
@@ -213,7 +217,7 @@ class Decoder(nn.Module):
                     use_own = torch.rand(tgt_in.shape[0], device=tgt_in.device) >= teacher_forcing
                     predicted = self.dropout(self.embed(step_logits[-1].argmax(-1)))
                     prev_embedded = torch.where(use_own.unsqueeze(1), predicted, prev_embedded)
-        weights = torch.cat(all_weights, dim=1)
+        weights = torch.cat(all_weights, dim=2)
         if sampling:
             return torch.stack(step_logits, dim=1), weights
         if feeds_back:
@@ -241,12 +245,34 @@ class RNNEncoderDecoder(nn.Module):
         return memory, self.decoder.init_state(final)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
-                teacher_forcing: float = 1.0, attention_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, T, V) and attention weights (B, T, S), heads averaged; with `attention_layer` (0, the one
-        attention) the weights as (B, 1, T, S), the shape the Transformer gives per head (guided alignment)."""
+                teacher_forcing: float = 1.0) -> torch.Tensor:
+        """Teacher forced (scheduled sampling below 1): logits (B, T, V)."""
         memory, state = self.encode(src, lengths, src_mask)
-        logits, weights = self.decoder(tgt_in, state, memory, teacher_forcing)
-        return logits, weights if attention_layer is None else weights[:, None]
+        return self.decoder(tgt_in, state, memory, teacher_forcing)[0]
+
+    def forward_with_attention(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                               tgt_in: torch.Tensor, layer: int, teacher_forcing: float = 1.0
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and the one attention's weights, every head, (B, heads, T, S); `layer` is 0."""
+        if layer != 0:
+            raise ValueError(f"attention layer {layer}: an RNN decoder has one attention (layer 0)")
+        memory, state = self.encode(src, lengths, src_mask)
+        return self.decoder(tgt_in, state, memory, teacher_forcing)
+
+    @torch.no_grad()
+    def attention_maps(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                       tgt_in: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cross-attention, exact, in eval mode, teacher forced on `tgt_in`: {"cross": (1, B, heads, T, S)}."""
+        was_training = self.training
+        self.eval()
+        try:
+            return {"cross": self.forward_with_attention(src, lengths, src_mask, tgt_in, 0)[1][None]}
+        finally:
+            self.train(was_training)
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(self.cfg.summary, "rnn", self.cfg.attention.type, *self.cfg.attention_shape,
+                                kinds=("cross",), exports=("onnx",))
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;

@@ -1,5 +1,6 @@
-"""The Transformer encoder-decoder (Vaswani et al. 2017), behind the same interface as `RNNEncoderDecoder`:
-`forward` (teacher forced), `encode` -> (memory, state), `step_log_probs` for search, plus `attention_maps`.
+"""The Transformer encoder-decoder (Vaswani et al. 2017), behind the same interface as `RNNEncoderDecoder`
+(nmt.models.interface.Model): `forward` (teacher forced), `forward_with_attention`, `encode` -> (memory, state),
+`step_log_probs` for search, `attention_maps` and `describe`.
 
 Shapes: B batch, S source positions, T target positions, D = d_model, F the feed-forward size, heads,
 dh = D / heads, V target vocabulary, N decoding rows (sentences x beams).
@@ -33,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.config import ModelConfig
+from nmt.config import ATTENTION_KINDS, ModelConfig
 from nmt.models.dropout import Dropout
 from nmt.models.flat import FlatLayout
+from nmt.models.interface import ModelDescription
 from nmt.models.multihead import MultiHeadAttention
 from nmt.tokens import PAD_ID
 
@@ -72,8 +74,8 @@ class TransformerState:
     """The decoder's self-attention cache: per layer, the keys and values (N, t, 2D) of the t positions so far.
 
     With `in_place`, each layer's tensor (N, room, 2D) has room beyond position t, so that a step writes its
-    own position there instead of copying every earlier one (torch.cat's copies took a sixth of greedy
-    decoding's time, BENCHMARKS.md); the room doubles when it runs out. Successive states of one search share
+    own position there instead of copying every earlier one (torch.cat's copies were a large share of greedy
+    decoding's time: BENCHMARKS.md); the room doubles when it runs out. Successive states of one search share
     those tensors and `written`, how many positions they hold: a state stepped a second time (a branch) copies
     rather than overwrite its successor's position. Without `in_place` (graphs exported with flat tensors)
     every step concatenates, the plain reference."""
@@ -350,26 +352,32 @@ class Transformer(nn.Module):
         """(1, T, T), True where position j <= i may be attended to from position i."""
         return torch.ones(length, length, dtype=torch.bool, device=device).tril().unsqueeze(0)
 
-    def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
-                teacher_forcing: float = 1.0, attention_layer: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher-forced: logits (B, T, V) and, in eval mode, the last decoder layer's cross-attention
-        weights averaged over heads (B, T, S); None in training, where the fused path skips them. With
-        `attention_layer` (0-based), that layer's cross-attention weights of every head (B, heads, T, S)
-        instead, in training too (guided alignment trains them)."""
+    def _teacher_forced(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                        tgt_in: torch.Tensor, teacher_forcing: float, explicit: Collection[int]
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B, T, V) and the cross-attention weights (B, heads, T, S) of the layers in `explicit`."""
         if teacher_forcing < 1.0:
             raise ValueError("teacher_forcing < 1 (scheduled sampling) is for RNN decoders only: the Transformer "
                              "decodes all target positions in parallel from the reference")
         memory, state = self.encode(src, lengths, src_mask)
         x = self._embed(self.tgt_embed, tgt_in)
-        if attention_layer is not None:
-            explicit = {attention_layer}
-        else:
-            explicit = set() if self.training else {len(self.decoder_layers) - 1}
         x, _, _, cross = self._decode(x, state, memory, self.causal_mask(tgt_in.shape[1], tgt_in.device), explicit)
-        if not cross:
-            return self._logits(x), None
-        return self._logits(x), cross[-1] if attention_layer is not None else cross[-1].mean(dim=1)
+        return self._logits(x), cross
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
+                teacher_forcing: float = 1.0) -> torch.Tensor:
+        """Teacher forced, on the fused attention path: logits (B, T, V)."""
+        return self._teacher_forced(src, lengths, src_mask, tgt_in, teacher_forcing, ())[0]
+
+    def forward_with_attention(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
+                               tgt_in: torch.Tensor, layer: int, teacher_forcing: float = 1.0
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and decoder layer `layer`'s (0-based) cross-attention weights of every head
+        (B, heads, T, S), in training too (guided alignment trains them)."""
+        if not 0 <= layer < len(self.decoder_layers):
+            raise ValueError(f"attention layer {layer}: the decoder has layers 0..{len(self.decoder_layers) - 1}")
+        logits, cross = self._teacher_forced(src, lengths, src_mask, tgt_in, teacher_forcing, {layer})
+        return logits, cross[0]
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;
@@ -411,8 +419,8 @@ class Transformer(nn.Module):
     def attention_maps(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
                        tgt_in: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every layer's exact attention weights (explicit path, eval mode), teacher forced on `tgt_in`:
-        "encoder_self" (layers, B, heads, S, S), "decoder_self" (layers, B, heads, T, T),
-        "cross" (layers, B, heads, T, S)."""
+        "cross" (layers, B, heads, T, S), "encoder" self-attention (layers, B, heads, S, S) and "decoder"
+        self-attention (layers, B, heads, T, T)."""
         was_training = self.training
         self.eval()
         try:
@@ -424,5 +432,9 @@ class Transformer(nn.Module):
             _, _, decoder_self, cross = self._decode(x, state, memory, causal, every)
         finally:
             self.train(was_training)
-        return {"encoder_self": torch.stack(encoder_self), "decoder_self": torch.stack(decoder_self),
-                "cross": torch.stack(cross)}
+        return {"cross": torch.stack(cross), "encoder": torch.stack(encoder_self),
+                "decoder": torch.stack(decoder_self)}
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(self.cfg.summary, "transformer", "multihead", *self.cfg.attention_shape,
+                                kinds=ATTENTION_KINDS, exports=("onnx", "ctranslate2"))

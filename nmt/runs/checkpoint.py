@@ -22,12 +22,11 @@ from typing import Any, TypeVar
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
-from torch import nn
 
 from nmt.config import ModelConfig, shown_value
 from nmt.errors import ArgumentError, CheckpointError, DiskFullError
 from nmt.fileio import sha256_of, staged_folder
-from nmt.models import count_parameters
+from nmt.models import Model, count_parameters
 from nmt.runs.rundir import CheckpointFiles, RunDir
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ def _disk_full_error(run: RunDir, final: CheckpointFiles, needed: int) -> DiskFu
                            "--resume")
 
 
-def save_checkpoint(run: RunDir, model: nn.Module, train_state: dict[str, Any], meta: dict[str, Any],
+def save_checkpoint(run: RunDir, model: Model, train_state: dict[str, Any], meta: dict[str, Any],
                     keep_last: int) -> CheckpointFiles:
     """Write checkpoint `step-N` atomically, then prune old ones."""
     final = run.checkpoint(int(meta["step"]))
@@ -246,7 +245,7 @@ def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
     return found
 
 
-def checkpoint_meta(step: int, epoch: int, model: nn.Module, model_config: ModelConfig,
+def checkpoint_meta(step: int, epoch: int, model: Model, model_config: ModelConfig,
                     scores: dict[str, float] | None) -> dict[str, Any]:
     """What a checkpoint's metadata records: position, dev scores, parameter count and the weights' model config."""
     return {"step": step, "epoch": epoch, **(scores or {}), "parameters": count_parameters(model),

@@ -11,7 +11,6 @@ import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import nn
 
 from nmt.config import (
     Config,
@@ -82,7 +81,7 @@ def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path
                               f"describes: {format_diff(differences)}")
 
 
-def load_weights(model: nn.Module, checkpoint: Checkpoint, config: ModelConfig | None = None,
+def load_weights(model: Model, checkpoint: Checkpoint, config: ModelConfig | None = None,
                  config_path: Path | None = None) -> None:
     """Load a checkpoint's weights into `model`, refusing any mismatch of names, shapes or tying by name."""
     if config is not None:
@@ -110,7 +109,7 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint, config: ModelConfig |
     model.load_state_dict(tensors)
 
 
-def _shared_names(model: nn.Module) -> list[tuple[str, str]]:
+def _shared_names(model: Model) -> list[tuple[str, str]]:
     """Pairs of state-dict names that are one parameter in `model` (tied embeddings)."""
     first: dict[int, str] = {}
     pairs = []
@@ -122,7 +121,7 @@ def _shared_names(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _separate_pairs(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
+def _separate_pairs(model: Model, tensors: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
     """Same-shaped embedding and output matrices that `model` keeps separate: equal values in a checkpoint
     mean it was saved with them tied (trained matrices are never equal by chance)."""
     shared = {n for pair in _shared_names(model) for n in pair}

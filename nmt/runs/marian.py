@@ -300,7 +300,7 @@ def run_config(marian: MarianModel, run: RunDir) -> Config:
         data=DataConfig(src_lang=src_lang, tgt_lang=tgt_lang, train=placeholder, dev=placeholder,
                         clean=CleanConfig(unicode_normalization="none")),  # as MarianTokenizer: SentencePiece's own
         tokenizer=TokenizerConfig(vocab_size=max(16, len(marian.tgt.pieces)), joint=marian.settings.tie == "all"),
-        model=ModelConfig(type="transformer", transformer=marian.settings),
+        model=ModelConfig.of_transformer(marian.settings),
         training=TrainingConfig(max_epochs=1),
         decoding=DecodingConfig(beam_size=min(generation.num_beams or 1, MAX_BEAM), length_penalty=length_penalty,
                                 max_src_tokens=marian.settings.max_positions))

@@ -66,8 +66,7 @@ _loaded: LoadedRun | None = None  # ... once loaded
 
 def _start(served: ServedCheckpoint) -> None:
     """A child's initializer: one thread. The server decodes on the same cores at the same time, and
-    oversubscribed intra-op threads cost far more than they give (integrated gradients on the shipped
-    Transformer: about 3 s on one thread, 8 to 22 s on two beside a busy server)."""
+    oversubscribed intra-op threads cost far more than they give (RELIABILITY.md measures it)."""
     global _served
     torch.set_num_threads(1)
     _served = served

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +35,14 @@ from nmt.inspect.attribution import STEPS, Cost, Method, shape_attribution
 from nmt.inspect.view import AttentionView
 from nmt.serve.attributor import Attributor, ServedCheckpoint
 from nmt.serve.microbatch import Closing, MicroBatcher
-from nmt.serve.service import ClientError, ModelRegistry, ServedModel, check_attribution_cost, decoding_costs
+from nmt.serve.service import (
+    ClientError,
+    ModelRegistry,
+    ServedModel,
+    attention_response,
+    check_attribution_cost,
+    decoding_costs,
+)
 from nmt.serve.transport import BodyLimit, DeadlineH11Protocol, error_response, hearing_shutdown, unless_disconnected
 
 log = logging.getLogger(__name__)
@@ -44,17 +51,14 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SETTINGS_VARIABLE = "NMT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 
 
-T = TypeVar("T")
-
 
 class Limits(BaseModel):
     """The bounds of one server process. Costs are beam size x source tokens, EOS included
-    (service.decoding_costs): the default request bound keeps a request to a few seconds of a 2-core CPU with
-    the shipped configs' model sizes even when no hypothesis ends before max_ratio x length + max_extra
-    tokens, a chunk to a quarter of that (measured in RELIABILITY.md). An attribution's cost is target x source
+    (service.decoding_costs): the default request bound keeps a request to seconds on a small CPU with the
+    shipped configs' model sizes even when no hypothesis ends before max_ratio x length + max_extra tokens, a
+    chunk to a quarter of that (RELIABILITY.md has the measurements). An attribution's cost is target x source
     tokens x integration steps (nmt.inspect.attribution.Cost), bounded by default as the API and `nmt attention`
-    bound it (config.MAX_ATTRIBUTION_COST: integrated gradients of a sentence of 15 subwords in about 4 s of one
-    CPU core with the shipped Transformer)."""
+    bound it (config.MAX_ATTRIBUTION_COST)."""
 
     max_texts: int = 64  # texts in one /translate request (413 above)
     max_body_bytes: int = 1 << 20  # a request's body (413 above)
@@ -121,8 +125,9 @@ class AttentionRequest(Strict):
     model: str | None = None
     beam_size: Beam = None
     kind: AttentionKind = "cross"
-    layer: int | None = Field(None, ge=1, description="Transformers: default the last layer")
-    head: int | None = Field(None, ge=1, description="Transformers: default all heads (grid) and their average")
+    layer: int | None = Field(None, ge=1, description="1 to the model's layers (/models); default the last")
+    head: int | None = Field(None, ge=1, description="1 to the model's heads (/models); default all heads (grid) "
+                                                     "and their average")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="Count positions above this weight")
     words: bool = Field(False, description="Merge subwords into words: sum over a source word's pieces, mean over "
                                            "a target word's; statistics of the merged map")
@@ -156,7 +161,7 @@ class AttentionResponse(BaseModel):
     source: str
     translation: str
     kind: str
-    layer: int | None
+    layer: int
     head: int | None
     row_tokens: list[str]  # who attends: target outputs (source tokens for encoder self-attention)
     col_tokens: list[str]  # what is attended to
@@ -167,7 +172,7 @@ class AttentionResponse(BaseModel):
     above_threshold: list[int]
     threshold: float
     summary: dict[str, tuple[float, float]]  # (mean, std) of each statistic
-    heads: list[HeadStatistics]  # every layer and head of this kind (Transformers)
+    heads: list[HeadStatistics]  # every layer and head of this kind
     words: bool  # rows and columns are words (subwords merged), statistics of that map
     eos: bool  # false: EOS left out, rows renormalized
     attribution: AttributionOut | None = None  # when asked for
@@ -283,22 +288,15 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         if body.attribution and body.kind != "cross":
             raise ClientError("attribution", f"is over the source tokens: it goes with kind cross, not {body.kind}")
         lengths = registry.check_texts(body.model, [body.text], 1)
-        decoding_costs(registry.decoding(body.model, body.beam_size or 1, None, None).beam_size, lengths,
-                       limits.max_request_cost)  # attention_view decodes with beam_size or 1
+        decoding_costs(registry.decoding(body.model, body.beam_size, None, None).beam_size, lengths,
+                       limits.max_request_cost)  # the beam attention_view decodes with
         served, view = await unless_disconnected(request, batcher.run(
             registry.attention, body.model, body.text, body.beam_size, body.kind, body.layer, body.head,
             body.threshold, body.words, body.eos))
         explained = None
         if body.attribution:
             explained = await unless_disconnected(request, attribution(served, view, body.attribution))
-        stats = view.stats
-        return AttentionResponse(
-            model=served.name, source=view.source, translation=view.translation, kind=view.kind, layer=view.layer,
-            head=view.head, row_tokens=view.row_labels, col_tokens=view.col_labels, weights=view.weights.tolist(),
-            panels=[Panel(caption=caption, weights=weights.tolist()) for caption, weights in view.panels],
-            entropy=stats.entropy, max_weight=stats.max_weight, above_threshold=stats.above_threshold,
-            threshold=stats.threshold, summary=stats.summary(), words=view.words, eos=view.eos,
-            heads=[HeadStatistics(**vars(h)) for h in view.heads], attribution=explained)
+        return AttentionResponse(**attention_response(served.name, view), attribution=explained)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -314,7 +312,7 @@ def app_from_environment() -> FastAPI:
 
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
     torch.set_num_threads(settings["threads"])
-    registry = ModelRegistry([(name, Path(path)) for name, path in settings["runs"]], settings["checkpoint"],
+    registry = ModelRegistry.load([(name, Path(path)) for name, path in settings["runs"]], settings["checkpoint"],
                              settings["quantize"])
     return create_app(registry, Limits(**settings["limits"]))
 
@@ -328,7 +326,7 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
     if host not in LOCAL_HOSTS:
         log.warning("listening on %s: anyone who can reach port %d can use this server; it has no authentication",
                     host, port)
-    registry = ModelRegistry(runs, checkpoint, quantize)  # a bad run directory fails here, before binding the port
+    registry = ModelRegistry.load(runs, checkpoint, quantize)  # a bad run directory fails here, before binding the port
     bounds: dict[str, Any] = {
         "http": DeadlineH11Protocol, "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s, "h11_max_incomplete_event_size": limits.max_header_bytes,

@@ -1,16 +1,17 @@
 """Trained runs loaded once and served: translation with per-request decoding settings, attention views and
 model descriptions, with every client mistake turned into a `ClientError` that names the field. This is what
-`nmt serve` exposes over HTTP (nmt/server.py), kept free of HTTP so that it is testable on its own."""
+`nmt serve` exposes over HTTP (nmt/serve/server.py), kept free of HTTP so that it is testable on its own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nmt.data.corpus import has_content, normalize
-from nmt.errors import ArgumentError, ConfigError
-from nmt.inference.arguments import search_settings
+from nmt.errors import ArgumentError
+from nmt.inference.options import DecodingOptions
 from nmt.inference.translate import Translation, Translator
 from nmt.inspect.attribution import Cost
 from nmt.inspect.view import AttentionView, attention_view
@@ -47,21 +48,32 @@ class ServedModel:
     translator: Translator  # the run's own decoding settings
 
     def describe(self) -> dict:
+        """The model (`describe()`: what it is and which attention maps it has), the checkpoint served, and the
+        run's decoding defaults: what /models answers and the page builds its choices from."""
         config, meta = self.loaded.config, self.loaded.checkpoint.meta
         model = self.loaded.model
-        layers = heads = None
-        if config.model.type == "transformer":
-            layers, heads = config.model.transformer.decoder_layers, config.model.transformer.heads
-        elif config.model.attention.type == "multihead":
-            layers, heads = 1, config.model.attention.heads
-        return {"name": self.name, "architecture": config.model.summary, "type": config.model.type,
-                "attention": "multi-head" if config.model.type == "transformer" else config.model.attention.type,
-                "layers": layers, "heads": heads, "parameters": count_parameters(model),
+        described = model.describe()
+        return {"name": self.name, "architecture": described.summary, "type": described.family,
+                "attention": described.attention, "layers": described.layers, "heads": described.heads,
+                "kinds": list(described.kinds), "parameters": count_parameters(model),
                 "dev_bleu": meta.get("dev_bleu"), "step": meta.get("step"),
                 "checkpoint": self.loaded.checkpoint.path.name,
                 "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
                 "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
                 "max_src_tokens": self.translator.source_limit[0]}
+
+
+def attention_response(model: str, view: AttentionView) -> dict[str, Any]:
+    """A view as POST /attention answers it (attribution apart): the one producer of that JSON, for the server
+    and for the page inline in a notebook (nmt.api.inline)."""
+    stats = view.stats
+    return {"model": model, "source": view.source, "translation": view.translation, "kind": view.kind,
+            "layer": view.layer, "head": view.head, "row_tokens": view.row_labels, "col_tokens": view.col_labels,
+            "weights": view.weights.tolist(),
+            "panels": [{"caption": caption, "weights": weights.tolist()} for caption, weights in view.panels],
+            "entropy": stats.entropy, "max_weight": stats.max_weight, "above_threshold": stats.above_threshold,
+            "threshold": stats.threshold, "summary": stats.summary(), "words": view.words, "eos": view.eos,
+            "heads": [vars(h) for h in view.heads]}
 
 
 def text_field(texts: Sequence[str], i: int) -> str:
@@ -102,18 +114,27 @@ def served_runs(specs: Sequence[str]) -> list[tuple[str, Path]]:
 
 
 class ModelRegistry:
-    """The served runs by name, the first one the default."""
+    """The served models by name, the first one the default."""
 
-    def __init__(self, runs: Sequence[tuple[str, Path]], checkpoint: str = "best", quantize: str | None = None):
-        if not runs:
-            raise ConfigError("--model: give at least one run directory to serve")
+    def __init__(self, models: Sequence[ServedModel]):
+        if not models:
+            raise ArgumentError("model", "give at least one run directory to serve")
         self.models: dict[str, ServedModel] = {}
+        for served in models:
+            if served.name in self.models:
+                raise ArgumentError("model", f"{served.loaded.run.path}: two served runs are both named "
+                                             f"{served.name!r}; serve one as NAME=RUN_DIR")
+            self.models[served.name] = served
+
+    @classmethod
+    def load(cls, runs: Sequence[tuple[str, Path]], checkpoint: str = "best", quantize: str | None = None
+             ) -> ModelRegistry:
+        """Each (name, run directory) loaded once, its checkpoint `checkpoint`, int8 with `quantize`."""
+        served = []
         for name, run_dir in runs:
-            if name in self.models:
-                raise ConfigError(f"--model {run_dir}: two served runs are both named {name!r}; serve one as "
-                                  "NAME=RUN_DIR")
             loaded = load_model(run_dir, checkpoint, quantize=quantize)
-            self.models[name] = ServedModel(name, loaded, Translator.for_run(loaded))
+            served.append(ServedModel(name, loaded, Translator.for_run(loaded)))
+        return cls(served)
 
     def get(self, name: str | None) -> ServedModel:
         if name is None:
@@ -126,7 +147,7 @@ class ModelRegistry:
                  length_penalty: float | None) -> Decoding:
         """A request's decoding settings, each defaulting to the run's own; checked against each other."""
         served = self.get(name)
-        settings = search_settings(served.loaded.config.decoding, beam_size, n_best, length_penalty)
+        settings = DecodingOptions.resolve(served.loaded.config.decoding, beam_size, n_best, length_penalty)
         return Decoding(served.name, settings.beam_size, settings.n_best, settings.length_penalty)
 
     def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
@@ -151,13 +172,12 @@ class ModelRegistry:
         return lengths
 
     def translate(self, decoding: Decoding, texts: Sequence[str]) -> list[Translation]:
-        served = self.models[decoding.model]
-        translator = served.translator.with_length_penalty(decoding.length_penalty)
-        return translator.translate(texts, decoding.beam_size, decoding.n_best)
+        return self.models[decoding.model].translator.translate(texts, decoding.beam_size, decoding.n_best,
+                                                                decoding.length_penalty)
 
     def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
                   head: int | None, threshold: float, words: bool = False, eos: bool = True
                   ) -> tuple[ServedModel, AttentionView]:
         served = self.get(name)
-        return served, attention_view(served.loaded, text, threshold, beam_size, kind, layer, head, served.translator,
-                                      words, eos)
+        return served, attention_view(served.loaded, text, threshold=threshold, beam_size=beam_size, kind=kind,
+                                      layer=layer, head=head, translator=served.translator, words=words, eos=eos)

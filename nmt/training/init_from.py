@@ -21,13 +21,12 @@ import torch
 from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import nn
 
 from nmt.config import Config, InitFrom, config_diff, format_diff, parse_config
 from nmt.data.prepare import prepare_data
 from nmt.data.tokenizer import Tokenizer, Vocabulary
 from nmt.errors import CheckpointError, ConfigError
-from nmt.models import VOCABULARY_ROWS
+from nmt.models import VOCABULARY_ROWS, Model
 from nmt.runs.checkpoint import Checkpoint, find_checkpoint, surviving_pruning
 from nmt.runs.loading import load_run_config, load_tokenizer, load_weights
 from nmt.runs.rundir import RunDir
@@ -139,7 +138,7 @@ def fine_tuning_tokenizer(init: Initialization) -> Tokenizer:
     return extend_tokenizer(init.tokenizer, prepare_data(init.config).tokenizer)
 
 
-def load_initial_weights(model: nn.Module, init: Initialization) -> None:
+def load_initial_weights(model: Model, init: Initialization) -> None:
     """The other run's weights into `model`; with a grown vocabulary, into its first rows."""
     if not init.extend:
         load_weights(model, init.checkpoint, init.config.model, init.checkpoint.path)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -74,6 +75,19 @@ class TrainResult:
                 f"{self.tokens_per_s:,.0f} target tokens/s, best dev BLEU {self.best_bleu:.2f}")
 
 
+class WithAttention(nn.Module):
+    """The model's training forward that also returns a layer's cross-attention (guided alignment): a module of
+    its own, so that DDP, which hooks `forward` only, wraps it like the plain model."""
+
+    def __init__(self, model: Model, layer: int):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
+                teacher_forcing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_attention(src, lengths, src_mask, tgt_in, self.layer, teacher_forcing)
+
+
 def pick_device(cfg: TrainingConfig, world: World) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -90,7 +104,7 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: Model, cfg: TrainingConfig) -> torch.optim.Optimizer:
     """Adam(W) with its fused kernel, which updates all parameters in one pass (BENCHMARKS.md measures the gain
     on the CPU and on a GPU); it works with fp16's GradScaler too."""
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -153,9 +167,9 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
     total, tokens = 0.0, 0
     for indices in split_batches(dev, config, seed=None):
         batch = make_batch(dev, indices).to(device)
+        assert batch.tgt_in is not None and batch.tgt_out is not None  # dev batches have targets
         with autocast(device, precision):
-            logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
-        assert batch.tgt_out is not None  # dev batches have targets
+            logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)
         total += float(token_loss(logits, batch.tgt_out, 0.0))
         tokens += batch.n_tgt_tokens
     decoded = decode_and_score(translator, EvalSet("dev", dev.src_text, dev.tgt_text), config.evaluation, 1)
@@ -345,11 +359,13 @@ class Trainer:
         # What the training forward runs through: DDP all-reduces the gradients during backward. Without
         # device_ids it leaves the inputs where they are (src_lengths stays on the CPU); the only buffers
         # (position tables) are constants, so they are not broadcast at every forward.
-        self.trained: nn.Module = DistributedDataParallel(model, broadcast_buffers=False) \
-            if self.world.distributed else model
-        self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
         self.guide = AlignmentGuide(config, self.train_split, data.tokenizer) \
             if config.training.guided_alignment is not None else None
+        self.forward: nn.Module = cast(nn.Module, model) if self.guide is None else WithAttention(model,
+                                                                                                  self.guide.layer)
+        self.trained: nn.Module = DistributedDataParallel(self.forward, broadcast_buffers=False) \
+            if self.world.distributed else self.forward
+        self.translator = Translator(model, data.tokenizer, config.decoding, config.data.clean)
         self.optimizer = make_optimizer(model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)
         self.precision = self._choose_precision()
@@ -471,10 +487,10 @@ class Trainer:
         assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
         guide = self.guide
         with autocast(self.device, precision):
-            logits, attention = module(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in,
-                                       self.cfg.teacher_forcing, guide.layer if guide else None)
+            found = module(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, self.cfg.teacher_forcing)
+        logits, attention = found if guide is not None else (found, None)
         loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-        return loss, None if guide is None else guide.loss(attention, batch)
+        return loss, None if guide is None or attention is None else guide.loss(attention, batch)
 
     def objective(self, loss: torch.Tensor, alignment: torch.Tensor | None) -> torch.Tensor:
         return loss if alignment is None or self.guide is None else loss + self.guide.weight * alignment
@@ -495,7 +511,7 @@ class Trainer:
             probe = make_batch(self.train_split, largest)  # not a small leftover batch: a full step's work
 
             def step(precision: str) -> None:
-                self.objective(*self.batch_loss(self.model, probe, precision)).backward()
+                self.objective(*self.batch_loss(self.forward, probe, precision)).backward()
                 self.model.zero_grad(set_to_none=True)
 
             key = measurement_key(self.config.model.summary, {

@@ -104,7 +104,7 @@ class Panel {
   constructor(name) {
     this.info = models[name];
     this.node = element("section", {class: "panel", "data-model": name});
-    this.choice = {kind: "cross", layer: this.info.layers || null, head: null};
+    this.choice = {kind: "cross", layer: this.info.layers, head: null};
   }
 
   async show(text, beam, threshold) {
@@ -132,36 +132,39 @@ class Panel {
   }
 
   selectors() {
+    // Only the choices the model has (its description: attention kinds, layers, heads) are offered.
     const bar = element("div", {class: "selectors"});
-    if (!this.info.layers || this.info.type !== "transformer") return bar;
-    const [kindLabel, kind] = selector("Attention", "kind-select",
-      [["cross", "cross (target → source)"], ["encoder", "encoder self"], ["decoder", "decoder self"]], this.choice.kind);
-    const layers = Array.from({length: this.info.layers}, (_, i) => [i + 1, `layer ${i + 1}`]);
+    const info = this.info;
+    const kinds = {cross: "cross (target → source)", encoder: "encoder self", decoder: "decoder self"};
+    const [kindLabel, kind] = selector("Attention", "kind-select", info.kinds.map((k) => [k, kinds[k] || k]),
+      this.choice.kind);
+    const layers = Array.from({length: info.layers}, (_, i) => [i + 1, `layer ${i + 1}`]);
     const [layerLabel, layer] = selector("Layer", "layer-select", layers, this.choice.layer);
-    const heads = [["", "all heads (grid)"], ...Array.from({length: this.info.heads}, (_, i) => [i + 1, `head ${i + 1}`])];
+    const heads = [["", "all heads (grid)"], ...Array.from({length: info.heads}, (_, i) => [i + 1, `head ${i + 1}`])];
     const [headLabel, head] = selector("Head", "head-select", heads, this.choice.head ?? "");
     const redraw = () => {
       this.choice = {kind: kind.value, layer: Number(layer.value), head: head.value ? Number(head.value) : null};
       this.drawAttention().catch((err) => setStatus(err.message, true));
     };
     [kind, layer, head].forEach((select) => select.addEventListener("change", redraw));
-    bar.append(kindLabel, layerLabel, headLabel);
+    const offered = [[info.kinds.length > 1, kindLabel], [info.layers > 1, layerLabel], [info.heads > 1, headLabel]];
+    bar.append(...offered.filter(([shown]) => shown).map(([, label]) => label));
     return bar;
   }
 
   async drawAttention() {
     const request = {text: this.text, model: this.info.name, beam_size: this.beam, threshold: this.threshold,
-                     words: $("#words").checked, eos: $("#eos").checked};
-    if (this.info.type === "transformer") Object.assign(request, this.choice);
+                     words: $("#words").checked, eos: $("#eos").checked, ...this.choice};
     const method = $("#attribution").value;
     if (method && this.choice.kind === "cross") request.attribution = method;
     const view = await api("/attention", request);
     this.view = view;
     const hoverLine = element("div", {class: "hover", text: " "});
     const hover = (message) => { hoverLine.textContent = message; };
-    const what = view.head ? `head ${view.head}` : (view.layer ? "heads averaged" : "attention");
+    const what = view.head ? `head ${view.head}` : (view.panels.length > 1 ? "heads averaged" : "");
     const unit = (view.words ? "words" : "subwords") + (view.eos ? "" : ", no EOS");
-    const where = (view.layer ? `${view.kind} attention, layer ${view.layer}, ${what}` : "cross-attention") + ` (${unit})`;
+    const layer = this.info.layers > 1 ? `, layer ${view.layer}` : "";
+    const where = `${view.kind} attention${layer}${what ? `, ${what}` : ""} (${unit})`;
     const [entropy, std] = view.summary.entropy;
     const children = [this.selectors(),
       element("div", {class: "meta", text: `${where}: mean entropy ${fixed(entropy)} ± ${fixed(std)} nats, ` +
@@ -180,7 +183,7 @@ class Panel {
         heatmap(view.row_tokens, view.col_tokens, panel.weights, {small: true, threshold: this.threshold, hover}))));
       children.push(element("h3", {text: `every head of layer ${view.layer}`}), grid);
     }
-    if (view.heads.length) {
+    if (view.heads.length > 1) {
       const table = element("table", {class: "heads-table"},
         element("tr", {}, ...["layer", "head", "entropy", "max weight"].map((h) => element("th", {text: h}))));
       view.heads.forEach((h) => table.append(element("tr", {}, element("td", {text: h.layer}),
