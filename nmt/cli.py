@@ -523,7 +523,7 @@ def score(
     import json
 
     from nmt.data.corpus import read_text_pairs
-    from nmt.inference.score import score_pairs
+    from nmt.inference.forced import score_pairs
 
     pairs = list(read_text_pairs(src, ref))
     scored = score_pairs(_run_dir(model, config), [s for s, _ in pairs], [t for _, t in pairs], checkpoint,

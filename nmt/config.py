@@ -1,8 +1,9 @@
 """One YAML file describes a run. It is read with safe YAML and validated into frozen pydantic models
 before anything runs; every default lives here.
 
-`load_config(path, overrides)` is the only way in: it applies `--set key.sub=value` overrides, rejects
-unknown keys, wrong types and bad values with the key path, and returns a `Config`.
+`load_config(path, overrides)` reads a YAML file, applies `--set key.sub=value` overrides and validates;
+`parse_config(raw)` validates a mapping (a run's saved config, the Python API's `nmt.train(Config)`). Both
+reject unknown keys, wrong types and bad values with the key path, and return a frozen `Config`.
 """
 
 from __future__ import annotations

@@ -44,10 +44,10 @@ def test_the_done_when_line_on_an_rnn_run(trained_run):
     fig = view.plot()
     assert fig.axes[0].get_title().startswith(PROBES[0])
     data = page_data(view._repr_html_())
-    layer = data["kinds"]["cross"]["layers"][0]
-    assert np.allclose(layer["average"]["weights"], view.weights)
-    assert np.allclose(layer["average"]["entropy"], view.entropy)
-    assert list(data["kinds"]) == ["cross"]  # an RNN has no self-attention to choose
+    [[average, head]] = data["attention"]["cross"]  # one layer: the heads averaged, then its one head
+    assert np.allclose(average["weights"], view.weights) and average["weights"] == head["weights"]
+    assert np.allclose(average["entropy"], view.entropy)
+    assert list(data["attention"]) == ["cross"]  # an RNN has no self-attention to choose
 
 
 def test_n_best_comes_with_scores_best_first_and_options_are_checked(trained_run):
@@ -57,8 +57,8 @@ def test_n_best_comes_with_scores_best_first_and_options_are_checked(trained_run
     assert len(scores) == 3 and scores == sorted(scores, reverse=True) and found.text == found.hypotheses[0].text
     with pytest.raises(ConfigError, match="cannot exceed the beam size"):
         run.translate(["ab"], beam_size=2, n_best=3)
-    with pytest.raises(ConfigError, match="RNN run has one cross-attention"):
-        run.attention("ab ca", head=1)
+    with pytest.raises(ConfigError, match="head: 2 is outside 1..1: the model has 1 head"):
+        run.attention("ab ca", head=2)
 
 
 def test_a_transformer_view_holds_every_head_of_every_layer(trained_transformer):
@@ -83,12 +83,14 @@ def test_the_inline_view_holds_every_weight_and_every_rows_entropy(trained_trans
     page = view._repr_html_()
     assert page.startswith("<iframe srcdoc=")
     data = page_data(page)
-    assert set(data["kinds"]) == {"cross", "encoder", "decoder"}
-    cross = data["kinds"]["cross"]
-    embedded = np.array([[m["weights"] for m in layer["heads"]] for layer in cross["layers"]])
-    entropies = np.array([[m["entropy"] for m in layer["heads"]] for layer in cross["layers"]])
-    assert np.array_equal(embedded, view.weights.astype(float))
+    assert set(data["attention"]) == {"cross", "encoder", "decoder"}
+    cross = data["attention"]["cross"]  # per layer: the server's answer for the heads averaged, then each head
+    embedded = np.array([[answer["weights"] for answer in layer[1:]] for layer in cross])
+    entropies = np.array([[answer["entropy"] for answer in layer[1:]] for layer in cross])
+    assert np.allclose(embedded, view.weights.astype(float), atol=1e-7)
     assert np.allclose(entropies, view.entropy)
+    assert [[(a["layer"], a["head"]) for a in layer] for layer in cross] == [
+        [(la, h) for h in [None, *range(1, view.weights.shape[1] + 1)]] for la in range(1, view.weights.shape[0] + 1)]
     srcdoc = html.unescape(re.search(r'srcdoc="([^"]*)"', page).group(1))
     assert "/static/" not in srcdoc and "function heatmap(" in srcdoc  # the explorer's own script, inlined
 

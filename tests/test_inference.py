@@ -63,7 +63,7 @@ def test_sampled_translations_repeat_with_a_seed_and_score_their_own_tokens(trai
 
 
 def test_forced_decoding_scores_equal_the_searchs_own_log_probabilities(trained_run):
-    from nmt.inference.score import score_pairs
+    from nmt.inference.forced import score_pairs
 
     greedy = translate_lines(trained_run, SOURCES, beam_size=1).translations
     scored = score_pairs(trained_run, SOURCES, [t.text for t in greedy])
@@ -245,7 +245,7 @@ def test_a_transformer_truncates_what_it_cannot_encode_and_its_batch_mates_trans
 def test_forced_decoding_scores_the_start_of_a_huge_translation_and_flags_it(trained_run, caplog):
     """A 600 KB translation line used to take 73 s and 7.6 GB: it is cut to what the model takes, with a
     warning and a flag in its row."""
-    from nmt.inference.score import score_pairs
+    from nmt.inference.forced import score_pairs
 
     limit = load_run_config(RunDir(trained_run)).decoding.max_src_tokens
     with caplog.at_level("WARNING"):

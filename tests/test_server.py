@@ -140,8 +140,8 @@ ATTENTION_ERRORS = [
     ({"text": "ab", "model": "transformer", "head": 5}, "head", "5 is outside 1..4: the model has 4 heads"),
     ({"text": "ab", "model": "transformer", "head": 0}, "head", "greater than or equal to 1"),
     ({"text": "ab", "model": "transformer", "kind": "sideways"}, "kind", "'cross', 'encoder' or 'decoder'"),
-    ({"text": "ab", "model": "rnn", "layer": 1}, "layer", "this RNN run has one cross-attention map"),
-    ({"text": "ab", "model": "rnn", "kind": "encoder"}, "kind", "this RNN run has one cross-attention map"),
+    ({"text": "ab", "model": "rnn", "layer": 2}, "layer", "2 is outside 1..1: the model has 1 layer"),
+    ({"text": "ab", "model": "rnn", "kind": "encoder"}, "kind", "encoder: this model has cross attention only"),
     ({"text": "ab", "threshold": 2}, "threshold", "less than or equal to 1"),
     ({"text": ["ab"]}, "text", "valid string"),
     ({"text": "ab", "attribution": "gradients"}, "attribution", "'input_x_gradient' or 'integrated_gradients'"),
@@ -186,7 +186,7 @@ def test_attention_matches_the_library_view(client, trained_transformer, trained
     np.testing.assert_allclose(one["weights"], view.weights, atol=1e-6)
     assert one["above_threshold"] == view.stats.above_threshold and one["translation"] == reverse_words("ab ca de")
     rnn = client.post("/attention", json={"text": "ab ca de"}).json()  # the first model is the default
-    assert rnn["model"] == "rnn" and rnn["layer"] is None and len(rnn["panels"]) == 1
+    assert rnn["model"] == "rnn" and rnn["layer"] == 1 and len(rnn["panels"]) == 1
     np.testing.assert_allclose(np.sum(rnn["weights"], axis=1), 1.0, rtol=1e-5)
 
 

@@ -16,9 +16,9 @@ from nmt.config import MAX_ATTRIBUTION_COST, MAX_STEPS, Config, apply_override, 
 from nmt.data.splits import EvalSet, eval_set
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference import arguments
+from nmt.inference.forced import ScoredPair, score_with
 from nmt.inference.metrics import Score
 from nmt.inference.options import DecodingOptions
-from nmt.inference.score import ScoredPair, score_with
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.attribution import METHODS, AttributionView, attribution_view

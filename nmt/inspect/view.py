@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from nmt.config import ATTENTION_KINDS
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ArgumentError
 from nmt.inference.arguments import choice, integer, number, text
@@ -71,9 +72,9 @@ def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids:
 
 def pick_kind(kinds: Sequence[str], kind: object) -> str:
     """An attention kind the model has (`describe().kinds`)."""
-    if kind in kinds or kind not in ("cross", "encoder", "decoder"):
-        return choice(kind, "kind", kinds)
-    raise ArgumentError("kind", f"{kind}: this model has {' and '.join(kinds)} attention only")
+    if kind in ATTENTION_KINDS and kind not in kinds:
+        raise ArgumentError("kind", f"{kind}: this model has {' and '.join(kinds)} attention only")
+    return choice(kind, "kind", kinds)
 
 
 def pick(count: int, chosen: object, what: str) -> int | None:
@@ -113,10 +114,10 @@ def attention_view(loaded: LoadedRun, sentence: str, *, threshold: float = 0.1, 
     rows = best.attention.shape[0]  # one per generated position, EOS included when it ended with one
     row_labels, col_labels = map_labels(loaded.tokenizer, kind, translation.src_ids, best.tokens, rows)
     src = torch.tensor([translation.src_ids])
-    tgt_in = torch.tensor([[BOS_ID, *best.tokens][:rows]])
+    tgt_in = torch.tensor([[BOS_ID, *best.tokens][:max(rows, 1)]])  # BOS at least: an empty translation has 0 rows
     maps = model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)[kind]
-    chosen, row_labels, col_labels = shape_view(maps[:, 0].float(), row_labels, col_labels, words,
-                                                eos)  # (layers, heads, rows, cols)
+    maps = maps[:, 0, :, :len(row_labels), :len(col_labels)].float()  # (layers, heads, rows, cols)
+    chosen, row_labels, col_labels = shape_view(maps, row_labels, col_labels, words, eos)
     layer = pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
     head = pick(chosen.shape[1], head, "head")
     in_layer = chosen[layer - 1]
