@@ -248,7 +248,8 @@ def choose_cpu_precision(step: Callable[[str], None], key: str, cache_dir: Path)
     return choice
 
 
-def measure_training_precision(model: nn.Module, loss: TrainingLoss, split: EncodedSplit, config: Config) -> Precision:
+def measure_training_precision(model: nn.Module, training_loss: TrainingLoss, split: EncodedSplit,
+                               config: Config) -> Precision:
     """fp32 or bf16 for training `model` on this CPU: its forward and backward on the training split's largest
     batch (a full step's work, not a small leftover), through `choose_cpu_precision`; the choice is logged."""
     largest = max(split_batches(split, config, config.seed),
@@ -256,14 +257,14 @@ def measure_training_precision(model: nn.Module, loss: TrainingLoss, split: Enco
     probe = make_batch(split, largest)
 
     def step(precision: str) -> None:
-        loss.objective(*loss.batch_loss(model, probe, precision)).backward()
+        training_loss.objective(*training_loss.batch_loss(model, probe, precision)).backward()
         model.zero_grad(set_to_none=True)
 
     cfg = config.training
     key = measurement_key(config.model.summary, {
         "model": config.model.model_dump(mode="json"), "batch_tokens": cfg.batch_tokens,
         "parameters": count_parameters(model), "fast_dropout": cfg.fast_dropout,
-        "guided_layer": loss.guide.layer if loss.guide else None})
+        "guided_layer": training_loss.guide.layer if training_loss.guide else None})
     found = choose_cpu_precision(step, key, Path(config.data.cache_dir))
     log.info(found.describe())
     return found.precision

@@ -52,7 +52,7 @@ class Trainer:
     lock: RunLock | None  # the run directory's lock (rank 0), released by cleanup
     data: PreparedData
     model: Model
-    loss: TrainingLoss
+    training_loss: TrainingLoss
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
@@ -146,7 +146,7 @@ class Trainer:
                      "same vocabulary")
         guide = AlignmentGuide(config, self.data.splits["train"], tokenizer) \
             if self.cfg.guided_alignment is not None else None
-        self.loss = TrainingLoss(self.cfg, guide)
+        self.training_loss = TrainingLoss(self.cfg, guide)
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.model, self.cfg)
@@ -154,7 +154,8 @@ class Trainer:
 
     def _setup_precision(self) -> None:
         def measure() -> str:
-            return measure_training_precision(self.model, self.loss, self.data.splits["train"], self.config)
+            split = self.data.splits["train"]
+            return measure_training_precision(self.model, self.training_loss, split, self.config)
 
         self.precision = training_precision(self.cfg.precision, self.device, self.world, measure)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -192,8 +193,8 @@ class Trainer:
         config, model, world = self.config, self.model, self.world
         trained = DistributedDataParallel(model, broadcast_buffers=False) if world.distributed else model
         self.batches = TrainBatches(self.data.splits["train"], config, world, self.device)
-        self.train_step = TrainStep(model, trained, self.optimizer, self.schedule, self.scaler, self.loss, self.cfg,
-                                    world, self.device, self.precision)
+        self.train_step = TrainStep(model, trained, self.optimizer, self.schedule, self.scaler, self.training_loss,
+                                    self.cfg, world, self.device, self.precision)
         translator = Translator(model, self.data.tokenizer, config.decoding, config.data.clean)
         self.validation = Validation(model, translator, self.data.splits["dev"], config, self.device, world,
                                      self.run_dir, self.board)
@@ -270,6 +271,7 @@ class Trainer:
         return stopped(reason, progress, self.run_dir, world)
 
     def cleanup(self) -> None:
+        """Close the TensorBoard log and release the run directory's lock (rank 0)."""
         if self.board is not None:
             self.board.close()
         if self.lock is not None:

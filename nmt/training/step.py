@@ -199,7 +199,7 @@ class TrainStep:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
-    loss: TrainingLoss
+    training_loss: TrainingLoss
     cfg: TrainingConfig
     world: World
     device: torch.device
@@ -215,8 +215,8 @@ class TrainStep:
         try:
             for position, batch in enumerate(share.batches):
                 with self._gradient_sync(last=position == len(share.batches) - 1):
-                    loss, alignment = self.loss.batch_loss(self.trained, batch, self.precision)
-                    self.scaler.scale(self.loss.objective(loss, alignment) * scale).backward()
+                    loss, alignment = self.training_loss.batch_loss(self.trained, batch, self.precision)
+                    self.scaler.scale(self.training_loss.objective(loss, alignment) * scale).backward()
                 if alignment is not None:
                     alignment_sum += float(alignment.detach()) * share.weight
                 loss_sum += float(loss.detach()) * share.weight
@@ -242,7 +242,7 @@ class TrainStep:
         self.schedule.after_step()
         self.nonfinite_in_a_row = 0
         return StepResult(loss_sum / share.tokens, share.tokens, float(norm),
-                          alignment_sum / share.tokens if self.loss.guide is not None else None)
+                          alignment_sum / share.tokens if self.training_loss.guide is not None else None)
 
     def _gradient_sync(self, last: bool) -> AbstractContextManager:
         """DDP all-reduces gradients on the step's last micro-batch only; `no_sync()` on the others."""
