@@ -135,7 +135,7 @@ def train(
 ) -> None:
     """Train the model the config describes; checkpoints, dev scores and logs go to the run directory."""
     from nmt.training.init_from import with_init_from
-    from nmt.training.trainer import train as run_training
+    from nmt.training.recipe import train as run_training
 
     cfg = _config(config, set_)
     if init_from is not None:

@@ -58,29 +58,32 @@ def cpu() -> str:
 
 
 def phase_train(args) -> dict:
-    """Optimizer steps through the trainer's public step (`Trainer.train_step`), validation left out."""
+    """Optimizer steps through the trainer's own step (`Trainer.train_step`), validation left out."""
     from nmt.config import load_config
-    from nmt.training.trainer import peak_memory_mb, setup
+    from nmt.training.recipe import Trainer
+    from nmt.training.step import peak_memory_mb
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(args.config, [*args.set, f"run_dir={run_dir}"])
-    trainer = setup(config)
+    trainer = Trainer(config)
+    trainer.setup()
     trainer.model.train()
     tokens = flops = 0.0
     start = 0.0
-    order = trainer.batch_order()
+    order = trainer.batches.order(trainer.progress)
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             start, tokens, flops = time.perf_counter(), 0.0, 0.0
-        share = trainer.next_share(order)
+        share = trainer.batches.next_share(order)
         if share is None:
             raise SystemExit(f"the training data ran out after {step} steps: lower --steps or raise max_epochs")
-        trainer.train_step(share)
+        trainer.train_step(share, trainer.progress)
         tokens += share.tokens
         flops += sum(3 * trainer.model.forward_flops(int(b.src_mask.sum()), b.n_tgt_tokens, b.size)
                      for b in share.batches)
     seconds = time.perf_counter() - start
     peaks = peak_memory_mb(trainer.device)
+    trainer.cleanup()
     return {"train_tokens_per_s": tokens / seconds, "train_gflops": flops / seconds / 1e9,
             **{f"train_{name}": value for name, value in peaks.items()}, "train_steps": args.steps,
             "batch_tokens": config.training.batch_tokens, "precision": trainer.precision,
@@ -125,7 +128,7 @@ def phase_floor(args) -> dict:
     from nmt.config import load_config
     from nmt.data.prepare import prepare_data
     from nmt.tokens import PAD_ID
-    from nmt.training.trainer import autocast, make_batch, split_batches
+    from nmt.training.step import autocast, epoch_batches, make_batch
 
     config = load_config(args.config, args.set)
     if config.model.type != "transformer":
@@ -138,7 +141,7 @@ def phase_floor(args) -> dict:
     model = PlainTransformer(config.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.lr)
     device, precision = torch.device("cpu"), args.floor_precision
-    batches = split_batches(split, config, seed=config.seed * 1_000_003)  # the trainer's first epoch, in order
+    batches = epoch_batches(split, config, epoch=0)  # the trainer's first epoch, in order
     model.train()
     tokens, start = 0, 0.0
     for step in range(args.warmup + args.steps):
@@ -224,28 +227,30 @@ def phase_compile(args) -> dict:
     """The trainer's step eager, then with the model under torch.compile (dynamic shapes, so token batches of
     every shape share one graph): tokens/s of each on the trainer's batches, and the compilation's time."""
     from nmt.config import load_config
-    from nmt.training.trainer import setup
+    from nmt.training.recipe import Trainer
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-compile-"))
-    trainer = setup(load_config(args.config, [*args.set, f"run_dir={run_dir}"]))
+    trainer = Trainer(load_config(args.config, [*args.set, f"run_dir={run_dir}"]))
+    trainer.setup()
     trainer.model.train()
-    order = trainer.batch_order()
+    order = trainer.batches.order(trainer.progress)
 
     def tokens_per_s(steps: int) -> float:
         tokens, start = 0, time.perf_counter()
         for _ in range(steps):
-            share = trainer.next_share(order)
-            trainer.train_step(share)
+            share = trainer.batches.next_share(order)
+            trainer.train_step(share, trainer.progress)
             tokens += share.tokens
         return tokens / (time.perf_counter() - start)
 
     tokens_per_s(args.warmup)
     eager = tokens_per_s(args.steps)
-    trainer.trained = torch.compile(trainer.model, dynamic=True)
+    trainer.train_step.trained = torch.compile(trainer.model, dynamic=True)
     start = time.perf_counter()
     tokens_per_s(args.warmup)
     compiling = time.perf_counter() - start
     compiled = tokens_per_s(args.steps)
+    trainer.cleanup()
     return {"precision": trainer.precision, "eager_tokens_per_s": eager, "compiled_tokens_per_s": compiled,
             "compiled_over_eager": compiled / eager, "compile_warmup_s": compiling}
 

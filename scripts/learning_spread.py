@@ -34,7 +34,7 @@ def child(what: str, seed: int) -> dict:
 
         from nmt.config import load_config
         from nmt.runs.rundir import RunDir
-        from nmt.training.trainer import train
+        from nmt.training.recipe import train
 
         with tempfile.TemporaryDirectory() as root:
             result = train(load_config(toy_run_config(Path(root), what, seed)), show_progress=False)

@@ -46,19 +46,19 @@ def group_of(name: str) -> str:
 
 def profile_training(args) -> tuple[profile, int, dict]:
     from nmt.config import load_config
-    from nmt.training.trainer import setup
+    from nmt.training.recipe import Trainer
 
     run_dir = Path(tempfile.mkdtemp(prefix="profile-train-"))
-    trainer = setup(load_config(args.config, [*args.set, f"run_dir={run_dir}"]))
+    trainer = Trainer(load_config(args.config, [*args.set, f"run_dir={run_dir}"]))
+    trainer.setup()
     trainer.model.train()
-    order = trainer.batch_order()
+    order = trainer.batches.order(trainer.progress)
     for _ in range(args.warmup):
-        trainer.train_step(trainer.next_share(order))
+        trainer.train_step(trainer.batches.next_share(order), trainer.progress)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
-            trainer.train_step(trainer.next_share(order))
-    if trainer.lock is not None:
-        trainer.lock.release()
+            trainer.train_step(trainer.batches.next_share(order), trainer.progress)
+    trainer.cleanup()
     return prof, args.steps, {"phase": "train", "precision": trainer.precision}
 
 

@@ -21,7 +21,7 @@ def train_and_check(root: Path, recipe: str) -> Path:
     tests compare with the task's answer translated right (greedy and beam). The recipes train to a plateau,
     far above these checks on every CPU measured (scripts/learning_spread.py, README "Tests")."""
     from nmt.inference.translate import translate_lines
-    from nmt.training.trainer import train
+    from nmt.training.recipe import train
 
     result = train(load_config(toy_run_config(root, recipe)), show_progress=False)
     assert result.best_bleu >= MIN_DEV_BLEU, f"the toy {recipe} did not learn the reversal task (dev BLEU " \

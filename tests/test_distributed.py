@@ -22,7 +22,8 @@ from toy import toy_config_dict, write_config
 from nmt.config import load_config
 from nmt.data.prepare import prepare_data
 from nmt.runs.rundir import RunDir
-from nmt.training.trainer import split_batches, train
+from nmt.training.recipe import train
+from nmt.training.step import split_batches
 
 JOB_SECONDS = 150
 
@@ -225,11 +226,13 @@ def test_uneven_shards_finish_the_epoch(tmp_path):
 
 def test_a_steps_token_count_is_its_batches_target_tokens(tmp_path):
     """The loss divisor each rank computes from the batch order alone equals the collated batches' count."""
-    from nmt.training.trainer import setup
+    from nmt.training.recipe import Trainer
 
-    trainer = setup(load_config(toy(tmp_path, "count", accumulate=3)))
-    order = trainer.batch_order()
+    trainer = Trainer(load_config(toy(tmp_path, "count", accumulate=3)))
+    trainer.setup()
+    order = trainer.batches.order(trainer.progress)
     for _ in range(5):
-        share = trainer.next_share(order)
+        share = trainer.batches.next_share(order)
         assert share is not None and len(share.batches) == 3
         assert share.tokens == sum(b.n_tgt_tokens for b in share.batches)
+    trainer.cleanup()

@@ -20,7 +20,7 @@ from nmt.errors import ConfigError
 from nmt.inspect.aligner import score_heads, word_maps
 from nmt.runs.loading import load_model
 from nmt.training.guided import AlignmentGuide
-from nmt.training.trainer import train
+from nmt.training.recipe import train
 
 
 def mirrored(sentence: str) -> frozenset[tuple[int, int]]:

@@ -10,7 +10,7 @@ from nmt.data.batching import collate
 from nmt.inference.search import greedy_search
 from nmt.models import build_model
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
-from nmt.training.trainer import token_loss
+from nmt.training.step import token_loss
 
 SYMBOLS = 10  # ids 4 .. 13
 

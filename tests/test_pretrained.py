@@ -334,7 +334,7 @@ def test_fine_tuning_starts_from_the_imported_weights_and_resumes_exactly(pretra
     from nmt.config import load_config
     from nmt.runs.rundir import RunDir
     from nmt.training.init_from import with_init_from
-    from nmt.training.trainer import train
+    from nmt.training.recipe import train
 
     # One step at a negligible learning rate leaves the imported weights (Adam moves each by about lr).
     still = train(with_init_from(load_config(fine_tune_config(tmp_path / "still", lr=1e-9, max_steps=1)),
@@ -375,7 +375,7 @@ def test_a_dropout_only_override_fine_tunes_the_runs_model_and_nothing_else_is_a
     from nmt.runs.loading import load_run_config
     from nmt.runs.rundir import RunDir
     from nmt.training.init_from import with_init_from
-    from nmt.training.trainer import train
+    from nmt.training.recipe import train
 
     path = fine_tune_config(tmp_path / "dropout", max_steps=1)
     result = train(with_init_from(load_config(path, ["model.transformer.dropout=0.3"]), pretrained),
@@ -400,7 +400,7 @@ def test_the_readme_vocab_extend_example_works_on_a_shared_vocabulary_import(pre
     from nmt.errors import ConfigError
     from nmt.runs.rundir import RunDir
     from nmt.training.init_from import with_init_from
-    from nmt.training.trainer import train
+    from nmt.training.recipe import train
 
     path = fine_tune_config(tmp_path / "extend", max_steps=1)
     result = train(with_init_from(load_config(path), pretrained, "extend"), show_progress=False)

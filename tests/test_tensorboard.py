@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nmt.config import load_config  # noqa: E402
 from nmt.runs.loading import load_tokenizer  # noqa: E402
 from nmt.runs.rundir import RunDir  # noqa: E402
+from nmt.training.recipe import train  # noqa: E402
 from nmt.training.tensorboard import CELL_PIXELS, attention_image  # noqa: E402
-from nmt.training.trainer import train  # noqa: E402
 
 TRAIN_TAGS = {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm"}
 DEV_TAGS = {"dev/loss", "dev/ppl", "dev/bleu", "dev/chrf", "dev/attention_entropy"}

@@ -15,7 +15,7 @@ from nmt.config import load_config
 from nmt.errors import ConfigError
 from nmt.runs.checkpoint import find_checkpoint, latest_intact
 from nmt.runs.rundir import RunDir
-from nmt.training.trainer import train
+from nmt.training.recipe import train
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -103,12 +103,12 @@ def test_mixed_precision_on_cuda_learns(tmp_path, precision):
 def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch, caplog):
     import logging
 
-    from nmt.training import trainer as train_module
+    from nmt.training import step as step_module
 
     caplog.set_level(logging.INFO, logger="nmt")
     from nmt.errors import TrainingError
 
-    real_loss = train_module.token_loss
+    real_loss = step_module.token_loss
     calls = {"n": 0}
 
     def sometimes_nan(logits, tgt_out, smoothing):  # training steps 3 and 4, and every step after the 10th
@@ -118,7 +118,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkey
         calls["n"] += 1
         return loss * float("nan") if calls["n"] in (3, 4) or calls["n"] > 10 else loss
 
-    monkeypatch.setattr(train_module, "token_loss", sometimes_nan)
+    monkeypatch.setattr(step_module, "token_loss", sometimes_nan)
     raw = toy_config_dict(tmp_path, training={"max_steps": 8, "validate_every": 4, "max_nonfinite": 3})
     path = write_config(tmp_path, raw)
     result = train(load_config(path))
@@ -244,15 +244,17 @@ def test_metrics_hold_one_row_per_step_after_resume(tmp_path):
 
 
 def test_a_changed_learning_rate_on_resume_is_the_one_trained_with(tmp_path):
-    from nmt.training.trainer import setup
+    from nmt.training.recipe import Trainer
 
     raw = toy_config_dict(tmp_path, training={"max_steps": 4, "validate_every": 2, "lr": 0.001})
     path = write_config(tmp_path, raw)
     train(load_config(path))
-    trainer = setup(load_config(path, ["training.max_steps=6", "training.lr=0.005"]), resume=True)
+    trainer = Trainer(load_config(path, ["training.max_steps=6", "training.lr=0.005"]), resume=True)
+    trainer.setup()
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.005]
-    trainer.train_step(trainer.next_share(trainer.batch_order()))
+    trainer.train_step(trainer.batches.next_share(trainer.batches.order(trainer.progress)), trainer.progress)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.005]
+    trainer.cleanup()
 
 
 def test_resuming_a_finished_run_again_changes_nothing(tmp_path):
@@ -313,7 +315,7 @@ def test_auto_precision_takes_the_faster_step_measured_here_and_caches_it(tmp_pa
 
 def test_a_resumed_run_keeps_the_precision_it_trained_in(tmp_path, caplog):
     from nmt.training.precision import CACHE_FILE
-    from nmt.training.trainer import setup
+    from nmt.training.recipe import Trainer
 
     raw = toy_config_dict(tmp_path, training={"precision": "auto", "max_steps": 2, "validate_every": 2})
     first = train(load_config(write_config(tmp_path, raw)), show_progress=False)
@@ -328,8 +330,9 @@ def test_a_resumed_run_keeps_the_precision_it_trained_in(tmp_path, caplog):
                                  for key, entry in entries.items()}))
     raw["training"]["max_steps"] = 4
     with caplog.at_level(logging.INFO, logger="nmt"):
-        resumed = setup(load_config(write_config(tmp_path, raw)), resume=True)
-    resumed.lock.release()
+        resumed = Trainer(load_config(write_config(tmp_path, raw)), resume=True)
+        resumed.setup()
+    resumed.cleanup()
     assert resumed.precision == measured and f"trains in {measured} as before" in caplog.text
 
 
@@ -506,12 +509,13 @@ print(json.dumps({{"precision": found.precision, "cached": found.cached, "calls"
 
 def test_auto_precision_is_measured_on_the_models_own_step_and_logged(tmp_path, caplog):
     from nmt.training.precision import CACHE_FILE, EMULATED
-    from nmt.training.trainer import setup
+    from nmt.training.recipe import Trainer
 
     config = load_config(write_config(tmp_path, toy_config_dict(tmp_path, training={"precision": "auto"})))
     with caplog.at_level(logging.INFO, logger="nmt"):
-        trainer = setup(config)
-    trainer.lock.release()
+        trainer = Trainer(config)
+        trainer.setup()
+    trainer.cleanup()
     cached = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())
     (entry,) = cached.values()
     assert trainer.precision == entry["precision"] in ("fp32", "bf16")

@@ -206,7 +206,7 @@ def _assignments(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
 def train(config: str | Path | Config, resume: bool = False, **overrides: Any) -> Run:
     """Train the run a config describes and load its best checkpoint. Keyword overrides change the config as
     `--set` does: `training__max_steps=200` or `training={"max_steps": 200}`."""
-    from nmt.training.trainer import train as run_training
+    from nmt.training.recipe import train as run_training
 
     assignments = _assignments(overrides)
     if isinstance(config, Config):

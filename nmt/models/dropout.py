@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.models.interface import Model
+
 LANE_LEVELS = 2**15
 LOW_15_BITS_OF_EACH_LANE = 0x7FFF_7FFF_7FFF_7FFF
 
@@ -40,7 +42,7 @@ class Dropout(nn.Module):
         return f"p={self.p}, lanes={self.lanes}"
 
 
-def use_fast_dropout(model: nn.Module, on: bool) -> None:
+def use_fast_dropout(model: nn.Module | Model, on: bool) -> None:
     """Set every dropout of `model` to the 16-bit-lane CPU masks (on) or torch's kernel (off)."""
     for module in model.modules():
         if isinstance(module, Dropout):

@@ -86,7 +86,7 @@ class World:
         log.info("rank %d of %d joined the %s process group", self.rank, self.size, backend)
 
     def close(self) -> None:
-        """Leave the process group (after a barrier on the normal path: see train.train)."""
+        """Leave the process group (after a barrier on the normal path: see recipe.train)."""
         if dist.is_available() and dist.is_initialized():
             gc.collect()  # objects that hold the group (DDP's reducer) are released first
             dist.destroy_process_group()

@@ -110,6 +110,17 @@ def resumed_init(config: Config, own: Config) -> Config:
     return parse_config(raw, source="--resume")
 
 
+def fine_tuning_start(config: Config, run: RunDir, resuming: bool) -> tuple[Config, Initialization | None]:
+    """A fine-tuning run's config, and the other run's weights to start from; resuming, none: the run's own
+    config says what it started from (that run may be gone) and its own checkpoint holds the weights."""
+    if config.training.init_from is None:
+        return config, None
+    if resuming:
+        return resumed_init(config, load_run_config(run)), None
+    init = resolve_init(config)
+    return init.config, init
+
+
 def extend_tokenizer(old: Tokenizer, new: Tokenizer) -> Tokenizer:
     """`new`'s SentencePiece models with a vocabulary that keeps `old`'s ids and appends the pieces it lacks."""
     def pieces(side: Literal["src", "tgt"]) -> tuple[str, ...]:
@@ -136,6 +147,11 @@ def fine_tuning_tokenizer(init: Initialization) -> Tokenizer:
     if not init.extend:
         return init.tokenizer
     return extend_tokenizer(init.tokenizer, prepare_data(init.config).tokenizer)
+
+
+def starting_tokenizer(init: Initialization | None, run: RunDir) -> Tokenizer:
+    """A fine-tuning run's tokenizer: the other run's (or extended), the run's own once it resumes."""
+    return fine_tuning_tokenizer(init) if init is not None else load_tokenizer(run)
 
 
 def load_initial_weights(model: Model, init: Initialization) -> None:

@@ -1,12 +1,12 @@
 """`training.precision: auto`: bf16 autocast or fp32, chosen on a CPU by timing the model's own training step
 in both, on this machine. A CPU's flags do not say which is faster: bf16 pays where the CPU multiplies bf16
 natively and the step is bound by its matmuls, and loses where bf16 is emulated or the step is bound by
-element-wise work and casts (issue 24 measured 1.13x on a Sapphire Rapids CPU where the flags promised more).
+element-wise work and casts (BENCHMARKS.md, "Against this CPU's limits", has the measurements).
 
-Where bf16 is emulated, one step would take minutes (with oneDNN held to AVX2, a 2048 bf16 matmul ran at
-0.4 GFLOP/s, a 256 one 52x to 129x slower than fp32), so a small matmul in both precisions is timed first, on
-every run (tens of milliseconds), and bf16 is left out when it runs more than EMULATED times slower. The two
-precisions then take turns on the training split's largest batch. The choice is cached per CPU (its name, its
+Where bf16 is emulated, one step could take minutes (an emulated bf16 matmul runs orders of magnitude slower
+than fp32), so a small matmul in both precisions is timed first, on every run (cheap next to one step), and
+bf16 is left out when it runs more than EMULATED times slower. The two precisions then take turns on the
+training split's largest batch (`measure_training_precision`). The choice is cached per CPU (its name, its
 bf16 instructions and the kernels torch and oneDNN dispatch to), whether the matmul found bf16 native or
 emulated (so a choice made where it is native is never reused where it is emulated, whatever the names say),
 torch version, thread count and step (the model's config and size, the batch budget, the dropout kernel,
@@ -32,8 +32,14 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
 
+from nmt.config import Config
+from nmt.data.prepare import EncodedSplit
 from nmt.fileio import atomic_write_text
+from nmt.models import count_parameters
+from nmt.training.distributed import World
+from nmt.training.step import TrainingLoss, make_batch, split_batches
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +192,8 @@ def _store(path: Path, key: str, choice: PrecisionChoice) -> None:
 
 def bf16_matmul_slowdown(size: int = 256, repeats: int = 3) -> float:
     """How many times slower a small bf16 matmul runs than an fp32 one here (fastest of `repeats` each), on one
-    thread: with two threads on a loaded machine an fp32 matmul waited 7.8 ms at its barrier (4 GFLOP/s), and a
-    bf16 one emulated under AVX2 read only 2.3x slower (129x on one thread; native bf16 0.3x)."""
+    thread: with several threads on a loaded machine the fp32 matmul waits at its thread barrier, and that wait
+    can hide most of an emulated bf16 matmul's slowness."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -240,3 +246,35 @@ def choose_cpu_precision(step: Callable[[str], None], key: str, cache_dir: Path)
                              bf16_matmul_slowdown=round(slowdown, 2))
     _store(path, key, choice)
     return choice
+
+
+def measure_training_precision(model: nn.Module, training_loss: TrainingLoss, split: EncodedSplit,
+                               config: Config) -> Precision:
+    """fp32 or bf16 for training `model` on this CPU: its forward and backward on the training split's largest
+    batch (a full step's work, not a small leftover), through `choose_cpu_precision`; the choice is logged."""
+    largest = max(split_batches(split, config, config.seed),
+                  key=lambda indices: int(split.src_lengths[indices].sum() + split.tgt_lengths[indices].sum()))
+    probe = make_batch(split, largest)
+
+    def step(precision: str) -> None:
+        training_loss.objective(*training_loss.batch_loss(model, probe, precision)).backward()
+        model.zero_grad(set_to_none=True)
+
+    cfg = config.training
+    key = measurement_key(config.model.summary, {
+        "model": config.model.model_dump(mode="json"), "batch_tokens": cfg.batch_tokens,
+        "parameters": count_parameters(model), "fast_dropout": cfg.fast_dropout,
+        "guided_layer": training_loss.guide.layer if training_loss.guide else None})
+    found = choose_cpu_precision(step, key, Path(config.data.cache_dir))
+    log.info(found.describe())
+    return found.precision
+
+
+def training_precision(asked: str, device: torch.device, world: World, measure: Callable[[], str]) -> str:
+    """The config's precision; for `auto`, bf16 on a GPU that supports it, and on a CPU what rank 0 `measure`s
+    (`measure_training_precision`), for every rank."""
+    if asked != "auto":
+        return asked
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return world.broadcast(measure() if world.is_main else None)

@@ -1,0 +1,281 @@
+"""One optimizer step, and the batches it takes.
+
+A step forwards each micro-batch under autocast, scales, backward; then unscales, clips, steps, updates the
+scaler and the schedule (the order GradScaler needs: clipping sees true gradients).
+
+Under torchrun (nmt.training.distributed) every rank builds the same batch order and a step takes `accumulate`
+batches per rank from it, so N ranks together take what one process with `accumulate: N` takes, and the loss is
+divided by the step's target tokens over all ranks: the update is the same.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import resource
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from nmt.config import Config, TrainingConfig
+from nmt.data.batching import Batch, collate, token_batches
+from nmt.data.prepare import EncodedSplit
+from nmt.errors import ConfigError, TrainingError
+from nmt.models import Model
+from nmt.tokens import PAD_ID
+from nmt.training.distributed import World
+from nmt.training.guided import AlignmentGuide
+from nmt.training.optim import Schedule
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Where the forward runs in `precision`: fp32 as it is, fp16 and bf16 under torch.autocast."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def token_loss(logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Summed cross-entropy over real target tokens (padding ignored); logits (B, T, V), tgt_out (B, T)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=label_smoothing, reduction="sum")
+
+
+def fits_the_model(split: EncodedSplit, config: Config) -> np.ndarray | None:
+    """Which pairs a Transformer can encode (no side longer than model.transformer.max_positions; the decoder
+    reads BOS + target); None: every pair (an RNN)."""
+    limit = config.model.max_positions
+    if limit is None:
+        return None
+    return (split.src_lengths <= limit) & (split.tgt_lengths + 1 <= limit)
+
+
+def check_pairs_fit(splits: dict[str, EncodedSplit], config: Config) -> None:
+    """Refuse a split none of whose pairs the model can encode; warn about those `split_batches` leaves out."""
+    limit = config.model.max_positions
+    for name in ("train", "dev"):
+        fits = fits_the_model(splits[name], config)
+        if fits is None or fits.all():
+            continue
+        if not fits.any():
+            raise ConfigError(f"model.transformer.max_positions {limit}: every {name} pair has a side longer "
+                              "than that; raise it")
+        use = "training" if name == "train" else "the dev loss (dev BLEU translates them truncated)"
+        log.warning("data.%s: %d of %d pairs have a side longer than model.transformer.max_positions (%d): left "
+                    "out of %s", name, int((~fits).sum()), len(fits), limit, use)
+
+
+def split_batches(split: EncodedSplit, config: Config, seed: int | None) -> list[np.ndarray]:
+    """The split's batches, without the pairs the model cannot encode (`fits_the_model`)."""
+    cfg = config.training
+    batches = token_batches(split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.max_batch_sentences, seed)
+    fits = fits_the_model(split, config)
+    return batches if fits is None else [kept for batch in batches if len(kept := batch[fits[batch]])]
+
+
+def epoch_batches(split: EncodedSplit, config: Config, epoch: int) -> list[np.ndarray]:
+    """The training batches of one (zero-based) epoch, in their order: each epoch its own, from (seed, epoch)."""
+    return split_batches(split, config, seed=config.seed * 1_000_003 + epoch)
+
+
+def make_batch(split: EncodedSplit, indices: np.ndarray) -> Batch:
+    return collate([split.src_ids(i) for i in indices], [split.tgt_ids(i) for i in indices], indices)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process, and on a GPU the peak of tensors allocated there."""
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peaks
+
+
+@dataclass
+class Progress:
+    """Everything the loop advances, saved in each checkpoint and restored as one object on resume."""
+
+    step: int = 0
+    epoch: int = 0  # zero-based
+    position: int = 0  # batches of this epoch's order already taken
+    best_bleu: float = -1.0
+    bad_validations: int = 0  # validations since the best dev BLEU
+    elapsed: float = 0.0  # wall-clock seconds of training, over all sessions
+    train_seconds: float = 0.0  # of which inside optimizer steps
+    tokens: int = 0  # target tokens trained on
+    skipped_nonfinite: int = 0
+    skipped_oom: int = 0
+    precision: str = ""  # what the run trains in (precision auto's choice is kept on resume)
+
+
+@dataclass
+class StepShare:
+    """This rank's part of one optimizer step."""
+
+    batches: list[Batch]  # its micro-batches, on the device
+    tokens: int  # target tokens of the whole step, over every rank: the loss is divided by this
+    weight: float = 1.0  # 0 for a rank whose share ran out at the end of the data: it runs a batch, adds nothing
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean per target token (the translation's; guided alignment's term apart)
+    tokens: int
+    grad_norm: float  # of the unscaled gradients, before clipping
+    alignment_loss: float | None = None  # with guided alignment: its cross-entropy per target token, unweighted
+
+
+class TrainBatches:
+    """The training split's batches in the order every rank builds alike, and each rank's share of a step."""
+
+    def __init__(self, split: EncodedSplit, config: Config, world: World, device: torch.device):
+        self.split, self.config, self.world, self.device = split, config, world, device
+
+    def order(self, progress: Progress) -> Iterator[np.ndarray]:
+        """The sentence indices of every batch from the saved position on, epoch after epoch; taking one
+        advances `progress`, so a checkpoint resumes exactly where the order stood."""
+        max_epochs = self.config.training.max_epochs
+        while max_epochs is None or progress.epoch < max_epochs:
+            order = epoch_batches(self.split, self.config, progress.epoch)
+            while progress.position < len(order):
+                indices = order[progress.position]
+                progress.position += 1
+                yield indices
+            progress.epoch += 1
+            progress.position = 0
+
+    def next_share(self, order: Iterator[np.ndarray]) -> StepShare | None:
+        """Take one step's batches from `order` (`accumulate` per rank) and return this rank's share; None
+        when the data has run out. A rank left without a batch at the very end repeats one with weight 0."""
+        per_rank, rank = self.config.training.accumulate, self.world.rank
+        step = list(itertools.islice(order, per_rank * self.world.size))
+        if not step:
+            return None
+        tokens = int(sum(int(self.split.tgt_lengths[i].sum()) + len(i) for i in step))  # + EOS per sentence
+        mine = step[rank * per_rank:(rank + 1) * per_rank]
+        # DDP needs every rank's backward: a rank without a batch repeats one and adds it with weight 0. (With
+        # fp16, an overflow in that copy makes the step's gradients NaN and the step is skipped, like any other.)
+        weight = 1.0 if mine else 0.0
+        batches = [make_batch(self.split, indices).to(self.device) for indices in mine or step[:1]]
+        return StepShare(batches, tokens, weight)
+
+
+class WithAttention(nn.Module):
+    """The model's training forward that also returns the guided layer's cross-attention: a module of its own,
+    so that DDP, which hooks `forward` only, wraps it as it wraps the plain model."""
+
+    def __init__(self, model: Model, layer: int):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor,
+                teacher_forcing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_attention(src, lengths, src_mask, tgt_in, self.layer, teacher_forcing)
+
+
+@dataclass
+class TrainingLoss:
+    """What training minimizes for a batch: the label-smoothed token loss, plus guided alignment's weighted term."""
+
+    cfg: TrainingConfig
+    guide: AlignmentGuide | None
+
+    def forward_of(self, model: Model) -> nn.Module:
+        """What the training forward runs: the model's `forward` (logits), or with guided alignment its
+        `forward_with_attention` of the guided layer (logits and that layer's weights)."""
+        return cast(nn.Module, model) if self.guide is None else WithAttention(model, self.guide.layer)
+
+    def batch_loss(self, module: nn.Module, batch: Batch, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's summed token loss through `module` (`forward_of` the model, or DDP around it), and guided
+        alignment's cross-entropy (None without it)."""
+        assert batch.tgt_in is not None and batch.tgt_out is not None  # training batches have targets
+        with autocast(batch.src.device, precision):
+            found = module(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, self.cfg.teacher_forcing)
+        if self.guide is None:
+            return token_loss(found, batch.tgt_out, self.cfg.label_smoothing), None
+        logits, attention = found
+        return token_loss(logits, batch.tgt_out, self.cfg.label_smoothing), self.guide.loss(attention, batch)
+
+    def objective(self, loss: torch.Tensor, alignment: torch.Tensor | None) -> torch.Tensor:
+        return loss if alignment is None or self.guide is None else loss + self.guide.weight * alignment
+
+
+@dataclass(eq=False)
+class TrainStep:
+    """One optimizer step over this rank's micro-batches, called with the progress it counts skipped steps in."""
+
+    model: Model
+    trained: nn.Module  # what the forward runs through: the model, or DDP around it
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    training_loss: TrainingLoss
+    cfg: TrainingConfig
+    world: World
+    device: torch.device
+    precision: str
+    nonfinite_in_a_row: int = 0
+
+    def __call__(self, share: StepShare, progress: Progress) -> StepResult | None:
+        """The step's result; None when it was skipped (non-finite, or out of GPU memory in a single process;
+        under DDP that is an error, as the other ranks cannot skip with it). Under DDP gradients are all-reduced
+        (averaged) with the last micro-batch's backward only."""
+        scale = share.weight * self.world.size / share.tokens  # DDP averages over ranks; this makes it a sum
+        loss_sum = alignment_sum = 0.0
+        try:
+            for position, batch in enumerate(share.batches):
+                with self._gradient_sync(last=position == len(share.batches) - 1):
+                    loss, alignment = self.training_loss.batch_loss(self.trained, batch, self.precision)
+                    self.scaler.scale(self.training_loss.objective(loss, alignment) * scale).backward()
+                if alignment is not None:
+                    alignment_sum += float(alignment.detach()) * share.weight
+                loss_sum += float(loss.detach()) * share.weight
+        except torch.cuda.OutOfMemoryError:
+            if self.world.distributed:  # skipping here alone would leave the other ranks waiting in all-reduce
+                raise TrainingError(f"rank {self.world.rank}: out of GPU memory on {len(share.batches)} batches; "
+                                    "lower training.batch_tokens") from None
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            progress.skipped_oom += 1
+            log.warning("step %d: out of GPU memory on %d sentences; batch skipped (lower training.batch_tokens)",
+                        progress.step + 1, sum(b.size for b in share.batches))
+            return None
+        loss_sum, alignment_sum = self.world.sum([loss_sum, alignment_sum], self.device)
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
+        if not (math.isfinite(loss_sum + alignment_sum) and bool(torch.isfinite(norm))):
+            self._skip_nonfinite(progress)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.after_step()
+        self.nonfinite_in_a_row = 0
+        return StepResult(loss_sum / share.tokens, share.tokens, float(norm),
+                          alignment_sum / share.tokens if self.training_loss.guide is not None else None)
+
+    def _gradient_sync(self, last: bool) -> AbstractContextManager:
+        """DDP all-reduces gradients on the step's last micro-batch only; `no_sync()` on the others."""
+        if last or not isinstance(self.trained, DistributedDataParallel):
+            return nullcontext()
+        return self.trained.no_sync()
+
+    def _skip_nonfinite(self, progress: Progress) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # with fp16, lowers the scale
+        self.nonfinite_in_a_row += 1
+        progress.skipped_nonfinite += 1
+        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", progress.step + 1,
+                    self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
+            raise TrainingError(f"{self.nonfinite_in_a_row} consecutive non-finite steps: lower training.lr, enable "
+                                "clipping or use fp32; the last good checkpoint is kept")
