@@ -343,6 +343,8 @@ class GuidedAlignment(Section):
     layer: PositiveInt | None = None
     """The decoder layer, from 1 (default: the penultimate, which aligns best in Garg et al.; an RNN: 1)."""
     head: PositiveInt = 1
+    """The head of that layer, from 1 (an RNN's single-head attention has one; its multi-head attention has
+    model.attention.heads)."""
 
 
 class TrainingConfig(Section):

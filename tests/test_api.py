@@ -87,7 +87,7 @@ def test_the_inline_view_holds_every_weight_and_every_rows_entropy(trained_trans
     cross = data["attention"]["cross"]  # per layer: the server's answer for the heads averaged, then each head
     embedded = np.array([[answer["weights"] for answer in layer[1:]] for layer in cross])
     entropies = np.array([[answer["entropy"] for answer in layer[1:]] for layer in cross])
-    assert np.allclose(embedded, view.weights.astype(float), atol=1e-7)
+    assert np.array_equal(embedded, view.weights.astype(float))
     assert np.allclose(entropies, view.entropy)
     assert [[(a["layer"], a["head"]) for a in layer] for layer in cross] == [
         [(la, h) for h in [None, *range(1, view.weights.shape[1] + 1)]] for la in range(1, view.weights.shape[0] + 1)]

@@ -153,3 +153,27 @@ def test_guided_alignment_makes_the_guided_head_align(tmp_path):
     unguided, guided = (guided_head_aer(tmp_path / str(on), on) for on in (False, True))
     assert guided < 0.2
     assert guided < unguided - 0.1
+
+
+def test_an_rnn_with_multi_head_attention_guides_one_of_its_heads(tmp_path):
+    """The RNN describes its one attention layer with its heads, and guided alignment chooses among them as
+    among a Transformer's: the guided forward returns each head's weights, with gradients."""
+    import torch
+
+    from nmt.models import build_model
+    from nmt.training.step import WithAttention
+
+    raw = toy_config_dict(tmp_path, model={"attention": {"type": "multihead", "heads": 2}})
+    raw["training"]["guided_alignment"] = {"path": "links", "head": 3}
+    with pytest.raises(ConfigError, match="guided_alignment.head 3: the layer has 2 heads"):
+        load_config(write_config(tmp_path, raw))
+    raw["training"]["guided_alignment"] = {"path": "links", "head": 2}
+    config = load_config(write_config(tmp_path, raw), check_files=False)
+    assert config.guided_layer == 1 and config.model.attention_shape == (1, 2)
+    model = build_model(config.model, 30, 30)
+    src, tgt_in = torch.randint(4, 30, (3, 5)), torch.randint(4, 30, (3, 4))
+    logits, weights = WithAttention(model, config.guided_layer - 1)(src, torch.full((3,), 5), src > 0, tgt_in, 1.0)
+    assert logits.shape == (3, 4, 30) and weights.shape == (3, 2, 4, 5)
+    torch.testing.assert_close(logits, model(src, torch.full((3,), 5), src > 0, tgt_in))
+    weights[:, 1].sum().backward()
+    assert model.decoder.attention.query_proj.weight.grad.abs().sum() > 0

@@ -40,9 +40,9 @@ def test_a_notebook_cell_shows_the_attention_inline_with_every_number(trained_tr
     srcdoc = html.unescape(re.search(r'srcdoc="([^"]*)"', page).group(1))
     data = json.loads(re.search(r'id="nmt-data">(.*?)</script>', srcdoc, re.S).group(1))
     expected = json.loads(numbers[0].text)
-    layers = data["kinds"]["cross"]["layers"]
-    assert np.array_equal([[m["weights"] for m in layer["heads"]] for layer in layers], expected["weights"])
-    assert np.allclose([[m["entropy"] for m in layer["heads"]] for layer in layers], expected["entropy"])
+    layers = data["attention"]["cross"]  # per layer: the heads averaged, then each head, as /attention answers
+    assert np.array_equal([[m["weights"] for m in layer[1:]] for layer in layers], expected["weights"])
+    assert np.allclose([[m["entropy"] for m in layer[1:]] for layer in layers], expected["entropy"])
     shape = np.array(expected["weights"]).shape
     assert int(axes[0].text) == shape[0] * shape[1]  # one axes per head of every layer
     assert [o.output_type for o in axes[1:]] == ["execute_result"] and "image/png" in axes[1].data  # shown once
