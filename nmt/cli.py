@@ -47,8 +47,10 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
 
 def _as_option(fn: Callable, field: str) -> str:
     """An argument as the command's user wrote it: `beam_size` is `--beam-size` where the command has that
-    option; other fields (a text, a setting) stay as they are."""
-    hint = typing.get_type_hints(fn, include_extras=True).get(field)
+    option (`format` where the command's parameter is `format_`, kept off a builtin's name); other fields (a
+    text, a setting) stay as they are."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    hint = hints.get(field, hints.get(f"{field}_"))
     for info in getattr(hint, "__metadata__", ()):
         if isinstance(info, typer.models.OptionInfo):  # in Annotated, typer keeps the first name as `default`
             names = [n for n in (info.default, *(info.param_decls or ())) if isinstance(n, str) and n.startswith("--")]

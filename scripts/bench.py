@@ -61,7 +61,7 @@ def phase_train(args) -> dict:
     """Optimizer steps through the trainer's own step (`Trainer.train_step`), validation left out."""
     from nmt.config import load_config
     from nmt.training.recipe import Trainer
-    from nmt.training.step import peak_memory_mb
+    from nmt.training.reporting import peak_memory_mb
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config(args.config, [*args.set, f"run_dir={run_dir}"])
@@ -128,7 +128,8 @@ def phase_floor(args) -> dict:
     from nmt.config import load_config
     from nmt.data.prepare import prepare_data
     from nmt.tokens import PAD_ID
-    from nmt.training.step import autocast, epoch_batches, make_batch
+    from nmt.training.batches import epoch_batches, make_batch
+    from nmt.training.step import autocast
 
     config = load_config(args.config, args.set)
     if config.model.type != "transformer":
@@ -245,7 +246,7 @@ def phase_compile(args) -> dict:
 
     tokens_per_s(args.warmup)
     eager = tokens_per_s(args.steps)
-    trainer.train_step.trained = torch.compile(trainer.model, dynamic=True)
+    trainer.train_step.trained = torch.compile(trainer.forward, dynamic=True)  # what the step runs
     start = time.perf_counter()
     tokens_per_s(args.warmup)
     compiling = time.perf_counter() - start

@@ -22,8 +22,8 @@ from toy import toy_config_dict, write_config
 from nmt.config import load_config
 from nmt.data.prepare import prepare_data
 from nmt.runs.rundir import RunDir
+from nmt.training.batches import split_batches
 from nmt.training.recipe import train
-from nmt.training.step import split_batches
 
 JOB_SECONDS = 150
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from torch import nn
 
 from nmt.api.run import Run
-from nmt.errors import ConfigError
+from nmt.errors import ArgumentError, ConfigError
 from nmt.export.ctranslate2 import write_ctranslate2
 from nmt.export.onnx import write_onnx
 from nmt.inference.translate import Translator
@@ -89,7 +89,7 @@ class LookupModel(nn.Module):
         return {"cross": self.forward_with_attention(src, lengths, src_mask, tgt_in, 0)[1][None]}
 
     def describe(self) -> ModelDescription:
-        return ModelDescription("lookup, dot", "lookup", "dot", layers=1, heads=1, kinds=("cross",), exports=())
+        return ModelDescription("lookup, dot", "lookup", "dot", layers=1, heads=1, kinds={"cross": 1}, exports=())
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         return 0.0
@@ -123,7 +123,7 @@ def test_a_third_model_kind_is_served(lookup):
     with TestClient(create_app(registry)) as client:
         [described] = client.get("/models").json()
         assert (described["type"], described["layers"], described["heads"], described["kinds"]) == \
-               ("lookup", 1, 1, ["cross"])
+               ("lookup", 1, 1, {"cross": 1})
         translated = client.post("/translate", json={"text": "ab ca de", "beam_size": 2}).json()
         assert translated["translations"][0]["text"]
         view = client.post("/attention", json={"text": "ab ca de", "layer": 1, "head": 1}).json()
@@ -134,6 +134,7 @@ def test_a_third_model_kind_is_served(lookup):
 
 @pytest.mark.parametrize("write", [write_onnx, write_ctranslate2], ids=["onnx", "ctranslate2"])
 def test_a_model_without_an_export_format_is_refused_in_one_line(lookup, write, tmp_path):
-    with pytest.raises(ConfigError, match=r"^--format \w+: a lookup, dot model cannot be exported to \w+$"):
+    with pytest.raises(ArgumentError, match=r"^format: \w+: a lookup, dot model cannot be exported to \w+$") as refused:
         write(lookup, tmp_path / "export")
+    assert refused.value.field == "format"
     assert not (tmp_path / "export").exists()

@@ -22,9 +22,9 @@ from nmt.inference.options import DecodingOptions
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.inspect.attribution import METHODS, AttributionView, attribution_view
-from nmt.inspect.view import attention_view, pick
+from nmt.inspect.view import attention_view, layer_views, pick
 from nmt.runs.loading import LoadedRun, load_model, read_config
-from nmt.serve.service import ServedModel
+from nmt.serve.service import ModelRegistry, ServedModel, translate_response
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -105,12 +105,9 @@ class Run:
 
     def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int, words: bool = False,
                    eos: bool = True) -> KindMaps:
-        """Every layer's maps of `kind`: each head and their average."""
-        last = attention_view(self.loaded, text, threshold=threshold, beam_size=beam_size, kind=kind,
-                              translator=self._translator, words=words, eos=eos)
-        earlier = [attention_view(self.loaded, text, threshold=threshold, beam_size=beam_size, kind=kind, layer=layer,
-                                  translator=self._translator, words=words, eos=eos) for layer in range(1, last.layer)]
-        return KindMaps.of([*earlier, last], threshold)
+        """Every layer's maps of `kind`, each head and their average, from one translation."""
+        return KindMaps.of(layer_views(self.loaded, text, threshold=threshold, beam_size=beam_size, kind=kind,
+                                       translator=self._translator, words=words, eos=eos), threshold)
 
     def attention(self, text: str, kind: str = "cross", layer: int | None = None, head: int | None = None,
                   threshold: float = 0.1, beam_size: int | None = None, words: bool = False, eos: bool = True
@@ -151,13 +148,12 @@ class Run:
         return attribution_view(self.loaded, view, method, steps, max_cost)
 
     def _page(self, view: AttentionView) -> str:
-        described = ServedModel(self.path.name, self.loaded, self._translator).describe()
-        described["beam_size"] = view.beam_size
-        best = self.translate([view.source], view.beam_size, min(view.beam_size, 5))[0]
-        decoding = self.config.decoding
-        found = {"source": best.source, "text": best.text, "hypotheses": [asdict(h) for h in best.hypotheses]}
-        translate = {"model": described["name"], "beam_size": view.beam_size, "n_best": len(best.hypotheses),
-                     "length_penalty": decoding.length_penalty, "translations": [found]}
+        """The explorer page inline: what the server would answer this run's page, for the view's sentence."""
+        served = ServedModel(self.path.name, self.loaded, self._translator)
+        described = {**served.describe(), "beam_size": view.beam_size}
+        registry = ModelRegistry([served])
+        decoding = registry.decoding(None, view.beam_size, min(view.beam_size, 5), None)  # what the page asks
+        translate = translate_response(decoding, registry.translate(decoding, [view.source]))
         return explorer_html(page_data(view, described, translate))
 
     def score(self, sources: str | Sequence[str], targets: str | Sequence[str]) -> list[ScoredPair]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nmt.errors import ConfigError, DiskFullError, NmtError
+from nmt.errors import ArgumentError, ConfigError, DiskFullError, NmtError
 from nmt.fileio import staged_folder
 from nmt.models import Model
 
@@ -23,9 +23,9 @@ def require_export(model: Model, format_: str) -> None:
     """Refuse in one line a model that cannot be written in `format_` (its `describe().exports`)."""
     described = model.describe()
     if format_ not in described.exports:
-        formats = " or ".join(f"--format {f}" for f in described.exports)
-        raise ConfigError(f"--format {format_}: a {described.summary} model cannot be exported to {format_}"
-                          + (f"; export it with {formats}" if formats else ""))
+        formats = " or ".join(described.exports)
+        raise ArgumentError("format", f"{format_}: a {described.summary} model cannot be exported to {format_}"
+                                      + (f"; it can be exported to {formats}" if formats else ""))
 
 
 @contextmanager

@@ -4,7 +4,7 @@ page and a notebook shows. Kept free of plotting so that serving never loads mat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,11 +70,11 @@ def map_labels(tokenizer: Tokenizer, kind: str, src_ids: Sequence[int], tgt_ids:
             "decoder": (tgt_out, ["<s>", *tgt_labels][:rows])}[kind]
 
 
-def pick_kind(kinds: Sequence[str], kind: object) -> str:
+def pick_kind(kinds: Collection[str], kind: object) -> str:
     """An attention kind the model has (`describe().kinds`)."""
     if kind in ATTENTION_KINDS and kind not in kinds:
         raise ArgumentError("kind", f"{kind}: this model has {' and '.join(kinds)} attention only")
-    return choice(kind, "kind", kinds)
+    return choice(kind, "kind", tuple(kinds))
 
 
 def pick(count: int, chosen: object, what: str) -> int | None:
@@ -98,14 +98,14 @@ def _summaries(maps: torch.Tensor) -> list[HeadSummary]:
     return found
 
 
-def attention_view(loaded: LoadedRun, sentence: str, *, threshold: float = 0.1, beam_size: int | None = None,
-                   kind: str = "cross", layer: int | None = None, head: int | None = None,
-                   translator: Translator | None = None, words: bool = False, eos: bool = True) -> AttentionView:
-    """Translate one sentence (beam size default: the run's) and collect where each token looked: the `kind`
-    of attention the model has (cross-, encoder self- or decoder self-attention: `describe().kinds`), of
-    `layer` (default the last) and `head` (default: all heads of that layer, and their average as `weights`),
-    teacher forced on the translation. With `words` the maps are merged into words, without `eos` EOS is left
-    out (`shape_view`); statistics are of that view."""
+def layer_views(loaded: LoadedRun, sentence: str, *, threshold: float = 0.1, beam_size: int | None = None,
+                kind: str = "cross", translator: Translator | None = None, words: bool = False, eos: bool = True
+                ) -> list[AttentionView]:
+    """Translate one sentence once (beam size default: the run's) and collect where each token looked, teacher
+    forced on the translation: one view per layer of the `kind` of attention (cross-, encoder self- or decoder
+    self-attention, as the model has them: `describe().kinds`), each with every head and their average as
+    `weights`. With `words` the maps are merged into words, without `eos` EOS is left out (`shape_view`);
+    statistics are of that view."""
     model = loaded.model
     kind = pick_kind(model.describe().kinds, kind)
     threshold = number(threshold, "threshold", 0.0, 1.0)
@@ -118,15 +118,24 @@ def attention_view(loaded: LoadedRun, sentence: str, *, threshold: float = 0.1, 
     maps = model.attention_maps(src, torch.tensor([src.shape[1]]), src != PAD_ID, tgt_in)[kind]
     maps = maps[:, 0, :, :len(row_labels), :len(col_labels)].float()  # (layers, heads, rows, cols)
     chosen, row_labels, col_labels = shape_view(maps, row_labels, col_labels, words, eos)
-    layer = pick(chosen.shape[0], layer, "layer") or chosen.shape[0]
-    head = pick(chosen.shape[1], head, "head")
-    in_layer = chosen[layer - 1]
-    if head is None:
+    heads = _summaries(chosen)
+    views = []
+    for layer, in_layer in enumerate(chosen, start=1):
         weights = in_layer.mean(dim=0)
         panels = [(f"{kind} layer {layer} head {h + 1}", in_layer[h].numpy()) for h in range(in_layer.shape[0])]
-    else:
-        weights = in_layer[head - 1]
-        panels = [(f"{kind} layer {layer} head {head}", weights.numpy())]
-    return AttentionView(sentence, translation.text, kind, layer, head, col_labels, row_labels, panels,
-                         weights.numpy(), attention_stats(weights, threshold), _summaries(chosen), words, eos,
-                         list(translation.src_ids), list(best.tokens), best.ended)
+        views.append(AttentionView(sentence, translation.text, kind, layer, None, col_labels, row_labels, panels,
+                                   weights.numpy(), attention_stats(weights, threshold), heads, words, eos,
+                                   list(translation.src_ids), list(best.tokens), best.ended))
+    return views
+
+
+def attention_view(loaded: LoadedRun, sentence: str, *, threshold: float = 0.1, beam_size: int | None = None,
+                   kind: str = "cross", layer: int | None = None, head: int | None = None,
+                   translator: Translator | None = None, words: bool = False, eos: bool = True) -> AttentionView:
+    """`layer_views`' view of `layer` (default the last) and `head` (default: all heads of that layer, and their
+    average as `weights`)."""
+    views = layer_views(loaded, sentence, threshold=threshold, beam_size=beam_size, kind=kind, translator=translator,
+                        words=words, eos=eos)
+    view = views[(pick(len(views), layer, "layer") or len(views)) - 1]
+    head = pick(len(view.panels), head, "head")
+    return view if head is None else view.with_head(head)

@@ -102,8 +102,8 @@ class ModelDescription:
     family: str  # "rnn", "transformer": a label for people, never a switch
     attention: str  # the cross-attention's kind: bahdanau, dot, general, concat, multihead
     layers: int  # decoder layers with a cross-attention map (an RNN: 1)
-    heads: int  # heads of each of those layers (1: a single-head attention)
-    kinds: tuple[str, ...]  # the attention kinds `attention_maps` returns, cross first
+    heads: int  # heads of each attention layer (1: a single-head attention)
+    kinds: dict[str, int]  # the attention kinds `attention_maps` returns, cross first, each with its layers
     exports: tuple[str, ...]  # the export formats the model can be written to (onnx, ctranslate2)
 
 
@@ -125,7 +125,8 @@ class Model(Decoder, Protocol):
     def attention_maps(self, src: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor,
                        tgt_in: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """Every attention map, exact, in eval mode, teacher forced on `tgt_in`: for each of `describe().kinds`
-        (layers, B, heads, rows, cols); cross (rows T, cols S), encoder self (S, S), decoder self (T, T)."""
+        (layers of that kind, B, heads, rows, cols); cross (rows T, cols S), encoder self (S, S), decoder self
+        (T, T)."""
         ...
 
     def describe(self) -> ModelDescription: ...

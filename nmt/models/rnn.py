@@ -272,7 +272,7 @@ class RNNEncoderDecoder(nn.Module):
 
     def describe(self) -> ModelDescription:
         return ModelDescription(self.cfg.summary, "rnn", self.cfg.attention.type, *self.cfg.attention_shape,
-                                kinds=("cross",), exports=("onnx",))
+                                kinds={"cross": 1}, exports=("onnx",))
 
     def forward_flops(self, src_tokens: int, tgt_tokens: int, sentences: int) -> float:
         """Multiply-adds x 2 of one teacher-forced forward pass over a batch (element-wise work not counted;

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.config import ATTENTION_KINDS, ModelConfig
+from nmt.config import ModelConfig
 from nmt.models.dropout import Dropout
 from nmt.models.flat import FlatLayout
 from nmt.models.interface import ModelDescription
@@ -436,5 +436,7 @@ class Transformer(nn.Module):
                 "decoder": torch.stack(decoder_self)}
 
     def describe(self) -> ModelDescription:
+        t = self.cfg.transformer
         return ModelDescription(self.cfg.summary, "transformer", "multihead", *self.cfg.attention_shape,
-                                kinds=ATTENTION_KINDS, exports=("onnx", "ctranslate2"))
+                                kinds={"cross": t.decoder_layers, "encoder": t.encoder_layers,
+                                       "decoder": t.decoder_layers}, exports=("onnx", "ctranslate2"))

@@ -42,6 +42,7 @@ from nmt.serve.service import (
     attention_response,
     check_attribution_cost,
     decoding_costs,
+    translate_response,
 )
 from nmt.serve.transport import BodyLimit, DeadlineH11Protocol, error_response, hearing_shutdown, unless_disconnected
 
@@ -250,13 +251,7 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         lengths = registry.check_texts(decoding.model, texts, limits.max_texts)
         costs = decoding_costs(decoding.beam_size, lengths, limits.max_request_cost)
         found = await unless_disconnected(request, batcher.submit(decoding, texts, costs))
-        return TranslateResponse(
-            model=decoding.model, beam_size=decoding.beam_size, n_best=decoding.n_best,
-            length_penalty=decoding.length_penalty,
-            translations=[TranslationOut(source=t.source, text=t.text, hypotheses=[
-                Hypothesis(text=text, score=h.score, log_prob=h.log_prob, tokens=len(h.tokens))
-                for h, text in zip(t.hypotheses, t.texts, strict=True)])
-                for t in found])
+        return TranslateResponse(**translate_response(decoding, found))
 
     async def attribution(served: ServedModel, view: AttentionView, method: str) -> AttributionOut:
         """The gradient attribution of `view`'s translation by the checkpoint `served` decodes with, shaped as

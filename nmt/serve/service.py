@@ -55,12 +55,22 @@ class ServedModel:
         described = model.describe()
         return {"name": self.name, "architecture": described.summary, "type": described.family,
                 "attention": described.attention, "layers": described.layers, "heads": described.heads,
-                "kinds": list(described.kinds), "parameters": count_parameters(model),
+                "kinds": described.kinds, "parameters": count_parameters(model),
                 "dev_bleu": meta.get("dev_bleu"), "step": meta.get("step"),
                 "checkpoint": self.loaded.checkpoint.path.name,
                 "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
                 "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
                 "max_src_tokens": self.translator.source_limit[0]}
+
+
+def translate_response(decoding: Decoding, translations: Sequence[Translation]) -> dict[str, Any]:
+    """Translations as POST /translate answers them: the one producer of that JSON, for the server and for the
+    page inline in a notebook (nmt.api.inline)."""
+    return {"model": decoding.model, "beam_size": decoding.beam_size, "n_best": decoding.n_best,
+            "length_penalty": decoding.length_penalty,
+            "translations": [{"source": t.source, "text": t.text, "hypotheses": [
+                {"text": text, "score": h.score, "log_prob": h.log_prob, "tokens": len(h.tokens)}
+                for h, text in zip(t.hypotheses, t.texts, strict=True)]} for t in translations]}
 
 
 def attention_response(model: str, view: AttentionView) -> dict[str, Any]:

@@ -38,8 +38,9 @@ from nmt.config import Config
 from nmt.data.prepare import EncodedSplit
 from nmt.fileio import atomic_write_text
 from nmt.models import count_parameters
+from nmt.training.batches import make_batch, split_batches
 from nmt.training.distributed import World
-from nmt.training.step import TrainingLoss, make_batch, split_batches
+from nmt.training.step import TrainingLoss
 
 log = logging.getLogger(__name__)
 

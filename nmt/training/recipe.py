@@ -1,17 +1,15 @@
-"""The training recipe: `Trainer.setup` builds a run from small `_setup_*` steps, `Trainer.train` is the loop,
-`Trainer.cleanup` lets go of the run directory; `train` runs the three, alone or as one rank of a torchrun job.
-
-The loop takes token-budget optimizer steps (nmt.training.step), validates every `validate_every` steps
-(nmt.training.validation), saves a checkpoint at each validation and stops on a budget, early stopping or a
-signal, saving first. Under torchrun rank 0 alone validates, writes checkpoints and logs; the decision to stop is
-shared by one collective at the top of every step.
-"""
+"""The training recipe: `Trainer.setup` builds a run from small `_setup_*` steps, `Trainer.train` is the loop
+(optimizer steps, a validation and checkpoint every `validate_every` steps, a stop on a budget, early stopping
+or a signal, saving first), `Trainer.cleanup` lets go of the run directory; `train` runs the three, alone or as
+one rank of a torchrun job, where rank 0 alone validates, writes and logs, and one collective at the top of
+every step shares the decision to stop."""
 
 from __future__ import annotations
 
 import logging
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from torch import nn
@@ -30,13 +28,14 @@ from nmt.runs.loading import load_weights
 from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import RunDir
 from nmt.training import resume
+from nmt.training.batches import TrainBatches, check_pairs_fit
 from nmt.training.distributed import World, rank_seed
 from nmt.training.guided import AlignmentGuide
 from nmt.training.init_from import Initialization, fine_tuning_start, load_initial_weights, starting_tokenizer
 from nmt.training.optim import Schedule, apply_optimizer_settings, make_optimizer, make_schedule
 from nmt.training.precision import measure_training_precision, training_precision
 from nmt.training.reporting import ThroughputMeter, log_to
-from nmt.training.step import Progress, TrainBatches, TrainingLoss, TrainStep, check_pairs_fit
+from nmt.training.step import Progress, TrainingLoss, TrainStep
 from nmt.training.stopping import SIGNALS, StopSignal, TrainResult, stop_reasons, stopped
 from nmt.training.tensorboard import TensorBoardLog
 from nmt.training.validation import Validation
@@ -96,6 +95,8 @@ class Trainer:
             self._setup_outputs()
             self._setup_loop()
         except BaseException:
+            if self.board is not None:
+                self.board.close()
             if self.lock is not None:
                 self.lock.abandon()  # refused: a run directory this created, still empty, goes
             raise
@@ -156,10 +157,8 @@ class Trainer:
         self.schedule = make_schedule(self.optimizer, self.cfg)
 
     def _setup_precision(self) -> None:
-        def measure() -> str:
-            split = self.data.splits["train"]
-            return measure_training_precision(self.forward, self.training_loss, split, self.config)
-
+        measure = partial(measure_training_precision, self.forward, self.training_loss, self.data.splits["train"],
+                          self.config)
         self.precision = training_precision(self.cfg.precision, self.device, self.world, measure)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.progress = Progress(precision=self.precision)
@@ -237,7 +236,6 @@ class Trainer:
         self._log_start()
         started = time.monotonic() - progress.elapsed
         meter = ThroughputMeter(self.run_dir, self.board, world)
-        reason = "max_epochs"
         order = self.batches.order(progress)
         self.model.train()
         with progress_bar(total=cfg.max_steps, initial=progress.step, desc="train", unit="step",
@@ -245,11 +243,8 @@ class Trainer:
             while True:
                 seconds = time.monotonic() - started if world.is_main else None
                 why = world.agree_stop(stop_reasons(cfg, progress, seconds, stop), self.device)
-                if why is not None:
-                    break
-                share = self.batches.next_share(order)
-                if share is None:
-                    break
+                if why is not None or (share := self.batches.next_share(order)) is None:
+                    break  # a reason to stop, or the data ran out (max_epochs)
                 step_start = time.monotonic()
                 result = self.train_step(share, progress)
                 progress.train_seconds += time.monotonic() - step_start
@@ -264,7 +259,7 @@ class Trainer:
                 if progress.step % cfg.validate_every == 0:
                     self._validate_and_save(started)
                     meter.restart_clock()
-            reason = why or reason
+            reason = why or "max_epochs"
         if progress.step != self.last_saved_step:  # else this step's checkpoint (and its scores) is on disk
             if reason in SIGNALS:  # received by this rank or another
                 progress.elapsed = time.monotonic() - started

@@ -5,11 +5,13 @@ TensorBoard, the progress bar and the log."""
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from nmt.runs.rundir import RunDir
@@ -83,3 +85,11 @@ class ThroughputMeter:
                      mean_loss, "" if alignment is None else f" | alignment {alignment:.3f}", f"{rate:,.0f}", lr)
         self.run_dir.append_metrics({"step": progress.step, "epoch": progress.epoch + 1, "loss": mean_loss, **guided,
                                      "tokens_per_s": rate, "lr": lr, "elapsed": time.monotonic() - started})
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process, and on a GPU the peak of tensors allocated there."""
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peaks

@@ -1,36 +1,31 @@
-"""One optimizer step, and the batches it takes.
+"""One optimizer step over the batches nmt.training.batches gives it, and the progress the loop keeps.
 
 A step forwards each micro-batch under autocast, scales, backward; then unscales, clips, steps, updates the
 scaler and the schedule (the order GradScaler needs: clipping sees true gradients).
 
-Under torchrun (nmt.training.distributed) every rank builds the same batch order and a step takes `accumulate`
-batches per rank from it, so N ranks together take what one process with `accumulate: N` takes, and the loss is
-divided by the step's target tokens over all ranks: the update is the same.
+Under torchrun the loss is divided by the step's target tokens over all ranks (nmt.training.batches), so N ranks
+together make the update one process with `accumulate: N` makes.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import resource
-from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nmt.config import Config, TrainingConfig
-from nmt.data.batching import Batch, collate, token_batches
-from nmt.data.prepare import EncodedSplit
-from nmt.errors import ConfigError, TrainingError
+from nmt.config import TrainingConfig
+from nmt.data.batching import Batch
+from nmt.errors import TrainingError
 from nmt.models import Model
 from nmt.tokens import PAD_ID
+from nmt.training.batches import StepShare
 from nmt.training.distributed import World
 from nmt.training.guided import AlignmentGuide
 from nmt.training.optim import Schedule
@@ -51,55 +46,6 @@ def token_loss(logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: flo
                            label_smoothing=label_smoothing, reduction="sum")
 
 
-def fits_the_model(split: EncodedSplit, config: Config) -> np.ndarray | None:
-    """Which pairs a Transformer can encode (no side longer than model.transformer.max_positions; the decoder
-    reads BOS + target); None: every pair (an RNN)."""
-    limit = config.model.max_positions
-    if limit is None:
-        return None
-    return (split.src_lengths <= limit) & (split.tgt_lengths + 1 <= limit)
-
-
-def check_pairs_fit(splits: dict[str, EncodedSplit], config: Config) -> None:
-    """Refuse a split none of whose pairs the model can encode; warn about those `split_batches` leaves out."""
-    limit = config.model.max_positions
-    for name in ("train", "dev"):
-        fits = fits_the_model(splits[name], config)
-        if fits is None or fits.all():
-            continue
-        if not fits.any():
-            raise ConfigError(f"model.transformer.max_positions {limit}: every {name} pair has a side longer "
-                              "than that; raise it")
-        use = "training" if name == "train" else "the dev loss (dev BLEU translates them truncated)"
-        log.warning("data.%s: %d of %d pairs have a side longer than model.transformer.max_positions (%d): left "
-                    "out of %s", name, int((~fits).sum()), len(fits), limit, use)
-
-
-def split_batches(split: EncodedSplit, config: Config, seed: int | None) -> list[np.ndarray]:
-    """The split's batches, without the pairs the model cannot encode (`fits_the_model`)."""
-    cfg = config.training
-    batches = token_batches(split.src_lengths, split.tgt_lengths, cfg.batch_tokens, cfg.max_batch_sentences, seed)
-    fits = fits_the_model(split, config)
-    return batches if fits is None else [kept for batch in batches if len(kept := batch[fits[batch]])]
-
-
-def epoch_batches(split: EncodedSplit, config: Config, epoch: int) -> list[np.ndarray]:
-    """The training batches of one (zero-based) epoch, in their order: each epoch its own, from (seed, epoch)."""
-    return split_batches(split, config, seed=config.seed * 1_000_003 + epoch)
-
-
-def make_batch(split: EncodedSplit, indices: np.ndarray) -> Batch:
-    return collate([split.src_ids(i) for i in indices], [split.tgt_ids(i) for i in indices], indices)
-
-
-def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of this process, and on a GPU the peak of tensors allocated there."""
-    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return peaks
-
-
 @dataclass
 class Progress:
     """Everything the loop advances, saved in each checkpoint and restored as one object on resume."""
@@ -118,55 +64,11 @@ class Progress:
 
 
 @dataclass
-class StepShare:
-    """This rank's part of one optimizer step."""
-
-    batches: list[Batch]  # its micro-batches, on the device
-    tokens: int  # target tokens of the whole step, over every rank: the loss is divided by this
-    weight: float = 1.0  # 0 for a rank whose share ran out at the end of the data: it runs a batch, adds nothing
-
-
-@dataclass
 class StepResult:
     loss: float  # mean per target token (the translation's; guided alignment's term apart)
     tokens: int
     grad_norm: float  # of the unscaled gradients, before clipping
     alignment_loss: float | None = None  # with guided alignment: its cross-entropy per target token, unweighted
-
-
-class TrainBatches:
-    """The training split's batches in the order every rank builds alike, and each rank's share of a step."""
-
-    def __init__(self, split: EncodedSplit, config: Config, world: World, device: torch.device):
-        self.split, self.config, self.world, self.device = split, config, world, device
-
-    def order(self, progress: Progress) -> Iterator[np.ndarray]:
-        """The sentence indices of every batch from the saved position on, epoch after epoch; taking one
-        advances `progress`, so a checkpoint resumes exactly where the order stood."""
-        max_epochs = self.config.training.max_epochs
-        while max_epochs is None or progress.epoch < max_epochs:
-            order = epoch_batches(self.split, self.config, progress.epoch)
-            while progress.position < len(order):
-                indices = order[progress.position]
-                progress.position += 1
-                yield indices
-            progress.epoch += 1
-            progress.position = 0
-
-    def next_share(self, order: Iterator[np.ndarray]) -> StepShare | None:
-        """Take one step's batches from `order` (`accumulate` per rank) and return this rank's share; None
-        when the data has run out. A rank left without a batch at the very end repeats one with weight 0."""
-        per_rank, rank = self.config.training.accumulate, self.world.rank
-        step = list(itertools.islice(order, per_rank * self.world.size))
-        if not step:
-            return None
-        tokens = int(sum(int(self.split.tgt_lengths[i].sum()) + len(i) for i in step))  # + EOS per sentence
-        mine = step[rank * per_rank:(rank + 1) * per_rank]
-        # DDP needs every rank's backward: a rank without a batch repeats one and adds it with weight 0. (With
-        # fp16, an overflow in that copy makes the step's gradients NaN and the step is skipped, like any other.)
-        weight = 1.0 if mine else 0.0
-        batches = [make_batch(self.split, indices).to(self.device) for indices in mine or step[:1]]
-        return StepShare(batches, tokens, weight)
 
 
 class WithAttention(nn.Module):

@@ -21,9 +21,11 @@ from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.models import Model
 from nmt.runs.rundir import RunDir
+from nmt.training.batches import make_batch, split_batches
 from nmt.training.distributed import World
 from nmt.training.optim import Schedule
-from nmt.training.step import Progress, autocast, make_batch, peak_memory_mb, split_batches, token_loss
+from nmt.training.reporting import peak_memory_mb
+from nmt.training.step import Progress, autocast, token_loss
 from nmt.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)

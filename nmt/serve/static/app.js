@@ -104,7 +104,7 @@ class Panel {
   constructor(name) {
     this.info = models[name];
     this.node = element("section", {class: "panel", "data-model": name});
-    this.choice = {kind: "cross", layer: this.info.layers, head: null};
+    this.choice = {kind: "cross", layer: this.info.kinds.cross, head: null};
   }
 
   async show(text, beam, threshold) {
@@ -132,22 +132,27 @@ class Panel {
   }
 
   selectors() {
-    // Only the choices the model has (its description: attention kinds, layers, heads) are offered.
+    // Only the choices the model has (its description: attention kinds and the layers of each, heads) are offered.
     const bar = element("div", {class: "selectors"});
     const info = this.info;
-    const kinds = {cross: "cross (target → source)", encoder: "encoder self", decoder: "decoder self"};
-    const [kindLabel, kind] = selector("Attention", "kind-select", info.kinds.map((k) => [k, kinds[k] || k]),
+    const names = {cross: "cross (target → source)", encoder: "encoder self", decoder: "decoder self"};
+    const kinds = Object.keys(info.kinds);
+    const [kindLabel, kind] = selector("Attention", "kind-select", kinds.map((k) => [k, names[k] || k]),
       this.choice.kind);
-    const layers = Array.from({length: info.layers}, (_, i) => [i + 1, `layer ${i + 1}`]);
+    const count = info.kinds[this.choice.kind];
+    const layers = Array.from({length: count}, (_, i) => [i + 1, `layer ${i + 1}`]);
     const [layerLabel, layer] = selector("Layer", "layer-select", layers, this.choice.layer);
     const heads = [["", "all heads (grid)"], ...Array.from({length: info.heads}, (_, i) => [i + 1, `head ${i + 1}`])];
     const [headLabel, head] = selector("Head", "head-select", heads, this.choice.head ?? "");
     const redraw = () => {
-      this.choice = {kind: kind.value, layer: Number(layer.value), head: head.value ? Number(head.value) : null};
+      // another kind starts at its own last layer: the kinds may have different numbers of layers
+      const changed = kind.value !== this.choice.kind;
+      this.choice = {kind: kind.value, layer: changed ? info.kinds[kind.value] : Number(layer.value),
+                     head: head.value ? Number(head.value) : null};
       this.drawAttention().catch((err) => setStatus(err.message, true));
     };
     [kind, layer, head].forEach((select) => select.addEventListener("change", redraw));
-    const offered = [[info.kinds.length > 1, kindLabel], [info.layers > 1, layerLabel], [info.heads > 1, headLabel]];
+    const offered = [[kinds.length > 1, kindLabel], [count > 1, layerLabel], [info.heads > 1, headLabel]];
     bar.append(...offered.filter(([shown]) => shown).map(([, label]) => label));
     return bar;
   }
