@@ -168,7 +168,7 @@ class Panel {
     const hover = (message) => { hoverLine.textContent = message; };
     const what = view.head ? `head ${view.head}` : (view.panels.length > 1 ? "heads averaged" : "");
     const unit = (view.words ? "words" : "subwords") + (view.eos ? "" : ", no EOS");
-    const layer = this.info.layers > 1 ? `, layer ${view.layer}` : "";
+    const layer = this.info.kinds[view.kind] > 1 ? `, layer ${view.layer}` : "";
     const where = `${view.kind} attention${layer}${what ? `, ${what}` : ""} (${unit})`;
     const [entropy, std] = view.summary.entropy;
     const children = [this.selectors(),
