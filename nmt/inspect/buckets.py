@@ -48,8 +48,8 @@ def bucket_edges(lengths: Sequence[int], edges: Sequence[int] | None) -> list[in
 
 @dataclass
 class HeadEntropies:
-    """Mean attention entropy of every layer and head by source-length bucket (models with more than one map
-of the kind)."""
+    """Mean attention entropy of every layer and head by source-length bucket (for a model with more than one
+    map of the kind)."""
 
     kind: str  # cross, encoder or decoder
     buckets: list[str]
@@ -124,7 +124,7 @@ def analyze(run_dir: Path, split: str | None = None, *, src_file: Path | None = 
     found = eval_set(config.data, split, src_file, ref_file)
     name, sources, references = found.name, found.sources, found.references
     translations = Translator.for_run(loaded).translate(sources, beam_size, progress=progress)  # scored by bucket
-    several = kind != "cross" or described.layers * described.heads > 1
+    several = described.kinds[kind] * described.heads > 1  # else the one map's statistics are the rows
     if several:
         per_sentence = head_entropies(model, [t.src_ids for t in translations],
                                       [t.hypotheses[0].tokens for t in translations], kind,
