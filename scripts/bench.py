@@ -257,7 +257,17 @@ def phase_compile(args) -> dict:
 
 
 def phase_peak(_args) -> dict:
-    return {"matmul_fp32_gflops": matmul_peak(torch.float32), "matmul_bf16_gflops": matmul_peak(torch.bfloat16)}
+    """The fp32 peak, and the bf16 peak where this CPU runs bf16 natively. Where it only emulates bf16 (an AVX2
+    CPU), one large bf16 matmul takes many times as long, and no precision auto trains in it: the bf16 peak is
+    null and the reason says why, so that the phase takes seconds on every CPU."""
+    from nmt.training.precision import bf16_kind, bf16_matmul_slowdown
+
+    slowdown = bf16_matmul_slowdown()
+    found: dict = {"matmul_fp32_gflops": matmul_peak(torch.float32), "bf16_matmul_slowdown": round(slowdown, 1)}
+    if bf16_kind(slowdown) == "bf16 emulated":
+        return {**found, "matmul_bf16_gflops": None,
+                "matmul_bf16_skipped": f"bf16 emulated here: a small bf16 matmul is {slowdown:.0f}x slower than fp32"}
+    return {**found, "matmul_bf16_gflops": matmul_peak(torch.bfloat16)}
 
 
 def phase_budget(args) -> dict:
@@ -325,8 +335,9 @@ def main() -> None:
 
     phase("peak")
     phase("train")
-    peak = figures["matmul_bf16_gflops" if figures["precision"] == "bf16" else "matmul_fp32_gflops"]
-    figures["train_fraction_of_peak"] = figures["train_gflops"] / peak
+    peak = figures["matmul_bf16_gflops"] if figures["precision"] == "bf16" else figures["matmul_fp32_gflops"]
+    if peak:  # none where bf16 training was forced on a CPU that only emulates bf16
+        figures["train_fraction_of_peak"] = figures["train_gflops"] / peak
     phase("floor", ["--floor-precision", figures["precision"]])
     if figures["floor_tokens_per_s"]:
         figures["speedup_over_floor"] = figures["train_tokens_per_s"] / figures["floor_tokens_per_s"]
