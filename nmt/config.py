@@ -211,6 +211,11 @@ class TransformerConfig(Section):
         return self
 
 
+MAX_POSITIONS_SETTING = "model.transformer.max_positions"
+"""The setting a model's `max_positions` (the longest sequence it encodes or decodes) comes from, named in the
+messages of code that enforces it without knowing the model (only the Transformer has such a bound)."""
+
+
 class ModelConfig(Section):
     type: Literal["rnn", "transformer"] = "rnn"
     """rnn: the encoder/decoder/attention keys below; transformer: the `transformer` section."""

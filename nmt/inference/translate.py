@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.config import CleanConfig, DecodingConfig
+from nmt.config import MAX_POSITIONS_SETTING, CleanConfig, DecodingConfig
 from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
@@ -109,7 +109,7 @@ class Translator:
         of decoding.max_src_tokens and what the model can encode (a Transformer's max_positions)."""
         limit, setting = self.decoding.max_src_tokens, "decoding.max_src_tokens"
         if self.model.max_positions is not None and self.model.max_positions < limit:
-            limit, setting = self.model.max_positions, "model.transformer.max_positions"
+            limit, setting = self.model.max_positions, MAX_POSITIONS_SETTING
         return limit, setting
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:

@@ -17,6 +17,7 @@ from typing import cast
 import numpy as np
 import torch
 
+from nmt.config import MAX_POSITIONS_SETTING
 from nmt.data.batching import collate
 from nmt.data.corpus import has_content, normalize, read_lines
 from nmt.data.links import GoldLinks, Link, check_links, read_links
@@ -94,7 +95,7 @@ def word_maps(loaded: LoadedRun, sources: Sequence[str], targets: Sequence[str] 
             _words(line, tokenizer.tgt_pieces(ids), "--tgt", number)
             if limit is not None and len(ids) + 1 > limit:
                 raise DataError(f"--tgt line {number} has {len(ids)} subword tokens; the model reads at most "
-                                f"{limit - 1} (model.transformer.max_positions)")
+                                f"{limit - 1} ({MAX_POSITIONS_SETTING})")
         ended = [True] * len(tgt_ids)  # each forced with its EOS
     found = []
     maps_of = forced_cross_maps(loaded, src_ids, tgt_ids, ended)

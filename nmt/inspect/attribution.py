@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmt.config import MAX_ATTRIBUTION_COST
+from nmt.config import MAX_ATTRIBUTION_COST, MAX_POSITIONS_SETTING
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference.attention_stats import AttentionStats, attention_stats
@@ -109,7 +109,7 @@ def attribute(loaded: LoadedRun, src_ids: Sequence[int], tgt_ids: Sequence[int],
     limit = loaded.model.max_positions
     if limit is not None and rows > limit:
         raise ConfigError(f"a translation of {len(tgt_ids)} tokens{' and EOS' if ended else ''} is {rows} target "
-                          f"positions; the model has {limit} (model.transformer.max_positions)")
+                          f"positions; the model has {limit} ({MAX_POSITIONS_SETTING})")
     from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
     model = copy.deepcopy(loaded.model).eval()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from nmt.config import Config
+from nmt.config import MAX_POSITIONS_SETTING, Config
 from nmt.data.batching import Batch, collate, token_batches
 from nmt.data.prepare import EncodedSplit
 from nmt.errors import ConfigError
@@ -45,11 +45,11 @@ def check_pairs_fit(splits: dict[str, EncodedSplit], config: Config) -> None:
         if fits is None or fits.all():
             continue
         if not fits.any():
-            raise ConfigError(f"model.transformer.max_positions {limit}: every {name} pair has a side longer "
+            raise ConfigError(f"{MAX_POSITIONS_SETTING} {limit}: every {name} pair has a side longer "
                               "than that; raise it")
         use = "training" if name == "train" else "the dev loss (dev BLEU translates them truncated)"
-        log.warning("data.%s: %d of %d pairs have a side longer than model.transformer.max_positions (%d): left "
-                    "out of %s", name, int((~fits).sum()), len(fits), limit, use)
+        log.warning("data.%s: %d of %d pairs have a side longer than %s (%d): left out of %s", name,
+                    int((~fits).sum()), len(fits), MAX_POSITIONS_SETTING, limit, use)
 
 
 def split_batches(split: EncodedSplit, config: Config, seed: int | None) -> list[np.ndarray]:
