@@ -5,7 +5,7 @@ model descriptions, with every client mistake turned into a `ClientError` that n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,10 @@ class ClientError(ArgumentError):
 
 
 @dataclass(frozen=True)
-class Decoding:
-    """The settings one translation request decodes with; requests that share them can share a batch."""
+class Decoding(DecodingOptions):
+    """A request's decoding options and the model they decode with; requests that share them can share a batch."""
 
     model: str
-    beam_size: int
-    n_best: int
-    length_penalty: float
 
 
 @dataclass
@@ -158,7 +155,7 @@ class ModelRegistry:
         """A request's decoding settings, each defaulting to the run's own; checked against each other."""
         served = self.get(name)
         settings = DecodingOptions.resolve(served.loaded.config.decoding, beam_size, n_best, length_penalty)
-        return Decoding(served.name, settings.beam_size, settings.n_best, settings.length_penalty)
+        return Decoding(**asdict(settings), model=served.name)
 
     def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
         """Refuse what cannot be translated faithfully: no texts, too many, an empty one, or one longer than the
