@@ -418,6 +418,10 @@ MAX_STEPS = 1024
 MAX_LENGTH_PENALTY = 10.0
 """Far above any useful alpha (0 to 2): larger ones only turn every score into -0.0."""
 MAX_SEED = 2**32 - 1
+MAX_NGRAM = 10
+"""The largest no_repeat_ngram_size: a longer n-gram repeated is a quotation, not a decoding loop."""
+MAX_REPETITION_PENALTY = 10.0
+"""Far above any useful repetition penalty (1.0 to 1.5): larger ones ban every token already generated."""
 """The largest seed: what every random generator takes (NumPy's is the narrowest)."""
 
 TUNE_BEAMS = (1, 3, 5, 8)
@@ -448,6 +452,10 @@ class DecodingConfig(Section):
     max_src_tokens: PositiveInt = 256
     """Longer inputs are truncated (with a warning), and so are translations given to `nmt score`; a Transformer
     also stops at its model.transformer.max_positions."""
+    no_repeat_ngram_size: Annotated[int, Field(ge=0, le=MAX_NGRAM)] = 0
+    """A translation never repeats an n-gram of this size (0: off)."""
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)] = 1.0
+    """A token already generated has its log-probability multiplied by this (1.0: off; CTRL, Keskar et al. 2019)."""
     batch_sentences: PositiveInt = 128
     """Sentences decoded together; beam search decodes beam_size rows for each (fewer sentences where the
     attention history and the caches of a batch would pass 1 GiB)."""

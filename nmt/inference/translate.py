@@ -6,37 +6,59 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nmt.config import MAX_POSITIONS_SETTING, CleanConfig, DecodingConfig
+from nmt.config import MAX_BEAM, MAX_POSITIONS_SETTING, CleanConfig, DecodingConfig
 from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
+from nmt.errors import ArgumentError
+from nmt.inference.arguments import integer
 from nmt.inference.ensemble import load_models
 from nmt.inference.options import DecodingOptions
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
+from nmt.inference.steering import NO_CONTROLS, Controls, TokenListener
 from nmt.models.interface import Decoder
 from nmt.progress import progress_bar
 from nmt.runs.loading import DecodingRun
-from nmt.tokens import BOS_ID, EOS_ID, PAD_ID
+from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """What one line's translation must do besides translate it: begin with `prefix` (continuing a translator's
+    half-typed sentence) and contain each of `constraints` (terminology). Both are target text, cleaned and
+    encoded as the source is."""
+
+    prefix: str = ""
+    constraints: tuple[str, ...] = ()
 
 
 @dataclass
 class Translation:
     source: str
-    hypotheses: list[Hypothesis]  # n-best, best first
+    hypotheses: list[Hypothesis]  # n-best (or the alternatives), best first
     texts: list[str]  # detokenized, one per hypothesis
     src_ids: list[int]
+    missing: list[str] = field(default_factory=list)  # constraints the best hypothesis lacks (warned about)
 
     @property
     def text(self) -> str:
         return self.texts[0]
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """A line's steering encoded: prefix ids and each constraint's ids (target ids, no EOS)."""
+
+    prefix: list[int]
+    constraints: list[list[int]]
 
 
 SEARCH_MEMORY_BYTES = 1 << 30
@@ -65,12 +87,23 @@ class Translator:
         """Decode as the run was configured: its decoding settings, its corpus cleaning."""
         return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
 
+    def output_limits(self, src_lengths: torch.Tensor) -> torch.Tensor:
+        """The most tokens each translation may have, EOS included: max_ratio x source tokens + max_extra, at
+        least 1, and no more than a Transformer's positions."""
+        limits = (src_lengths.float() * self.decoding.max_ratio + self.decoding.max_extra).long().clamp(min=1)
+        if self.model.max_positions is not None:  # a Transformer decodes no further than its positions
+            limits = limits.clamp(max=self.model.max_positions)
+        return limits
+
     def search_ids(self, src: Sequence[Sequence[int]], beam_size: int, n_best: int = 1,
-                   progress: bool = False, sampling: Sampling | None = None, length_penalty: float | None = None
+                   progress: bool = False, sampling: Sampling | None = None, length_penalty: float | None = None,
+                   *, controls: Controls = NO_CONTROLS, max_output: Sequence[int] | None = None
                    ) -> list[list[Hypothesis]]:
         """Decode encoded source sentences (each ending in EOS) in length-sorted batches; input order kept.
         With `sampling`, each sentence is one draw from the model instead of a search. The length penalty
-        (checked by the caller) defaults to the run's."""
+        (checked by the caller) defaults to the run's. `controls` steer the search (their prefixes and
+        constraints one per sentence of `src`; constraints decode with the beam, even a beam of one);
+        `max_output` lowers sentences' output limits."""
         penalty = self.decoding.length_penalty if length_penalty is None else length_penalty
         results: list[list[Hypothesis]] = [[] for _ in src]
         pick = sampling.picker(self.device) if sampling is not None else None
@@ -86,17 +119,18 @@ class Translator:
             for indices in batches:
                 batch = collate([src[i] for i in indices], None, indices).to(self.device)
                 memory, state = self.model.encode(batch.src, batch.src_lengths, batch.src_mask)
-                max_lengths = (batch.src_lengths.to(self.device).float() * self.decoding.max_ratio
-                               + self.decoding.max_extra).long().clamp(min=1)  # room for EOS at least
-                if self.model.max_positions is not None:  # a Transformer decodes no further than its positions
-                    max_lengths = max_lengths.clamp(max=self.model.max_positions)
+                max_lengths = self.output_limits(batch.src_lengths.to(self.device))
+                if max_output is not None:
+                    max_lengths = max_lengths.clamp(max=torch.tensor([max_output[i] for i in indices],
+                                                                     device=self.device))
                 step = self.model.step_log_probs
-                if beam_size == 1 or pick is not None:
+                own = _for_sentences(controls, indices.tolist())
+                if (beam_size == 1 and not own.constrained) or pick is not None:
                     found = [[h] for h in greedy_search(step, memory, state, max_lengths, BOS_ID, EOS_ID, PAD_ID,
-                                                        pick)]
+                                                        pick, controls=own)]
                 else:
                     found = beam_search(step, memory, state, max_lengths, beam_size, BOS_ID, EOS_ID, PAD_ID,
-                                        penalty, n_best)
+                                        penalty, n_best, controls=own)
                 for index, hyps in zip(indices, found, strict=True):
                     results[index] = hyps
                 bar.update(len(indices))
@@ -123,25 +157,123 @@ class Translator:
                 ids[limit - 1:] = [EOS_ID]
         return encoded
 
+    def encode_target(self, text: str, field: str) -> list[int]:
+        """A prefix or constraint as target ids, cleaned as the corpus was; one that is empty or has a piece the
+        vocabulary lacks is refused naming `field`."""
+        ids = self.tokenizer.encode_tgt([normalize(text, self.clean)])[0]
+        if not ids:
+            raise ArgumentError(field, f"{text!r} is empty")
+        if UNK_ID in ids:
+            unknown = [p for i, p in zip(ids, self.tokenizer.tgt_pieces(ids), strict=True) if i == UNK_ID]
+            raise ArgumentError(field, f"{text!r} has pieces the target vocabulary lacks ({' '.join(unknown)}): it "
+                                       "cannot be generated")
+        return ids
+
+    def _targets(self, steers: Sequence[Steer], encoded: Sequence[list[int]]) -> list[_Targets]:
+        """Each line's steering encoded and checked against the line's output limit."""
+        limits = self.output_limits(torch.tensor([len(ids) for ids in encoded])).tolist()
+        found = []
+        for number, (steer, limit) in enumerate(zip(steers, limits, strict=True), start=1):
+            where = f" (line {number})" if len(steers) > 1 else ""
+            prefix = self.encode_target(steer.prefix, "prefix" + where) if steer.prefix else []
+            if len(prefix) > limit:
+                raise ArgumentError("prefix" + where, f"has {len(prefix)} subword tokens; this sentence's "
+                                                      f"translation has at most {limit}")
+            phrases = [self.encode_target(c, "constraint" + where) for c in steer.constraints]
+            for phrase, text in zip(phrases, steer.constraints, strict=True):
+                if len(phrase) > limit:
+                    raise ArgumentError("constraint" + where, f"{text!r} has {len(phrase)} subword tokens; this "
+                                                              f"sentence's translation has at most {limit}")
+            found.append(_Targets(prefix, phrases))
+        return found
+
     def translate(self, lines: Sequence[str], beam_size: object = None, n_best: object = None,
-                  length_penalty: object = None, progress: bool = False, sampling: Sampling | None = None
-                  ) -> list[Translation]:
+                  length_penalty: object = None, progress: bool = False, sampling: Sampling | None = None, *,
+                  steers: Sequence[Steer] | None = None, no_repeat_ngram_size: object = None,
+                  repetition_penalty: object = None, n_alternatives: object = None,
+                  listener: TokenListener | None = None) -> list[Translation]:
         """Translate raw lines, decoding as `DecodingOptions.resolve` says (what is not given is the run's); a
         line with no content (empty, or only spaces, control or invisible format characters) gives an empty
-        translation."""
-        settings = DecodingOptions.resolve(self.decoding, beam_size, n_best, length_penalty)
+        translation. `steers` (one per line) force prefixes and require phrases; a phrase the best hypothesis
+        still lacks (the beam or the length limit left no room) is warned about and listed in `missing`.
+        `n_alternatives` K returns, instead of the n-best, the K best continuations that differ at the first
+        position after the prefix, each completed by the search. `listener` receives the best hypothesis's
+        tokens as they are decoded (one line only)."""
+        settings = DecodingOptions.resolve(self.decoding, beam_size, n_best, length_penalty, no_repeat_ngram_size,
+                                           repetition_penalty)
+        if steers is not None and len(steers) != len(lines):
+            raise ArgumentError("prefix", f"{len(steers)} prefixes or constraint sets for {len(lines)} lines: "
+                                          "they go line by line")
         cleaned = [normalize(line, self.clean) for line in lines]  # as the training corpus was cleaned
         encoded = self.encode(cleaned)
         todo = [i for i, line in enumerate(cleaned) if has_content(line)]
-        found = self.search_ids([encoded[i] for i in todo], settings.beam_size, settings.n_best, progress,
-                                sampling, settings.length_penalty) if todo else []
+        if listener is not None and len(todo) != 1:
+            raise ArgumentError("stream", f"streams one sentence at a time, not {len(todo)}")
+        targets = self._targets(steers, encoded) if steers is not None else None
+        controls = Controls(prefixes=[targets[i].prefix for i in todo] if targets else None,
+                            constraints=[targets[i].constraints for i in todo] if targets else None,
+                            no_repeat_ngram_size=settings.no_repeat_ngram_size,
+                            repetition_penalty=settings.repetition_penalty, listener=listener)
+        sources = [encoded[i] for i in todo]
+        if n_alternatives is not None:
+            found = self._alternatives(sources, settings, integer(n_alternatives, "n_alternatives", 1, MAX_BEAM),
+                                       controls, sampling)
+        else:
+            found = self.search_ids(sources, settings.beam_size, settings.n_best, progress, sampling,
+                                    settings.length_penalty, controls=controls) if todo else []
         empty = Hypothesis([], 0.0, 0.0, torch.zeros(0, 0))
         by_line = dict(zip(todo, found, strict=True))
         out = []
         for i, line in enumerate(lines):
             hyps = by_line.get(i, [empty])
-            out.append(Translation(line, hyps, [self.tokenizer.decode_tgt(h.tokens) for h in hyps], encoded[i]))
+            missing = [text for text, ids in zip(steers[i].constraints, targets[i].constraints, strict=True)
+                       if not _contains(hyps[0].tokens, ids)] if steers and targets and i in by_line else []
+            if missing:
+                log.warning("line %d: the translation lacks %s: the beam (%d) or the length limit left no room",
+                            i + 1, ", ".join(repr(m) for m in missing), settings.beam_size)
+            out.append(Translation(line, hyps, [self.tokenizer.decode_tgt(h.tokens) for h in hyps], encoded[i],
+                                   missing))
         return out
+
+    def _alternatives(self, sources: list[list[int]], settings: DecodingOptions, count: int, controls: Controls,
+                      sampling: Sampling | None) -> list[list[Hypothesis]]:
+        """Per sentence, the `count` most probable tokens at the first position after its prefix (a beam of
+        `count` over that one position), each then completed by the search with the prefix and that token
+        forced; ordered by that token's probability. EOS among them is the prefix alone, ended."""
+        if controls.constrained or sampling is not None or controls.listener is not None:
+            raise ArgumentError("n_alternatives", "goes with a prefix, not with constraints, sampling or streaming")
+        if not sources:
+            return []
+        prefixes = [list(p) for p in controls.prefixes] if controls.prefixes else [[] for _ in sources]
+        first = self.search_ids(sources, count, count, controls=controls,
+                                max_output=[len(p) + 1 for p in prefixes])
+        found: list[list[Hypothesis]] = [[] for _ in sources]
+        extended, places = [], []
+        for number, (prefix, hyps) in enumerate(zip(prefixes, first, strict=True)):
+            for hyp in hyps:
+                if hyp.score == float("-inf"):
+                    continue
+                if not hyp.ended and len(hyp.tokens) == len(prefix) + 1:  # to complete (not EOS, not the limit)
+                    extended.append(hyp.tokens)
+                    places.append((number, len(found[number])))
+                found[number].append(hyp)
+        completed = self.search_ids([sources[n] for n, _ in places], settings.beam_size, 1,
+                                    length_penalty=settings.length_penalty,
+                                    controls=replace(controls, prefixes=extended, constraints=None)) if places else []
+        for (number, place), done in zip(places, completed, strict=True):
+            found[number][place] = done[0]
+        return found
+
+
+def _for_sentences(controls: Controls, indices: Sequence[int]) -> Controls:
+    """The controls of the sentences at `indices`."""
+    return replace(controls, prefixes=[controls.prefixes[i] for i in indices] if controls.prefixes else None,
+                   constraints=[controls.constraints[i] for i in indices] if controls.constraints else None)
+
+
+def _contains(tokens: Sequence[int], phrase: Sequence[int]) -> bool:
+    n = len(phrase)
+    return any(list(tokens[i:i + n]) == list(phrase) for i in range(len(tokens) - n + 1))
 
 
 @dataclass

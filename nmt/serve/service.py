@@ -31,7 +31,7 @@ class ClientError(ArgumentError):
         return type(self), (self.field, self.message, self.status)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decoding(DecodingOptions):
     """A request's decoding options and the model they decode with; requests that share them can share a batch."""
 
