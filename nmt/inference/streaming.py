@@ -1,0 +1,45 @@
+"""A translation as it is decoded: the search passes on the best hypothesis's tokens once they can no longer
+change (nmt.inference.steering.TokenListener); `TextDeltas` turns them into pieces of text that, joined, are
+exactly the detokenized translation. Used by `nmt translate --stream` and POST /translate/stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nmt.data.tokenizer import Tokenizer
+
+INCOMPLETE = "\ufffd"  # what decoding shows for the first bytes of a character whose last byte is still to come
+
+
+@dataclass(frozen=True)
+class StreamedToken:
+    id: int
+    piece: str  # the subword as the vocabulary spells it
+    delta: str  # the text it adds to what was sent before ("" while the text is not settled)
+
+
+class TextDeltas:
+    """A token listener that detokenizes the tokens so far after each one and sends `emit` the text added since
+    the last time. A text that is not settled (it does not extend what was sent, or ends in a partial
+    character) sends nothing until it is; `rest(final)` is what the final text adds after all of them."""
+
+    def __init__(self, tokenizer: Tokenizer, emit: Callable[[StreamedToken], None]):
+        self.tokenizer, self.emit = tokenizer, emit
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def __call__(self, ids: list[int]) -> None:
+        for token in ids:
+            self.tokens.append(token)
+            text = self.tokenizer.decode_tgt(self.tokens)
+            delta = ""
+            if text.startswith(self.sent) and not text.endswith(INCOMPLETE):
+                delta, self.sent = text[len(self.sent):], text
+            self.emit(StreamedToken(token, self.tokenizer.tgt_pieces([token])[0], delta))
+
+    def rest(self, final: str) -> str:
+        """What `final` (the translation's text) adds to the deltas sent; the deltas are always its beginning."""
+        if not final.startswith(self.sent):  # cannot happen with SentencePiece: decoding more adds text
+            raise AssertionError(f"streamed {self.sent!r}, which does not begin {final!r}")
+        return final[len(self.sent):]
