@@ -170,22 +170,30 @@ class Translator:
         return ids
 
     def _targets(self, steers: Sequence[Steer], encoded: Sequence[list[int]]) -> list[_Targets]:
-        """Each line's steering encoded and checked against the line's output limit."""
+        """Each line's steering encoded and checked against the line's output limit; an error names the line
+        when there are several."""
         limits = self.output_limits(torch.tensor([len(ids) for ids in encoded])).tolist()
         found = []
         for number, (steer, limit) in enumerate(zip(steers, limits, strict=True), start=1):
-            where = f" (line {number})" if len(steers) > 1 else ""
-            prefix = self.encode_target(steer.prefix, "prefix" + where) if steer.prefix else []
-            if len(prefix) > limit:
-                raise ArgumentError("prefix" + where, f"has {len(prefix)} subword tokens; this sentence's "
-                                                      f"translation has at most {limit}")
-            phrases = [self.encode_target(c, "constraint" + where) for c in steer.constraints]
-            for phrase, text in zip(phrases, steer.constraints, strict=True):
-                if len(phrase) > limit:
-                    raise ArgumentError("constraint" + where, f"{text!r} has {len(phrase)} subword tokens; this "
-                                                              f"sentence's translation has at most {limit}")
-            found.append(_Targets(prefix, phrases))
+            try:
+                found.append(self._encode_steer(steer, limit))
+            except ArgumentError as err:
+                if len(steers) == 1:
+                    raise
+                raise ArgumentError(err.field, f"line {number}: {err.message}") from None
         return found
+
+    def _encode_steer(self, steer: Steer, limit: int) -> _Targets:
+        prefix = self.encode_target(steer.prefix, "prefix") if steer.prefix else []
+        if len(prefix) > limit:
+            raise ArgumentError("prefix", f"has {len(prefix)} subword tokens; this sentence's translation has at "
+                                          f"most {limit}")
+        phrases = [self.encode_target(text, "constraint") for text in steer.constraints]
+        for phrase, text in zip(phrases, steer.constraints, strict=True):
+            if len(phrase) > limit:
+                raise ArgumentError("constraint", f"{text!r} has {len(phrase)} subword tokens; this sentence's "
+                                                  f"translation has at most {limit}")
+        return _Targets(prefix, phrases)
 
     def translate(self, lines: Sequence[str], beam_size: object = None, n_best: object = None,
                   length_penalty: object = None, progress: bool = False, sampling: Sampling | None = None, *,
