@@ -26,7 +26,7 @@ import torch
 from nmt.config import MAX_SEED
 from nmt.errors import ConfigError
 from nmt.inference.constraints import ConstraintBanks, Progress
-from nmt.inference.steering import NO_CONTROLS, Controls, Rules, TokenListener
+from nmt.inference.controls import NO_CONTROLS, Controls, Rules, TokenListener
 
 StepFn = Callable[[torch.Tensor, Any, Any], tuple[torch.Tensor, Any, torch.Tensor]]
 
@@ -186,7 +186,7 @@ def beam_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.Ten
 
     With constraints in `controls`, the 2K are taken in the order the constraint banks allocate the beam
     (nmt.inference.constraints), and a finished hypothesis that has met all of its phrases ranks before any that
-    has not. The other controls' rules change each step's log-probabilities first (nmt.inference.steering).
+    has not. The other controls' rules change each step's log-probabilities first (nmt.inference.controls).
 
     Histories are kept as back-pointers (each step's surviving tokens, the beam each extends, the step's
     attention rows), and only the returned hypotheses are traced back at the end: no step copies the

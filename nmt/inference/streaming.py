@@ -1,5 +1,5 @@
 """A translation as it is decoded: the search passes on the best hypothesis's tokens once they can no longer
-change (nmt.inference.steering.TokenListener); `TextDeltas` turns them into pieces of text that, joined, are
+change (nmt.inference.controls.TokenListener); `TextDeltas` turns them into pieces of text that, joined, are
 exactly the detokenized translation. Used by `nmt translate --stream` and POST /translate/stream."""
 
 from __future__ import annotations

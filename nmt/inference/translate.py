@@ -18,26 +18,17 @@ from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ArgumentError
 from nmt.inference.arguments import integer
+from nmt.inference.controls import NO_CONTROLS, Controls, TokenListener
 from nmt.inference.ensemble import load_models
 from nmt.inference.options import DecodingOptions
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
-from nmt.inference.steering import NO_CONTROLS, Controls, TokenListener
+from nmt.inference.steer import Steer
 from nmt.models.interface import Decoder
 from nmt.progress import progress_bar
 from nmt.runs.loading import DecodingRun
 from nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Steer:
-    """What one line's translation must do besides translate it: begin with `prefix` (continuing a translator's
-    half-typed sentence) and contain each of `constraints` (terminology). Both are target text, cleaned and
-    encoded as the source is."""
-
-    prefix: str = ""
-    constraints: tuple[str, ...] = ()
 
 
 @dataclass
