@@ -98,6 +98,41 @@ def test_n_best_scores_and_length_penalty(client):
     assert best["score"] == pytest.approx(best["log_prob"] / ((5 + length) / 6), rel=1e-5)
 
 
+def test_steered_translations_begin_with_their_prefix_and_hold_their_constraints(client):
+    """Invariants, not golden strings: each translation starts with its prefix and contains each phrase, whatever
+    the beam; a prefix or constraint list sent once applies to every text."""
+    texts = ["ab ca de", "fo gu hi jo", "le mi"]
+    for model, beam in (("rnn", 1), ("transformer", 3)):
+        aligned = {"text": texts, "model": model, "beam_size": beam, "prefix": ["DE", "JO HI", ""],
+                   "constraints": [["PA"], ["NO", "KU LE"], []]}
+        shared = {"text": texts, "model": model, "beam_size": beam, "prefix": "AB", "constraints": ["MI"]}
+        for body in (aligned, shared):
+            response = client.post("/translate", json=body)
+            assert response.status_code == 200, response.text
+            for i, found in enumerate(response.json()["translations"]):
+                prefix = body["prefix"] if isinstance(body["prefix"], str) else body["prefix"][i]
+                phrases = body["constraints"] if shared is body else body["constraints"][i]
+                assert found["text"].startswith(prefix) and all(p in found["text"] for p in phrases), found
+                assert found["missing"] == [] and found["hypotheses"][0]["text"] == found["text"]
+    plain = client.post("/translate", json={"text": texts, "model": "rnn"}).json()
+    assert [t["text"] for t in plain["translations"]] == [reverse_words(t) for t in texts]
+    assert all(t["missing"] == [] for t in plain["translations"])
+
+
+def test_alternatives_and_repetition_settings_are_answered_with_the_settings_used(client):
+    body = {"text": "ab ca de fo", "model": "transformer", "prefix": "FO", "n_alternatives": 3}
+    found = client.post("/translate", json=body).json()
+    hypotheses = found["translations"][0]["hypotheses"]
+    assert found["n_alternatives"] == 3 and len(hypotheses) == 3
+    assert all(h["text"].startswith("FO") for h in hypotheses) and len({h["text"] for h in hypotheses}) == 3
+    assert hypotheses[0]["text"] == reverse_words("ab ca de fo")
+    settings = {"no_repeat_ngram_size": 1, "repetition_penalty": 2.0}
+    found = client.post("/translate", json={"text": "ab ab ab ca", "model": "transformer", **settings}).json()
+    assert {k: found[k] for k in settings} == settings and found["n_alternatives"] is None
+    words = found["translations"][0]["text"].split()
+    assert len(words) == len(set(words))  # no 1-gram twice: "AB" appears at most once
+
+
 CLIENT_ERRORS = [
     ({"text": ""}, 422, "text"),
     ({"text": " \t\u200b "}, 422, "text"),
@@ -119,6 +154,25 @@ CLIENT_ERRORS = [
     ({"text": "ab", "beam_size": 2.5}, 422, "beam_size"),
     ({"text": "ab", "model": "nope"}, 404, "model"),
     ({"text": "ab", "colour": "red"}, 422, "colour"),
+    ({"text": "ab ca", "constraints": ["CA", ""]}, 422, "constraints[1]"),
+    ({"text": "ab ca", "constraints": [" "]}, 422, "constraints[0]"),
+    ({"text": ["ab", "ca"], "constraints": [["AB"], ["CA", "ß§"]]}, 422, "constraints[1][1]"),  # not in the vocabulary
+    ({"text": ["ab", "ca"], "constraints": [["AB"]]}, 422, "constraints"),  # not aligned with text
+    ({"text": "ab", "prefix": "ß§"}, 422, "prefix"),
+    ({"text": "ab", "prefix": "AB " * 40}, 422, "prefix"),  # longer than the output limit
+    ({"text": ["ab", "ca"], "prefix": ["AB", "CA " * 40]}, 422, "prefix[1]"),
+    ({"text": ["ab", "ca"], "prefix": ["AB"]}, 422, "prefix"),
+    ({"text": "ab", "prefix": 5}, 422, "prefix"),
+    ({"text": "ab", "no_repeat_ngram_size": 0}, 422, "no_repeat_ngram_size"),
+    ({"text": "ab", "no_repeat_ngram_size": 11}, 422, "no_repeat_ngram_size"),
+    ({"text": "ab", "repetition_penalty": 0.5}, 422, "repetition_penalty"),
+    ({"text": "ab", "repetition_penalty": 10.5}, 422, "repetition_penalty"),
+    ('{"text": "ab", "repetition_penalty": 1e400}', 422, "repetition_penalty"),  # parsed as inf
+    ('{"text": "ab", "repetition_penalty": Infinity}', 422, "repetition_penalty"),
+    ({"text": "ab", "n_alternatives": 0}, 422, "n_alternatives"),
+    ({"text": "ab", "n_alternatives": 2, "constraints": ["AB"]}, 422, "n_alternatives"),
+    ({"text": "ab", "n_alternatives": 2, "n_best": 2}, 422, "n_alternatives"),
+    ({"text": ["ab ca de"] * 8, "beam_size": 8, "constraints": ["AB", "CA"]}, 413, "text"),  # 8 x 4 x 8 x 3 > 1024
 ]
 
 
@@ -546,12 +600,12 @@ def big_server(trained_transformer, tmp_path_factory):
     assert "Traceback" not in server.log.read_text()
 
 
-def raw_request(port: int, body: dict) -> socket.socket:
-    """A connection that has sent a whole POST /translate and reads nothing yet."""
+def raw_request(port: int, body: dict, path: str = "/translate") -> socket.socket:
+    """A connection that has sent a whole POST request and reads nothing yet."""
     data = json.dumps(body).encode()
     connection = socket.create_connection(("127.0.0.1", port), timeout=10)
-    connection.sendall(b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    connection.sendall(b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
     return connection
 
 

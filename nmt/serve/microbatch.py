@@ -1,5 +1,6 @@
 """Micro-batching for the server: translation requests that arrive together and share their decoding settings
-are decoded as one batch, on one worker thread, so that the event loop keeps accepting requests and
+are decoded as one batch (the texts are whatever the decode function takes for one: the server's carry their
+own steering), on one worker thread, so that the event loop keeps accepting requests and
 throughput grows with the number of concurrent clients. One worker thread means one decode at a time: torch
 already spreads each decode over the CPU's cores.
 
@@ -10,7 +11,8 @@ chunk at a time with the others' chunks in between, so a small request waits for
 ahead of it, never for a whole big one. A request whose future is cancelled (its client went away) has its
 remaining chunks dropped. A chunk that fails is decoded again one request at a time, so that only the
 requests whose own texts fail get the error. `close(grace)` (on SIGTERM) lets the work go on for `grace`
-seconds, then refuses what is left with `Closing`, between two chunks.
+seconds, then refuses what is left with `Closing`, between two chunks. Other model work (attention views,
+streamed translations) runs on the same thread through `run`, one thing at a time with the chunks.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Closing(Exception):
 @dataclass(eq=False)
 class _Request:
     key: Hashable
-    texts: Sequence[str]
+    texts: Sequence[Any]
     costs: Sequence[int]  # one per text
     done: asyncio.Future = field(repr=False)
     results: list = field(default_factory=list)  # of the texts decoded so far, in order
@@ -52,7 +54,7 @@ class _Part:
 
 
 class MicroBatcher:
-    def __init__(self, decode: Callable[[Any, list[str]], list], max_sentences: int = 64, max_wait_ms: float = 2.0,
+    def __init__(self, decode: Callable[[Any, list[Any]], list], max_sentences: int = 64, max_wait_ms: float = 2.0,
                  max_cost: int | None = None):
         """`decode(key, texts)` returns one result per text, in order; `key` holds the shared settings."""
         self.decode, self.max_sentences, self.max_wait = decode, max_sentences, max_wait_ms / 1000
@@ -86,7 +88,7 @@ class MicroBatcher:
         self._refuse_all()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, key: Hashable, texts: Sequence[str], costs: Sequence[int] | None = None) -> list:
+    async def submit(self, key: Hashable, texts: Sequence[Any], costs: Sequence[int] | None = None) -> list:
         """Translate `texts` with the settings `key`, batched with whatever else is waiting; `costs` (one per
         text, default 1) bound the chunks. Cancelling the caller drops the chunks not yet decoded."""
         assert self.queue is not None, "MicroBatcher.start() first"
@@ -96,11 +98,13 @@ class MicroBatcher:
         await self.queue.put(request)
         return await request.done
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run other model work (attention views) on the decode thread, one thing at a time with decodes."""
+    def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run other model work (attention views, streams) on the decode thread, one thing at a time with decodes;
+        refused at once (`Closing`) once the server is shutting down. Cancelling the future before the thread
+        takes the work drops it."""
         if self.closing_at is not None:
             raise Closing("the server is shutting down")
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        return asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     # The worker -------------------------------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
 """`nmt serve`: the REST API (FastAPI, OpenAPI docs at /docs) and the attention explorer page at /, over
-the runs in a `ModelRegistry`. Translation requests go through a `MicroBatcher`; every client mistake is a
-4xx JSON body {"error": {"field": ..., "message": ...}}, never a 500 or a traceback in the log.
+the runs in a `ModelRegistry`. Translation requests go through a `MicroBatcher`; POST /translate/stream sends
+one text's translation token by token as server-sent events, decoded on the batcher's thread between its
+chunks. Every client mistake is a 4xx JSON body {"error": {"field": ..., "message": ...}} (for a stream,
+before its first event), never a 500 or a traceback in the log.
 
 Every resource a client can hold is bounded (`Limits`, one field per bound): the texts, the body, the decoding
-cost of a request (beam x source tokens, 413 above it) and of one decode (a big request is decoded in chunks,
-round-robin with the others); the cost of an attribution (target x source tokens x integration steps, 413
-above it; computed in a child process, nmt.serve.attributor); the connections; the time to send a request
-(uvicorn has no such timeout: `DeadlineH11Protocol`); the header size. A client that goes away has its
-remaining work dropped; SIGTERM refuses what is not decoded `shutdown_grace_s` later (503) and the process
-exits."""
+cost of a request (beam x source tokens x (1 + constraints) x alternatives, 413 above it; a stream's too) and
+of one decode (a big request is decoded in chunks, round-robin with the others; a stream is one decode); the
+cost of an attribution (target x source tokens x integration steps, 413 above it; computed in a child process,
+nmt.serve.attributor); the connections; the time to send a request (uvicorn has no such timeout:
+`DeadlineH11Protocol`); the header size. A client that goes away has its remaining work dropped, a stream's
+decoding stopped at its next token; SIGTERM refuses what is not decoded `shutdown_grace_s` later (503) and the
+process exits."""
 
 from __future__ import annotations
 
@@ -17,34 +20,57 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from nmt.config import MAX_ATTRIBUTION_COST, MAX_BEAM, MAX_LENGTH_PENALTY, AttentionKind
+from nmt.config import (
+    MAX_ATTRIBUTION_COST,
+    MAX_BEAM,
+    MAX_LENGTH_PENALTY,
+    MAX_NGRAM,
+    MAX_REPETITION_PENALTY,
+    AttentionKind,
+)
 from nmt.errors import ArgumentError, CheckpointError, NmtError
+from nmt.inference.steer import Steer
+from nmt.inference.streaming import StreamedToken
+from nmt.inference.translate import Translation
 from nmt.inspect.attribution import STEPS, Cost, Method, shape_attribution
 from nmt.inspect.view import AttentionView
 from nmt.serve.attributor import Attributor, ServedCheckpoint
 from nmt.serve.microbatch import Closing, MicroBatcher
 from nmt.serve.service import (
     ClientError,
+    Decoding,
     ModelRegistry,
     ServedModel,
+    SteeredText,
     attention_response,
     check_attribution_cost,
     decoding_costs,
+    steering_weight,
     translate_response,
 )
-from nmt.serve.transport import BodyLimit, DeadlineH11Protocol, error_response, hearing_shutdown, unless_disconnected
+from nmt.serve.transport import (
+    BodyLimit,
+    DeadlineH11Protocol,
+    EventStream,
+    Stopped,
+    error_response,
+    hearing_shutdown,
+    server_sent_event,
+    unless_disconnected,
+)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -54,16 +80,16 @@ SETTINGS_VARIABLE = "NMT_SERVE_SETTINGS"  # how `--workers N` hands the settings
 
 
 class Limits(BaseModel):
-    """The bounds of one server process. Costs are beam size x source tokens, EOS included
-    (service.decoding_costs): the default request bound keeps a request to seconds on a small CPU with the
-    shipped configs' model sizes even when no hypothesis ends before max_ratio x length + max_extra tokens, a
-    chunk to a quarter of that (RELIABILITY.md has the measurements). An attribution's cost is target x source
-    tokens x integration steps (nmt.inspect.attribution.Cost), bounded by default as the API and `nmt attention`
-    bound it (config.MAX_ATTRIBUTION_COST)."""
+    """The bounds of one server process. Costs are beam size x source tokens, EOS included, x (1 + constraints)
+    x alternatives (service.decoding_costs, service.steering_weight): the default request bound keeps a request
+    to seconds on a small CPU with the shipped configs' model sizes even when no hypothesis ends before
+    max_ratio x length + max_extra tokens, a chunk to a quarter of that (RELIABILITY.md has the measurements).
+    An attribution's cost is target x source tokens x integration steps (nmt.inspect.attribution.Cost),
+    bounded by default as the API and `nmt attention` bound it (config.MAX_ATTRIBUTION_COST)."""
 
     max_texts: int = 64  # texts in one /translate request (413 above)
     max_body_bytes: int = 1 << 20  # a request's body (413 above)
-    max_request_cost: int = 1024  # a /translate or /attention request's decoding cost (413 above)
+    max_request_cost: int = 1024  # a /translate, /translate/stream or /attention request's decoding cost (413 above)
     max_attribution_cost: int = MAX_ATTRIBUTION_COST  # an attribution's target x source tokens x steps (413 above)
     max_batch_sentences: int = 64  # texts in one decode
     max_batch_cost: int = 256  # one decode's cost: a big request is decoded in chunks of this, round-robin
@@ -98,6 +124,25 @@ class TranslateRequest(Strict):
     n_best: int | None = Field(None, ge=1, le=MAX_BEAM, description="Hypotheses returned per text")
     length_penalty: float | None = Field(None, ge=0.0, le=MAX_LENGTH_PENALTY, description="GNMT alpha; default: "
                                          "the run's")
+    prefix: str | list[str] | None = Field(None, description="Target text each translation begins with (one for "
+                                                             "every text, or a list aligned with text)")
+    constraints: list[str] | list[list[str]] | None = Field(None, description="Target phrases each translation "
+                                                            "must contain (one list for every text, or a list of "
+                                                            "lists aligned with text); each makes a text cost more")
+    no_repeat_ngram_size: int | None = Field(None, ge=1, le=MAX_NGRAM, description="No n-gram of this size twice "
+                                             "in a translation; default: the run's")
+    repetition_penalty: float | None = Field(None, ge=1.0, le=MAX_REPETITION_PENALTY, description="Multiplies "
+                                             "the log-probability of tokens already generated (1: off); default: "
+                                             "the run's")
+    n_alternatives: int | None = Field(None, ge=1, le=MAX_BEAM, description="Instead of the n-best: the K best "
+                                       "translations that differ at the first word after the prefix")
+
+
+class StreamRequest(TranslateRequest):
+    text: str = Field(description="One text")
+    n_best: None = Field(None, description="Not for a stream: it sends the best hypothesis (POST /translate "
+                                           "lists n-best)")
+    n_alternatives: None = Field(None, description="Not for a stream (POST /translate gives alternatives)")
 
 
 class Hypothesis(BaseModel):
@@ -110,15 +155,30 @@ class Hypothesis(BaseModel):
 class TranslationOut(BaseModel):
     source: str
     text: str  # the best hypothesis, as `nmt translate` prints it
-    hypotheses: list[Hypothesis]
+    hypotheses: list[Hypothesis]  # the n-best, or the alternatives, best first
+    missing: list[str]  # constraints the best hypothesis lacks (the beam or the length limit left no room)
 
 
-class TranslateResponse(BaseModel):
+class Settings(BaseModel):
+    """The settings a translation was decoded with."""
+
     model: str
     beam_size: int
     n_best: int
     length_penalty: float
+    no_repeat_ngram_size: int  # 0: off
+    repetition_penalty: float  # 1: off
+    n_alternatives: int | None
+
+
+class TranslateResponse(Settings):
     translations: list[TranslationOut]
+
+
+class StreamDone(Settings, TranslationOut):
+    """The data of a stream's last event (`done`): the translation as /translate gives it and its settings."""
+
+    delta: str  # what the text adds after the token events' deltas (normally "")
 
 
 class AttentionRequest(Strict):
@@ -193,9 +253,42 @@ def _field(location: Sequence) -> str:
     return ".".join(parts) or "body"
 
 
+def _aligned(values: list, count: int, field: str) -> list:
+    """A list sent for the texts, one entry per text."""
+    if len(values) != count:
+        raise ClientError(field, f"has {len(values)} entries for {count} texts: give one value for every text, or "
+                                 "a list aligned with text")
+    return values
+
+
+def steered_texts(body: TranslateRequest, texts: list[str]) -> list[SteeredText]:
+    """Each text with its prefix and constraints, named as the request sent them: `prefix` and `constraints[j]`
+    where one value is for every text, `prefix[i]` and `constraints[i][j]` where a list aligned with `text`."""
+    count = len(texts)
+    own_prefix = isinstance(body.prefix, list)
+    prefixes = _aligned(body.prefix, count, "prefix") if isinstance(body.prefix, list) else [body.prefix or ""] * count
+    shared = [phrase for phrase in body.constraints or [] if isinstance(phrase, str)]
+    own = [phrases for phrases in body.constraints or [] if isinstance(phrases, list)]  # a list aligned with text
+    phrase_lists = _aligned(own, count, "constraints") if own else [shared] * count
+    steered = []
+    for i, (text, prefix, phrases) in enumerate(zip(texts, prefixes, phrase_lists, strict=True)):
+        where = f"constraints[{i}]" if own else "constraints"
+        steered.append(SteeredText(text, Steer(prefix, tuple(phrases)), f"prefix[{i}]" if own_prefix else "prefix",
+                                   tuple(f"{where}[{j}]" for j in range(len(phrases)))))
+    return steered
+
+
+@dataclass
+class StreamCounts:
+    """Streamed translations since the start (/health): begun, and stopped early because their client left."""
+
+    started: int = 0
+    stopped: int = 0
+
+
 def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
-    batcher = MicroBatcher(registry.translate, limits.max_batch_sentences, limits.batch_wait_ms,
+    batcher = MicroBatcher(registry.translate_steered, limits.max_batch_sentences, limits.batch_wait_ms,
                            limits.max_batch_cost)
     attributor = Attributor()
 
@@ -209,6 +302,7 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
 
     app = FastAPI(title="nmt", summary="Translate and inspect attention with trained nmt runs.", lifespan=lifespan)
     app.state.batcher = batcher
+    streams = StreamCounts()
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     @app.exception_handler(ArgumentError)
@@ -236,22 +330,79 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
     async def health() -> dict:
         """Liveness, the served models and the decoder's counters since the start."""
         return {"status": "ok", "models": list(registry.models), "decodes": batcher.batches,
-                "texts_decoded": batcher.sentences, "texts_dropped": batcher.dropped}
+                "texts_decoded": batcher.sentences, "texts_dropped": batcher.dropped, "streams": streams.started,
+                "streams_stopped": streams.stopped}
 
     @app.get("/models")
     async def models() -> list[dict]:
         """The served runs: architecture, attention, size, dev BLEU, languages, decoding defaults."""
         return [served.describe() for served in registry.models.values()]
 
+    def accept(body: TranslateRequest) -> tuple[Decoding, list[SteeredText], list[int]]:
+        """A translation request checked before any decoding: its settings, its texts with their steering, and
+        each text's cost (413 above the request bound)."""
+        texts = [body.text] if isinstance(body.text, str) else body.text
+        decoding = registry.decoding(body.model, body.beam_size, body.n_best, body.length_penalty,
+                                     body.no_repeat_ngram_size, body.repetition_penalty, body.n_alternatives)
+        lengths = registry.check_texts(decoding.model, texts, limits.max_texts)
+        steered = steered_texts(body, texts)
+        registry.check_steering(decoding, steered, lengths)
+        costs = decoding_costs(decoding.beam_size, lengths, limits.max_request_cost,
+                               [steering_weight(decoding, text) for text in steered])
+        return decoding, steered, costs
+
     @app.post("/translate", response_model=TranslateResponse)
     async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
-        """Translate one text or a list; requests arriving together are decoded in one batch."""
-        texts = [body.text] if isinstance(body.text, str) else body.text
-        decoding = registry.decoding(body.model, body.beam_size, body.n_best, body.length_penalty)
-        lengths = registry.check_texts(decoding.model, texts, limits.max_texts)
-        costs = decoding_costs(decoding.beam_size, lengths, limits.max_request_cost)
+        """Translate one text or a list, each optionally begun with a prefix and holding constraints; requests
+        arriving together with the same settings are decoded in one batch."""
+        decoding, texts, costs = accept(body)
         found = await unless_disconnected(request, batcher.submit(decoding, texts, costs))
         return TranslateResponse(**translate_response(decoding, found))
+
+    def stream_on_decode_thread(decoding: Decoding, text: SteeredText, events: EventStream[StreamedToken]
+                                ) -> tuple[Translation, str] | None:
+        """A stream's decoding, on the batcher's thread; None when its client went away (counted)."""
+        try:
+            return registry.stream(decoding, text, events.put)
+        except Stopped:
+            streams.stopped += 1
+            return None
+
+    async def stream_events(decoding: Decoding, events: EventStream[StreamedToken],
+                            work: asyncio.Future[tuple[Translation, str] | None]) -> AsyncIterator[str]:
+        """A stream's body. Starlette cancels it when the client goes away, which stops the decoding."""
+        try:
+            async for token in events:
+                yield server_sent_event("token", asdict(token))
+            result = await work
+        except (ArgumentError, Closing) as err:
+            field, message = (err.field, err.message) if isinstance(err, ArgumentError) else (None, str(err))
+            yield server_sent_event("error", {"error": {"field": field, "message": message}})
+            return
+        finally:
+            events.stop()
+        if result is not None:
+            translation, rest = result
+            answer = translate_response(decoding, [translation])
+            [translated] = answer.pop("translations")
+            yield server_sent_event("done", StreamDone(**answer, **translated, delta=rest).model_dump())
+
+    @app.post("/translate/stream", response_class=StreamingResponse, responses={200: {
+        "content": {"text/event-stream": {}}, "description": "Server-sent events: token ..., then done or error"}})
+    async def translate_stream(body: StreamRequest) -> StreamingResponse:
+        """One text's translation as server-sent events while it is decoded: a `token` event per token of the best
+        hypothesis ({"id", "piece", "delta"}: the deltas joined are the text so far), then `done` (the translation
+        as /translate gives it, with its settings and a last `delta`: StreamDone) or `error` ({"error": {"field",
+        "message"}}). A mistake in the request is answered as by /translate, before any event. It is decoded on
+        the decode thread, between two of the batcher's chunks; the client going away stops it at its next
+        token."""
+        decoding, [text], _costs = accept(body)
+        events: EventStream[StreamedToken] = EventStream()
+        work = batcher.run(stream_on_decode_thread, decoding, text, events)
+        work.add_done_callback(events.end)
+        streams.started += 1
+        return StreamingResponse(stream_events(decoding, events, work), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
 
     async def attribution(served: ServedModel, view: AttentionView, method: str) -> AttributionOut:
         """The gradient attribution of `view`'s translation by the checkpoint `served` decodes with, shaped as

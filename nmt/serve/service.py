@@ -1,17 +1,23 @@
-"""Trained runs loaded once and served: translation with per-request decoding settings, attention views and
-model descriptions, with every client mistake turned into a `ClientError` that names the field. This is what
-`nmt serve` exposes over HTTP (nmt/serve/server.py), kept free of HTTP so that it is testable on its own."""
+"""Trained runs loaded once and served: translation with per-request decoding settings and per-text steering
+(a forced prefix, required phrases), streamed token by token or whole, attention views and model descriptions,
+with every client mistake turned into a `ClientError` that names the field. This is what `nmt serve` exposes
+over HTTP (nmt/serve/server.py), kept free of HTTP so that it is testable on its own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nmt.data.corpus import has_content, normalize
 from nmt.errors import ArgumentError
+from nmt.inference.controls import TokenListener
 from nmt.inference.options import DecodingOptions
+from nmt.inference.steer import Steer
+from nmt.inference.streaming import StreamedToken, TextDeltas
 from nmt.inference.translate import Translation, Translator
 from nmt.inspect.attribution import Cost
 from nmt.inspect.view import AttentionView, attention_view
@@ -33,9 +39,28 @@ class ClientError(ArgumentError):
 
 @dataclass(frozen=True, kw_only=True)
 class Decoding(DecodingOptions):
-    """A request's decoding options and the model they decode with; requests that share them can share a batch."""
+    """A request's decoding options and the model they decode with; requests that share them can share a batch.
+    With `n_alternatives` K, each text gets the K best continuations that differ at the first position after its
+    prefix instead of the n-best."""
 
     model: str
+    n_alternatives: int | None = None
+
+
+@dataclass(frozen=True)
+class SteeredText:
+    """One text of a request with its steering: what the micro-batcher batches. The fields are the request's
+    names of the prefix and of each constraint, for the errors about them."""
+
+    text: str
+    steer: Steer = Steer()
+    prefix_field: str = "prefix"
+    constraint_fields: tuple[str, ...] = ()
+
+    def phrases(self) -> list[tuple[str, str]]:
+        """The target phrases the translation must hold, each with its field: the prefix, then the constraints."""
+        prefix = [(self.steer.prefix, self.prefix_field)] if self.steer.prefix else []
+        return prefix + list(zip(self.steer.constraints, self.constraint_fields, strict=True))
 
 
 @dataclass
@@ -63,11 +88,11 @@ class ServedModel:
 def translate_response(decoding: Decoding, translations: Sequence[Translation]) -> dict[str, Any]:
     """Translations as POST /translate answers them: the one producer of that JSON, for the server and for the
     page inline in a notebook (nmt.api.inline)."""
-    return {"model": decoding.model, "beam_size": decoding.beam_size, "n_best": decoding.n_best,
-            "length_penalty": decoding.length_penalty,
+    return {**asdict(decoding),
             "translations": [{"source": t.source, "text": t.text, "hypotheses": [
                 {"text": text, "score": h.score, "log_prob": h.log_prob, "tokens": len(h.tokens)}
-                for h, text in zip(t.hypotheses, t.texts, strict=True)]} for t in translations]}
+                for h, text in zip(t.hypotheses, t.texts, strict=True)], "missing": t.missing}
+                for t in translations]}
 
 
 def attention_response(model: str, view: AttentionView) -> dict[str, Any]:
@@ -88,16 +113,27 @@ def text_field(texts: Sequence[str], i: int) -> str:
     return "text" if len(texts) == 1 else f"text[{i}]"
 
 
-def decoding_costs(beam_size: int, lengths: Sequence[int], max_cost: int) -> list[int]:
+def decoding_costs(beam_size: int, lengths: Sequence[int], max_cost: int, weights: Sequence[int] | None = None
+                   ) -> list[int]:
     """Each text's decoding cost in beam x source tokens (the beam's hypotheses each run up to max_ratio x
-    length + max_extra steps); a request above `max_cost` in all is refused with 413: one request must not
-    hold the decoder, which serves every client in turn, for minutes."""
-    costs = [beam_size * length for length in lengths]
+    length + max_extra steps) x its weight (`steering_weight`, default 1); a request above `max_cost` in all is
+    refused with 413: one request must not hold the decoder, which serves every client in turn, for minutes."""
+    weights = weights or [1] * len(lengths)
+    costs = [beam_size * length * weight for length, weight in zip(lengths, weights, strict=True)]
     if sum(costs) > max_cost:
-        raise ClientError("text", f"costs {sum(costs)} (beam_size {beam_size} x {sum(lengths)} source tokens); "
-                                  f"at most {max_cost} per request: send fewer or shorter texts, or a smaller "
-                                  "beam_size", status=413)
+        weighed = any(weight > 1 for weight in weights)
+        raise ClientError("text", f"costs {sum(costs)} (beam_size {beam_size} x {sum(lengths)} source tokens"
+                                  f"{' x constraints and alternatives' if weighed else ''}); at most {max_cost} per "
+                                  "request: send fewer or shorter texts, or a smaller beam_size"
+                                  f"{', fewer constraints or alternatives' if weighed else ''}", status=413)
     return costs
+
+
+def steering_weight(decoding: Decoding, text: SteeredText) -> int:
+    """How many plain decodes of `text` its steering costs: 1 + its constraints (each beam is also extended by
+    every phrase's next token, and the search cannot end before the phrases are in), times the alternatives
+    (each is completed by a search of its own)."""
+    return (1 + len(text.steer.constraints)) * (decoding.n_alternatives or 1)
 
 
 def check_attribution_cost(cost: Cost, max_cost: int) -> None:
@@ -107,6 +143,12 @@ def check_attribution_cost(cost: Cost, max_cost: int) -> None:
         cheaper = " or input_x_gradient" if cost.steps > 1 else ""
         raise ClientError("attribution", f"{cost}; at most {max_cost} per request: send a shorter text{cheaper}",
                           status=413)
+
+
+def _steers(texts: Sequence[SteeredText]) -> list[Steer] | None:
+    """The texts' steering as `Translator.translate` takes it; None where none is steered (the plain search)."""
+    steers = [text.steer for text in texts]
+    return steers if any(steer != Steer() for steer in steers) else None
 
 
 def served_runs(specs: Sequence[str]) -> list[tuple[str, Path]]:
@@ -150,12 +192,16 @@ class ModelRegistry:
             raise ClientError("model", f"unknown model {name!r}; served: {', '.join(self.models)}", status=404)
         return self.models[name]
 
-    def decoding(self, name: str | None, beam_size: int | None, n_best: int | None,
-                 length_penalty: float | None) -> Decoding:
+    def decoding(self, name: str | None, beam_size: int | None, n_best: int | None, length_penalty: float | None,
+                 no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
+                 n_alternatives: int | None = None) -> Decoding:
         """A request's decoding settings, each defaulting to the run's own; checked against each other."""
         served = self.get(name)
-        settings = DecodingOptions.resolve(served.loaded.config.decoding, beam_size, n_best, length_penalty)
-        return Decoding(**asdict(settings), model=served.name)
+        if n_alternatives is not None and n_best is not None:
+            raise ClientError("n_alternatives", "replaces the n-best list: give n_best or n_alternatives")
+        settings = DecodingOptions.resolve(served.loaded.config.decoding, beam_size, n_best, length_penalty,
+                                           no_repeat_ngram_size, repetition_penalty)
+        return Decoding(**asdict(settings), model=served.name, n_alternatives=n_alternatives)
 
     def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
         """Refuse what cannot be translated faithfully: no texts, too many, an empty one, or one longer than the
@@ -178,9 +224,44 @@ class ModelRegistry:
                                                         f"{limit} ({setting})")
         return lengths
 
-    def translate(self, decoding: Decoding, texts: Sequence[str]) -> list[Translation]:
-        return self.models[decoding.model].translator.translate(texts, decoding.beam_size, decoding.n_best,
-                                                                decoding.length_penalty)
+    def check_steering(self, decoding: Decoding, texts: Sequence[SteeredText], lengths: Sequence[int]) -> None:
+        """Refuse a prefix or constraint that cannot be in the translation: empty, with a piece the target
+        vocabulary lacks, or longer than the text's output limit (decoding.max_ratio x its source tokens +
+        decoding.max_extra); `lengths` are the texts' source tokens (`check_texts`). Alternatives go with a
+        prefix, not with constraints."""
+        if decoding.n_alternatives is not None and any(text.steer.constraints for text in texts):
+            raise ClientError("n_alternatives", "goes with a prefix, not with constraints")
+        translator = self.models[decoding.model].translator
+        limits = translator.output_limits(torch.tensor(list(lengths))).tolist()
+        for text, limit in zip(texts, limits, strict=True):
+            for phrase, field in text.phrases():
+                tokens = len(translator.encode_target(phrase, field))
+                if tokens > limit:
+                    raise ClientError(field, f"{phrase!r} has {tokens} subword tokens; the translation of this text "
+                                             f"has at most {limit} (decoding.max_ratio x its source tokens + "
+                                             "decoding.max_extra)")
+
+    def translate(self, decoding: Decoding, texts: Sequence[str], steers: Sequence[Steer] | None = None,
+                  listener: TokenListener | None = None) -> list[Translation]:
+        """Translate `texts` as `decoding` says, each steered by its `steers` entry when given."""
+        return self.models[decoding.model].translator.translate(
+            texts, decoding.beam_size, decoding.n_best, decoding.length_penalty, steers=steers,
+            no_repeat_ngram_size=decoding.no_repeat_ngram_size or None,  # 0 (off) is the run's own, not a value
+            repetition_penalty=decoding.repetition_penalty, n_alternatives=decoding.n_alternatives,
+            listener=listener)
+
+    def translate_steered(self, decoding: Decoding, texts: Sequence[SteeredText]) -> list[Translation]:
+        """The micro-batcher's decode: texts as requests sent them, steered where they asked for it."""
+        return self.translate(decoding, [text.text for text in texts], _steers(texts))
+
+    def stream(self, decoding: Decoding, text: SteeredText, emit: Callable[[StreamedToken], None]
+               ) -> tuple[Translation, str]:
+        """Translate one text, calling `emit` with each token of the best hypothesis as it is decoded
+        (nmt.inference.streaming.TextDeltas); returns the translation and what its text adds to the deltas
+        emitted (normally nothing). An exception `emit` raises ends the search."""
+        deltas = TextDeltas(self.models[decoding.model].loaded.tokenizer, emit)
+        [found] = self.translate(decoding, [text.text], _steers([text]), listener=deltas)
+        return found, deltas.rest(found.text)
 
     def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
                   head: int | None, threshold: float, words: bool = False, eos: bool = True

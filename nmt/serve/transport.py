@@ -1,16 +1,19 @@
 """The connection side of `nmt serve`, below the API: what uvicorn and Starlette leave unbounded. A deadline
 for receiving a request (`DeadlineH11Protocol`), a body size limit (`BodyLimit`), noticing a client that went
-away (`unless_disconnected`) and hearing SIGTERM before uvicorn's graceful shutdown ends (`hearing_shutdown`)."""
+away (`unless_disconnected`), hearing SIGTERM before uvicorn's graceful shutdown ends (`hearing_shutdown`), and
+carrying a decode thread's output to a server-sent-events response as it is made, stopping that thread's work
+once the response has ended (`EventStream`, `server_sent_event`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import h11
 from fastapi import Request
@@ -26,6 +29,44 @@ T = TypeVar("T")
 
 def error_response(status: int, field: str | None, message: str) -> JSONResponse:
     return JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
+
+
+def server_sent_event(event: str, data: Any) -> str:
+    """One event of a text/event-stream body: its name and its data as one line of JSON."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class Stopped(Exception):
+    """Raised in the thread that feeds an `EventStream` whose response has ended: it ends that thread's work."""
+
+
+class EventStream(Generic[T]):
+    """Items from a worker thread to a streaming response, in order, as they are made. The thread calls `put`;
+    the response iterates the stream until `end()` (a callback of the work's future, so every item put comes
+    first). Once the response has ended early (`stop()`: its client went away), `put` raises `Stopped` in the
+    thread instead, so the work ends at its next item rather than at its end. Made in the event loop."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stopped = threading.Event()
+
+    def put(self, item: T) -> None:
+        if self.stopped.is_set():
+            raise Stopped("the response has ended: its client went away")
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def end(self, *_: object) -> None:
+        self.queue.put_nowait(self._END)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        while (item := await self.queue.get()) is not self._END:
+            yield item
 
 
 
