@@ -1,11 +1,14 @@
 """The attention explorer page in a real browser: Debian's chromium driven by Playwright against a real
-`nmt serve` process on 127.0.0.1. Skipped, with the reason, where chromium or Playwright is missing (CI
+`nmt serve` process on 127.0.0.1 (the translation streamed as it is decoded, steered by a prefix and phrases),
+and inline as a notebook shows it. Skipped, with the reason, where chromium or Playwright is missing (CI
 installs chromium first: .ci/run)."""
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -156,5 +159,63 @@ def test_the_page_draws_the_attribution_under_the_attention_with_its_spearman(se
         page.wait_for_selector(f"{attribution} table.heatmap")
         page.select_option("#attribution", "")
         page.wait_for_selector(attribution, state="detached")
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+        browser.close()
+
+
+RECORD_TRANSLATIONS = """() => {
+  window.shownTranslations = [];
+  new MutationObserver((records) => records.forEach((record) => {
+    if (record.target.matches?.(".panel[data-model=transformer] .translation")) {
+      record.addedNodes.forEach((node) => window.shownTranslations.push(node.textContent));
+    }
+  })).observe(document.querySelector("#panels"), {childList: true, subtree: true});
+}"""
+"""Records every text the transformer panel's translation shows (each a text node added in its turn)."""
+
+
+def test_the_page_shows_the_translation_growing_as_it_is_streamed_with_its_prefix_and_phrases(server):
+    port = server
+    text, prefix, phrases = "ab ca de fo gu", "GU", ["PA", "MI"]
+    with playwright.sync_playwright() as p:
+        browser, page = open_page(p, port)
+        page.fill("#text", text)
+        page.fill("#beam", "1")  # greedy: every token is final as soon as it is decoded
+        page.fill("#prefix", prefix)
+        page.fill("#constraints", ", ".join(phrases))
+        page.evaluate(RECORD_TRANSLATIONS)
+        page.click("#translate")
+        transformer = ".panel[data-model=transformer]"
+        page.wait_for_selector(f"{transformer} .nbest li")
+        page.wait_for_selector(f"{transformer} .attention > table.heatmap td.cell")
+
+        expected = post(port, "/translate", {"text": text, "model": "transformer", "beam_size": 1,
+                                             "prefix": prefix, "constraints": phrases})["translations"][0]
+        final = page.inner_text(f"{transformer} .translation")
+        assert final == expected["text"] and final.startswith(prefix) and all(p in final for p in phrases)
+        assert page.inner_text(f"{transformer} .nbest li .hyp") == final
+        states = page.evaluate("window.shownTranslations")
+        assert states[-1] == final and len(set(states)) > 2, states  # shown growing, token by token
+        assert all(final.startswith(state) for state in states)
+        unsteered = post(port, "/attention", {"text": text, "model": "transformer", "beam_size": 1})["translation"]
+        assert unsteered != final  # the attention drawn is of the plain translation, and says so
+        assert unsteered in page.inner_text(f"{transformer} .attention .unsteered")
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+        browser.close()
+
+
+def test_the_page_inline_in_a_notebook_translates_from_its_embedded_data(trained_transformer):
+    """Without a server the page cannot stream: it answers from the data embedded (nmt.api.inline)."""
+    import nmt
+
+    view = nmt.load(trained_transformer).attention("ab ca de")
+    srcdoc = html.unescape(re.search(r'srcdoc="([^"]*)"', view._repr_html_()).group(1))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.set_content(srcdoc)
+        page.wait_for_selector(".attention > table.heatmap td.cell")
+        assert page.inner_text(".panel .translation") == reverse_words("ab ca de")
+        assert page.locator(".panel .attention .unsteered").count() == 0
         assert "error" not in (page.get_attribute("#status", "class") or "")
         browser.close()

@@ -1,6 +1,7 @@
-// The attention explorer: one panel per chosen model, each with its translation, n-best list and heatmap,
-// and on demand the gradient attribution of the same translation under it, drawn from POST /translate and
-// POST /attention. Plain DOM, no external files (works offline).
+// The attention explorer: one panel per chosen model, each with its translation (shown as it is decoded, from
+// POST /translate/stream, optionally begun with a prefix and holding required phrases), n-best list and
+// heatmap, and on demand the gradient attribution of the same translation under it, drawn from POST /translate
+// and POST /attention. Plain DOM, no external files (works offline).
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -19,16 +20,65 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
+function post(body) {
+  return {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+}
+
+// An error answer ({"error": {"field", "message"}}) as an Error naming the field.
+function apiError(data, response) {
+  const error = data.error || {};
+  return new Error(error.field ? `${error.field}: ${error.message}` : (error.message || response.statusText));
+}
+
 async function api(path, body) {
-  const response = await fetch(path, body === undefined ? {} : {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
-  });
+  const response = await fetch(path, body === undefined ? {} : post(body));
   const data = await response.json();
-  if (!response.ok) {
-    const error = data.error || {};
-    throw new Error(error.field ? `${error.field}: ${error.message}` : (error.message || response.statusText));
-  }
+  if (!response.ok) throw apiError(data, response);
   return data;
+}
+
+// The server-sent events of a response body as [name, data] pairs, as they arrive.
+async function* serverSentEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return;
+    buffer += value;
+    for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+      const fields = Object.fromEntries(buffer.slice(0, end).split("\n").map((line) => {
+        const colon = line.indexOf(":");
+        return [line.slice(0, colon), line.slice(colon + 1).trim()];
+      }));
+      buffer = buffer.slice(end + 2);
+      yield [fields.event, JSON.parse(fields.data)];
+    }
+  }
+}
+
+// One translation from POST /translate/stream: `shown` gets the text so far at each token that adds to it; returns
+// the `done` event's data (a /translate translation). Where the answer has no body to read (the page inline in a
+// notebook answers from embedded data), one POST /translate instead.
+async function translateStreaming(request, shown) {
+  const response = await fetch("/translate/stream", post(request));
+  if (!response.body) return (await api("/translate", request)).translations[0];
+  if (!response.ok) throw apiError(await response.json(), response);
+  let text = "";
+  for await (const [name, data] of serverSentEvents(response.body)) {
+    if (name === "token" && data.delta) {
+      text += data.delta;
+      shown(text);
+    } else if (name === "done") return data;
+    else if (name === "error") throw apiError(data, response);
+  }
+  throw new Error("the translation stream ended before its last event");
+}
+
+// The prefix and the required phrases (comma- or newline-separated) typed, as request fields.
+function steering() {
+  const prefix = $("#prefix").value;
+  const constraints = $("#constraints").value.split(/[,\n]/).map((phrase) => phrase.trim()).filter(Boolean);
+  return {...(prefix.trim() ? {prefix} : {}), ...(constraints.length ? {constraints} : {})};
 }
 
 function setStatus(message, isError = false) {
@@ -99,7 +149,8 @@ function selector(label, cls, options, value) {
   return [element("label", {}, `${label} `, select), select];
 }
 
-// One model's panel: translation, n-best, then the attention view for its kind / layer / head selection.
+// One model's panel: translation (growing as it is decoded), n-best, then the attention view for its kind /
+// layer / head selection.
 class Panel {
   constructor(name) {
     this.info = models[name];
@@ -107,7 +158,7 @@ class Panel {
     this.choice = {kind: "cross", layer: this.info.kinds.cross, head: null};
   }
 
-  async show(text, beam, threshold) {
+  async show(text, beam, threshold, steered) {
     this.text = text;
     this.beam = beam;
     this.threshold = threshold;
@@ -118,17 +169,25 @@ class Panel {
       element("div", {class: "meta", text: `${info.architecture}, ${info.src_lang} → ${info.tgt_lang}, ` +
         `${info.parameters.toLocaleString()} parameters${bleu}`}),
     );
-    const nBest = Math.min(beam, 5);
-    const translated = await api("/translate", {text, model: info.name, beam_size: beam, n_best: nBest});
-    const found = translated.translations[0];
+    const request = {text, model: info.name, beam_size: beam, ...steered};
+    const translation = element("div", {class: "translation"});
     const list = element("ol", {class: "nbest"});
+    this.attentionNode = element("div", {class: "attention"});
+    this.node.append(translation,
+      element("details", {open: ""}, element("summary", {text: `n-best (beam ${beam}), score = log p / length penalty`}), list),
+      this.attentionNode);
+    const found = await translateStreaming(request, (sofar) => { translation.textContent = sofar; });
+    this.translation = found.text;
+    translation.textContent = found.text;
+    if (found.missing.length) translation.after(element("div", {class: "meta missing",
+      text: `lacks ${found.missing.join(", ")}: the beam or the length limit left no room`}));
+    await Promise.all([this.listBest(request, list), this.drawAttention()]);
+  }
+
+  async listBest(request, list) {
+    const found = (await api("/translate", {...request, n_best: Math.min(this.beam, 5)})).translations[0];
     found.hypotheses.forEach((h) => list.append(
       element("li", {}, element("span", {class: "score", text: fixed(h.score)}), element("span", {class: "hyp", text: h.text}))));
-    this.node.append(element("div", {class: "translation", text: found.text}),
-      element("details", {open: ""}, element("summary", {text: `n-best (beam ${beam}), score = log p / length penalty`}), list));
-    this.attentionNode = element("div", {class: "attention"});
-    this.node.append(this.attentionNode);
-    await this.drawAttention();
   }
 
   selectors() {
@@ -174,6 +233,8 @@ class Panel {
     const children = [this.selectors(),
       element("div", {class: "meta", text: `${where}: mean entropy ${fixed(entropy)} ± ${fixed(std)} nats, ` +
         `mean max weight ${fixed(view.summary.max_weight[0])}`}),
+      ...(view.translation === this.translation ? [] : [element("div", {class: "meta unsteered",
+        text: `of the translation without the prefix and phrases: ${view.translation}`})]),
       heatmap(view.row_tokens, view.col_tokens, view.weights, {threshold: this.threshold, hover, columns: [
         ["entropy", "entropy", view.entropy.map((e) => fixed(e))],
         ["max", "max-weight", view.max_weight.map((m) => fixed(m))]]}),
@@ -222,7 +283,8 @@ async function translate(event) {
   $("#panels").replaceChildren(...panels.map((panel) => panel.node));
   try {
     const started = performance.now();
-    await Promise.all(panels.map((panel) => panel.show(text, beam, threshold)));
+    const steered = steering();
+    await Promise.all(panels.map((panel) => panel.show(text, beam, threshold, steered)));
     setStatus(`done in ${Math.round(performance.now() - started)} ms`);
   } catch (err) {
     setStatus(err.message, true);
