@@ -2,12 +2,14 @@
   1. one client at a time: single-sentence latency p50 / p95 and requests/s;
   2. N concurrent clients for a fixed time: requests/s, latency, errors;
   3. a soak of R requests from N clients: errors, and the server's resident memory after it against after
-     warm-up.
+     warm-up;
+  with --stream S, during phase 2: S streamed translations (POST /translate/stream) one after another, the
+  time to each one's first token event and the gaps between its events, as the client reads them.
 Every phase is bounded in requests and seconds; the server is stopped with SIGTERM at the end and must exit
 cleanly. Prints a table and writes JSON.
 
     python scripts/serve_bench.py --model runs/enja_bahdanau [--clients 16] [--seconds 60] \
-        [--soak-requests 10000] [--beam-size 1] [--json serve_bench.json]
+        [--soak-requests 10000] [--beam-size 1] [--stream 50] [--json serve_bench.json]
 
 Sentences are the run's dev sources (its config's data.dev), one per request, cycled.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -87,6 +90,11 @@ class Client:
         return status, time.perf_counter() - start
 
 
+def percentile_ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+
 def load(port: int, sentences: list[str], clients: int, beam: int, seconds: float | None = None,
          requests: int | None = None) -> dict:
     """`clients` threads send requests until `seconds` pass or `requests` are sent in all."""
@@ -117,13 +125,45 @@ def load(port: int, sentences: list[str], clients: int, beam: int, seconds: floa
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    ordered = sorted(latencies)
-
-    def percentile(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
-
     return {"clients": clients, "requests": len(latencies), "errors": errors[0], "seconds": wall,
-            "requests_per_s": len(latencies) / wall, "p50_ms": percentile(0.5), "p95_ms": percentile(0.95)}
+            "requests_per_s": len(latencies) / wall, "p50_ms": percentile_ms(latencies, 0.5),
+            "p95_ms": percentile_ms(latencies, 0.95)}
+
+
+def event_times(port: int, text: str, beam: int) -> list[float] | None:
+    """One POST /translate/stream: when each of its events was read (perf_counter seconds), the request's start
+    first; None if it failed."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = [time.perf_counter()]
+    try:
+        connection.request("POST", "/translate/stream", json.dumps({"text": text, "beam_size": beam}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            return None
+        times += [time.perf_counter() for line in iter(response.readline, b"") if line.startswith(b"event: ")]
+    except OSError:
+        return None
+    finally:
+        connection.close()
+    return times
+
+
+def streams(port: int, sentences: list[str], count: int, beam: int) -> dict:
+    """`count` streamed translations one after another: time to the first token event, gaps between events."""
+    first: list[float] = []
+    gaps: list[float] = []
+    errors = 0
+    for i in range(count):
+        times = event_times(port, sentences[i % len(sentences)], beam)
+        if times is None or len(times) < 2:
+            errors += 1
+            continue
+        first.append(times[1] - times[0])
+        gaps += [later - earlier for earlier, later in itertools.pairwise(times[1:])]
+    return {"requests": count, "errors": errors, "first_token_p50_ms": percentile_ms(first, 0.5),
+            "first_token_p95_ms": percentile_ms(first, 0.95), "gap_p50_ms": percentile_ms(gaps, 0.5),
+            "gap_p95_ms": percentile_ms(gaps, 0.95), "gap_max_ms": percentile_ms(gaps, 1.0)}
 
 
 def dev_sentences(run: Path) -> list[str]:
@@ -142,6 +182,8 @@ def main() -> None:
     parser.add_argument("--single-requests", type=int, default=300, help="requests of the one-client phase")
     parser.add_argument("--soak-requests", type=int, default=10_000)
     parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--stream", type=int, default=0, help="streamed translations timed during the concurrent "
+                        "phase, one after another")
     parser.add_argument("--server-option", action="append", default=[], help="passed to nmt serve, e.g. "
                         "--server-option=--batch-wait-ms=2")
     parser.add_argument("--json", type=Path)
@@ -156,7 +198,13 @@ def main() -> None:
         load(port, sentences, 1, args.beam_size, requests=20)  # warm-up
         figures["single"] = load(port, sentences, 1, args.beam_size, requests=args.single_requests)
         figures["rss_after_warmup_mb"] = rss_mb(server.pid)
+        streamer = threading.Thread(target=lambda: figures.update(
+            stream=streams(port, sentences, args.stream, args.beam_size))) if args.stream else None
+        if streamer:
+            streamer.start()
         figures["concurrent"] = load(port, sentences, args.clients, args.beam_size, seconds=args.seconds)
+        if streamer:
+            streamer.join()
         figures["soak"] = load(port, sentences, args.clients, args.beam_size, requests=args.soak_requests,
                                seconds=max(args.seconds, 1.0) * 20)
         figures["rss_after_soak_mb"] = rss_mb(server.pid)
@@ -178,6 +226,11 @@ def main() -> None:
         f = figures[phase]
         print(f"{phase:10}  clients {f['clients']:3}  requests {f['requests']:6}  errors {f['errors']:3}  "
               f"{f['requests_per_s']:8.1f} req/s  p50 {f['p50_ms']:7.1f} ms  p95 {f['p95_ms']:7.1f} ms")
+    if "stream" in figures:
+        f = figures["stream"]
+        print(f"{'stream':10}  requests {f['requests']:6}  errors {f['errors']:3}  first token p50 "
+              f"{f['first_token_p50_ms']:7.1f} ms  p95 {f['first_token_p95_ms']:7.1f} ms  gaps between events p50 "
+              f"{f['gap_p50_ms']:6.1f} ms  p95 {f['gap_p95_ms']:6.1f} ms  max {f['gap_max_ms']:6.1f} ms")
     print(f"throughput {args.clients} clients / 1 client: {figures['throughput_ratio']:.2f}x; server RSS "
           f"{figures['rss_after_warmup_mb']:.0f} MB after warm-up, {figures['rss_after_soak_mb']:.0f} MB after the "
           f"soak ({figures['rss_ratio']:.3f}x); clean shutdown on SIGTERM: {figures['clean_shutdown']}, "
