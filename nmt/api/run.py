@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,8 @@ from nmt.inference.forced import ScoredPair, score_with
 from nmt.inference.metrics import Score
 from nmt.inference.options import DecodingOptions
 from nmt.inference.scoring import decode_and_score
+from nmt.inference.steer import Glossary, Term, steer_lines
+from nmt.inference.streaming import StreamedToken, TextDeltas
 from nmt.inference.translate import Translator
 from nmt.inspect.attribution import METHODS, AttributionView, attribution_view
 from nmt.inspect.view import attention_view, layer_views, pick
@@ -32,6 +34,46 @@ if TYPE_CHECKING:
     from nmt.inspect.comparison import RunSummary
 
 
+def _per_text(value: str | Sequence[str] | None, count: int, field: str) -> list[str] | None:
+    """One text for every text, or a sequence of one per text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [arguments.text(value, field)] * count
+    found = arguments.texts(value, field)
+    if len(found) != count:
+        raise ArgumentError(field, f"{len(found)} for {count} texts: give one for every text or one per text")
+    return found
+
+
+def _constraints_per_text(value: Sequence[str] | Sequence[Sequence[str]] | None, count: int
+                          ) -> list[list[str]] | None:
+    """Phrases for every text (a sequence of strings), or a sequence of phrase lists, one per text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ArgumentError("constraints", "a list of phrases (or of phrase lists, one per text), not one string")
+    items = list(value)
+    if all(isinstance(item, str) for item in items):
+        return [arguments.texts(items, "constraints")] * count
+    if len(items) != count:
+        raise ArgumentError("constraints", f"{len(items)} phrase lists for {count} texts: one per text")
+    return [arguments.texts(item, f"constraints[{i}]") if not isinstance(item, str) else [item]
+            for i, item in enumerate(items)]
+
+
+def _glossary(value: Glossary | Mapping[str, str] | str | Path | None) -> Glossary | None:
+    if value is None or isinstance(value, Glossary):
+        return value
+    if isinstance(value, Mapping):
+        terms = [Term(arguments.text(source, "glossary").strip(), arguments.text(target, f"glossary[{source!r}]")
+                      .strip(), number) for number, (source, target) in enumerate(value.items(), start=1)]
+        if any(not term.source or not term.target for term in terms):
+            raise ArgumentError("glossary", "a source or target term is empty")
+        return Glossary(terms)
+    return Glossary.read(Path(value))
+
+
 @dataclass
 class Hypothesis:
     text: str
@@ -41,11 +83,13 @@ class Hypothesis:
 
 @dataclass
 class Translation:
-    """One source text's translation: `text` is the best of `hypotheses` (n-best, best first)."""
+    """One source text's translation: `text` is the best of `hypotheses` (n-best or alternatives, best first);
+    `missing` lists the constraints it lacks (the beam or the length limit left no room; a warning says so)."""
 
     source: str
     text: str
     hypotheses: list[Hypothesis]
+    missing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,13 +138,35 @@ class Run:
         return eval_set(self.config.data, name)
 
     def translate(self, texts: str | Sequence[str], beam_size: int | None = None, n_best: int | None = None,
-                  length_penalty: float | None = None) -> list[Translation]:
+                  length_penalty: float | None = None, *, prefix: str | Sequence[str] | None = None,
+                  constraints: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                  glossary: Glossary | Mapping[str, str] | str | Path | None = None,
+                  no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
+                  n_alternatives: int | None = None, on_token: Callable[[StreamedToken], None] | None = None
+                  ) -> list[Translation]:
         """Translate raw texts (one string or several); beam size, n-best and length penalty default to the run's
         decoding settings, within the command line's bounds. Each result holds the `n_best` hypotheses with their
-        scores."""
-        found = self._translator.translate(arguments.texts(texts, "texts"), beam_size, n_best, length_penalty)
+        scores.
+
+        Steering: `prefix` (one for every text, or one per text) begins each translation; `constraints` (phrases
+        for every text, or a list of phrases per text) must appear in it, and so must the target term of each
+        `glossary` entry (a Glossary, a {source term: target term} mapping or a glossary file) whose source term
+        the text contains. `no_repeat_ngram_size` and `repetition_penalty` default to the run's.
+        `n_alternatives` K returns the K best continuations that differ at the first word after the prefix.
+        `on_token` (one text) receives each token of the best hypothesis as it is decoded, its text `delta`s
+        joining to the translation."""
+        lines = arguments.texts(texts, "texts")
+        steers = steer_lines(lines, _per_text(prefix, len(lines), "prefix"),
+                             _constraints_per_text(constraints, len(lines)), _glossary(glossary))
+        listener = TextDeltas(self.loaded.tokenizer, on_token) if on_token is not None else None
+        found = self._translator.translate(lines, beam_size, n_best, length_penalty, steers=steers,
+                                           no_repeat_ngram_size=no_repeat_ngram_size,
+                                           repetition_penalty=repetition_penalty, n_alternatives=n_alternatives,
+                                           listener=listener)
+        if listener is not None and found:
+            listener.rest(found[0].text)  # the deltas are the whole text: nothing is left over
         return [Translation(t.source, t.text, [Hypothesis(text, h.score, h.log_prob)
-                                               for h, text in zip(t.hypotheses, t.texts, strict=True)])
+                                               for h, text in zip(t.hypotheses, t.texts, strict=True)], t.missing)
                 for t in found]
 
     def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int, words: bool = False,

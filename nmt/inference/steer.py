@@ -90,3 +90,12 @@ def read_aligned(path: Path, count: int, what: str) -> list[str]:
     if len(lines) != count:
         raise DataError(f"{path}: {len(lines)} lines of {what} for {count} source lines: they go line by line")
     return lines
+
+
+def line_constraints(every: Sequence[str], path: Path | None, count: int) -> list[list[str]] | None:
+    """Each of `count` lines' constraints: the phrases in `every`, then the line's own from `path` (a line of
+    tab-separated phrases per source line); None when there are none."""
+    if not every and path is None:
+        return None
+    own = read_aligned(path, count, "constraints") if path is not None else [""] * count
+    return [[*every, *(phrase for phrase in line.split("\t") if phrase.strip())] for line in own]

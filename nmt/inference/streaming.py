@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from nmt.data.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from nmt.inference.search import Sampling
+    from nmt.inference.steer import Steer
+    from nmt.inference.translate import Translation, Translator
 
 INCOMPLETE = "\ufffd"  # what decoding shows for the first bytes of a character whose last byte is still to come
 
@@ -43,3 +49,14 @@ class TextDeltas:
         if not final.startswith(self.sent):  # cannot happen with SentencePiece: decoding more adds text
             raise AssertionError(f"streamed {self.sent!r}, which does not begin {final!r}")
         return final[len(self.sent):]
+
+
+def stream_line(translator: Translator, line: str, write: Callable[[str], None], beam_size: int | None = None, *,
+                sampling: Sampling | None = None, steer: Steer | None = None, **options: Any) -> Translation:
+    """Translate one line, passing its text to `write` piece by piece as it is decoded, then a line end;
+    `options` are `Translator.translate`'s."""
+    deltas = TextDeltas(translator.tokenizer, lambda token: write(token.delta) if token.delta else None)
+    found = translator.translate([line], beam_size, sampling=sampling, steers=[steer] if steer else None,
+                                 listener=deltas, **options)[0]
+    write(deltas.rest(found.text) + "\n")
+    return found

@@ -5,9 +5,10 @@ length, decode greedily or with a beam, restore the input order, detokenize. Use
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from nmt.inference.ensemble import load_models
 from nmt.inference.options import DecodingOptions
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.inference.steer import Steer
+from nmt.inference.streaming import stream_line
 from nmt.models.interface import Decoder
 from nmt.progress import progress_bar
 from nmt.runs.loading import DecodingRun
@@ -206,7 +208,7 @@ class Translator:
         cleaned = [normalize(line, self.clean) for line in lines]  # as the training corpus was cleaned
         encoded = self.encode(cleaned)
         todo = [i for i, line in enumerate(cleaned) if has_content(line)]
-        if listener is not None and len(todo) != 1:
+        if listener is not None and len(todo) > 1:
             raise ArgumentError("stream", f"streams one sentence at a time, not {len(todo)}")
         targets = self._targets(steers, encoded) if steers is not None else None
         controls = Controls(prefixes=[targets[i].prefix for i in todo] if targets else None,
@@ -279,18 +281,37 @@ def _contains(tokens: Sequence[int], phrase: Sequence[int]) -> bool:
 class TranslatedLines:
     translations: list[Translation]
     beam_size: int
-    n_best: int
+    n_best: int  # hypotheses per line: the n-best, or the alternatives asked for
+
+    @property
+    def listed(self) -> bool:
+        """Whether each line has several hypotheses to list."""
+        return self.n_best > 1
 
 
 def translate_lines(run_dir: Path | Sequence[Path], lines: Sequence[str], beam_size: int | None = None,
                     n_best: int | None = None, checkpoint: str = "best", overrides: Sequence[str] = (),
                     progress: bool = False, sampling: Sampling | None = None, quantize: str | None = None,
-                    runtime: str = "torch") -> TranslatedLines:
+                    runtime: str = "torch", *, steers: Sequence[Steer] | None = None,
+                    no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
+                    n_alternatives: int | None = None, stream: Callable[[str], None] | None = None
+                    ) -> TranslatedLines:
     """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings.
-    With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble."""
+    With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble.
+    `steers`, the n-gram size, the repetition penalty and the alternatives are `Translator.translate`'s; with
+    `stream`, lines are decoded one at a time and each one's text is passed to it as it is decoded, then a
+    line end."""
     loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
     settings = DecodingOptions.resolve(loaded.config.decoding, 1 if sampling else beam_size,
                                        1 if sampling else n_best)
-    translations = Translator.for_run(loaded).translate(lines, settings.beam_size, settings.n_best,
-                                                        progress=progress, sampling=sampling)
-    return TranslatedLines(translations, settings.beam_size, settings.n_best)
+    translator = Translator.for_run(loaded)
+    options: dict[str, Any] = dict(no_repeat_ngram_size=no_repeat_ngram_size,
+                                   repetition_penalty=repetition_penalty, n_alternatives=n_alternatives)
+    if stream is None:
+        translations = translator.translate(lines, settings.beam_size, settings.n_best, progress=progress,
+                                            sampling=sampling, steers=steers, **options)
+    else:
+        translations = [stream_line(translator, line, stream, settings.beam_size, sampling=sampling,
+                                    steer=steers[i] if steers else None, **options)
+                        for i, line in enumerate(lines)]
+    return TranslatedLines(translations, settings.beam_size, n_alternatives or settings.n_best)
