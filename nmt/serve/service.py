@@ -130,9 +130,10 @@ def decoding_costs(beam_size: int, lengths: Sequence[int], max_cost: int, weight
 
 
 def steering_weight(decoding: Decoding, text: SteeredText) -> int:
-    """How many plain decodes of `text` its steering costs: 1 + its constraints (each beam is also extended by
-    every phrase's next token, and the search cannot end before the phrases are in), times the alternatives
-    (each is completed by a search of its own)."""
+    """How many plain decodes of `text` its steering costs at most: 1 + its constraints (each beam is also
+    extended by every phrase's next token, and the search cannot end before the phrases are in; the time
+    measured grows more slowly than this, so the bound errs high), times the alternatives (each is completed by
+    a search of its own)."""
     return (1 + len(text.steer.constraints)) * (decoding.n_alternatives or 1)
 
 
