@@ -3,14 +3,16 @@
     NMT_DATA_MIRROR=../shared/data python scripts/steer_bench.py runs/multi30k_deen_transformer
 
 - terms: the test pairs are word-aligned with the training corpus (eflomal, as `nmt align --prepare` aligns);
-  for each sentence, up to two reference words aligned to a source word that the unconstrained translation
-  lacks become glossary entries (source word TAB reference word). Prints the term-use rate (the share of the
+  for each sentence, up to two reference words aligned to a source word (not one of the training corpus's
+  100 most frequent) that the unconstrained translation lacks become that sentence's glossary entries
+  (source word TAB reference word). Prints the term-use rate (the share of the
   terms the glossary calls for in each sentence that its translation contains) and BLEU, without and with
   the glossary; then the same with one random reference word per sentence as its constraint.
 - speed: sentences/s of beam 5 with 0, 1, 2 and 4 constraints (random reference words) on --speed-sentences
   test sentences, against the unconstrained search, best of --repeats.
 - prefix: the first 1 to 5 reference words forced as the prefix; how often the next word of the translation is
-  the reference's next word (the interactive suggestion).
+  the reference's next word (the interactive suggestion), and how often the search continued the prefix's last
+  word with a piece that does not start a word ("harvest" -> "harvestes").
 One JSON object per measurement on standard output."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import random
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import sacrebleu
@@ -32,6 +35,7 @@ from nmt.inference.translate import Translator
 from nmt.runs.loading import load_model
 
 WORD = re.compile(r"^\w{3,}$")  # a term: letters (or digits), three or more
+FREQUENT = 100  # the most frequent source words of the training corpus are not terms (articles, prepositions)
 
 
 def bare(word: str) -> str:
@@ -56,23 +60,23 @@ def terms(translator: Translator, sources: list[str], references: list[str], tra
     started = time.perf_counter()
     links = align_words(train[0] + sources, train[1] + references)[len(train[0]):]
     aligned_s = time.perf_counter() - started
+    frequent = {w for w, _ in Counter(bare(w) for line in train[0] for w in line.split()).most_common(FREQUENT)}
     plain = [t.text for t in translator.translate(sources)]
-    chosen: dict[str, str] = {}
+    glossaries = []
     for source, reference, hypothesis, pairs in zip(sources, references, plain, links, strict=True):
         src_words, ref_words = source.split(), reference.split()
-        picked = 0
+        entries: list[Term] = []
         for s, t in sorted(pairs):
             src, tgt = bare(src_words[s]), bare(ref_words[t])
-            if picked == 2 or not (WORD.match(src) and WORD.match(tgt)) or src in chosen:
+            if len(entries) == 2 or not (WORD.match(src) and WORD.match(tgt)) or src in frequent:
                 continue
-            if has_word(hypothesis, tgt) or ref_words.count(ref_words[t]) > 1:
+            if has_word(hypothesis, tgt) or any(e.source == src or e.target == tgt for e in entries):
                 continue
-            chosen[src] = tgt
-            picked += 1
-    glossary = Glossary([Term(s, t, i + 1) for i, (s, t) in enumerate(chosen.items())])
-    required = [glossary.targets_for(source) for source in sources]
+            entries.append(Term(src, tgt, len(entries) + 1))
+        glossaries.append(Glossary(entries, "sentence glossary"))
+    required = [glossary.targets_for(source) for glossary, source in zip(glossaries, sources, strict=True)]
     steered = translator.translate(sources, steers=[Steer(constraints=tuple(r)) for r in required])
-    print(json.dumps({"measure": "glossary", "entries": len(chosen), "sentences_with_terms": sum(map(bool, required)),
+    print(json.dumps({"measure": "glossary", "sentences_with_terms": sum(map(bool, required)),
                       "terms_required": sum(map(len, required)), "align_s": round(aligned_s, 1),
                       "term_use_without": round(term_use(plain, required), 3),
                       "term_use_with": round(term_use([t.text for t in steered], required), 3),
@@ -115,9 +119,11 @@ def prefix(translator: Translator, sources: list[str], references: list[str]) ->
         found = translator.translate([s for s, _ in pairs], steers=[Steer(prefix=" ".join(r[:k])) for _, r in pairs])
         matches = [len(t.text.split()) > k and t.text.split()[k] == r[k] for t, (_, r) in zip(found, pairs,
                                                                                                 strict=True)]
-        starts = all(t.text.split()[:k] == r[:k] for t, (_, r) in zip(found, pairs, strict=True))
+        starts = all(t.text.startswith(" ".join(r[:k])) for t, (_, r) in zip(found, pairs, strict=True))
+        longer = sum(t.text.split()[k - 1] != r[k - 1] for t, (_, r) in zip(found, pairs, strict=True))
         print(json.dumps({"measure": "prefix", "words": k, "sentences": len(pairs),
-                          "next_word_match": round(sum(matches) / len(pairs), 3), "prefix_kept": starts}),
+                          "next_word_match": round(sum(matches) / len(pairs), 3), "text_begins_with_prefix": starts,
+                          "last_prefix_word_continued": longer}),
               flush=True)
 
 

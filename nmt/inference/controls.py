@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 TokenListener = Callable[[list[int]], None]
-"""Called with the next tokens of the best hypothesis (never taken back; EOS never included). It may raise to
-stop the search (a streaming client that went away)."""
+"""Called after every search step with the tokens of the best hypothesis that became final at it (none, or
+several; never taken back; EOS never included). It may raise to stop the search (a streaming client that went
+away)."""
 
 
 @dataclass(frozen=True)

@@ -157,8 +157,8 @@ def greedy_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.T
         step_attention = weights.new_zeros(batch, weights.shape[-1])
         step_attention[rows] = weights
         attention.append(step_attention)
-        if controls.listener is not None and int(best[0]) != eos:
-            controls.listener([int(best[0])])
+        if controls.listener is not None:
+            controls.listener([int(best[0])] if int(best[0]) != eos else [])
         finished |= (best == eos) | (t + 1 >= max_lengths[rows])
         if bool(finished.all()):
             break
@@ -333,9 +333,8 @@ class _Stream:
         live = [row for row, score in zip(history.tolist(), scores.tolist(), strict=True) if score > float("-inf")]
         shared = _common_prefix(live + [h for h in self.finished if h])
         shared = shared[:-1] if shared and shared[-1] == self.eos else shared
-        if len(shared) > self.sent:
-            self.listener(shared[self.sent:])
-            self.sent = len(shared)
+        self.listener(shared[self.sent:])  # every step, so that the listener can stop the search
+        self.sent = max(self.sent, len(shared))
 
     def end(self, best: list[int]) -> None:
         if len(best) > self.sent:

@@ -28,14 +28,19 @@ class StreamedToken:
 class TextDeltas:
     """A token listener that detokenizes the tokens so far after each one and sends `emit` the text added since
     the last time. A text that is not settled (it does not extend what was sent, or ends in a partial
-    character) sends nothing until it is; `rest(final)` is what the final text adds after all of them."""
+    character) sends nothing until it is; `rest(final)` is what the final text adds after all of them.
+    `every_step` is called at each search step, tokens or not: it may raise to stop the search at once (a
+    beam can go many steps without a token that is final)."""
 
-    def __init__(self, tokenizer: Tokenizer, emit: Callable[[StreamedToken], None]):
-        self.tokenizer, self.emit = tokenizer, emit
+    def __init__(self, tokenizer: Tokenizer, emit: Callable[[StreamedToken], None],
+                 every_step: Callable[[], None] | None = None):
+        self.tokenizer, self.emit, self.every_step = tokenizer, emit, every_step
         self.tokens: list[int] = []
         self.sent = ""
 
     def __call__(self, ids: list[int]) -> None:
+        if self.every_step is not None:
+            self.every_step()
         for token in ids:
             self.tokens.append(token)
             text = self.tokenizer.decode_tgt(self.tokens)

@@ -2,7 +2,8 @@
 are decoded as one batch (the texts are whatever the decode function takes for one: the server's carry their
 own steering), on one worker thread, so that the event loop keeps accepting requests and
 throughput grows with the number of concurrent clients. One worker thread means one decode at a time: torch
-already spreads each decode over the CPU's cores.
+already spreads each decode over the CPU's cores. A streamed translation decodes on a second thread, beside the
+batches, so that its first token does not wait for a chunk in progress.
 
 Bounds. The worker takes the first waiting request, then gathers more for at most `max_wait_ms` or until
 `max_sentences` texts wait. It decodes in chunks of at most `max_sentences` texts and `max_cost` cost units
@@ -60,6 +61,8 @@ class MicroBatcher:
         self.decode, self.max_sentences, self.max_wait = decode, max_sentences, max_wait_ms / 1000
         self.max_cost = max_cost
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-decode")
+        # streams decode one at a time beside the batches: a stream's first token must not wait for a chunk
+        self.stream_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-stream")
         self.queue: asyncio.Queue[_Request] | None = None
         self.line: list[_Request] = []  # taken from the queue, not finished; served round-robin
         self.worker: asyncio.Task | None = None
@@ -87,6 +90,7 @@ class MicroBatcher:
                 pass
         self._refuse_all()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.stream_executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, key: Hashable, texts: Sequence[Any], costs: Sequence[int] | None = None) -> list:
         """Translate `texts` with the settings `key`, batched with whatever else is waiting; `costs` (one per
@@ -99,12 +103,21 @@ class MicroBatcher:
         return await request.done
 
     def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run other model work (attention views, streams) on the decode thread, one thing at a time with decodes;
+        """Run other model work (attention views) on the decode thread, one thing at a time with decodes;
         refused at once (`Closing`) once the server is shutting down. Cancelling the future before the thread
         takes the work drops it."""
+        return self._submit(self.executor, function, *args)
+
+    def run_stream(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run a stream's decoding on the stream thread, beside the decodes (streams one at a time): its first
+        token comes after its own first step, not after the chunk in progress (BENCHMARKS.md measures both).
+        Refused as `run` is."""
+        return self._submit(self.stream_executor, function, *args)
+
+    def _submit(self, executor: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         if self.closing_at is not None:
             raise Closing("the server is shutting down")
-        return asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        return asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
     # The worker -------------------------------------------------------------------------------------------
 

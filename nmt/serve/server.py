@@ -1,8 +1,8 @@
 """`nmt serve`: the REST API (FastAPI, OpenAPI docs at /docs) and the attention explorer page at /, over
 the runs in a `ModelRegistry`. Translation requests go through a `MicroBatcher`; POST /translate/stream sends
-one text's translation token by token as server-sent events, decoded on the batcher's thread between its
-chunks. Every client mistake is a 4xx JSON body {"error": {"field": ..., "message": ...}} (for a stream,
-before its first event), never a 500 or a traceback in the log.
+one text's translation token by token as server-sent events, decoded on the batcher's stream thread beside its
+chunks (streams one at a time). Every client mistake is a 4xx JSON body {"error": {"field": ..., "message":
+...}} (for a stream, before its first event), never a 500 or a traceback in the log.
 
 Every resource a client can hold is bounded (`Limits`, one field per bound): the texts, the body, the decoding
 cost of a request (beam x source tokens x (1 + constraints) x alternatives, 413 above it; a stream's too) and
@@ -359,11 +359,11 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         found = await unless_disconnected(request, batcher.submit(decoding, texts, costs))
         return TranslateResponse(**translate_response(decoding, found))
 
-    def stream_on_decode_thread(decoding: Decoding, text: SteeredText, events: EventStream[StreamedToken]
+    def stream_on_stream_thread(decoding: Decoding, text: SteeredText, events: EventStream[StreamedToken]
                                 ) -> tuple[Translation, str] | None:
-        """A stream's decoding, on the batcher's thread; None when its client went away (counted)."""
+        """A stream's decoding, on the batcher's stream thread; None when its client went away (counted)."""
         try:
-            return registry.stream(decoding, text, events.put)
+            return registry.stream(decoding, text, events.put, events.check)
         except Stopped:
             streams.stopped += 1
             return None
@@ -394,11 +394,11 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         hypothesis ({"id", "piece", "delta"}: the deltas joined are the text so far), then `done` (the translation
         as /translate gives it, with its settings and a last `delta`: StreamDone) or `error` ({"error": {"field",
         "message"}}). A mistake in the request is answered as by /translate, before any event. It is decoded on
-        the decode thread, between two of the batcher's chunks; the client going away stops it at its next
-        token."""
+        the batcher's stream thread, beside its chunks; the client going away stops it at its next search
+        step."""
         decoding, [text], _costs = accept(body)
         events: EventStream[StreamedToken] = EventStream()
-        work = batcher.run(stream_on_decode_thread, decoding, text, events)
+        work = batcher.run_stream(stream_on_stream_thread, decoding, text, events)
         work.add_done_callback(events.end)
         streams.started += 1
         return StreamingResponse(stream_events(decoding, events, work), media_type="text/event-stream",

@@ -255,12 +255,13 @@ class ModelRegistry:
         """The micro-batcher's decode: texts as requests sent them, steered where they asked for it."""
         return self.translate(decoding, [text.text for text in texts], _steers(texts))
 
-    def stream(self, decoding: Decoding, text: SteeredText, emit: Callable[[StreamedToken], None]
-               ) -> tuple[Translation, str]:
+    def stream(self, decoding: Decoding, text: SteeredText, emit: Callable[[StreamedToken], None],
+               every_step: Callable[[], None] | None = None) -> tuple[Translation, str]:
         """Translate one text, calling `emit` with each token of the best hypothesis as it is decoded
         (nmt.inference.streaming.TextDeltas); returns the translation and what its text adds to the deltas
-        emitted (normally nothing). An exception `emit` raises ends the search."""
-        deltas = TextDeltas(self.models[decoding.model].loaded.tokenizer, emit)
+        emitted (normally nothing). An exception `emit` or `every_step` (called at each search step) raises
+        ends the search."""
+        deltas = TextDeltas(self.models[decoding.model].loaded.tokenizer, emit, every_step)
         [found] = self.translate(decoding, [text.text], _steers([text]), listener=deltas)
         return found, deltas.rest(found.text)
 

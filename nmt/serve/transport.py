@@ -54,9 +54,13 @@ class EventStream(Generic[T]):
         self.stopped = threading.Event()
 
     def put(self, item: T) -> None:
+        self.check()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def check(self) -> None:
+        """Raise `Stopped` once the response has ended (for the thread to call between two items)."""
         if self.stopped.is_set():
             raise Stopped("the response has ended: its client went away")
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def end(self, *_: object) -> None:
         self.queue.put_nowait(self._END)
