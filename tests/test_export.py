@@ -29,6 +29,7 @@ from nmt.data.batching import collate
 from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError, DiskFullError
 from nmt.fileio import describe_files, staged_folder
+from nmt.inference.steer import Steer
 from nmt.inference.translate import Translator, translate_lines
 from nmt.runs.loading import LoadedRun, load_model, load_run_config
 from nmt.runs.rundir import RunDir
@@ -88,6 +89,12 @@ def test_onnx_runtime_decodes_the_dev_set_as_pytorch_does(fixture, request, tmp_
         onnx_ids = [t.hypotheses[0].tokens for t in translate_lines(run, dev, beam_size=beam, runtime="onnx")
                     .translations]
         assert_agreement(loaded, dev, torch_ids, onnx_ids, f"onnxruntime, {fixture}, beam {beam}")
+    # steering is the search's, so onnxruntime takes it too
+    steers = [Steer(prefix="DE", constraints=("GU",)), Steer(constraints=("AB CA", "JO"))]
+    steered = translate_lines(run, ["ab ca de fo", "le mi no"], beam_size=3, runtime="onnx", steers=steers,
+                              no_repeat_ngram_size=3).translations
+    assert steered[0].text.startswith("DE") and all(t.missing == [] for t in steered)
+    assert all(p in t.text for t, s in zip(steered, steers, strict=True) for p in s.constraints)
 
 
 def test_ctranslate2_decodes_a_transformer_as_pytorch_does(trained_transformer, trained_run, tmp_path):
