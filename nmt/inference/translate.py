@@ -150,9 +150,10 @@ class Translator:
                 ids[limit - 1:] = [EOS_ID]
         return encoded
 
-    def encode_target(self, text: str, field: str) -> list[int]:
-        """A prefix or constraint as target ids, cleaned as the corpus was; one that is empty or has a piece the
-        vocabulary lacks is refused naming `field`."""
+    def encode_target(self, text: str, field: str, limit: int | None = None) -> list[int]:
+        """A prefix or constraint as target ids, cleaned as the corpus was; one that is empty, has a piece the
+        vocabulary lacks or more tokens than its sentence's output `limit` (`output_limits`) is refused naming
+        `field`."""
         ids = self.tokenizer.encode_tgt([normalize(text, self.clean)])[0]
         if not ids:
             raise ArgumentError(field, f"{text!r} is empty")
@@ -160,6 +161,10 @@ class Translator:
             unknown = [p for i, p in zip(ids, self.tokenizer.tgt_pieces(ids), strict=True) if i == UNK_ID]
             raise ArgumentError(field, f"{text!r} has pieces the target vocabulary lacks ({' '.join(unknown)}): it "
                                        "cannot be generated")
+        if limit is not None and len(ids) > limit:
+            raise ArgumentError(field, f"{text!r} has {len(ids)} subword tokens; the translation of this sentence "
+                                       f"has at most {limit} (decoding.max_ratio x its source tokens + "
+                                       "decoding.max_extra)")
         return ids
 
     def _targets(self, steers: Sequence[Steer], encoded: Sequence[list[int]]) -> list[_Targets]:
@@ -177,16 +182,8 @@ class Translator:
         return found
 
     def _encode_steer(self, steer: Steer, limit: int) -> _Targets:
-        prefix = self.encode_target(steer.prefix, "prefix") if steer.prefix else []
-        if len(prefix) > limit:
-            raise ArgumentError("prefix", f"has {len(prefix)} subword tokens; this sentence's translation has at "
-                                          f"most {limit}")
-        phrases = [self.encode_target(text, "constraint") for text in steer.constraints]
-        for phrase, text in zip(phrases, steer.constraints, strict=True):
-            if len(phrase) > limit:
-                raise ArgumentError("constraint", f"{text!r} has {len(phrase)} subword tokens; this sentence's "
-                                                  f"translation has at most {limit}")
-        return _Targets(prefix, phrases)
+        return _Targets(self.encode_target(steer.prefix, "prefix", limit) if steer.prefix else [],
+                        [self.encode_target(text, "constraint", limit) for text in steer.constraints])
 
     def translate(self, lines: Sequence[str], beam_size: object = None, n_best: object = None,
                   length_penalty: object = None, progress: bool = False, sampling: Sampling | None = None, *,

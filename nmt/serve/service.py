@@ -236,11 +236,7 @@ class ModelRegistry:
         limits = translator.output_limits(torch.tensor(list(lengths))).tolist()
         for text, limit in zip(texts, limits, strict=True):
             for phrase, field in text.phrases():
-                tokens = len(translator.encode_target(phrase, field))
-                if tokens > limit:
-                    raise ClientError(field, f"{phrase!r} has {tokens} subword tokens; the translation of this text "
-                                             f"has at most {limit} (decoding.max_ratio x its source tokens + "
-                                             "decoding.max_extra)")
+                translator.encode_target(phrase, field, limit)
 
     def translate(self, decoding: Decoding, texts: Sequence[str], steers: Sequence[Steer] | None = None,
                   listener: TokenListener | None = None) -> list[Translation]:
