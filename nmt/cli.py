@@ -686,7 +686,8 @@ def serve(
                                                  "batch.")] = 2.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Texts in one /translate request at most.")] = 64,
     max_request_cost: Annotated[int, typer.Option(min=1, help="Decoding cost of one request at most: beam size "
-                                                  "x source tokens, summed over its texts (413 above).")] = 1024,
+                                                  "x source tokens (x (1 + constraints) x alternatives where "
+                                                  "steered), summed over its texts (413 above).")] = 1024,
     quantize: QuantizeOption = None,
 ) -> None:
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
