@@ -8,7 +8,8 @@ of every phrase it has not met). A candidate's bank is the number of constraint 
 filled round-robin over the banks, the highest bank first, each bank's candidates best first: the banks share
 the beam equally, and a bank with too few candidates leaves its places to the others. A hypothesis may not end
 with EOS before it has met every phrase. The hypothesis furthest on is always kept and can always take its next
-constraint token, so every phrase appears when the length limit leaves room for them (one beam is enough).
+constraint token, so every phrase appears when the length limit leaves room for them (one beam is enough) and
+no rule of nmt.inference.controls bans its tokens (a repeated n-gram).
 
 Nothing here knows about text: phrases are token ids, as search.py's are."""
 
