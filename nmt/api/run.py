@@ -84,7 +84,8 @@ class Hypothesis:
 @dataclass
 class Translation:
     """One source text's translation: `text` is the best of `hypotheses` (n-best or alternatives, best first);
-    `missing` lists the constraints it lacks (the beam or the length limit left no room; a warning says so)."""
+    `missing` lists the constraints it lacks (the length limit left no room, or a repeated n-gram was banned; a
+    warning says so)."""
 
     source: str
     text: str

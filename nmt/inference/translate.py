@@ -193,7 +193,8 @@ class Translator:
         """Translate raw lines, decoding as `DecodingOptions.resolve` says (what is not given is the run's); a
         line with no content (empty, or only spaces, control or invisible format characters) gives an empty
         translation. `steers` (one per line) force prefixes and require phrases; a phrase the best hypothesis
-        still lacks (the beam or the length limit left no room) is warned about and listed in `missing`.
+        still lacks (the length limit left no room, or a repeated n-gram was banned) is warned about and listed
+        in `missing`.
         `n_alternatives` K returns, instead of the n-best, the K best continuations that differ at the first
         position after the prefix, each completed by the search. `listener` receives the best hypothesis's
         tokens as they are decoded (one line only)."""
@@ -227,8 +228,9 @@ class Translator:
             missing = [text for text, ids in zip(steers[i].constraints, targets[i].constraints, strict=True)
                        if not _contains(hyps[0].tokens, ids)] if steers and targets and i in by_line else []
             if missing:
-                log.warning("line %d: the translation lacks %s: the beam (%d) or the length limit left no room",
-                            i + 1, ", ".join(repr(m) for m in missing), settings.beam_size)
+                log.warning("line %d: the translation lacks %s: the length limit left no room, or "
+                            "no_repeat_ngram_size banned a repeated n-gram", i + 1,
+                            ", ".join(repr(m) for m in missing))
             out.append(Translation(line, hyps, [self.tokenizer.decode_tgt(h.tokens) for h in hyps], encoded[i],
                                    missing))
         return out

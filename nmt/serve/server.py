@@ -156,7 +156,7 @@ class TranslationOut(BaseModel):
     source: str
     text: str  # the best hypothesis, as `nmt translate` prints it
     hypotheses: list[Hypothesis]  # the n-best, or the alternatives, best first
-    missing: list[str]  # constraints the best hypothesis lacks (the beam or the length limit left no room)
+    missing: list[str]  # constraints the best hypothesis lacks (no room in the length limit, or an n-gram ban)
 
 
 class Settings(BaseModel):

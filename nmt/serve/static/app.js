@@ -180,7 +180,7 @@ class Panel {
     this.translation = found.text;
     translation.textContent = found.text;
     if (found.missing.length) translation.after(element("div", {class: "meta missing",
-      text: `lacks ${found.missing.join(", ")}: the beam or the length limit left no room`}));
+      text: `lacks ${found.missing.join(", ")}: no room in the length limit, or an n-gram ban`}));
     await Promise.all([this.listBest(request, list), this.drawAttention()]);
   }
 
