@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from nmt.cli import app
 from nmt.errors import ArgumentError, DataError
 from nmt.inference.controls import Controls
-from nmt.inference.search import beam_search, greedy_search
+from nmt.inference.search import Sampling, beam_search, greedy_search
 from nmt.inference.steer import Glossary, Steer, line_constraints, steer_lines
 from nmt.inference.translate import Translator
 from nmt.runs.loading import load_model
@@ -233,6 +233,7 @@ def test_an_ensemble_takes_the_same_controls(trained_run):
     ({"repetition_penalty": 0.5}, "repetition_penalty", "outside 1..10"),
     ({"repetition_penalty": math.inf}, "repetition_penalty", "outside 1..10"),
     ({"n_alternatives": 2, "steers": [Steer(constraints=("AB",))]}, "n_alternatives", "not with constraints"),
+    ({"sampling": Sampling(seed=1), "steers": [Steer(constraints=("AB",))]}, "constraint", "not with sampling"),
 ])
 def test_bad_steering_is_refused_naming_the_field(translator, kwargs, field, message):
     with pytest.raises(ArgumentError, match=message) as caught:

@@ -245,11 +245,13 @@ def beam_search(step_fn: StepFn, memory: Any, state: Any, max_lengths: torch.Ten
         # that met their phrases first).
         normalized = top_scores / length_penalty(torch.tensor(t + 1, device=device), alpha)
         merged = torch.cat([fin_scores[sentences], normalized.masked_fill(~newly_finished, float("-inf"))], dim=1)
-        complete = torch.cat([fin_complete[sentences], banks.complete(top_progress) if banks is not None
-                              else torch.ones_like(newly_finished)], dim=1)
-        keep = _best_finished(merged, complete, k)
+        if banks is None:
+            keep = merged.topk(k, dim=1).indices
+        else:
+            complete = torch.cat([fin_complete[sentences], banks.complete(top_progress)], dim=1)
+            keep = _best_finished(merged, complete, k)
+            fin_complete[sentences] = complete.gather(1, keep)
         fin_scores[sentences] = merged.gather(1, keep)
-        fin_complete[sentences] = complete.gather(1, keep)
         fin_log_probs[sentences] = torch.cat([fin_log_probs[sentences], top_scores], dim=1).gather(1, keep)
         lengths = torch.full_like(beam, t + 1)
         fin_lengths[sentences] = torch.cat([fin_lengths[sentences], lengths], dim=1).gather(1, keep)

@@ -56,12 +56,23 @@ class TextDeltas:
         return final[len(self.sent):]
 
 
+def translate_streamed(translator: Translator, line: str, emit: Callable[[StreamedToken], None],
+                       every_step: Callable[[], None] | None = None, **options: Any) -> tuple[Translation, str]:
+    """Translate one line, calling `emit` with each token of the best hypothesis as it is decoded (and
+    `every_step` at each search step: either may raise to stop the search); `options` are
+    `Translator.translate`'s. Returns the translation and what its text adds to the deltas emitted (normally
+    nothing)."""
+    deltas = TextDeltas(translator.tokenizer, emit, every_step)
+    [found] = translator.translate([line], listener=deltas, **options)
+    return found, deltas.rest(found.text)
+
+
 def stream_line(translator: Translator, line: str, write: Callable[[str], None], beam_size: int | None = None, *,
                 sampling: Sampling | None = None, steer: Steer | None = None, **options: Any) -> Translation:
     """Translate one line, passing its text to `write` piece by piece as it is decoded, then a line end;
     `options` are `Translator.translate`'s."""
-    deltas = TextDeltas(translator.tokenizer, lambda token: write(token.delta) if token.delta else None)
-    found = translator.translate([line], beam_size, sampling=sampling, steers=[steer] if steer else None,
-                                 listener=deltas, **options)[0]
-    write(deltas.rest(found.text) + "\n")
+    found, rest = translate_streamed(translator, line, lambda token: write(token.delta) if token.delta else None,
+                                     beam_size=beam_size, sampling=sampling, steers=[steer] if steer else None,
+                                     **options)
+    write(rest + "\n")
     return found

@@ -209,6 +209,9 @@ class Translator:
         if listener is not None and len(todo) > 1:
             raise ArgumentError("stream", f"streams one sentence at a time, not {len(todo)}")
         targets = self._targets(steers, encoded) if steers is not None else None
+        if sampling is not None and targets and any(t.constraints for t in targets):
+            raise ArgumentError("constraint", "goes with the search, not with sampling: a draw cannot be steered "
+                                              "towards a phrase")
         controls = Controls(prefixes=[targets[i].prefix for i in todo] if targets else None,
                             constraints=[targets[i].constraints for i in todo] if targets else None,
                             no_repeat_ngram_size=settings.no_repeat_ngram_size,

@@ -14,10 +14,9 @@ import torch
 
 from nmt.data.corpus import has_content, normalize
 from nmt.errors import ArgumentError
-from nmt.inference.controls import TokenListener
 from nmt.inference.options import DecodingOptions
 from nmt.inference.steer import Steer
-from nmt.inference.streaming import StreamedToken, TextDeltas
+from nmt.inference.streaming import StreamedToken, translate_streamed
 from nmt.inference.translate import Translation, Translator
 from nmt.inspect.attribution import Cost
 from nmt.inspect.view import AttentionView, attention_view
@@ -146,6 +145,13 @@ def check_attribution_cost(cost: Cost, max_cost: int) -> None:
                           status=413)
 
 
+def _options(decoding: Decoding) -> dict[str, Any]:
+    """A request's decoding settings as `Translator.translate` takes them."""
+    return {"beam_size": decoding.beam_size, "n_best": decoding.n_best, "length_penalty": decoding.length_penalty,
+            "no_repeat_ngram_size": decoding.no_repeat_ngram_size or None,  # 0 (off) is the run's own, not a value
+            "repetition_penalty": decoding.repetition_penalty, "n_alternatives": decoding.n_alternatives}
+
+
 def _steers(texts: Sequence[SteeredText]) -> list[Steer] | None:
     """The texts' steering as `Translator.translate` takes it; None where none is steered (the plain search)."""
     steers = [text.steer for text in texts]
@@ -238,14 +244,10 @@ class ModelRegistry:
             for phrase, field in text.phrases():
                 translator.encode_target(phrase, field, limit)
 
-    def translate(self, decoding: Decoding, texts: Sequence[str], steers: Sequence[Steer] | None = None,
-                  listener: TokenListener | None = None) -> list[Translation]:
+    def translate(self, decoding: Decoding, texts: Sequence[str], steers: Sequence[Steer] | None = None
+                  ) -> list[Translation]:
         """Translate `texts` as `decoding` says, each steered by its `steers` entry when given."""
-        return self.models[decoding.model].translator.translate(
-            texts, decoding.beam_size, decoding.n_best, decoding.length_penalty, steers=steers,
-            no_repeat_ngram_size=decoding.no_repeat_ngram_size or None,  # 0 (off) is the run's own, not a value
-            repetition_penalty=decoding.repetition_penalty, n_alternatives=decoding.n_alternatives,
-            listener=listener)
+        return self.models[decoding.model].translator.translate(texts, steers=steers, **_options(decoding))
 
     def translate_steered(self, decoding: Decoding, texts: Sequence[SteeredText]) -> list[Translation]:
         """The micro-batcher's decode: texts as requests sent them, steered where they asked for it."""
@@ -253,13 +255,10 @@ class ModelRegistry:
 
     def stream(self, decoding: Decoding, text: SteeredText, emit: Callable[[StreamedToken], None],
                every_step: Callable[[], None] | None = None) -> tuple[Translation, str]:
-        """Translate one text, calling `emit` with each token of the best hypothesis as it is decoded
-        (nmt.inference.streaming.TextDeltas); returns the translation and what its text adds to the deltas
-        emitted (normally nothing). An exception `emit` or `every_step` (called at each search step) raises
-        ends the search."""
-        deltas = TextDeltas(self.models[decoding.model].loaded.tokenizer, emit, every_step)
-        [found] = self.translate(decoding, [text.text], _steers([text]), listener=deltas)
-        return found, deltas.rest(found.text)
+        """One text's translation streamed (nmt.inference.streaming.translate_streamed): `emit` gets each token
+        of the best hypothesis as it is decoded; an exception `emit` or `every_step` raises ends the search."""
+        return translate_streamed(self.models[decoding.model].translator, text.text, emit, every_step,
+                                  steers=_steers([text]), **_options(decoding))
 
     def attention(self, name: str | None, text: str, beam_size: int | None, kind: str, layer: int | None,
                   head: int | None, threshold: float, words: bool = False, eos: bool = True
