@@ -7,7 +7,7 @@ import functools
 import logging
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -206,6 +206,12 @@ class Quantize(str, Enum):
 
 QuantizeOption = Annotated[Quantize | None, typer.Option("--quantize", help="int8: dynamically quantized linear "
                                                          "and RNN layers, faster CPU decoding.")]
+class DocumentFormat(str, Enum):
+    text = "text"
+    html = "html"
+    xml = "xml"
+
+
 class Runtime(str, Enum):
     torch = "torch"
     onnx = "onnx"
@@ -295,8 +301,24 @@ def translate(
                                                        "that differ at the first token after the prefix.")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print each translation as it is decoded, one line at "
                                          "a time.")] = False,
+    format_: Annotated[DocumentFormat, typer.Option("--format", help="html or xml: translate a document, its "
+                                                    "inline tags placed by word alignment, blocks translated "
+                                                    "sentence by sentence; text: a sentence a line.")]
+    = DocumentFormat.text,
+    protect: Annotated[bool | None, typer.Option("--protect/--no-protect", help="Carry URLs, e-mail addresses, "
+                                                 "numbers, placeholders and decoding.protect's patterns through "
+                                                 "unchanged (default: on for html and xml).")] = None,
 ) -> None:
-    """Translate a sentence, a file or standard input: one output line per input line, order kept."""
+    """Translate a sentence, a file or standard input: one output line per input line, order kept; or a whole
+    HTML or XML document (--format)."""
+    if format_ is not DocumentFormat.text or protect:
+        _translate_document(sentence, model, config, input_, output, format_.value, protect, checkpoint, set_,
+                            quantize, runtime, beam_size, glossary, no_repeat_ngram_size, repetition_penalty,
+                            others={"--n-best": n_best, "--sample": sample, "--prefix": prefix,
+                                    "--prefix-file": prefix_file, "--constraint": constraint,
+                                    "--constraints-file": constraints_file, "--n-alternatives": n_alternatives,
+                                    "--stream": stream})
+        return
     from nmt.data.corpus import read_lines, read_stream
     from nmt.inference.search import Sampling
     from nmt.inference.steer import Glossary, line_constraints, read_aligned, steer_lines
@@ -337,6 +359,44 @@ def translate(
         text = "".join(f"{i}\t{h.score:.4f}\t{line}\n" for i, t in enumerate(done.translations)
                        for h, line in zip(t.hypotheses, t.texts, strict=True))
     _write_out(text, output)
+
+
+def _translate_document(sentence: str | None, model: list[Path] | None, config: Path | None, input_: Path | None,
+                        output: Path | None, fmt: str, protect: bool | None, checkpoint: str,
+                        set_: list[str] | None, quantize: Quantize | None, runtime: Runtime, beam_size: int | None,
+                        glossary: Path | None, no_repeat_ngram_size: int | None, repetition_penalty: float | None,
+                        others: dict[str, object]) -> None:
+    """`nmt translate --format html|xml` or `--protect`: a document in, the same document out, streamed."""
+    from nmt.documents.translate import read_chunks, translate_documents
+    from nmt.fileio import atomic_writer
+    from nmt.inference.steer import Glossary
+
+    given = [flag for flag, value in others.items() if value]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)} go with sentences a line, not with --format {fmt} or "
+                                 "--protect: leave them out")
+    if sentence is not None:
+        chunks: Iterable[str] = [sentence + "\n"]
+    elif input_ is not None:
+        chunks = read_chunks(input_, fmt)
+    elif sys.stdin.isatty():
+        raise typer.BadParameter("give a document as an argument, --input FILE, or pipe it into standard input")
+    else:
+        chunks = iter(lambda: sys.stdin.read(1 << 16), "")
+    name = str(input_) if input_ is not None else "<stdin>" if sentence is None else "<argument>"
+    loaded_glossary = Glossary.read(glossary) if glossary else None
+
+    def translate_to(write: Callable[[str], object]) -> None:
+        translate_documents(_run_dirs(model, config), chunks, fmt, write, name, checkpoint=checkpoint,
+                            overrides=set_ or [], quantize=quantize and quantize.value, runtime=runtime.value,
+                            protect=protect, beam_size=beam_size, glossary=loaded_glossary,
+                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+
+    if output is None:
+        translate_to(_echo_now)
+        return
+    with atomic_writer(output) as handle:
+        translate_to(lambda text: handle.write(text.encode()))
 
 
 def _echo_now(text: str) -> None:

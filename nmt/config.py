@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -456,10 +457,25 @@ class DecodingConfig(Section):
     """A translation never repeats an n-gram of this size (0: off)."""
     repetition_penalty: Annotated[float, Field(ge=1.0, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)] = 1.0
     """A token already generated has its log-probability multiplied by this (1.0: off; CTRL, Keskar et al. 2019)."""
+    protect: list[str] = []
+    """Regular expressions of text that `nmt translate --format html|xml` (and `--protect`) carries through
+    translation unchanged, besides URLs, e-mail addresses, numbers and placeholders."""
     batch_sentences: PositiveInt = 128
     """Sentences decoded together; beam search decodes beam_size rows for each (fewer sentences where the
     attention history and the caches of a batch would pass 1 GiB)."""
     tuned: TunedDecoding | None = None
+
+    @field_validator("protect")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression ({err})") from None
+            if re.fullmatch(pattern, ""):
+                raise ValueError(f"{pattern!r} matches empty text")
+        return patterns
 
     @model_validator(mode="after")
     def _n_best(self) -> DecodingConfig:

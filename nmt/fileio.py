@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
@@ -26,8 +27,10 @@ def _umask() -> int:
     return current
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically; an error (a full disk, `path` an existing folder) names `path`, not the
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through, published atomically when the block ends without an error (a
+    long output streamed in pieces); an error (a full disk, `path` an existing folder) names `path`, not the
     temporary file, and leaves nothing behind."""
     tmp = None
     try:
@@ -35,7 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -45,6 +48,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(err, OSError) and err.filename in (None, tmp):  # a write or the rename: say what was written
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_writer`)."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

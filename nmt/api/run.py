@@ -14,6 +14,7 @@ from nmt.api.inline import explorer_html, page_data
 from nmt.api.views import AttentionView, KindMaps, plotting
 from nmt.config import MAX_ATTRIBUTION_COST, MAX_STEPS, Config, apply_override, parse_config
 from nmt.data.splits import EvalSet, eval_set
+from nmt.documents.translate import DocumentTranslator, check_format
 from nmt.errors import ArgumentError, ConfigError
 from nmt.inference import arguments
 from nmt.inference.forced import ScoredPair, score_with
@@ -143,8 +144,8 @@ class Run:
                   constraints: Sequence[str] | Sequence[Sequence[str]] | None = None,
                   glossary: Glossary | Mapping[str, str] | str | Path | None = None,
                   no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
-                  n_alternatives: int | None = None, on_token: Callable[[StreamedToken], None] | None = None
-                  ) -> list[Translation]:
+                  n_alternatives: int | None = None, on_token: Callable[[StreamedToken], None] | None = None,
+                  format: str = "text", protect: bool | None = None) -> list[Translation]:
         """Translate raw texts (one string or several); beam size, n-best and length penalty default to the run's
         decoding settings, within the command line's bounds. Each result holds the `n_best` hypotheses with their
         scores.
@@ -155,8 +156,17 @@ class Run:
         the text contains. `no_repeat_ngram_size` and `repetition_penalty` default to the run's.
         `n_alternatives` K returns the K best continuations that differ at the first word after the prefix.
         `on_token` (one text) receives each token of the best hypothesis as it is decoded, its text `delta`s
-        joining to the translation."""
+        joining to the translation.
+
+        Documents: with `format` "html" or "xml" each text is a document, translated sentence by sentence with
+        its inline tags placed by word alignment (its `hypotheses` are left empty); `protect` (default: on for
+        documents) carries URLs, e-mail addresses, numbers and placeholders through unchanged, in text too."""
         lines = arguments.texts(texts, "texts")
+        if check_format(format) != "text" or protect:
+            return self._translate_documents(lines, format, protect, beam_size, glossary, no_repeat_ngram_size,
+                                             repetition_penalty, n_best=n_best, length_penalty=length_penalty,
+                                             prefix=prefix, constraints=constraints, n_alternatives=n_alternatives,
+                                             on_token=on_token)
         steers = steer_lines(lines, _per_text(prefix, len(lines), "prefix"),
                              _constraints_per_text(constraints, len(lines)), _glossary(glossary))
         listener = TextDeltas(self.loaded.tokenizer, on_token) if on_token is not None else None
@@ -169,6 +179,19 @@ class Run:
         return [Translation(t.source, t.text, [Hypothesis(text, h.score, h.log_prob)
                                                for h, text in zip(t.hypotheses, t.texts, strict=True)], t.missing)
                 for t in found]
+
+    def _translate_documents(self, documents: Sequence[str], fmt: str, protect: bool | None, beam_size: int | None,
+                             glossary: Glossary | Mapping[str, str] | str | Path | None,
+                             no_repeat_ngram_size: int | None, repetition_penalty: float | None,
+                             **others: object) -> list[Translation]:
+        given = [name for name, value in others.items() if value is not None]
+        if given:
+            raise ArgumentError(given[0], f"goes with sentences, not with format={fmt!r} or protect")
+        translator = DocumentTranslator(self.loaded, fmt, protect=fmt != "text" if protect is None else protect,
+                                        beam_size=beam_size, glossary=_glossary(glossary),
+                                        no_repeat_ngram_size=no_repeat_ngram_size,
+                                        repetition_penalty=repetition_penalty)
+        return [Translation(document, translator.translate(document), []) for document in documents]
 
     def _kind_maps(self, text: str, kind: str, threshold: float, beam_size: int, words: bool = False,
                    eos: bool = True) -> KindMaps:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -136,6 +136,11 @@ class TranslateRequest(Strict):
                                              "the run's")
     n_alternatives: int | None = Field(None, ge=1, le=MAX_BEAM, description="Instead of the n-best: the K best "
                                        "translations that differ at the first word after the prefix")
+    format: Literal["text", "html", "xml"] = Field("text", description="html or xml: each text is a document, "
+                                                   "translated sentence by sentence with its inline tags placed by "
+                                                   "word alignment")
+    protect: bool | None = Field(None, description="Carry URLs, e-mail addresses, numbers and placeholders "
+                                                   "through unchanged; default: on for html and xml")
 
 
 class StreamRequest(TranslateRequest):
@@ -351,10 +356,28 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
                                [steering_weight(decoding, text) for text in steered])
         return decoding, steered, costs
 
+    async def translate_documents(body: TranslateRequest, request: Request) -> TranslateResponse:
+        """Documents (`format` html or xml, or `protect`), one request at a time on the decode thread."""
+        given = [name for name in ("n_best", "prefix", "constraints", "n_alternatives")
+                 if getattr(body, name) is not None]
+        if given:
+            raise ClientError(given[0], f"goes with sentences, not with format {body.format!r} or protect")
+        texts = [body.text] if isinstance(body.text, str) else body.text
+        decoding = registry.decoding(body.model, body.beam_size, None, body.length_penalty,
+                                     body.no_repeat_ngram_size, body.repetition_penalty)
+        lengths = registry.check_documents(decoding.model, texts, limits.max_texts)
+        decoding_costs(decoding.beam_size, lengths, limits.max_request_cost)
+        found = await unless_disconnected(request, batcher.run(registry.translate_documents, decoding, texts,
+                                                               body.format, body.protect))
+        return TranslateResponse(**translate_response(decoding, found))
+
     @app.post("/translate", response_model=TranslateResponse)
     async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
         """Translate one text or a list, each optionally begun with a prefix and holding constraints; requests
-        arriving together with the same settings are decoded in one batch."""
+        arriving together with the same settings are decoded in one batch. Documents (`format`) are translated
+        whole, their tags and protected spans carried through."""
+        if body.format != "text" or body.protect:
+            return await translate_documents(body, request)
         decoding, texts, costs = accept(body)
         found = await unless_disconnected(request, batcher.submit(decoding, texts, costs))
         return TranslateResponse(**translate_response(decoding, found))

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from nmt.data.corpus import has_content, normalize
+from nmt.documents.translate import DocumentTranslator
 from nmt.errors import ArgumentError
 from nmt.inference.options import DecodingOptions
 from nmt.inference.steer import Steer
@@ -90,8 +91,8 @@ def translate_response(decoding: Decoding, translations: Sequence[Translation]) 
     return {**asdict(decoding),
             "translations": [{"source": t.source, "text": t.text, "hypotheses": [
                 {"text": text, "score": h.score, "log_prob": h.log_prob, "tokens": len(h.tokens)}
-                for h, text in zip(t.hypotheses, t.texts, strict=True)], "missing": t.missing}
-                for t in translations]}
+                for h, text in zip(t.hypotheses, t.texts[:len(t.hypotheses)], strict=True)], "missing": t.missing}
+                for t in translations]}  # a document has its text and no hypotheses
 
 
 def attention_response(model: str, view: AttentionView) -> dict[str, Any]:
@@ -230,6 +231,30 @@ class ModelRegistry:
                 raise ClientError(text_field(texts, i), f"has {length} subword tokens; {served.name} takes at most "
                                                         f"{limit} ({setting})")
         return lengths
+
+    def check_documents(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
+        """Refuse no documents, too many or an empty one; each document's source tokens (markup included: what
+        the request's cost bound counts), with no bound per document, which is translated sentence by
+        sentence."""
+        if not texts:
+            raise ClientError("text", "give one document or a non-empty list of documents")
+        if len(texts) > max_texts:
+            raise ClientError("text", f"{len(texts)} documents in one request; at most {max_texts}", status=413)
+        for i, text in enumerate(texts):
+            if not has_content(text):
+                raise ClientError(text_field(texts, i), "is empty or only whitespace")
+        return [len(ids) for ids in self.get(name).loaded.tokenizer.encode_src(list(texts))]
+
+    def translate_documents(self, decoding: Decoding, texts: Sequence[str], fmt: str, protect: bool | None
+                            ) -> list[Translation]:
+        """Documents translated as `nmt translate --format` does (nmt.documents): one Translation each, its
+        text the translated document, without hypotheses."""
+        served = self.models[decoding.model]
+        translator = DocumentTranslator(served.loaded, fmt, protect=fmt != "text" if protect is None else protect,
+                                        beam_size=decoding.beam_size,
+                                        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+                                        repetition_penalty=decoding.repetition_penalty)
+        return [Translation(text, [], [translator.translate(text)], []) for text in texts]
 
     def check_steering(self, decoding: Decoding, texts: Sequence[SteeredText], lengths: Sequence[int]) -> None:
         """Refuse a prefix or constraint that cannot be in the translation: empty, with a piece the target

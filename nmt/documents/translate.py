@@ -1,0 +1,248 @@
+"""Translate documents: items read from HTML, XML or text (nmt.documents.markup) in, the same document out
+with each segment's text translated, its inline tags placed by word alignment (nmt.documents.placement) and
+its protected spans restored (nmt.documents.spans).
+
+Segments are translated in batches of units (sentences), so a document streams through in bounded memory and
+its sentences still decode together. The word map that places tags is the one the run aligns by: its guided
+head when it was trained with guided alignment, else the last layer's heads averaged (as `nmt align`), from
+one teacher-forced pass over the units that need it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmt.documents.markup import FORMATS, Item, Segment, escape_text, read_items
+from nmt.documents.placement import diagonal_map, place, point_gap, word_spans, write
+from nmt.documents.spans import Protector, copyable, stand_in_pattern, stand_ins
+from nmt.documents.units import Splitter, StandIn, Unit
+from nmt.errors import ArgumentError
+from nmt.inference.ensemble import load_models
+from nmt.inference.steer import Glossary, steer_lines
+from nmt.inference.translate import Translation, Translator
+from nmt.inspect.aligner import forced_cross_maps
+from nmt.inspect.words import EOS, shape_view
+from nmt.runs.loading import DecodingRun, LoadedRun
+
+log = logging.getLogger(__name__)
+
+UNITS_PER_BATCH = 64
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ArgumentError("format", f"{fmt!r}: choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def alignment_choice(loaded: DecodingRun) -> tuple[int, int | None]:
+    """(layer, head) of the map a run aligns words by: its guided head, else the last layer's heads averaged
+    (head None)."""
+    config = loaded.config
+    if config.training.guided_alignment is not None:
+        return config.guided_layer, config.training.guided_alignment.head
+    return config.model.attention_shape[0], None
+
+
+@dataclass
+class DocumentStats:
+    """What a document's translation did, for the closing log line and the benchmark."""
+
+    segments: int = 0
+    units: int = 0
+    tags: int = 0
+    protected: int = 0
+    restored_by_alignment: int = 0  # stand-ins the model dropped, put back by the alignment
+    duplicates_removed: int = 0  # stand-ins the model wrote twice: the copies after the first
+
+    def add(self, other: DocumentStats) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class DocumentTranslator:
+    """One run's translator for documents of one format (FORMATS); see the module docstring."""
+
+    def __init__(self, loaded: DecodingRun, fmt: str = "html", protect: bool = True, beam_size: int | None = None,
+                 glossary: Glossary | None = None, no_repeat_ngram_size: int | None = None,
+                 repetition_penalty: float | None = None):
+        self.loaded, self.fmt = loaded, check_format(fmt)
+        self.translator = Translator.for_run(loaded)
+        protector = Protector(loaded.config.decoding.protect, builtin=protect)
+        self.escape = escape_text if fmt != "text" else str
+        pool = stand_ins(loaded.tokenizer) if protector.active else []
+        self.splitter = Splitter(loaded.config.data.src_lang, protector, pool, self.escape,
+                                 lambda text: copyable(loaded.tokenizer, text) is not None, split=fmt != "text")
+        self.options = dict(beam_size=beam_size, no_repeat_ngram_size=no_repeat_ngram_size,
+                            repetition_penalty=repetition_penalty)
+        self.glossary = glossary
+        self.layer, self.head = alignment_choice(loaded)
+        self.stats = DocumentStats()
+
+    def translate_items(self, items: Iterable[Item]) -> Iterator[str]:
+        """The document's output, piece by piece, in order: copied items as they are, segments translated in
+        batches of about UNITS_PER_BATCH units."""
+        waiting: list[Item] = []
+        units: list[list[Unit]] = []
+        count = 0
+        for item in items:
+            if isinstance(item, Segment):
+                cut = self.splitter.units(item)
+                units.append(cut)
+                count += len(cut)
+            waiting.append(item)
+            if count >= UNITS_PER_BATCH:
+                yield from self._flush(waiting, units)
+                waiting, units, count = [], [], 0
+        yield from self._flush(waiting, units)
+
+    def translate(self, document: str) -> str:
+        """A whole document held in memory (the API and the server): its translation."""
+        return "".join(self.translate_items(read_items([document], self.fmt)))
+
+    def _flush(self, waiting: Sequence[Item], units: Sequence[list[Unit]]) -> Iterator[str]:
+        written = iter(self._translate_segments(units)) if units else iter(())
+        for item in waiting:
+            yield next(written) if isinstance(item, Segment) else item
+
+    def _translate_segments(self, segments: Sequence[list[Unit]]) -> list[str]:
+        flat = [unit for units in segments for unit in units]
+        sources = [unit.source for unit in flat]
+        own = [list(dict.fromkeys(s.text for s in unit.stand_ins)) for unit in flat]  # each written once at least
+        steers = steer_lines(sources, constraints=own if any(own) else None, glossary=self.glossary)
+        found = self.translator.translate(sources, self.options["beam_size"], 1, steers=steers,
+                                          no_repeat_ngram_size=self.options["no_repeat_ngram_size"],
+                                          repetition_penalty=self.options["repetition_penalty"])
+        needs = [i for i, (unit, t) in enumerate(zip(flat, found, strict=True)) if t.hypotheses[0].tokens and (
+            unit.marks or _unwritten(unit, t.text))]
+        maps = dict(zip(needs, self._word_maps([found[i] for i in needs]), strict=True))
+        written = [self._write(unit, t, maps.get(i)) for i, (unit, t) in enumerate(zip(flat, found, strict=True))]
+        self.stats.segments += len(segments)
+        self.stats.units += len(flat)
+        out, position = [], 0
+        for units in segments:
+            out.append("".join(written[position:position + len(units)]))
+            position += len(units)
+        return out
+
+    def _word_maps(self, found: Sequence[Translation]) -> list[np.ndarray | None]:
+        """Per translation, its word map (target words x source words, EOS left out) from the map the run
+        aligns by; None where the pieces' words are not the texts' whitespace words."""
+        if not found:
+            return []
+        tokenizer = self.loaded.tokenizer
+        if isinstance(self.loaded, LoadedRun):
+            piece_maps = forced_cross_maps(self.loaded, [t.src_ids for t in found],
+                                           [t.hypotheses[0].tokens for t in found],
+                                           [t.hypotheses[0].ended for t in found])
+            chosen = [m[self.layer - 1].mean(0) if self.head is None else m[self.layer - 1, self.head - 1]
+                      for m in piece_maps]
+        else:  # an ensemble or an ONNX export: the attention the search returned
+            chosen = [t.hypotheses[0].attention.float() for t in found]
+        maps: list[np.ndarray | None] = []
+        for t, weights in zip(found, chosen, strict=True):
+            tgt_pieces = [*tokenizer.tgt_pieces(t.hypotheses[0].tokens), EOS][:weights.shape[0]]
+            shaped, rows, cols = shape_view(weights, tgt_pieces, tokenizer.src_pieces(t.src_ids), words=True,
+                                            eos=False)
+            fits = len(rows) == len(word_spans(t.text)) and len(cols) == len(t.source.split())
+            maps.append(shaped.numpy() if fits else None)
+        return maps
+
+    def _write(self, unit: Unit, found: Translation, weights: np.ndarray | None) -> str:
+        """A unit's output: its translation with stand-ins restored (a dropped one inserted by alignment),
+        its marks placed, surrounded by the unit's own whitespace."""
+        target = found.text
+        src_spans = word_spans(unit.source)
+        if weights is None:
+            weights = diagonal_map(len(word_spans(target)), len(src_spans))
+        replacements: list[tuple[int, int, str]] = []
+        self.stats.protected += unit.protected
+        for stand_in in _unwritten(unit, target):
+            target, weights = _insert(target, weights, stand_in.text,
+                                      point_gap(weights, src_spans, stand_in.at + 1)[0], src_spans, stand_in.at)
+            self.stats.restored_by_alignment += 1
+        taken: dict[str, int] = {}
+        for stand_in in unit.stand_ins:  # the k-th stand-in of a text takes the k-th place it is written
+            matches = list(stand_in_pattern(stand_in.text).finditer(target))
+            k = taken[stand_in.text] = taken.get(stand_in.text, -1) + 1
+            if k < len(matches):
+                replacements.append((*matches[k].span(), stand_in.raw))
+        for text, k in taken.items():  # a stand-in written more often than it stood: the copies go
+            if text in self.splitter.pool:
+                extra = list(stand_in_pattern(text).finditer(target))[k + 1:]
+                replacements += [(*m.span(), "") for m in extra]
+                self.stats.duplicates_removed += len(extra)
+        self.stats.tags += len(unit.marks) - unit.protected + len(unit.stand_ins)
+        return unit.lead + write(target, unit.marks, place(unit.marks, weights, src_spans), replacements,
+                                 self.escape, unit.source) + unit.trail
+
+
+def _unwritten(unit: Unit, target: str) -> list[StandIn]:
+    """The stand-ins the translation lacks: the k-th of a text when it is written fewer than k times."""
+    seen: dict[str, int] = {}
+    missing = []
+    for stand_in in unit.stand_ins:
+        seen[stand_in.text] = seen.get(stand_in.text, 0) + 1
+        if len(stand_in_pattern(stand_in.text).findall(target)) < seen[stand_in.text]:
+            missing.append(stand_in)
+    return missing
+
+
+def _insert(target: str, weights: np.ndarray, stand_in: str, gap: int, src_spans: Sequence[tuple[int, int]],
+            at: int) -> tuple[str, np.ndarray]:
+    """The translation with a dropped stand-in written at `gap` as a word of its own, and the word map with a
+    row for it, linked to the source word it stood for."""
+    spans = word_spans(target)
+    if gap < len(spans):
+        cut = spans[gap][0]
+        target = f"{target[:cut]}{stand_in} {target[cut:]}"
+    else:
+        target = f"{target} {stand_in}" if target else stand_in
+    row = np.zeros((1, weights.shape[1]))
+    source = next((i for i, (a, b) in enumerate(src_spans) if a <= at < b), None)
+    if source is not None and weights.shape[1]:
+        row[0, source] = 1.0
+    return target, np.concatenate([weights[:gap], row, weights[gap:]])
+
+
+def translate_document(loaded: DecodingRun, chunks: Iterable[str], fmt: str, name: str = "<input>",
+                       **options: Any) -> tuple[Iterator[str], DocumentStats]:
+    """A document's translation as an iterator of output pieces (written as they come), and the statistics
+    it fills as it goes; `options` are DocumentTranslator's."""
+    translator = DocumentTranslator(loaded, fmt, **options)
+    return translator.translate_items(read_items(chunks, check_format(fmt), name)), translator.stats
+
+
+def read_chunks(path: Path, fmt: str, size: int = 1 << 16) -> Iterator[str]:
+    """A UTF-8 file (its BOM dropped) as `read_items` takes it: whole lines for text, else chunks of `size`
+    characters: bounded memory for a document of any size."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        if fmt == "text":
+            yield from handle
+        else:
+            while chunk := handle.read(size):
+                yield chunk
+
+
+def translate_documents(run_dirs: Path | Sequence[Path], chunks: Iterable[str], fmt: str,
+                        write: Callable[[str], object], name: str = "<input>", *, checkpoint: str = "best",
+                        overrides: Sequence[str] = (), quantize: str | None = None, runtime: str = "torch",
+                        protect: bool | None = None, **options: Any) -> DocumentStats:
+    """`nmt translate --format`: a document read from `chunks` translated with one run (or an ensemble) and
+    passed to `write` piece by piece; `protect` defaults to on for html and xml, off for text. The statistics
+    are returned and logged."""
+    loaded = load_models(run_dirs, checkpoint, overrides, quantize=quantize, runtime=runtime)
+    pieces, stats = translate_document(loaded, chunks, fmt, name, protect=fmt != "text" if protect is None
+                                       else protect, **options)
+    for piece in pieces:
+        write(piece)
+    if stats.restored_by_alignment or stats.duplicates_removed:
+        log.warning("%d of %d protected spans were dropped by the model and put back by the alignment; %d "
+                    "copies it wrote twice were removed", stats.restored_by_alignment, stats.protected,
+                    stats.duplicates_removed)
+    return stats
