@@ -219,3 +219,29 @@ def test_the_page_inline_in_a_notebook_translates_from_its_embedded_data(trained
         assert page.locator(".panel .attention .unsteered").count() == 0
         assert "error" not in (page.get_attribute("#status", "class") or "")
         browser.close()
+
+
+def test_the_page_translates_markup_and_marks_each_tags_words_on_the_heatmap(server):
+    """The markup example wraps the first and last words in tags; the toy task reverses the words, so each tag
+    must be placed on (and marked at) the mirrored target word."""
+    port = server
+    with playwright.sync_playwright() as p:
+        browser, page = open_page(p, port)
+        page.select_option("#model-b", "")
+        page.click("#markup-example")
+        transformer = ".panel[data-model=transformer]"
+        page.wait_for_selector(f"{transformer} .attention > table.heatmap td.cell")
+        assert page.input_value("#text") == "<b>ab</b> ca <i>de</i>"
+        expected = post(port, "/translate", {"text": "<b>ab</b> ca <i>de</i>", "model": "transformer",
+                                             "beam_size": 3, "format": "html"})["translations"][0]["text"]
+        assert expected == "<i>DE</i> CA <b>AB</b>"
+        assert page.inner_text(f"{transformer} .translation") == expected
+        table = f"{transformer} .attention > table.heatmap"
+        cols = page.eval_on_selector_all(f"{table} tr:first-child th.col.tagged", "hs => hs.map(h => h.textContent)")
+        rows = page.eval_on_selector_all(f"{table} th.row.tagged", "hs => hs.map(h => h.textContent)")
+        assert cols == ["ab", "de"] and rows == ["DE", "AB"]
+        assert page.eval_on_selector(f"{table} th.row.tag-0", "h => h.textContent") == "AB"  # <b>: ab -> AB
+        legend = page.inner_text(f"{transformer} .attention .tags")
+        assert "<b> ab → AB" in legend and "<i> de → DE" in legend
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+        browser.close()

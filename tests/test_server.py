@@ -173,7 +173,25 @@ CLIENT_ERRORS = [
     ({"text": "ab", "n_alternatives": 2, "constraints": ["AB"]}, 422, "n_alternatives"),
     ({"text": "ab", "n_alternatives": 2, "n_best": 2}, 422, "n_alternatives"),
     ({"text": ["ab ca de"] * 8, "beam_size": 8, "constraints": ["AB", "CA"]}, 413, "text"),  # 8 x 4 x 8 x 3 > 1024
+    ({"text": "<p>ab</p>", "format": "pdf"}, 422, "format"),
+    ({"text": "<p>ab</p>", "format": "html", "prefix": "AB"}, 422, "prefix"),
+    ({"text": "<p>ab</p>", "format": "html", "n_best": 2}, 422, "n_best"),
+    ({"text": "  ", "format": "html"}, 422, "text"),
+    ({"text": "<p>" + "ab ca " * 60 + "</p>", "format": "html", "beam_size": 8}, 413, "text"),
 ]
+
+
+def test_documents_come_back_with_their_tags_on_the_aligned_words(client):
+    """format html: the toy task reverses the words, so each tag lands on the mirrored word; blocks, attributes
+    and comments come back as they were, and a document needs no hypotheses."""
+    document = '<ul><li>ab <a href="?x=1&amp;y=2">ca</a> de</li><li><!-- c --><b>fo</b> gu</li></ul>'
+    response = client.post("/translate", json={"text": [document, "<p>le <i>mi</i></p>"], "model": "transformer",
+                                               "format": "html"})
+    assert response.status_code == 200, response.text
+    found = response.json()["translations"]
+    assert [t["text"] for t in found] == ['<ul><li>DE <a href="?x=1&amp;y=2">CA</a> AB</li><li><!-- c -->GU <b>FO</b>'
+                                          '</li></ul>', "<p><i>MI</i> LE</p>"]
+    assert found[0]["source"] == document and found[0]["hypotheses"] == []
 
 
 @pytest.mark.parametrize(("body", "status", "field"), CLIENT_ERRORS)

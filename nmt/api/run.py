@@ -163,9 +163,9 @@ class Run:
         documents) carries URLs, e-mail addresses, numbers and placeholders through unchanged, in text too."""
         lines = arguments.texts(texts, "texts")
         if check_format(format) != "text" or protect:
-            return self._translate_documents(lines, format, protect, beam_size, glossary, no_repeat_ngram_size,
-                                             repetition_penalty, n_best=n_best, length_penalty=length_penalty,
-                                             prefix=prefix, constraints=constraints, n_alternatives=n_alternatives,
+            return self._translate_documents(lines, format, protect, beam_size, length_penalty, glossary,
+                                             no_repeat_ngram_size, repetition_penalty, n_best=n_best, prefix=prefix,
+                                             constraints=constraints, n_alternatives=n_alternatives,
                                              on_token=on_token)
         steers = steer_lines(lines, _per_text(prefix, len(lines), "prefix"),
                              _constraints_per_text(constraints, len(lines)), _glossary(glossary))
@@ -181,14 +181,15 @@ class Run:
                 for t in found]
 
     def _translate_documents(self, documents: Sequence[str], fmt: str, protect: bool | None, beam_size: int | None,
-                             glossary: Glossary | Mapping[str, str] | str | Path | None,
+                             length_penalty: float | None, glossary: Glossary | Mapping[str, str] | str | Path | None,
                              no_repeat_ngram_size: int | None, repetition_penalty: float | None,
                              **others: object) -> list[Translation]:
         given = [name for name, value in others.items() if value is not None]
         if given:
             raise ArgumentError(given[0], f"goes with sentences, not with format={fmt!r} or protect")
         translator = DocumentTranslator(self.loaded, fmt, protect=fmt != "text" if protect is None else protect,
-                                        beam_size=beam_size, glossary=_glossary(glossary),
+                                        beam_size=beam_size, length_penalty=length_penalty,
+                                        glossary=_glossary(glossary),
                                         no_repeat_ngram_size=no_repeat_ngram_size,
                                         repetition_penalty=repetition_penalty)
         return [Translation(document, translator.translate(document), []) for document in documents]

@@ -74,5 +74,6 @@ def stand_ins(tokenizer: Tokenizer, count: int = 64) -> list[str]:
 
 
 def stand_in_pattern(stand_in: str) -> re.Pattern[str]:
-    """The stand-in as a number of its own in a translation (not the digits of a longer number or word)."""
-    return re.compile(rf"(?<![\w.,]){re.escape(stand_in)}(?![\d])")
+    """The stand-in as a number of its own in a translation, with any digits the model wrote after it (the
+    search must write the stand-in's pieces but may go on with more: `238` then `8`): those are taken with it."""
+    return re.compile(rf"(?<![\w.,]){re.escape(stand_in)}\d*")

@@ -70,7 +70,7 @@ class DocumentTranslator:
 
     def __init__(self, loaded: DecodingRun, fmt: str = "html", protect: bool = True, beam_size: int | None = None,
                  glossary: Glossary | None = None, no_repeat_ngram_size: int | None = None,
-                 repetition_penalty: float | None = None):
+                 repetition_penalty: float | None = None, length_penalty: float | None = None):
         self.loaded, self.fmt = loaded, check_format(fmt)
         self.translator = Translator.for_run(loaded)
         protector = Protector(loaded.config.decoding.protect, builtin=protect)
@@ -78,8 +78,8 @@ class DocumentTranslator:
         pool = stand_ins(loaded.tokenizer) if protector.active else []
         self.splitter = Splitter(loaded.config.data.src_lang, protector, pool, self.escape,
                                  lambda text: copyable(loaded.tokenizer, text) is not None, split=fmt != "text")
-        self.options = dict(beam_size=beam_size, no_repeat_ngram_size=no_repeat_ngram_size,
-                            repetition_penalty=repetition_penalty)
+        self.beam_size, self.length_penalty = beam_size, length_penalty
+        self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
         self.glossary = glossary
         self.layer, self.head = alignment_choice(loaded)
         self.stats = DocumentStats()
@@ -115,9 +115,9 @@ class DocumentTranslator:
         sources = [unit.source for unit in flat]
         own = [list(dict.fromkeys(s.text for s in unit.stand_ins)) for unit in flat]  # each written once at least
         steers = steer_lines(sources, constraints=own if any(own) else None, glossary=self.glossary)
-        found = self.translator.translate(sources, self.options["beam_size"], 1, steers=steers,
-                                          no_repeat_ngram_size=self.options["no_repeat_ngram_size"],
-                                          repetition_penalty=self.options["repetition_penalty"])
+        found = self.translator.translate(sources, self.beam_size, 1, self.length_penalty, steers=steers,
+                                          no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                          repetition_penalty=self.repetition_penalty)
         needs = [i for i, (unit, t) in enumerate(zip(flat, found, strict=True)) if t.hypotheses[0].tokens and (
             unit.marks or _unwritten(unit, t.text))]
         maps = dict(zip(needs, self._word_maps([found[i] for i in needs]), strict=True))

@@ -251,8 +251,8 @@ class ModelRegistry:
         text the translated document, without hypotheses."""
         served = self.models[decoding.model]
         translator = DocumentTranslator(served.loaded, fmt, protect=fmt != "text" if protect is None else protect,
-                                        beam_size=decoding.beam_size,
-                                        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+                                        beam_size=decoding.beam_size, length_penalty=decoding.length_penalty,
+                                        no_repeat_ngram_size=decoding.no_repeat_ngram_size or None,
                                         repetition_penalty=decoding.repetition_penalty)
         return [Translation(text, [], [translator.translate(text)], []) for text in texts]
 

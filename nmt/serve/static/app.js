@@ -158,7 +158,9 @@ class Panel {
     this.choice = {kind: "cross", layer: this.info.kinds.cross, head: null};
   }
 
-  async show(text, beam, threshold, steered) {
+  async show(text, beam, threshold, steered, format = "text") {
+    if (format === "html") return this.showMarkup(text, beam, threshold);
+    this.markup = null;
     this.text = text;
     this.beam = beam;
     this.threshold = threshold;
@@ -182,6 +184,25 @@ class Panel {
     if (found.missing.length) translation.after(element("div", {class: "meta missing",
       text: `lacks ${found.missing.join(", ")}: no room in the length limit, or an n-gram ban`}));
     await Promise.all([this.listBest(request, list), this.drawAttention()]);
+  }
+
+  // An HTML fragment: translated as a document (POST /translate, format html), its markup shown as text, and
+  // the attention of its text drawn over words with each tag's words marked on both sides.
+  async showMarkup(markup, beam, threshold) {
+    const info = this.info;
+    const found = (await api("/translate", {text: markup, model: info.name, beam_size: beam, format: "html"}))
+      .translations[0];
+    this.markup = {source: tagSpans(markup), target: tagSpans(found.text)};
+    this.text = this.markup.source.text;
+    this.translation = this.markup.target.text;
+    this.beam = beam;
+    this.threshold = threshold;
+    this.attentionNode = element("div", {class: "attention"});
+    this.node.replaceChildren(element("h2", {text: info.name}),
+      element("div", {class: "meta", text: `${info.architecture}, ${info.src_lang} → ${info.tgt_lang}, tags ` +
+        "placed by word alignment"}),
+      element("pre", {class: "translation markup", text: found.text}), this.attentionNode);
+    await this.drawAttention();
   }
 
   async listBest(request, list) {
@@ -218,7 +239,7 @@ class Panel {
 
   async drawAttention() {
     const request = {text: this.text, model: this.info.name, beam_size: this.beam, threshold: this.threshold,
-                     words: $("#words").checked, eos: $("#eos").checked, ...this.choice};
+                     words: $("#words").checked || this.markup !== null, eos: $("#eos").checked, ...this.choice};
     const method = $("#attribution").value;
     if (method && this.choice.kind === "cross") request.attribution = method;
     const view = await api("/attention", request);
@@ -230,15 +251,16 @@ class Panel {
     const layer = this.info.kinds[view.kind] > 1 ? `, layer ${view.layer}` : "";
     const where = `${view.kind} attention${layer}${what ? `, ${what}` : ""} (${unit})`;
     const [entropy, std] = view.summary.entropy;
+    const map = heatmap(view.row_tokens, view.col_tokens, view.weights, {threshold: this.threshold, hover, columns: [
+      ["entropy", "entropy", view.entropy.map((e) => fixed(e))],
+      ["max", "max-weight", view.max_weight.map((m) => fixed(m))]]});
+    const legend = this.markup ? markTags(map, this.markup.source, this.markup.target) : [];
     const children = [this.selectors(),
       element("div", {class: "meta", text: `${where}: mean entropy ${fixed(entropy)} ± ${fixed(std)} nats, ` +
         `mean max weight ${fixed(view.summary.max_weight[0])}`}),
       ...(view.translation === this.translation ? [] : [element("div", {class: "meta unsteered",
         text: `of the translation without the prefix and phrases: ${view.translation}`})]),
-      heatmap(view.row_tokens, view.col_tokens, view.weights, {threshold: this.threshold, hover, columns: [
-        ["entropy", "entropy", view.entropy.map((e) => fixed(e))],
-        ["max", "max-weight", view.max_weight.map((m) => fixed(m))]]}),
-      hoverLine];
+      ...legend, map, hoverLine];
     if (view.attribution) children.push(this.attribution(view, hover));
     else if (method) children.push(element("div", {class: "meta", text: "Attribution is over the source tokens: " +
       "choose the cross attention to see it."}));
@@ -271,6 +293,76 @@ class Panel {
   }
 }
 
+// An HTML fragment's text (tags out, whitespace collapsed) and its elements in document order, each with the
+// whitespace-separated words it encloses and a key that finds the same tag in a translation (its start tag and
+// how many times that start tag came before). The browser's own parser reads it; nothing is inserted.
+function tagSpans(markup) {
+  const body = new DOMParser().parseFromString(markup, "text/html").body;
+  let text = "";
+  const tags = [];
+  const seen = {};
+  const walk = (node) => {
+    for (const child of node.childNodes) {
+      if (child.nodeType === Node.TEXT_NODE) text += child.textContent;
+      if (child.nodeType !== Node.ELEMENT_NODE) continue;
+      const open = child.outerHTML.slice(0, child.outerHTML.indexOf(">") + 1);
+      seen[open] = (seen[open] || 0) + 1;
+      const tag = {key: `${open}#${seen[open]}`, open, start: text.length};
+      tags.push(tag);
+      walk(child);
+      tag.end = text.length;
+    }
+  };
+  walk(body);
+  const words = [...text.matchAll(/\S+/g)].map((m) => [m.index, m.index + m[0].length]);
+  for (const tag of tags) {
+    tag.words = words.flatMap(([a, b], k) => (a < tag.end && b > tag.start ? [k] : []));
+  }
+  return {text: words.map(([a, b]) => text.slice(a, b)).join(" "), tags};
+}
+
+const TAG_COLOURS = ["#e6550d", "#31a354", "#756bb1", "#d6616b", "#3182bd", "#8c6d31"];
+
+// Underline, in one colour per tag, the source words (columns) and target words (rows) each tag encloses;
+// returns the legend to show above the map.
+function markTags(table, source, target) {
+  const cols = [...table.querySelectorAll("tr:first-child th.col")];
+  const rows = [...table.querySelectorAll("th.row")];
+  const legend = element("div", {class: "meta tags"});
+  source.tags.forEach((tag, n) => {
+    const colour = TAG_COLOURS[n % TAG_COLOURS.length];
+    const placed = target.tags.find((other) => other.key === tag.key);
+    const mark = (header, side) => {
+      if (!header) return;
+      header.classList.add("tagged", `tag-${n}`);
+      header.style.boxShadow = `inset 0 -3px 0 ${colour}`;
+      header.title = `${header.title ? `${header.title}; ` : ""}${side} ${tag.open}`;
+    };
+    tag.words.forEach((k) => mark(cols[k], "inside"));
+    (placed ? placed.words : []).forEach((k) => mark(rows[k], "placed in"));
+    const say = (side, found) => found.words.map((w) => side.text.split(" ")[w]).join(" ");
+    legend.append(element("span", {class: "tag-key", style: `border-bottom: 3px solid ${colour}`,
+      text: `${tag.open} ${say(source, tag)} → ${placed ? say(target, placed) || "(empty)" : "(not placed)"}`}));
+  });
+  return [legend];
+}
+
+// The text with its first word in <b> and its last in <i>: an HTML example in any source language.
+function markupExample() {
+  const words = $("#text").value.trim().split(/\s+/).filter(Boolean);
+  if (!words.length) {
+    setStatus("type a sentence first: the example wraps its first and last words in tags", true);
+    return;
+  }
+  const escape = (word) => word.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  const wrapped = words.map(escape);
+  wrapped[0] = `<b>${wrapped[0]}</b>`;
+  if (wrapped.length > 1) wrapped[wrapped.length - 1] = `<i>${wrapped[wrapped.length - 1]}</i>`;
+  $("#text").value = wrapped.join(" ");
+  $("#format").value = "html";
+  $("#query").requestSubmit();
+}
+
 async function translate(event) {
   event.preventDefault();
   const text = $("#text").value;
@@ -284,7 +376,8 @@ async function translate(event) {
   try {
     const started = performance.now();
     const steered = steering();
-    await Promise.all(panels.map((panel) => panel.show(text, beam, threshold, steered)));
+    const format = $("#format").value;
+    await Promise.all(panels.map((panel) => panel.show(text, beam, threshold, steered, format)));
     setStatus(`done in ${Math.round(performance.now() - started)} ms`);
   } catch (err) {
     setStatus(err.message, true);
@@ -306,6 +399,7 @@ async function start() {
     setStatus(`cannot list the models: ${err.message}`, true);
   }
   $("#query").addEventListener("submit", translate);
+  $("#markup-example").addEventListener("click", markupExample);
   const redraw = (busy = "") => {
     setStatus(busy);
     return Promise.all(shown.map((panel) => panel.drawAttention()))
