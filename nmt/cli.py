@@ -308,12 +308,21 @@ def translate(
     protect: Annotated[bool | None, typer.Option("--protect/--no-protect", help="Carry URLs, e-mail addresses, "
                                                  "numbers, placeholders and decoding.protect's patterns through "
                                                  "unchanged (default: on for html and xml).")] = None,
+    align_layer: Annotated[int | None, typer.Option("--align-layer", min=1, help="--format: place tags by this "
+                                                    "decoder layer's cross-attention (default: the guided head's, "
+                                                    "else the last).")] = None,
+    align_head: Annotated[int | None, typer.Option("--align-head", min=1, help="--format: by this head of it "
+                                                   "(default: the guided head, else the heads averaged; `nmt align "
+                                                   "--choose-head-on` finds the best).")] = None,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept; or a whole
     HTML or XML document (--format)."""
+    if (align_layer or align_head) and format_ is DocumentFormat.text:
+        raise typer.BadParameter("--align-layer and --align-head place tags: they go with --format html or xml")
     if format_ is not DocumentFormat.text or protect:
         _translate_document(sentence, model, config, input_, output, format_.value, protect, checkpoint, set_,
                             quantize, runtime, beam_size, glossary, no_repeat_ngram_size, repetition_penalty,
+                            (align_layer, align_head),
                             others={"--n-best": n_best, "--sample": sample, "--prefix": prefix,
                                     "--prefix-file": prefix_file, "--constraint": constraint,
                                     "--constraints-file": constraints_file, "--n-alternatives": n_alternatives,
@@ -365,7 +374,7 @@ def _translate_document(sentence: str | None, model: list[Path] | None, config: 
                         output: Path | None, fmt: str, protect: bool | None, checkpoint: str,
                         set_: list[str] | None, quantize: Quantize | None, runtime: Runtime, beam_size: int | None,
                         glossary: Path | None, no_repeat_ngram_size: int | None, repetition_penalty: float | None,
-                        others: dict[str, object]) -> None:
+                        alignment: tuple[int | None, int | None], others: dict[str, object]) -> None:
     """`nmt translate --format html|xml` or `--protect`: a document in, the same document out, streamed."""
     from nmt.documents.translate import read_chunks, translate_documents
     from nmt.fileio import atomic_writer
@@ -390,7 +399,8 @@ def _translate_document(sentence: str | None, model: list[Path] | None, config: 
         translate_documents(_run_dirs(model, config), chunks, fmt, write, name, checkpoint=checkpoint,
                             overrides=set_ or [], quantize=quantize and quantize.value, runtime=runtime.value,
                             protect=protect, beam_size=beam_size, glossary=loaded_glossary,
-                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                            align_layer=alignment[0], align_head=alignment[1])
 
     if output is None:
         translate_to(_echo_now)

@@ -1,7 +1,10 @@
 """Documents through translation on a run's test set (BENCHMARKS.md, "Documents"):
 
     NMT_DATA_MIRROR=../shared/data python scripts/markup_bench.py runs/multi30k_deen_transformer_guided \
-        runs/multi30k_deen_transformer runs/multi30k_deen
+        runs/multi30k_deen_transformer runs/multi30k_deen_transformer@2:3 runs/multi30k_deen
+
+A run written RUN@LAYER:HEAD places tags by that head (`--align-layer`, `--align-head`: the best one that
+`nmt align --choose-head-on` finds), else by the run's default (its guided head, else the last layer's average).
 
 - tags: 1 to 3 source phrases of each test sentence are wrapped in tags (`<b>`, `<i>`, `<a href>`; in about a
   quarter of the sentences a fourth tag nested inside the first phrase). Each phrase lies on a boundary of the
@@ -16,7 +19,9 @@
   - BLEU and chrF of the outputs with their tags stripped, against the untagged translations';
 - spans: a URL, an e-mail address, a number or a placeholder inserted at a random word boundary of each test
   sentence; the share that comes back exactly, with `--protect` and without;
-- speed: seconds to translate the tagged document against the untagged lines, best of --repeats.
+- speed: seconds to translate the tagged document against the untagged lines, best of --repeats;
+- memory: the tagged paragraphs repeated into a 10 MB document, read (parsed into segments, not translated) in
+  64 KB chunks: seconds, and the most memory traced (tracemalloc, which also slows it) against the document's size.
 One JSON object per run and measurement on standard output."""
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import html
 import json
 import random
 import time
+import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -35,6 +41,7 @@ from nmt.data.links import Link
 from nmt.data.prepare import prepare_data
 from nmt.data.splits import eval_set
 from nmt.data.word_aligner import align_words
+from nmt.documents.markup import Segment, read_items
 from nmt.documents.translate import DocumentTranslator
 from nmt.inference.translate import Translator
 from nmt.runs.loading import load_model
@@ -139,11 +146,13 @@ def paragraphs(document: str) -> list[str]:
     return [part.split("</p>")[0] for part in document.split("<p>")[1:]]
 
 
-def tags_bench(run: Path, train_src: list[str], train_tgt: list[str], sources: list[str], refs: list[str],
+def tags_bench(run: str, train_src: list[str], train_tgt: list[str], sources: list[str], refs: list[str],
                tagged: list[tuple[str, list[tuple[int, int]]]]) -> dict:
-    loaded = load_model(run)
+    path, _, head = run.partition("@")
+    loaded = load_model(Path(path))
     plain = [t.text for t in Translator.for_run(loaded).translate(sources)]
-    translator = DocumentTranslator(loaded, "html")
+    layer_head = [int(n) for n in head.split(":")] if head else [None, None]
+    translator = DocumentTranslator(loaded, "html", align_layer=layer_head[0], align_head=layer_head[1])
     document = "".join(f"<p>{markup}</p>\n" for markup, _ in tagged)
     out = paragraphs(translator.translate(document))
     read = [read_paragraph(p) for p in out]
@@ -163,7 +172,8 @@ def tags_bench(run: Path, train_src: list[str], train_tgt: list[str], sources: l
             got = word_range(r.text, *r.spans[str(n)]) if str(n) in r.spans else set()
             hit, predicted, expected = hit + len(got & truth), predicted + len(got), expected + len(truth)
     precision, recall = hit / max(predicted, 1), hit / max(expected, 1)
-    return {"run": str(run), "measure": "tags", "sentences": len(sources),
+    return {"run": run, "measure": "tags", "alignment": [translator.layer, translator.head],
+            "sentences": len(sources),
             "tags": sum(len(spans) for _, spans in tagged), "well_formed_same_tree": same_tree / len(sources),
             "same_tree_and_order": same_order / len(sources), "placement_precision": round(precision, 4),
             "placement_recall": round(recall, 4),
@@ -221,26 +231,51 @@ def speed_bench(run: Path, sources: list[str], tagged: list[tuple[str, list[tupl
             "html_s": round(html_s, 2), "overhead": round(html_s / plain_s, 3)}
 
 
+def memory_bench(tagged: list[tuple[str, list[tuple[int, int]]]], size: int = 10_000_000) -> dict:
+    document = "".join(f"<p>{markup}</p>\n" for markup, _ in tagged)
+
+    def chunks():
+        written = 0
+        while written < size:
+            for start in range(0, len(document), 1 << 16):
+                yield document[start:start + (1 << 16)]
+            written += len(document)
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    segments = sum(isinstance(item, Segment) for item in read_items(chunks(), "html"))
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"measure": "memory", "document_bytes": size, "segments": segments, "seconds": round(seconds, 1),
+            "peak_traced_mb": round(peak / 1e6, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", nargs="+", help="RUN or RUN@LAYER:HEAD")
     parser.add_argument("--sentences", type=int, default=1000, help="test sentences (from the first)")
     parser.add_argument("--speed-sentences", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["tags", "spans", "speed"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["tags", "spans", "speed", "memory"])
     args = parser.parse_args()
 
-    config = load_model(args.runs[0]).config
+    config = load_model(Path(args.runs[0].partition("@")[0])).config
     train = prepare_data(config).splits["train"]
     test = eval_set(config.data, "test")
     sources, refs = test.sources[:args.sentences], test.references[:args.sentences]
     reference_links = align_words(train.src_text + sources, train.tgt_text + refs)[-len(sources):]
     rng = random.Random(args.seed)
     tagged = [tag_sentence(s.split(), links, rng) for s, links in zip(sources, reference_links, strict=True)]
-    for run in args.runs:
+    if "memory" not in args.skip:
+        print(json.dumps(memory_bench(tagged)), flush=True)
+    for spec in args.runs:
         if "tags" not in args.skip:
-            print(json.dumps(tags_bench(run, train.src_text, train.tgt_text, sources, refs, tagged)), flush=True)
+            print(json.dumps(tags_bench(spec, train.src_text, train.tgt_text, sources, refs, tagged)), flush=True)
+        if "@" in spec:
+            continue
+        run = Path(spec)
         if "spans" not in args.skip:
             for row in spans_bench(run, sources, args.seed):
                 print(json.dumps(row), flush=True)

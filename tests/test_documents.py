@@ -6,6 +6,7 @@ right placement of every tag."""
 from __future__ import annotations
 
 import re
+import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -128,6 +129,46 @@ def test_reading_is_streamed_block_by_block():
     items = read_items(chunks(), "html")
     first = next(item for item in items if isinstance(item, Segment))
     assert first.text == "ab ca" and not consumed
+
+
+def _peak_reading(fmt: str, size: int) -> int:
+    """Bytes traced at most while reading a document of about `size` bytes fed in 16 KB chunks."""
+    block = "<p>ab <b>ca</b> de &amp; fo</p>\n" * 500
+
+    def chunks():
+        yield "<doc>"
+        for _ in range(size // len(block)):
+            yield block
+        yield "</doc>"
+
+    tracemalloc.start()
+    try:
+        segments = sum(isinstance(item, Segment) for item in read_items(chunks(), fmt))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert segments >= size // len(block) * 500
+    return peak
+
+
+@pytest.mark.parametrize("fmt", ["html", "xml"])
+def test_a_document_is_read_in_memory_that_does_not_grow_with_it(fmt):
+    """Four times the document, not four times the memory: what is held is a chunk's blocks."""
+    small, large = _peak_reading(fmt, 1 << 17), _peak_reading(fmt, 1 << 19)
+    assert large < 1.5 * small, (small, large)
+
+
+def test_hostile_xml_ends_in_a_result_or_one_error_naming_the_place():
+    nested = "<doc>" + "<b>" * 10_000 + "ab" + "</b>" * 10_000 + "</doc>"
+    [segment] = [item for item in read_items([nested], "xml") if isinstance(item, Segment)]
+    assert len(segment.marks) == 10_000 and segment.marks[-1].parent == 9_998
+    laughs = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' +
+              "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8)) +
+              ']><doc>&i;</doc>')
+    items = list(read_items([laughs], "xml"))  # entities are copied as written, never expanded
+    assert "".join(item for item in items if isinstance(item, str)).count("&i;") == 1
+    with pytest.raises(DataError, match=r"line 1, column \d+: not well-formed XML"):
+        list(read_items(["<doc>ab &undefined; <x</doc>"], "xml"))
 
 
 def test_malformed_xml_is_refused_naming_line_and_column_and_cdata_is_kept():
@@ -312,6 +353,8 @@ def test_api_formats(trained_transformer):
         run.translate("ab", format="pdf")
     with pytest.raises(ArgumentError, match="prefix"):
         run.translate("<p>ab</p>", format="html", prefix="CA")
+    with pytest.raises(ArgumentError, match="9 is outside 1..2: the model has 2 layers"):
+        DocumentTranslator(run.loaded, "html", align_layer=9)
 
 
 def test_protect_patterns_are_checked(toy_config_path):

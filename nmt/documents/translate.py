@@ -26,6 +26,7 @@ from nmt.inference.ensemble import load_models
 from nmt.inference.steer import Glossary, steer_lines
 from nmt.inference.translate import Translation, Translator
 from nmt.inspect.aligner import forced_cross_maps
+from nmt.inspect.view import pick
 from nmt.inspect.words import EOS, shape_view
 from nmt.runs.loading import DecodingRun, LoadedRun
 
@@ -40,13 +41,21 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def alignment_choice(loaded: DecodingRun) -> tuple[int, int | None]:
-    """(layer, head) of the map a run aligns words by: its guided head, else the last layer's heads averaged
-    (head None)."""
+def alignment_choice(loaded: DecodingRun, layer: int | None = None, head: int | None = None
+                     ) -> tuple[int, int | None]:
+    """(layer, head) of the map a run aligns words by: the one asked for (as `nmt align --layer --head`; `nmt
+    align --choose-head-on` finds the best on gold links), else its guided head, else the last layer's heads
+    averaged (head None)."""
     config = loaded.config
+    layers, heads = config.model.attention_shape
+    if layer is not None or head is not None:
+        if not isinstance(loaded, LoadedRun):
+            raise ArgumentError("align_layer", "an ensemble or an ONNX export aligns by the attention its search "
+                                               "returns: leave out the layer and head")
+        return pick(layers, layer, "layer") or layers, pick(heads, head, "head")
     if config.training.guided_alignment is not None:
         return config.guided_layer, config.training.guided_alignment.head
-    return config.model.attention_shape[0], None
+    return layers, None
 
 
 @dataclass
@@ -70,7 +79,8 @@ class DocumentTranslator:
 
     def __init__(self, loaded: DecodingRun, fmt: str = "html", protect: bool = True, beam_size: int | None = None,
                  glossary: Glossary | None = None, no_repeat_ngram_size: int | None = None,
-                 repetition_penalty: float | None = None, length_penalty: float | None = None):
+                 repetition_penalty: float | None = None, length_penalty: float | None = None,
+                 align_layer: int | None = None, align_head: int | None = None):
         self.loaded, self.fmt = loaded, check_format(fmt)
         self.translator = Translator.for_run(loaded)
         protector = Protector(loaded.config.decoding.protect, builtin=protect)
@@ -81,7 +91,7 @@ class DocumentTranslator:
         self.beam_size, self.length_penalty = beam_size, length_penalty
         self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
         self.glossary = glossary
-        self.layer, self.head = alignment_choice(loaded)
+        self.layer, self.head = alignment_choice(loaded, align_layer, align_head)
         self.stats = DocumentStats()
 
     def translate_items(self, items: Iterable[Item]) -> Iterator[str]:
@@ -175,7 +185,8 @@ class DocumentTranslator:
         for text, k in taken.items():  # a stand-in written more often than it stood: the copies go
             if text in self.splitter.pool:
                 extra = list(stand_in_pattern(text).finditer(target))[k + 1:]
-                replacements += [(*m.span(), "") for m in extra]
+                replacements += [(m.start() - (m.start() > 0 and target[m.start() - 1] == " "), m.end(), "")
+                                 for m in extra]  # with the space before it
                 self.stats.duplicates_removed += len(extra)
         self.stats.tags += len(unit.marks) - unit.protected + len(unit.stand_ins)
         return unit.lead + write(target, unit.marks, place(unit.marks, weights, src_spans), replacements,
@@ -241,8 +252,9 @@ def translate_documents(run_dirs: Path | Sequence[Path], chunks: Iterable[str], 
                                        else protect, **options)
     for piece in pieces:
         write(piece)
-    if stats.restored_by_alignment or stats.duplicates_removed:
-        log.warning("%d of %d protected spans were dropped by the model and put back by the alignment; %d "
-                    "copies it wrote twice were removed", stats.restored_by_alignment, stats.protected,
-                    stats.duplicates_removed)
+    if stats.restored_by_alignment:
+        log.warning("%d of %d protected spans did not fit in their translation (the length limit): each was put "
+                    "next to the word aligned to it", stats.restored_by_alignment, stats.protected)
+    if stats.duplicates_removed:
+        log.info("%d extra copies of stand-ins the model wrote were removed", stats.duplicates_removed)
     return stats
