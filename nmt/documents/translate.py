@@ -66,12 +66,8 @@ class DocumentStats:
     units: int = 0
     tags: int = 0
     protected: int = 0
-    restored_by_alignment: int = 0  # stand-ins the model dropped, put back by the alignment
-    duplicates_removed: int = 0  # stand-ins the model wrote twice: the copies after the first
-
-    def add(self, other: DocumentStats) -> None:
-        for name in vars(self):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+    restored_by_alignment: int = 0  # stand-ins the search could not fit (the length limit), put back by alignment
+    duplicates_removed: int = 0  # stand-ins written more often than they stood: the copies after the first
 
 
 class DocumentTranslator:
@@ -164,33 +160,41 @@ class DocumentTranslator:
         return maps
 
     def _write(self, unit: Unit, found: Translation, weights: np.ndarray | None) -> str:
-        """A unit's output: its translation with stand-ins restored (a dropped one inserted by alignment),
-        its marks placed, surrounded by the unit's own whitespace."""
-        target = found.text
+        """A unit's output: its translation with stand-ins restored, its marks placed, surrounded by the unit's
+        own whitespace."""
         src_spans = word_spans(unit.source)
         if weights is None:
-            weights = diagonal_map(len(word_spans(target)), len(src_spans))
-        replacements: list[tuple[int, int, str]] = []
+            weights = diagonal_map(len(word_spans(found.text)), len(src_spans))
+        target, weights, replacements = self._restore(unit, found.text, weights, src_spans)
         self.stats.protected += unit.protected
+        self.stats.tags += len(unit.marks) - unit.protected + len(unit.stand_ins)
+        return unit.lead + write(target, unit.marks, place(unit.marks, weights, src_spans), replacements,
+                                 self.escape, unit.source) + unit.trail
+
+    def _restore(self, unit: Unit, target: str, weights: np.ndarray, src_spans: Sequence[tuple[int, int]]
+                 ) -> tuple[str, np.ndarray, list[tuple[int, int, str]]]:
+        """The translation with every stand-in in it (one the search could not fit inserted by alignment, its
+        row added to the word map) and the replacements that write each one's span in its place (and drop the
+        extra copies of a stand-in the model wrote more often than it stood)."""
         for stand_in in _unwritten(unit, target):
-            target, weights = _insert(target, weights, stand_in.text,
-                                      point_gap(weights, src_spans, stand_in.at + 1)[0], src_spans, stand_in.at)
+            gap = point_gap(weights, src_spans, stand_in.at + 1)[0]
+            target, weights = _insert(target, weights, stand_in.text, gap, src_spans, stand_in.at)
             self.stats.restored_by_alignment += 1
+        replacements: list[tuple[int, int, str]] = []
         taken: dict[str, int] = {}
         for stand_in in unit.stand_ins:  # the k-th stand-in of a text takes the k-th place it is written
             matches = list(stand_in_pattern(stand_in.text).finditer(target))
             k = taken[stand_in.text] = taken.get(stand_in.text, -1) + 1
             if k < len(matches):
                 replacements.append((*matches[k].span(), stand_in.raw))
-        for text, k in taken.items():  # a stand-in written more often than it stood: the copies go
-            if text in self.splitter.pool:
+        own = {stand_in.text for stand_in in unit.stand_ins if stand_in.own}
+        for text, k in taken.items():
+            if text not in own:  # a number standing for itself may also be the model's own: kept
                 extra = list(stand_in_pattern(text).finditer(target))[k + 1:]
                 replacements += [(m.start() - (m.start() > 0 and target[m.start() - 1] == " "), m.end(), "")
                                  for m in extra]  # with the space before it
                 self.stats.duplicates_removed += len(extra)
-        self.stats.tags += len(unit.marks) - unit.protected + len(unit.stand_ins)
-        return unit.lead + write(target, unit.marks, place(unit.marks, weights, src_spans), replacements,
-                                 self.escape, unit.source) + unit.trail
+        return target, weights, replacements
 
 
 def _unwritten(unit: Unit, target: str) -> list[StandIn]:

@@ -19,6 +19,7 @@ class StandIn:
     text: str  # the number the model reads in place of the span
     at: int  # its offset in the unit's source
     raw: str  # what is written in its place: the span's text escaped, or kept markup
+    own: bool = False  # a number standing for itself (the model may also write it on its own)
 
 
 @dataclass
@@ -87,14 +88,13 @@ class Splitter:
         core_end = max(core_start, start + len(piece.rstrip()))
         mine = [k for k in keeps if core_start <= k.start and k.end <= core_end and (k.start < end or last)]
         free = [n for n in self.pool if not stand_in_pattern(n).search(text[core_start:core_end])]
-        source, offsets = [], [core_start]  # breakpoints: text offset -> source offset
-        cuts = [0]
+        source, offsets, shifted = [], [core_start], [0]  # breakpoints: text offsets and their source offsets
         stand_ins, points = [], []
         position = core_start
         for keep in mine:
             source.append(text[position:keep.start])
             if keep.own:
-                stand_ins.append(StandIn(text[keep.start:keep.end], sum(map(len, source)), keep.raw))
+                stand_ins.append(StandIn(text[keep.start:keep.end], sum(map(len, source)), keep.raw, own=True))
                 source.append(text[keep.start:keep.end])
             elif free:
                 before = "" if not source[-1] or source[-1][-1].isspace() else " "
@@ -107,7 +107,7 @@ class Splitter:
             else:  # no stand-in left: the span is written by alignment, as a tag is
                 points.append((sum(map(len, source)), keep.raw))
             offsets.append(keep.end)
-            cuts.append(sum(map(len, source)))
+            shifted.append(sum(map(len, source)))
             position = keep.end
         source.append(text[position:core_end])
         joined = "".join(source)
@@ -118,12 +118,12 @@ class Splitter:
             k = bisect.bisect_right(offsets, offset) - 1
             if k < len(mine) and offset > mine[k].start:
                 offset = mine[k].start
-            return min(cuts[k] + offset - offsets[k], len(joined))
+            return min(shifted[k] + offset - offsets[k], len(joined))
 
-        own = [i for i, m in enumerate(marks) if start <= m.start < end or (last and m.start == end)]
-        index = {old: new for new, old in enumerate(own)}
+        inside = [i for i, m in enumerate(marks) if start <= m.start < end or (last and m.start == end)]
+        index = {old: new for new, old in enumerate(inside)}
         unit_marks = [Mark(m.open, m.close, to_source(m.start), to_source(m.end), index.get(m.parent, -1), m.point)
-                      for m in (marks[i] for i in own)]
+                      for m in (marks[i] for i in inside)]
         for at, raw in points:
             _insert_point(unit_marks, at, raw)
         return Unit(joined, text[start:core_start], text[core_end:end], unit_marks, stand_ins, len(mine))
