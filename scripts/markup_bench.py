@@ -4,7 +4,8 @@
         runs/multi30k_deen_transformer runs/multi30k_deen_transformer@2:3 runs/multi30k_deen
 
 A run written RUN@LAYER:HEAD places tags by that head (`--align-layer`, `--align-head`: the best one that
-`nmt align --choose-head-on` finds), else by the run's default (its guided head, else the last layer's average).
+`nmt align --choose-head-on` finds), RUN@LAYER by that layer's heads averaged, RUN by the run's default (its
+guided head, else the last layer's average).
 
 - tags: 1 to 3 source phrases of each test sentence are wrapped in tags (`<b>`, `<i>`, `<a href>`; in about a
   quarter of the sentences a fourth tag nested inside the first phrase). Each phrase lies on a boundary of the
@@ -94,7 +95,8 @@ class _Spans(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.text, self.order, self.balanced = "", [], True
+        self.text, self.balanced = "", True
+        self.order: list[str] = []
         self.open: list[tuple[str, str, int]] = []
         self.spans: dict[str, tuple[int, int]] = {}
         self.tree: list = []
@@ -103,7 +105,7 @@ class _Spans(HTMLParser):
     def handle_starttag(self, tag, attrs):
         ident = dict(attrs).get("id", "")
         self.open.append((tag, ident, len(self.text)))
-        node = (tag, ident, [])
+        node: tuple[str, str, list] = (tag, ident, [])
         self._nodes[-1].append(node)
         self._nodes.append(node[2])
         self.order.append(ident)
@@ -151,7 +153,7 @@ def tags_bench(run: str, train_src: list[str], train_tgt: list[str], sources: li
     path, _, head = run.partition("@")
     loaded = load_model(Path(path))
     plain = [t.text for t in Translator.for_run(loaded).translate(sources)]
-    layer_head = [int(n) for n in head.split(":")] if head else [None, None]
+    layer_head = [*(int(n) for n in head.split(":")), None][:2] if head else [None, None]
     translator = DocumentTranslator(loaded, "html", align_layer=layer_head[0], align_head=layer_head[1])
     document = "".join(f"<p>{markup}</p>\n" for markup, _ in tagged)
     out = paragraphs(translator.translate(document))
@@ -253,11 +255,13 @@ def memory_bench(tagged: list[tuple[str, list[tuple[int, int]]]], size: int = 10
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="RUN or RUN@LAYER:HEAD")
+    parser.add_argument("runs", nargs="+", help="RUN, RUN@LAYER or RUN@LAYER:HEAD")
     parser.add_argument("--sentences", type=int, default=1000, help="test sentences (from the first)")
     parser.add_argument("--speed-sentences", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tagged", type=Path, help="keep the tagged sentences in this file, or read them from it "
+                        "(eflomal samples with its own seed: runs measured apart then share one tagged set)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["tags", "spans", "speed", "memory"])
     args = parser.parse_args()
 
@@ -265,9 +269,14 @@ def main() -> None:
     train = prepare_data(config).splits["train"]
     test = eval_set(config.data, "test")
     sources, refs = test.sources[:args.sentences], test.references[:args.sentences]
-    reference_links = align_words(train.src_text + sources, train.tgt_text + refs)[-len(sources):]
-    rng = random.Random(args.seed)
-    tagged = [tag_sentence(s.split(), links, rng) for s, links in zip(sources, reference_links, strict=True)]
+    if args.tagged and args.tagged.exists():  # the same tagged set for runs measured in several invocations
+        tagged = [(markup, [tuple(span) for span in spans]) for markup, spans in json.loads(args.tagged.read_text())]
+    else:
+        reference_links = align_words(train.src_text + sources, train.tgt_text + refs)[-len(sources):]
+        rng = random.Random(args.seed)
+        tagged = [tag_sentence(s.split(), links, rng) for s, links in zip(sources, reference_links, strict=True)]
+        if args.tagged:
+            args.tagged.write_text(json.dumps(tagged))
     if "memory" not in args.skip:
         print(json.dumps(memory_bench(tagged)), flush=True)
     for spec in args.runs:
