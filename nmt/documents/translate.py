@@ -32,7 +32,7 @@ from nmt.runs.loading import DecodingRun, LoadedRun
 
 log = logging.getLogger(__name__)
 
-UNITS_PER_BATCH = 64
+UNITS_PER_BATCH = 256
 
 
 def check_format(fmt: str) -> str:
@@ -118,12 +118,7 @@ class DocumentTranslator:
 
     def _translate_segments(self, segments: Sequence[list[Unit]]) -> list[str]:
         flat = [unit for units in segments for unit in units]
-        sources = [unit.source for unit in flat]
-        own = [list(dict.fromkeys(s.text for s in unit.stand_ins)) for unit in flat]  # each written once at least
-        steers = steer_lines(sources, constraints=own if any(own) else None, glossary=self.glossary)
-        found = self.translator.translate(sources, self.beam_size, 1, self.length_penalty, steers=steers,
-                                          no_repeat_ngram_size=self.no_repeat_ngram_size,
-                                          repetition_penalty=self.repetition_penalty)
+        found = self._translate_units(flat)
         needs = [i for i, (unit, t) in enumerate(zip(flat, found, strict=True)) if t.hypotheses[0].tokens and (
             unit.marks or _unwritten(unit, t.text))]
         maps = dict(zip(needs, self._word_maps([found[i] for i in needs]), strict=True))
@@ -135,6 +130,24 @@ class DocumentTranslator:
             out.append("".join(written[position:position + len(units)]))
             position += len(units)
         return out
+
+    def _translate_units(self, units: Sequence[Unit]) -> list[Translation]:
+        """Each unit translated; those with stand-ins apart, constrained to write each at least once (a batch
+        holding one constrained sentence would take the slower constrained search for all of them)."""
+        found: list[Translation | None] = [None] * len(units)
+        for constrained in (False, True):
+            chosen = [i for i, unit in enumerate(units) if bool(unit.stand_ins) == constrained]
+            if not chosen:
+                continue
+            sources = [units[i].source for i in chosen]
+            phrases = [list(dict.fromkeys(s.text for s in units[i].stand_ins)) for i in chosen]
+            steers = steer_lines(sources, constraints=phrases if constrained else None, glossary=self.glossary)
+            done = self.translator.translate(sources, self.beam_size, 1, self.length_penalty, steers=steers,
+                                             no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                             repetition_penalty=self.repetition_penalty)
+            for i, translation in zip(chosen, done, strict=True):
+                found[i] = translation
+        return [t for t in found if t is not None]
 
     def _word_maps(self, found: Sequence[Translation]) -> list[np.ndarray | None]:
         """Per translation, its word map (target words x source words, EOS left out) from the map the run
