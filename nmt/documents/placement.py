@@ -1,6 +1,6 @@
 """Inline tags put back into a translation by word alignment, as Bergamot does for HTML: each tag pair goes
 around the target words aligned to the source words it enclosed, each point (a self-closing tag, a comment)
-next to the target word aligned to the source word before it.
+next to the target word aligned to the source word it touches (else the one before it).
 
 The word map (target words x source words, rows summing to 1) links each target word to its most attended
 source word. A pair's target span runs from the first to the last target word linked into its source words;

@@ -33,6 +33,8 @@ from nmt.runs.loading import DecodingRun, LoadedRun
 log = logging.getLogger(__name__)
 
 UNITS_PER_BATCH = 256
+"""Units decoded together: enough to fill decoding batches (64 made a document up to 1.6x slower than its plain
+text, BENCHMARKS.md), few enough that a document of any size streams through in bounded memory."""
 
 
 def check_format(fmt: str) -> str:
