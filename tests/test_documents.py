@@ -284,6 +284,8 @@ def test_a_document_round_trips_its_tag_tree_and_a_plain_sentence_translates_as_
     assert tree_of(out) == tree_of(PAGE)
     assert '<li translate="no">ab ca stays</li>' in out and '<script>if (a < b) { x = "<b>"; }</script>' in out
     assert '<span class="notranslate">DE FO</span>' in out  # kept inside its translated sentence
+    for kept in ('<span class="notranslate">X</span>', "<code>x = 1</code>"):  # at either edge of a sentence
+        assert kept in translator.translate(f"<p>ab {kept}</p>") and kept in translator.translate(f"<p>{kept} ab</p>")
     plain = Translator.for_run(toy).translate(["ab ca de fo"])[0].text
     assert translator.translate("<p>ab ca de fo</p>") == f"<p>{plain}</p>"
 

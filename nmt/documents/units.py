@@ -84,9 +84,10 @@ class Splitter:
     def _unit(self, text: str, start: int, end: int, last: bool, marks: Sequence[Mark], keeps: Sequence[_Keep]
               ) -> Unit:
         piece = text[start:end]
-        core_start = start + len(piece) - len(piece.lstrip())
-        core_end = max(core_start, start + len(piece.rstrip()))
-        mine = [k for k in keeps if core_start <= k.start and k.end <= core_end and (k.start < end or last)]
+        mine = [k for k in keeps if start <= k.start and k.end <= end and (k.start < end or last)]
+        # the text without the whitespace around it, but with any kept markup that stands in that whitespace
+        core_start = min([start + len(piece) - len(piece.lstrip()), *(k.start for k in mine)])
+        core_end = max([core_start, start + len(piece.rstrip()), *(k.end for k in mine)])
         free = [n for n in self.pool if not stand_in_pattern(n).search(text[core_start:core_end])]
         source, offsets, shifted = [], [core_start], [0]  # breakpoints: text offsets and their source offsets
         stand_ins, points = [], []
