@@ -83,7 +83,7 @@ class DocumentTranslator:
         self.translator = Translator.for_run(loaded)
         protector = Protector(loaded.config.decoding.protect, builtin=protect)
         self.escape = escape_text if fmt != "text" else str
-        pool = stand_ins(loaded.tokenizer) if protector.active else []
+        pool = stand_ins(loaded.tokenizer) if protector.active else ()
         self.splitter = Splitter(loaded.config.data.src_lang, protector, pool, self.escape,
                                  lambda text: copyable(loaded.tokenizer, text) is not None, split=fmt != "text")
         self.beam_size, self.length_penalty = beam_size, length_penalty
