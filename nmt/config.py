@@ -129,6 +129,26 @@ class DataConfig(Section):
         return [Path(m) for m in found if m]
 
 
+class SubwordSampling(Section):
+    """SentencePiece's sampling of a unigram model's segmentations: P(x) ** alpha over all of them (nbest -1,
+    forward-filtering backward-sampling) or over the `nbest` most probable."""
+
+    alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """The smoothing exponent: small values sample more evenly (0.1 to 0.5 in Kudo 2018)."""
+    nbest: int = -1
+
+    @field_validator("nbest")
+    @classmethod
+    def _nbest(cls, nbest: int) -> int:
+        if nbest != -1 and not 2 <= nbest <= MAX_SAMPLING_NBEST:
+            raise ValueError(f"nbest is -1 (every segmentation) or 2..{MAX_SAMPLING_NBEST}")
+        return nbest
+
+
+MAX_SAMPLING_NBEST = 64
+"""The most segmentations a sample is drawn from (each one is a Viterbi pass: cost grows with it)."""
+
+
 class TokenizerConfig(Section):
     model_type: Literal["unigram", "bpe"] = "unigram"
     vocab_size: Annotated[int, Field(ge=16)] = 8000
@@ -137,6 +157,26 @@ class TokenizerConfig(Section):
     character_coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     max_sentences: PositiveInt = 2_000_000
     """At most this many training sentences are sampled to train SentencePiece."""
+    sampling: SubwordSampling | None = None
+    """unigram: each epoch segments the training split anew, sampled (subword regularization, Kudo 2018)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """bpe: each epoch segments the training split anew, each merge skipped with this probability (BPE-dropout,
+    Provilkov et al. 2020; 0: off, 0.1 in the paper)."""
+
+    @model_validator(mode="after")
+    def _regularization_fits(self) -> TokenizerConfig:
+        if self.sampling is not None and self.model_type != "unigram":
+            raise ValueError("sampling samples a unigram model's segmentations: set model_type: unigram, "
+                             "or use dropout with bpe")
+        if self.dropout and self.model_type != "bpe":
+            raise ValueError("dropout drops BPE merges: set model_type: bpe, or use sampling "
+                             "with unigram")
+        return self
+
+    @property
+    def regularized(self) -> bool:
+        """Whether training segments its split anew each epoch (dev, test and inference never do)."""
+        return self.sampling is not None or self.dropout > 0.0
 
 
 class EncoderConfig(Section):
@@ -353,6 +393,14 @@ class GuidedAlignment(Section):
     model.attention.heads)."""
 
 
+class EmaConfig(Section):
+    """An exponential moving average of the weights, kept beside them during training: after each optimizer
+    step, ema = decay x ema + (1 - decay) x weights."""
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
+    """How slowly the average follows: it spans about 1 / (1 - decay) steps."""
+
+
 class TrainingConfig(Section):
     batch_tokens: PositiveInt = 4000
     """Token budget of a batch: sentences x longest side (source or target, in subwords), padding included."""
@@ -387,6 +435,9 @@ class TrainingConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     init_from: InitFrom | None = None
     guided_alignment: GuidedAlignment | None = None
+    ema: EmaConfig | None = None
+    """Keep an averaged copy of the weights: validation scores it, each checkpoint saves it beside the raw
+    weights (`--checkpoint ema` loads it)."""
     tensorboard: bool = False
     """Also write loss, learning rate, tokens/s, gradient norm, dev scores and one attention heatmap per
     validation to RUN/tensorboard (needs the tensorboard package)."""
@@ -442,6 +493,24 @@ class TunedDecoding(Section):
     length_penalties: list[float]
 
 
+MAX_MBR_CANDIDATES = 64
+"""The most candidates MBR compares: its time and memory grow with their square."""
+
+
+class MbrConfig(Section):
+    """Minimum Bayes risk decoding (Kumar & Byrne 2004; Freitag et al. 2022): draw `candidates` translations
+    and keep the one with the highest expected `metric` against the others as pseudo-references."""
+
+    candidates: Annotated[int, Field(ge=2, le=MAX_MBR_CANDIDATES)] = 16
+    source: Literal["beam", "sample"] = "sample"
+    """beam: the n-best of a beam of `candidates`; sample: `candidates` draws (epsilon sampling)."""
+    epsilon: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02
+    """sample: tokens below this probability are never drawn (epsilon sampling, Hewitt et al. 2022, the
+    source of MBR candidates Freitag et al. 2023 recommend)."""
+    metric: Literal["chrf", "bleu", "ter"] = "chrf"
+    """The utility, from sacrebleu: chrF, sentence BLEU (effective order), or TER (lower is better)."""
+
+
 class DecodingConfig(Section):
     beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM)] = 1
     length_penalty: Annotated[float, Field(ge=0.0, le=MAX_LENGTH_PENALTY)] = 0.0
@@ -460,6 +529,8 @@ class DecodingConfig(Section):
     protect: list[str] = []
     """Regular expressions of text that `nmt translate --format html|xml` (and `--protect`) carries through
     translation unchanged, besides URLs, e-mail addresses, numbers and placeholders."""
+    mbr: MbrConfig | None = None
+    """Minimum Bayes risk decoding instead of the search's best (`--mbr` turns it on with these settings)."""
     batch_sentences: PositiveInt = 128
     """Sentences decoded together; beam search decodes beam_size rows for each (fewer sentences where the
     attention history and the caches of a batch would pass 1 GiB)."""
