@@ -115,13 +115,18 @@ def _source_fingerprint(source: Source) -> dict:
     return {"hf": source.name}
 
 
+TRAINING_ONLY = {"sampling", "dropout"}
+"""Tokenizer settings that change how training segments each epoch (nmt.data.resegment), not the cache."""
+
+
 def cache_key(data: DataConfig, tokenizer: TokenizerConfig, given: Tokenizer | None = None) -> str:
     """What the cache depends on: the corpus, its cleaning, and the tokenizer's settings, or the `given`
     tokenizer itself (another run's, with `--init-from`)."""
     payload = {
         "version": CACHE_VERSION,
         "data": data.model_dump(mode="json", exclude={"download_dir", "cache_dir", "mirror", "mirror_subdir"}),
-        "tokenizer": tokenizer.model_dump(mode="json") if given is None else _tokenizer_digest(given),
+        "tokenizer": tokenizer.model_dump(mode="json", exclude=TRAINING_ONLY) if given is None
+        else _tokenizer_digest(given),
         "files": {name: _source_fingerprint(s) for name in SPLITS if (s := getattr(data, name)) is not None},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -141,7 +146,7 @@ def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
-def _iter_lines(path: Path) -> Iterator[str]:
+def iter_lines(path: Path) -> Iterator[str]:
     """One cleaned sentence per line (cleaning turned every line break inside a sentence into a space)."""
     with path.open(encoding="utf-8", newline="\n") as handle:
         for line in handle:
@@ -170,7 +175,7 @@ def _encode_file(lines: Path, encode: Callable[[list[str]], list[list[int]]], to
     """Encode a text file chunk by chunk, appending int32 ids to `tokens_path`; writes the offsets, returns
     the number of tokens."""
     lengths = []
-    source = _iter_lines(lines)
+    source = iter_lines(lines)
     with tokens_path.open("wb") as out, progress_bar(total=count, desc=desc, unit="sent", leave=False) as bar:
         while chunk := list(itertools.islice(source, ENCODE_CHUNK)):
             ids = encode(chunk)
@@ -213,8 +218,8 @@ def _build(config: Config, folder: Path, given: Tokenizer | None) -> None:
             pairs[name], dropped[name] = _write_pairs(data, name, folder)
             if not pairs[name] and name in purposes:
                 raise _nothing_left(name, purposes[name], dropped[name], data.clean)
-    tokenizer = given or Tokenizer.train(_iter_lines(_text_file(folder, "train", "src")),
-                                         _iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
+    tokenizer = given or Tokenizer.train(iter_lines(_text_file(folder, "train", "src")),
+                                         iter_lines(_text_file(folder, "train", "tgt")), config.tokenizer)
     atomic_write_bytes(folder / SRC_SPM, tokenizer.src_proto)
     atomic_write_bytes(folder / TGT_SPM, tokenizer.tgt_proto)
     if tokenizer.vocabulary is not None:

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sentencepiece as spm
 
@@ -104,12 +105,39 @@ LANGUAGE_CODE_START, LANGUAGE_CODE_END = ">>", "<<"
 WORD_START = "\u2581"  # SentencePiece's "▁"
 
 
-def _pieces(processor: spm.SentencePieceProcessor, line: str) -> list[str]:
-    """A line's pieces as MarianTokenizer cuts it: a leading target-language code (">>fr<<") is one piece."""
-    code: list[str] = []
+def _split_code(line: str) -> tuple[list[str], str]:
+    """A leading target-language code (">>fr<<"), which MarianTokenizer keeps as one piece, and the rest."""
     if line.startswith(LANGUAGE_CODE_START) and (end := line.find(LANGUAGE_CODE_END)) != -1:
-        code, line = [line[: end + len(LANGUAGE_CODE_END)]], line[end + len(LANGUAGE_CODE_END):]
-    return code + processor.encode(line, out_type=str)
+        return [line[: end + len(LANGUAGE_CODE_END)]], line[end + len(LANGUAGE_CODE_END):]
+    return [], line
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """One call's sampled segmentation (tokenizer.sampling or tokenizer.dropout): SentencePiece's arguments and
+    the seed of its generator. SentencePiece draws from a generator per thread, seeded from a global seed when
+    the thread starts: `encode` of a list with one thread starts a fresh thread, so the same seed gives the same
+    pieces, in any process (what exact resume and every torchrun rank need)."""
+
+    arguments: dict[str, Any]
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: TokenizerConfig, seed: int) -> Resampling | None:
+        """The config's sampling with this seed; None when training segments deterministically."""
+        if cfg.sampling is not None:
+            return cls({"enable_sampling": True, "alpha": cfg.sampling.alpha, "nbest_size": cfg.sampling.nbest}, seed)
+        if cfg.dropout > 0.0:
+            return cls({"enable_sampling": True, "alpha": cfg.dropout}, seed)
+        return None
+
+
+def _encode(processor: spm.SentencePieceProcessor, lines: list[str], out_type: type, sampled: Resampling | None
+            ) -> list:
+    if sampled is None:
+        return processor.encode(lines, out_type=out_type)
+    spm.set_random_generator_seed(sampled.seed)
+    return processor.encode(lines, out_type=out_type, num_threads=1, **sampled.arguments)
 
 
 def load_sentencepiece(proto: bytes) -> spm.SentencePieceProcessor:
@@ -144,21 +172,24 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return len(self.vocabulary.tgt) if self.vocabulary else self.tgt.get_piece_size()
 
-    def _mapped(self, processor: spm.SentencePieceProcessor, ids: dict[str, int], lines: Sequence[str]
-                ) -> list[list[int]]:
-        return [[ids.get(piece, UNK_ID) for piece in _pieces(processor, line)] for line in lines]
+    def _mapped(self, processor: spm.SentencePieceProcessor, ids: dict[str, int], lines: Sequence[str],
+                sampled: Resampling | None) -> list[list[int]]:
+        codes, rests = zip(*map(_split_code, lines), strict=True) if lines else ((), ())
+        pieces = _encode(processor, list(rests), str, sampled)
+        return [[ids.get(piece, UNK_ID) for piece in code + cut] for code, cut in zip(codes, pieces, strict=True)]
 
-    def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
-        """Source ids end with EOS, so the encoder sees where a sentence stops."""
+    def encode_src(self, lines: Sequence[str], sampled: Resampling | None = None) -> list[list[int]]:
+        """Source ids end with EOS, so the encoder sees where a sentence stops. `sampled`: a sampled
+        segmentation (training's subword regularization), else the most probable one."""
         if self.vocabulary:
-            return [ids + [EOS_ID] for ids in self._mapped(self.src, self.vocabulary.src_ids, lines)]
-        return [ids + [EOS_ID] for ids in self.src.encode(list(lines))]
+            return [ids + [EOS_ID] for ids in self._mapped(self.src, self.vocabulary.src_ids, lines, sampled)]
+        return [ids + [EOS_ID] for ids in _encode(self.src, list(lines), int, sampled)]
 
-    def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
+    def encode_tgt(self, lines: Sequence[str], sampled: Resampling | None = None) -> list[list[int]]:
         """Target ids without BOS/EOS: batching adds them for the teacher-forcing shift."""
         if self.vocabulary:
-            return self._mapped(self.tgt, self.vocabulary.tgt_ids, lines)
-        return self.tgt.encode(list(lines))
+            return self._mapped(self.tgt, self.vocabulary.tgt_ids, lines, sampled)
+        return _encode(self.tgt, list(lines), int, sampled)
 
     def decode_tgt(self, ids: Sequence[int]) -> str:
         kept = [int(i) for i in ids if i > EOS_ID]

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from nmt.data.splits import eval_set
 from nmt.errors import CheckpointError, ConfigError
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, surviving_pruning, verify, write_checkpoint
-from nmt.runs.loading import load_model, load_run_config
+from nmt.runs.loading import load_model, load_run_config, read_weights
 from nmt.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -53,10 +51,7 @@ def mean_weights(checkpoints: list[Checkpoint]) -> dict[str, torch.Tensor]:
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for checkpoint in checkpoints:
-        try:
-            tensors = load_file(str(checkpoint.files.weights))
-        except (SafetensorError, OSError) as err:  # removed since it was verified: pruned by a live trainer
-            raise CheckpointError(f"{checkpoint.files.weights}: cannot read weights ({err})") from None
+        tensors = read_weights(checkpoint)  # CheckpointError when pruned by a live trainer since it was verified
         if total and (tensors.keys() != total.keys()
                       or any(tensors[k].shape != total[k].shape for k in tensors)):
             raise CheckpointError(f"{checkpoint.path}: holds other tensors than {checkpoints[0].path}")

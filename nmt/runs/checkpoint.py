@@ -83,36 +83,52 @@ def _disk_full_error(run: RunDir, final: CheckpointFiles, needed: int) -> DiskFu
 
 
 def save_checkpoint(run: RunDir, model: Model, train_state: dict[str, Any], meta: dict[str, Any],
-                    keep_last: int) -> CheckpointFiles:
-    """Write checkpoint `step-N` atomically, then prune old ones."""
+                    keep_last: int, ema: dict[str, torch.Tensor] | None = None) -> CheckpointFiles:
+    """Write checkpoint `step-N` atomically (with the moving average of the weights, `ema`, beside them), then
+    prune old ones."""
     final = run.checkpoint(int(meta["step"]))
-    write_checkpoint(run, final, model.state_dict(), train_state, meta)
+    write_checkpoint(run, final, model.state_dict(), train_state, meta, ema)
     prune(run, keep_last)
     return final
 
 
+def _check_finite(state_dict: dict[str, torch.Tensor], what: str) -> None:
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"refusing to save a checkpoint: {what} {name} is not finite")
+
+
+def _save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(path))
+
+
 def write_checkpoint(run: RunDir, final: CheckpointFiles, state_dict: dict[str, torch.Tensor],
-                     train_state: dict[str, Any], meta: dict[str, Any]) -> None:
+                     train_state: dict[str, Any], meta: dict[str, Any],
+                     ema: dict[str, torch.Tensor] | None = None) -> None:
     """Write a checkpoint folder atomically (fileio.staged_folder: staged beside it, files fsynced, manifest last,
     then swapped in whole); the staging folders that killed writers left are removed, a live writer's never.
 
     Any failure (a full disk raises OSError from our writes but RuntimeError from torch.save) removes the
     staging folder, so a failed save never keeps the disk full, and leaves earlier checkpoints as they were."""
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"refusing to save a checkpoint: parameter {name} is not finite")
+    _check_finite(state_dict, "parameter")
+    if ema is not None:
+        _check_finite(ema, "the moving average of")
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    needed = checkpoint_bytes(state_dict, train_state)
+    needed = checkpoint_bytes(state_dict, train_state) + (_tensor_bytes(ema) if ema is not None else 0)
     if shutil.disk_usage(run.checkpoints_dir).free < needed:
         raise _disk_full_error(run, final, needed)
     try:
         with staged_folder(final.folder, siblings=True) as folder:
             staging = CheckpointFiles(folder)
-            # Tied weights share storage; safetensors stores each tensor once, so clone to plain tensors.
-            save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(staging.weights))
+            _save_weights(state_dict, staging.weights)
+            hashed = list(CheckpointFiles.HASHED)
+            if ema is not None:
+                _save_weights(ema, staging.folder / CheckpointFiles.EMA_WEIGHTS)
+                hashed.append(CheckpointFiles.EMA_WEIGHTS)
             torch.save(train_state, staging.state)
             staging.meta.write_text(json.dumps(meta, indent=2) + "\n")
-            manifest = {name: sha256_of(staging.folder / name) for name in CheckpointFiles.HASHED}
+            manifest = {name: sha256_of(staging.folder / name) for name in hashed}
             staging.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     except (OSError, RuntimeError, SafetensorError) as err:
         # ENOSPC arrives as OSError, as SafetensorError, or from torch.save as an opaque RuntimeError ("unexpected
@@ -138,22 +154,36 @@ def read_meta(files: CheckpointFiles) -> dict[str, Any]:
 def verify(files: CheckpointFiles) -> Checkpoint:
     """Check every file of a checkpoint against its manifest; raise CheckpointError naming what is wrong.
 
-    The manifest must list exactly the checkpoint's files: an empty or partial one proves nothing."""
+    The manifest must list exactly the checkpoint's files: an empty or partial one proves nothing. The
+    moving average's view (`files.ema`) needs the average too, and presents the average's dev scores."""
     try:
         manifest = json.loads(files.manifest.read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"{files.manifest}: missing or unreadable (incomplete checkpoint)") from None
-    if (not isinstance(manifest, dict) or set(manifest) != set(CheckpointFiles.HASHED)
+    if (not isinstance(manifest, dict) or set(manifest) - {CheckpointFiles.EMA_WEIGHTS} != set(CheckpointFiles.HASHED)
             or not all(isinstance(d, str) for d in manifest.values())):
         raise CheckpointError(f"{files.manifest}: does not list the sha256 of every file "
                               f"({', '.join(CheckpointFiles.HASHED)})")
+    if files.ema and CheckpointFiles.EMA_WEIGHTS not in manifest:
+        raise CheckpointError(f"{files.folder}: no moving average of the weights (saved by runs with training.ema)")
     for name, digest in manifest.items():
         path = files.folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
         if sha256_of(path) != digest:
             raise CheckpointError(f"{path}: corrupted (sha256 does not match the manifest)")
-    return Checkpoint(files, read_meta(files), manifest[CheckpointFiles.WEIGHTS])
+    meta = read_meta(files)
+    return Checkpoint(files, ema_scores(meta) if files.ema else meta, manifest[files.weights.name])
+
+
+EMA_PREFIX = "ema_"
+"""A checkpoint's dev scores of the moving average are its scores' names with this prefix."""
+
+
+def ema_scores(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata as the moving average's own: its scores under the plain names (dev_bleu, ...)."""
+    plain = {k: v for k, v in meta.items() if not k.startswith(EMA_PREFIX) and not k.startswith(("dev_", "quality_"))}
+    return plain | {k.removeprefix(EMA_PREFIX): v for k, v in meta.items() if k.startswith(EMA_PREFIX)}
 
 
 def latest_intact(run: RunDir) -> Checkpoint | None:
@@ -166,23 +196,25 @@ def latest_intact(run: RunDir) -> Checkpoint | None:
     return None
 
 
-def _scored(run: RunDir) -> list[tuple[float, int, CheckpointFiles]]:
-    """(dev BLEU, step, files) of every checkpoint whose metadata holds a dev score."""
+def _scored(run: RunDir, key: str) -> list[tuple[float, int, CheckpointFiles]]:
+    """(score, step, files) of every checkpoint whose metadata holds the dev score `key`."""
     scored = []
     for files in run.checkpoints():
         try:
             meta = read_meta(files)
         except CheckpointError:
             continue
-        if isinstance(meta.get("dev_bleu"), int | float):
-            scored.append((float(meta["dev_bleu"]), int(meta["step"]), files))
+        if isinstance(meta.get(key), int | float):
+            scored.append((float(meta[key]), int(meta["step"]), files))
     return scored
 
 
-def best_files(run: RunDir) -> CheckpointFiles | None:
-    """The checkpoint with the highest dev BLEU (the earliest of equals), from the metadata on disk."""
-    scored = _scored(run)
-    return max(scored, key=lambda s: (s[0], -s[1]))[2] if scored else None
+def best_files(run: RunDir, ema: bool = False) -> CheckpointFiles | None:
+    """The checkpoint with the highest dev BLEU (the earliest of equals), from the metadata on disk; `ema`: of
+    the moving average, whose weights it then names."""
+    scored = _scored(run, f"{EMA_PREFIX}dev_bleu" if ema else "dev_bleu")
+    best = max(scored, key=lambda s: (s[0], -s[1]))[2] if scored else None
+    return CheckpointFiles(best.folder, ema=True) if best is not None and ema else best
 
 
 def prune(run: RunDir, keep_last: int) -> None:
@@ -209,21 +241,27 @@ def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
 
 
 def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
-    """'best' (by dev BLEU), 'last', 'averaged' (written by `nmt average`) or a checkpoint's folder name
+    """'best' (by dev BLEU), 'last', 'averaged' (written by `nmt average`), 'ema' (the moving average of the
+    weights, training.ema, from the checkpoint where its dev BLEU was best) or a checkpoint's folder name
     (`step-00003000`); a corrupted best falls back to the newest intact one, with a warning. Any other name is
-    refused: it must never quietly mean the newest. Given the folder of one checkpoint, that one, verified, or
+    refused: it must never quietly mean the newest. Given the files of one checkpoint, that one, verified, or
     an error."""
     if isinstance(which, CheckpointFiles):
         if not which.folder.is_dir():
             raise CheckpointError(f"{which.folder}: no such checkpoint")
         return verify(which)
-    if which not in ("best", "last", "averaged"):
+    if which not in ("best", "last", "averaged", "ema"):
         named = {files.folder.name: files for files in run.checkpoints()}
         if not isinstance(which, str) or which not in named:
             shown = ", ".join(list(named)[-3:]) or "none yet"
-            raise ArgumentError("checkpoint", f"{shown_value(which)} is not best, last, averaged or a checkpoint "
-                                              f"of {run.path} (the newest: {shown})")
+            raise ArgumentError("checkpoint", f"{shown_value(which)} is not best, last, averaged, ema or a "
+                                              f"checkpoint of {run.path} (the newest: {shown})")
         return verify(named[which])
+    if which == "ema":
+        if (best := best_files(run, ema=True)) is None:
+            raise CheckpointError(f"{run.path}: no validated moving average of the weights (train with "
+                                  "training.ema to keep one)")
+        return verify(best)
     if which == "averaged":
         if not run.averaged_checkpoint().folder.is_dir():
             raise CheckpointError(f"{run.path}: no averaged checkpoint (write one with: nmt average --model "

@@ -81,15 +81,20 @@ def _check_model_config(checkpoint: Checkpoint, config: ModelConfig, config_path
                               f"describes: {format_diff(differences)}")
 
 
+def read_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights by name (CheckpointError naming the file when they cannot be read)."""
+    try:
+        return load_file(str(checkpoint.files.weights))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{checkpoint.files.weights}: cannot read weights ({err})") from None
+
+
 def load_weights(model: Model, checkpoint: Checkpoint, config: ModelConfig | None = None,
                  config_path: Path | None = None) -> None:
     """Load a checkpoint's weights into `model`, refusing any mismatch of names, shapes or tying by name."""
     if config is not None:
         _check_model_config(checkpoint, config, config_path or checkpoint.path)
-    try:
-        tensors = load_file(str(checkpoint.files.weights))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{checkpoint.files.weights}: cannot read weights ({err})") from None
+    tensors = read_weights(checkpoint)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

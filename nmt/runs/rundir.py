@@ -3,7 +3,8 @@
     RUN/config.yaml                   the resolved config: rebuilds the model and reproduces the run alone
     RUN/src.model, tgt.model          SentencePiece models; tokenizer.json records the special ids
     RUN/vocab.json                    an imported model's pieces by id, per side (data/tokenizer.Vocabulary)
-    RUN/checkpoints/step-00001000/    model.safetensors, state.pt, meta.json, MANIFEST.json (see checkpoint.py)
+    RUN/checkpoints/step-00001000/    model.safetensors, state.pt, meta.json, MANIFEST.json (see checkpoint.py);
+                                      ema.safetensors with training.ema
     RUN/metrics.jsonl, train.log      training and validation records, one JSON object a line; the log
     RUN/tensorboard/                  the same as TensorBoard event files, with attention images (optional)
     RUN/eval/, attention/, analysis/  what `nmt evaluate`, `nmt attention` and `nmt analyze` write
@@ -27,19 +28,23 @@ CHECKPOINT_PREFIX = "step-"
 
 @dataclass(frozen=True)
 class CheckpointFiles:
-    """The files of one checkpoint folder; the manifest lists the sha256 of every other file."""
+    """The files of one checkpoint folder; the manifest lists the sha256 of every other file. `ema`: the
+    weights to load are the moving average saved beside the trained ones (training.ema)."""
 
     folder: Path
+    ema: bool = False
 
     WEIGHTS = "model.safetensors"
+    EMA_WEIGHTS = "ema.safetensors"
     STATE = "state.pt"
     META = "meta.json"
     MANIFEST = "MANIFEST.json"
     HASHED = (WEIGHTS, STATE, META)
+    """Every checkpoint's files; one of a run with training.ema also has EMA_WEIGHTS."""
 
     @property
     def weights(self) -> Path:
-        return self.folder / self.WEIGHTS
+        return self.folder / (self.EMA_WEIGHTS if self.ema else self.WEIGHTS)
 
     @property
     def state(self) -> Path:

@@ -38,23 +38,23 @@ class ServedCheckpoint:
     `nmt average`, a step folder lost to a crash is written again on resume)."""
 
     run_dir: Path
-    folder: Path
+    files: CheckpointFiles  # its folder, and which of its weights (the trained ones, or their moving average)
     weights_sha256: str | None
 
     @classmethod
     def of(cls, loaded: LoadedRun) -> ServedCheckpoint:
-        return cls(loaded.run.path, loaded.checkpoint.path, loaded.checkpoint.weights_sha256)
+        return cls(loaded.run.path, loaded.checkpoint.files, loaded.checkpoint.weights_sha256)
 
     def load(self) -> LoadedRun:
         """This checkpoint in float weights, or a CheckpointError saying why the served one cannot be had."""
         restart = "restart the server to serve (and attribute with) a checkpoint that is there"
         try:
-            loaded = load_model(self.run_dir, CheckpointFiles(self.folder))
+            loaded = load_model(self.run_dir, self.files)
         except CheckpointError as err:
             raise CheckpointError(f"attribution needs the checkpoint the server serves and cannot load it ({err}; "
                                   f"training may have pruned it since): {restart}") from None
         if loaded.checkpoint.weights_sha256 != self.weights_sha256:
-            raise CheckpointError(f"{self.folder} holds other weights than the server loaded (sha256 "
+            raise CheckpointError(f"{self.files.folder} holds other weights than the server loaded (sha256 "
                                   f"{loaded.checkpoint.weights_sha256} in its manifest, {self.weights_sha256} "
                                   f"served): it was written again since; {restart}")
         return loaded

@@ -19,6 +19,8 @@ import torch
 from nmt.config import MAX_POSITIONS_SETTING, Config
 from nmt.data.batching import Batch, collate, token_batches
 from nmt.data.prepare import EncodedSplit
+from nmt.data.resegment import resegmented
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
 from nmt.training.distributed import World
 
@@ -79,35 +81,41 @@ class StepShare:
 
 
 class TrainBatches:
-    """The training split's batches in the order every rank builds alike, and each rank's share of a step."""
+    """The training split's batches in the order every rank builds alike, and each rank's share of a step. With
+    subword regularization each epoch trains on the split segmented anew (nmt.data.resegment)."""
 
-    def __init__(self, split: EncodedSplit, config: Config, world: World, device: torch.device):
-        self.split, self.config, self.world, self.device = split, config, world, device
+    def __init__(self, split: EncodedSplit, tokenizer: Tokenizer, config: Config, world: World, device: torch.device):
+        self.split, self.tokenizer, self.config, self.world, self.device = split, tokenizer, config, world, device
 
-    def order(self, progress: Progress) -> Iterator[np.ndarray]:
-        """The sentence indices of every batch from the saved position on, epoch after epoch; taking one
-        advances `progress`, so a checkpoint resumes exactly where the order stood."""
+    def epoch_split(self, epoch: int) -> EncodedSplit:
+        """The split as epoch `epoch` (zero-based) segments it."""
+        return resegmented(self.split, self.tokenizer, self.config.tokenizer, self.config.seed, epoch)
+
+    def order(self, progress: Progress) -> Iterator[tuple[EncodedSplit, np.ndarray]]:
+        """Every batch from the saved position on, epoch after epoch, as its epoch's split and the sentence
+        indices in it; taking one advances `progress`, so a checkpoint resumes exactly where the order stood."""
         max_epochs = self.config.training.max_epochs
         while max_epochs is None or progress.epoch < max_epochs:
-            order = epoch_batches(self.split, self.config, progress.epoch)
+            split = self.epoch_split(progress.epoch)
+            order = epoch_batches(split, self.config, progress.epoch)
             while progress.position < len(order):
                 indices = order[progress.position]
                 progress.position += 1
-                yield indices
+                yield split, indices
             progress.epoch += 1
             progress.position = 0
 
-    def next_share(self, order: Iterator[np.ndarray]) -> StepShare | None:
+    def next_share(self, order: Iterator[tuple[EncodedSplit, np.ndarray]]) -> StepShare | None:
         """Take one step's batches from `order` (`accumulate` per rank) and return this rank's share; None
         when the data has run out. A rank left without a batch at the very end repeats one with weight 0."""
         per_rank, rank = self.config.training.accumulate, self.world.rank
         step = list(itertools.islice(order, per_rank * self.world.size))
         if not step:
             return None
-        tokens = int(sum(int(self.split.tgt_lengths[i].sum()) + len(i) for i in step))  # + EOS per sentence
+        tokens = int(sum(int(split.tgt_lengths[i].sum()) + len(i) for split, i in step))  # + EOS per sentence
         mine = step[rank * per_rank:(rank + 1) * per_rank]
         # DDP needs every rank's backward: a rank without a batch repeats one and adds it with weight 0. (With
         # fp16, an overflow in that copy makes the step's gradients NaN and the step is skipped, like any other.)
         weight = 1.0 if mine else 0.0
-        batches = [make_batch(self.split, indices).to(self.device) for indices in mine or step[:1]]
+        batches = [make_batch(split, indices).to(self.device) for split, indices in mine or step[:1]]
         return StepShare(batches, tokens, weight)

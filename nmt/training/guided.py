@@ -56,14 +56,18 @@ class AlignmentGuide:
     def targets(self, batch: Batch) -> torch.Tensor:
         """(B, T, S) on the CPU: each guided position's target distribution over the source pieces, 0 rows
         where there is none (module docstring)."""
-        assert batch.tgt_out is not None
+        assert batch.tgt_out is not None and batch.tgt_mask is not None
         target = np.zeros((batch.size, batch.tgt_out.shape[1], batch.src.shape[1]), dtype=np.float32)
+        # the batch's own pieces: under subword regularization an epoch segments a pair its own way (the words,
+        # and so the links, stay the same)
+        src, tgt = batch.src.cpu().numpy(), batch.tgt_out.cpu().numpy()
+        tgt_lengths = batch.tgt_mask.sum(dim=1).cpu().numpy() - 1  # without EOS
         for row, index in enumerate(batch.indices):
             links: frozenset[Link] = self.links[index]
             if not links:
                 continue
-            src_words = piece_words(self.split.src_ids(index), self.src_starts)
-            tgt_words = piece_words(self.split.tgt_ids(index), self.tgt_starts)
+            src_words = piece_words(src[row, :int(batch.src_lengths[row])], self.src_starts)
+            tgt_words = piece_words(tgt[row, :tgt_lengths[row]], self.tgt_starts)
             linked = np.zeros((tgt_words.max() + 2, src_words.max() + 2), dtype=np.float32)  # last: specials
             sources, targets = zip(*links, strict=True)
             linked[list(targets), list(sources)] = 1.0

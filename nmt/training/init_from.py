@@ -19,8 +19,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from nmt.config import Config, InitFrom, config_diff, format_diff, parse_config
 from nmt.data.prepare import prepare_data
@@ -28,7 +26,7 @@ from nmt.data.tokenizer import Tokenizer, Vocabulary
 from nmt.errors import CheckpointError, ConfigError
 from nmt.models import VOCABULARY_ROWS, Model
 from nmt.runs.checkpoint import Checkpoint, find_checkpoint, surviving_pruning
-from nmt.runs.loading import load_run_config, load_tokenizer, load_weights
+from nmt.runs.loading import load_run_config, load_tokenizer, load_weights, read_weights
 from nmt.runs.rundir import RunDir
 from nmt.tokens import EOS_ID
 
@@ -159,10 +157,7 @@ def load_initial_weights(model: Model, init: Initialization) -> None:
     if not init.extend:
         load_weights(model, init.checkpoint, init.config.model, init.checkpoint.path)
         return
-    try:
-        tensors = load_file(str(init.checkpoint.files.weights))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{init.checkpoint.files.weights}: cannot read weights ({err})") from None
+    tensors = read_weights(init.checkpoint)
     state = model.state_dict()
     if sorted(tensors) != sorted(state):
         raise CheckpointError(f"{init.checkpoint.files.weights}: not the weights of the config's model")

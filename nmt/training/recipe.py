@@ -23,13 +23,14 @@ from nmt.inference.translate import Translator
 from nmt.models import Model, build_model, count_parameters
 from nmt.models.dropout import use_fast_dropout
 from nmt.progress import progress_bar
-from nmt.runs.checkpoint import Checkpoint, checkpoint_meta, save_checkpoint
-from nmt.runs.loading import load_weights
+from nmt.runs.checkpoint import EMA_PREFIX, Checkpoint, checkpoint_meta, find_checkpoint, save_checkpoint
+from nmt.runs.loading import load_weights, read_weights
 from nmt.runs.lock import RunLock, lock_run
-from nmt.runs.rundir import RunDir
+from nmt.runs.rundir import CheckpointFiles, RunDir
 from nmt.training import resume
 from nmt.training.batches import TrainBatches, check_pairs_fit
 from nmt.training.distributed import World, rank_seed
+from nmt.training.ema import WeightAverage
 from nmt.training.guided import AlignmentGuide
 from nmt.training.init_from import Initialization, fine_tuning_start, load_initial_weights, starting_tokenizer
 from nmt.training.optim import Schedule, apply_optimizer_settings, make_optimizer, make_schedule
@@ -38,7 +39,7 @@ from nmt.training.reporting import ThroughputMeter, log_to
 from nmt.training.step import Progress, TrainingLoss, TrainStep
 from nmt.training.stopping import SIGNALS, StopSignal, TrainResult, stop_reasons, stopped
 from nmt.training.tensorboard import TensorBoardLog
-from nmt.training.validation import Validation
+from nmt.training.validation import Validation, validate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Trainer:
     batches: TrainBatches
     train_step: TrainStep
     validation: Validation
+    ema: WeightAverage | None  # rank 0 with training.ema
 
     def __init__(self, config: Config, resume: bool = False, show_progress: bool = False, world: World | None = None):
         self.config, self.resume, self.show_progress = config, resume, show_progress
@@ -151,6 +153,8 @@ class Trainer:
             if self.cfg.guided_alignment is not None else None
         self.training_loss = TrainingLoss(self.cfg, guide)
         self.forward = self.training_loss.forward_of(self.model)
+        self.ema = WeightAverage(self.model, self.cfg.ema) if self.cfg.ema is not None and self.world.is_main \
+            else None
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.model, self.cfg)
@@ -173,6 +177,19 @@ class Trainer:
         self.progress.precision = self.precision
         self.resumed_from, self.last_saved_step = checkpoint, checkpoint.step
         apply_optimizer_settings(self.optimizer, self.schedule, self.cfg)
+        if self.ema is not None:
+            self._resume_ema(checkpoint)
+
+    def _resume_ema(self, checkpoint: Checkpoint) -> None:
+        """The moving average as saved; one the checkpoint lacks (training.ema set on resume) starts here."""
+        assert self.ema is not None
+        if checkpoint.files.folder.joinpath(CheckpointFiles.EMA_WEIGHTS).is_file():
+            averaged = find_checkpoint(self.run_dir, CheckpointFiles(checkpoint.path, ema=True))
+            self.ema.load(read_weights(averaged), self.progress.ema_updates)
+        else:
+            log.info("training.ema: %s has no moving average of the weights; it starts from step %d",
+                     checkpoint.path.name, checkpoint.step)
+            self.progress.ema_updates = 0
 
     def _setup_outputs(self) -> None:
         """Rank 0: the config and tokenizer written, TensorBoard opened, and metrics.jsonl cut back to the step
@@ -194,7 +211,7 @@ class Trainer:
         (src_lengths stays on the CPU), and the only buffers (position tables) are constants, not broadcast."""
         config, model, world = self.config, self.model, self.world
         trained = DistributedDataParallel(self.forward, broadcast_buffers=False) if world.distributed else self.forward
-        self.batches = TrainBatches(self.data.splits["train"], config, world, self.device)
+        self.batches = TrainBatches(self.data.splits["train"], self.data.tokenizer, config, world, self.device)
         self.train_step = TrainStep(model, trained, self.optimizer, self.schedule, self.scaler, self.training_loss,
                                     self.cfg, world, self.device, self.precision)
         translator = Translator(model, self.data.tokenizer, config.decoding, config.data.clean)
@@ -208,15 +225,29 @@ class Trainer:
         if rng_ranks is not None:
             meta = checkpoint_meta(self.progress.step, self.progress.epoch, self.model, self.config.model, scores)
             state = resume.train_state(self.optimizer, self.schedule, self.scaler, rng_ranks, self.progress)
-            save_checkpoint(self.run_dir, self.model, state, meta, self.cfg.keep_last)
+            ema = self.ema.state_dict() if self.ema is not None else None
+            save_checkpoint(self.run_dir, self.model, state, meta, self.cfg.keep_last, ema)
         self.world.barrier()
         self.last_saved_step = self.progress.step
 
     def _validate_and_save(self, started: float) -> None:
         scores, improved = self.validation.score(self.progress, self.precision, self.schedule)
+        if self.ema is not None:
+            scores = scores | self._score_ema()
         self.progress.elapsed = time.monotonic() - started
         self.validation.record(self.progress, scores, improved)
         self._save(scores)
+
+    def _score_ema(self) -> dict[str, float]:
+        """Rank 0: the moving average's dev scores, named with the prefix EMA_PREFIX (the trained weights' decide
+        the best checkpoint, patience and the schedule)."""
+        assert self.ema is not None
+        with self.ema.swapped_in(self.model):
+            scores, _ = validate(self.model, self.validation.translator, self.validation.dev, self.config,
+                                 self.device, self.precision)
+        log.info("  moving average (training.ema): dev loss %.3f | ppl %.2f | BLEU %.2f", scores["dev_loss"],
+                 scores["dev_ppl"], scores["dev_bleu"])
+        return {f"{EMA_PREFIX}{name}": value for name, value in scores.items()}
 
     def _log_start(self) -> None:
         if self.resumed_from is not None:
@@ -252,6 +283,9 @@ class Trainer:
                     continue
                 progress.step += 1
                 progress.tokens += result.tokens
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                    progress.ema_updates = self.ema.updates
                 meter.add(result)
                 bar.update(1)
                 if progress.step % cfg.log_every == 0:

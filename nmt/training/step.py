@@ -61,6 +61,7 @@ class Progress:
     skipped_nonfinite: int = 0
     skipped_oom: int = 0
     precision: str = ""  # what the run trains in (precision auto's choice is kept on resume)
+    ema_updates: int = 0  # steps averaged into training.ema's weights (rank 0 keeps them)
 
 
 @dataclass
