@@ -17,6 +17,7 @@ import typer
 from nmt.config import (
     MAX_ATTRIBUTION_COST,
     MAX_BEAM,
+    MAX_MBR_CANDIDATES,
     MAX_NGRAM,
     MAX_STEPS,
     TUNE_BEAMS,
@@ -25,6 +26,9 @@ from nmt.config import (
     Config,
 )
 from nmt.errors import ArgumentError, NmtError
+
+if typing.TYPE_CHECKING:
+    from nmt.inference.translate import Translation
 
 app = typer.Typer(
     help="Neural machine translation with attention: prepare data, train, translate, evaluate, inspect attention.",
@@ -51,10 +55,12 @@ def _as_option(fn: Callable, field: str) -> str:
     option (`format` where the command's parameter is `format_`, kept off a builtin's name); other fields (a
     text, a setting) stay as they are."""
     hints = typing.get_type_hints(fn, include_extras=True)
+    field = field.replace(".", "_")  # a setting's key: mbr.candidates is --mbr-candidates
     hint = hints.get(field, hints.get(f"{field}_"))
     for info in getattr(hint, "__metadata__", ()):
         if isinstance(info, typer.models.OptionInfo):  # in Annotated, typer keeps the first name as `default`
-            names = [n for n in (info.default, *(info.param_decls or ())) if isinstance(n, str) and n.startswith("--")]
+            names = [n.partition("/")[0] for n in (info.default, *(info.param_decls or ()))  # --mbr/--no-mbr: --mbr
+                     if isinstance(n, str) and n.startswith("--")]
             return names[0] if names else f"--{field.replace('_', '-')}"  # typer's own name for an unnamed one
     return field
 
@@ -221,6 +227,26 @@ RuntimeOption = Annotated[Runtime, typer.Option("--runtime", help="torch: the ch
                                                 "export (nmt export) on onnxruntime.")]
 BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1, max=MAX_BEAM,
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
+MbrOption = Annotated[bool | None, typer.Option("--mbr/--no-mbr", help="Choose each translation among candidates by "
+                                                "minimum Bayes risk, with the config's decoding.mbr settings (else "
+                                                "16 sampled candidates, chrF); default: on where decoding.mbr is "
+                                                "set.")]
+MbrCandidatesOption = Annotated[int | None, typer.Option("--mbr-candidates", help=f"MBR: candidates per sentence "
+                                                         f"(2..{MAX_MBR_CANDIDATES}); implies --mbr.")]
+MbrSourceOption = Annotated[str | None, typer.Option("--mbr-source", help="MBR: beam (a beam's n-best) or sample "
+                                                     "(epsilon sampling); implies --mbr.")]
+MbrMetricOption = Annotated[str | None, typer.Option("--mbr-metric", help="MBR: the utility, chrf, bleu or ter; "
+                                                     "implies --mbr.")]
+
+
+def _mbr(mbr: bool | None, candidates: int | None, source: str | None, metric: str | None) -> object:
+    """--mbr/--no-mbr and the --mbr-* settings as the library's `mbr=` takes them: None (the run's), False, True,
+    or the settings given, over the run's (else the defaults)."""
+    given = {key: value for key, value in (("candidates", candidates), ("source", source), ("metric", metric))
+             if value is not None}
+    if mbr is False and given:
+        raise typer.BadParameter("--mbr-candidates, --mbr-source and --mbr-metric set MBR: leave out --no-mbr")
+    return given or mbr
 
 
 ModelsOption = Annotated[list[Path] | None, typer.Option("--model", "-m", help="Run directory of a trained model; "
@@ -276,7 +302,8 @@ def translate(
     top_k: Annotated[int, typer.Option(help="--sample: keep the K most probable tokens (0: all).")] = 0,
     top_p: Annotated[float, typer.Option(help="--sample: keep the smallest set of tokens whose "
                                          "probability reaches P (0 < P <= 1).")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="--sample: seed for reproducible draws.")] = None,
+    seed: Annotated[int | None, typer.Option(help="--sample, or MBR with sampled candidates: seed for "
+                                         "reproducible draws (MBR's default: 0).")] = None,
     quantize: QuantizeOption = None,
     runtime: RuntimeOption = Runtime.torch,
     prefix: Annotated[str | None, typer.Option("--prefix", help="Every translation begins with this target text; "
@@ -314,6 +341,16 @@ def translate(
     align_head: Annotated[int | None, typer.Option("--align-head", min=1, help="--format: by this head of it "
                                                    "(default: the guided head, else the heads averaged; `nmt align "
                                                    "--choose-head-on` finds the best).")] = None,
+    mbr: MbrOption = None,
+    mbr_candidates: MbrCandidatesOption = None,
+    mbr_source: MbrSourceOption = None,
+    mbr_metric: MbrMetricOption = None,
+    scores: Annotated[bool, typer.Option("--scores", help="Print each translation's quality score first, "
+                                         "`score<TAB>translation`: an estimate of its sentence chrF (0-100), "
+                                         "calibrated on dev.")] = False,
+    min_quality: Annotated[float | None, typer.Option("--min-quality", min=0.0, max=100.0, help="Add a column ok "
+                                                      "or low (quality below this) before each translation, and "
+                                                      "say on stderr how many are low.")] = None,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept; or a whole
     HTML or XML document (--format)."""
@@ -326,7 +363,9 @@ def translate(
                             others={"--n-best": n_best, "--sample": sample, "--prefix": prefix,
                                     "--prefix-file": prefix_file, "--constraint": constraint,
                                     "--constraints-file": constraints_file, "--n-alternatives": n_alternatives,
-                                    "--stream": stream})
+                                    "--stream": stream, "--mbr": mbr, "--mbr-candidates": mbr_candidates,
+                                    "--mbr-source": mbr_source, "--mbr-metric": mbr_metric, "--scores": scores,
+                                    "--min-quality": min_quality is not None})
         return
     from nmt.data.corpus import read_lines, read_stream
     from nmt.inference.search import Sampling
@@ -341,8 +380,8 @@ def translate(
         raise typer.BadParameter("give a sentence, --input FILE, or pipe text into standard input")
     else:
         lines = read_stream(sys.stdin.buffer, "<stdin>")
-    if not sample and (temperature != 1.0 or top_k or top_p != 1.0 or seed is not None):
-        raise typer.BadParameter("--temperature, --top-k, --top-p and --seed go with --sample")
+    if not sample and (temperature != 1.0 or top_k or top_p != 1.0):
+        raise typer.BadParameter("--temperature, --top-k and --top-p go with --sample")
     if sample and (beam_size or n_best):
         raise typer.BadParameter("--sample draws one translation per line: leave out --beam-size and --n-best")
     if prefix is not None and prefix_file is not None:
@@ -350,6 +389,9 @@ def translate(
     if stream and (n_best or n_alternatives or output):
         raise typer.BadParameter("--stream prints one translation per line as it is decoded: leave out --n-best, "
                                  "--n-alternatives and --output")
+    if (scores or min_quality is not None) and (n_best or n_alternatives or stream):
+        raise typer.BadParameter("--scores and --min-quality go with one translation per line: leave out --n-best, "
+                                 "--n-alternatives and --stream")
     prefixes = (read_aligned(prefix_file, len(lines), "prefixes") if prefix_file
                 else [prefix] * len(lines) if prefix is not None else None)
     constraints = line_constraints(constraint or [], constraints_file, len(lines))
@@ -359,15 +401,37 @@ def translate(
                            sampling=Sampling(temperature, top_k, top_p, seed) if sample else None,
                            quantize=quantize and quantize.value, runtime=runtime.value, steers=steers,
                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
-                           n_alternatives=n_alternatives, stream=_echo_now if stream else None)
+                           n_alternatives=n_alternatives, stream=_echo_now if stream else None,
+                           mbr=_mbr(mbr, mbr_candidates, mbr_source, mbr_metric),
+                           seed=None if sample else seed)
     if stream:
         return
-    if not done.listed:
+    if scores or min_quality is not None:
+        text = _with_quality(done.translations, scores, min_quality)
+    elif not done.listed:
         text = "".join(t.text + "\n" for t in done.translations)
-    else:
-        text = "".join(f"{i}\t{h.score:.4f}\t{line}\n" for i, t in enumerate(done.translations)
-                       for h, line in zip(t.hypotheses, t.texts, strict=True))
+    else:  # under MBR, ranked by expected utility: that is the score shown
+        text = "".join(f"{i}\t{utility if t.utilities else h.score:.4f}\t{line}\n"
+                       for i, t in enumerate(done.translations)
+                       for h, line, utility in zip(t.hypotheses, t.texts, t.utilities or t.texts, strict=True))
     _write_out(text, output)
+
+
+def _with_quality(translations: Sequence[Translation], scores: bool, min_quality: float | None) -> str:
+    """Each translation after its quality (one decimal; - for an empty line) and/or ok / low against
+    `min_quality`, tab-separated; the count of low ones on stderr."""
+    lines, low = [], 0
+    for t in translations:
+        quality = t.quality
+        columns = ["-" if quality is None else f"{quality:.1f}"] if scores else []
+        if min_quality is not None:
+            below = quality is not None and quality < min_quality
+            low += below
+            columns.append("low" if below else "ok")
+        lines.append("\t".join([*columns, t.text]) + "\n")
+    if min_quality is not None:
+        typer.echo(f"{low} of {len(translations)} translations below quality {min_quality:g}", err=True)
+    return "".join(lines)
 
 
 def _translate_document(sentence: str | None, model: list[Path] | None, config: Path | None, input_: Path | None,
@@ -427,16 +491,26 @@ def evaluate(
     set_: RunSetOption = None,
     quantize: QuantizeOption = None,
     runtime: RuntimeOption = Runtime.torch,
+    mbr: MbrOption = None,
+    mbr_candidates: MbrCandidatesOption = None,
+    mbr_source: MbrSourceOption = None,
+    mbr_metric: MbrMetricOption = None,
 ) -> None:
-    """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures."""
+    """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures; and how well the
+    quality scores rank the translations (Spearman's correlation with sentence chrF)."""
     from nmt.inference.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint, beam_size,
                             progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value,
-                            runtime=runtime.value)
-    typer.echo(f"{report.name}: {report.sentences} sentences")
+                            runtime=runtime.value, mbr=_mbr(mbr, mbr_candidates, mbr_source, mbr_metric))
+    chosen = report.mbr
+    how = f" (MBR: {chosen.candidates} {chosen.source} candidates, {chosen.metric})" if chosen else ""
+    typer.echo(f"{report.name}: {report.sentences} sentences{how}")
     for score in report.scores:
         typer.echo(str(score))
+    rank = "undefined" if report.quality_spearman is None else f"{report.quality_spearman:+.3f}"
+    typer.echo(f"quality: Spearman {rank} with sentence chrF"
+               f"{'' if report.quality_calibrated else ' (uncalibrated: no calibration in the checkpoint)'}")
     typer.echo(f"hypotheses: {report.hypotheses_path}\nreport: {report.report_path}")
 
 

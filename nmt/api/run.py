@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from nmt.api.inline import explorer_html, page_data
 from nmt.api.views import AttentionView, KindMaps, plotting
-from nmt.config import MAX_ATTRIBUTION_COST, MAX_STEPS, Config, apply_override, parse_config
+from nmt.config import MAX_ATTRIBUTION_COST, MAX_STEPS, Config, MbrConfig, apply_override, parse_config
 from nmt.data.splits import EvalSet, eval_set
 from nmt.documents.translate import DocumentTranslator, check_format
 from nmt.errors import ArgumentError, ConfigError
-from nmt.inference import arguments
+from nmt.inference import arguments, translate
 from nmt.inference.forced import ScoredPair, score_with
 from nmt.inference.metrics import Score
 from nmt.inference.options import DecodingOptions
@@ -63,6 +63,13 @@ def _constraints_per_text(value: Sequence[str] | Sequence[Sequence[str]] | None,
             for i, item in enumerate(items)]
 
 
+def _hypotheses(found: translate.Translation) -> list[Hypothesis]:
+    """A translation's hypotheses as the API gives them, with their expected utility under MBR."""
+    utilities: list[float | None] = list(found.utilities) if found.utilities else [None] * len(found.texts)
+    return [Hypothesis(text, h.score, h.log_prob, utility)
+            for h, text, utility in zip(found.hypotheses, found.texts, utilities, strict=True)]
+
+
 def _glossary(value: Glossary | Mapping[str, str] | str | Path | None) -> Glossary | None:
     if value is None or isinstance(value, Glossary):
         return value
@@ -80,6 +87,7 @@ class Hypothesis:
     text: str
     score: float  # what the beam ranks by: log p / length penalty
     log_prob: float
+    utility: float | None = None  # MBR: its expected utility against the other candidates (what ranks them)
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Translation:
     text: str
     hypotheses: list[Hypothesis]
     missing: list[str] = field(default_factory=list)
+    quality: float | None = None  # an estimate of the text's sentence chrF, 0-100, calibrated on dev (README)
 
 
 @dataclass
@@ -100,6 +109,7 @@ class Evaluation:
     sentences: int
     scores: list[Score]  # BLEU, chrF, TER, each with its sacrebleu signature
     hypotheses: list[str]
+    quality_spearman: float | None = None  # how well the quality scores rank the translations by sentence chrF
 
     @property
     def bleu(self) -> float:
@@ -145,7 +155,9 @@ class Run:
                   glossary: Glossary | Mapping[str, str] | str | Path | None = None,
                   no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
                   n_alternatives: int | None = None, on_token: Callable[[StreamedToken], None] | None = None,
-                  format: str = "text", protect: bool | None = None) -> list[Translation]:
+                  format: str = "text", protect: bool | None = None,
+                  mbr: bool | Mapping[str, object] | MbrConfig | None = None, seed: int | None = None
+                  ) -> list[Translation]:
         """Translate raw texts (one string or several); beam size, n-best and length penalty default to the run's
         decoding settings, within the command line's bounds. Each result holds the `n_best` hypotheses with their
         scores.
@@ -160,25 +172,29 @@ class Run:
 
         Documents: with `format` "html" or "xml" each text is a document, translated sentence by sentence with
         its inline tags placed by word alignment (its `hypotheses` are left empty); `protect` (default: on for
-        documents) carries URLs, e-mail addresses, numbers and placeholders through unchanged, in text too."""
+        documents) carries URLs, e-mail addresses, numbers and placeholders through unchanged, in text too.
+
+        Minimum Bayes risk: `mbr=True` chooses each translation among candidates with the run's decoding.mbr
+        settings (else the defaults), a mapping ({"candidates": 32, "source": "beam", "metric": "bleu"}) with
+        those over them, False turns off the run's; the hypotheses are then ranked by expected `utility`. `seed`
+        draws sampled candidates (default 0). Each result's `quality` estimates its sentence chrF (README,
+        "Quality scores")."""
         lines = arguments.texts(texts, "texts")
         if check_format(format) != "text" or protect:
             return self._translate_documents(lines, format, protect, beam_size, length_penalty, glossary,
                                              no_repeat_ngram_size, repetition_penalty, n_best=n_best, prefix=prefix,
                                              constraints=constraints, n_alternatives=n_alternatives,
-                                             on_token=on_token)
+                                             on_token=on_token, mbr=mbr, seed=seed)
         steers = steer_lines(lines, _per_text(prefix, len(lines), "prefix"),
                              _constraints_per_text(constraints, len(lines)), _glossary(glossary))
         listener = TextDeltas(self.loaded.tokenizer, on_token) if on_token is not None else None
         found = self._translator.translate(lines, beam_size, n_best, length_penalty, steers=steers,
                                            no_repeat_ngram_size=no_repeat_ngram_size,
                                            repetition_penalty=repetition_penalty, n_alternatives=n_alternatives,
-                                           listener=listener)
+                                           listener=listener, mbr=mbr, seed=seed)
         if listener is not None and found:
             listener.rest(found[0].text)  # the deltas are the whole text: nothing is left over
-        return [Translation(t.source, t.text, [Hypothesis(text, h.score, h.log_prob)
-                                               for h, text in zip(t.hypotheses, t.texts, strict=True)], t.missing)
-                for t in found]
+        return [Translation(t.source, t.text, _hypotheses(t), t.missing, t.quality) for t in found]
 
     def _translate_documents(self, documents: Sequence[str], fmt: str, protect: bool | None, beam_size: int | None,
                              length_penalty: float | None, glossary: Glossary | Mapping[str, str] | str | Path | None,
@@ -253,9 +269,11 @@ class Run:
         return score_with(self.loaded, *arguments.aligned_texts(sources, targets, ("sources", "targets")))
 
     def evaluate(self, split: str | None = None, sources: str | Sequence[str] | None = None,
-                 references: str | Sequence[str] | None = None, beam_size: int | None = None) -> Evaluation:
-        """BLEU, chrF and TER of a split of the run's corpus (default dev) or of given sources and references;
-        writes nothing (`nmt evaluate` keeps the hypotheses and a report in the run directory)."""
+                 references: str | Sequence[str] | None = None, beam_size: int | None = None,
+                 mbr: bool | Mapping[str, object] | MbrConfig | None = None) -> Evaluation:
+        """BLEU, chrF and TER of a split of the run's corpus (default dev) or of given sources and references
+        (`mbr` as `translate` takes it), and the quality scores' rank correlation with sentence chrF; writes
+        nothing (`nmt evaluate` keeps the hypotheses and a report in the run directory)."""
         if (sources is None) != (references is None):
             raise ConfigError("evaluate: give sources and references together")
         if sources is not None and references is not None:
@@ -267,9 +285,9 @@ class Run:
             found = EvalSet("sources", *given)
         else:
             found = eval_set(self.config.data, split)
-        decoded = decode_and_score(self._translator, found, self.config.evaluation, beam_size)
+        decoded = decode_and_score(self._translator, found, self.config.evaluation, beam_size, mbr=mbr)
         return Evaluation(found.name, len(found.sources), decoded.scores(found.references, self.config.evaluation),
-                          decoded.hypotheses)
+                          decoded.hypotheses, decoded.quality_spearman(found.references, self.config.evaluation))
 
 
 def load(run_dir: str | Path, checkpoint: str = "best") -> Run:

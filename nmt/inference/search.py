@@ -62,14 +62,17 @@ def _hypothesis(tokens: torch.Tensor, attention: torch.Tensor, steps: int, eos: 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Draw each token from the model's distribution instead of taking the best (for back-translation):
-    logits divided by `temperature`, then cut to the `top_k` most probable (0: all) and to the smallest set
-    whose probability reaches `top_p` (1.0: all). A `seed` makes the draws reproducible."""
+    """Draw each token from the model's distribution instead of taking the best (for back-translation, and MBR's
+    candidates): logits divided by `temperature`, then cut to the `top_k` most probable (0: all), to the smallest
+    set whose probability reaches `top_p` (1.0: all) and to the tokens of probability at least `epsilon` (0.0:
+    all; epsilon sampling, Hewitt et al. 2022: the unlikely tail that derails a sample is never drawn, the best
+    token always can be). A `seed` makes the draws reproducible."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature < math.inf:
@@ -80,6 +83,8 @@ class Sampling:
             raise ConfigError(f"sampling top-p {self.top_p}: must be above 0 and at most 1")
         if self.top_k < 0:
             raise ConfigError(f"sampling top-k {self.top_k}: must be 0 (all tokens) or more")
+        if not 0 <= self.epsilon < 1:
+            raise ConfigError(f"sampling epsilon {self.epsilon}: must be at least 0 and below 1")
 
     def picker(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         generator = torch.Generator(device)
@@ -100,6 +105,8 @@ class Sampling:
                 probs = ordered.softmax(dim=-1)
                 outside = probs.cumsum(dim=-1) - probs >= self.top_p  # the most probable token always stays
                 logits = logits.scatter(-1, order, ordered.masked_fill(outside, float("-inf")))
+            if self.epsilon > 0.0:  # the best token (logit 0 after the shift) always stays
+                logits = logits.masked_fill((logits.softmax(dim=-1) < self.epsilon) & (logits < 0), float("-inf"))
             return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
         return pick

@@ -1,6 +1,7 @@
 """Text in, text out around search: clean and encode raw sentences as the training corpus was, batch them by
-length, decode greedily or with a beam, restore the input order, detokenize. Used by `nmt translate`,
-`nmt evaluate`, `nmt attention`, `nmt analyze` and dev validation."""
+length, decode greedily, with a beam or by minimum Bayes risk over candidates, restore the input order,
+detokenize, and estimate each translation's quality. Used by `nmt translate`, `nmt evaluate`, `nmt attention`,
+`nmt analyze` and dev validation."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmt.config import MAX_BEAM, MAX_POSITIONS_SETTING, CleanConfig, DecodingConfig
+from nmt.config import (
+    MAX_BEAM,
+    MAX_POSITIONS_SETTING,
+    MAX_SEED,
+    CleanConfig,
+    DecodingConfig,
+    EvaluationConfig,
+    MbrConfig,
+)
 from nmt.data.batching import collate, token_batches
 from nmt.data.corpus import has_content, normalize
 from nmt.data.tokenizer import Tokenizer
@@ -21,7 +30,9 @@ from nmt.errors import ArgumentError
 from nmt.inference.arguments import integer
 from nmt.inference.controls import NO_CONTROLS, Controls, TokenListener
 from nmt.inference.ensemble import load_models
+from nmt.inference.mbr import DEFAULT_EVALUATION, MBR_SEED, choose
 from nmt.inference.options import DecodingOptions
+from nmt.inference.quality import Calibration, QualityEstimator
 from nmt.inference.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.inference.steer import Steer
 from nmt.inference.streaming import stream_line
@@ -40,10 +51,18 @@ class Translation:
     texts: list[str]  # detokenized, one per hypothesis
     src_ids: list[int]
     missing: list[str] = field(default_factory=list)  # constraints the best hypothesis lacks (warned about)
+    utilities: list[float] | None = None  # MBR: each hypothesis's expected utility (0-100, TER negated)
+    estimate: Callable[[], float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def text(self) -> str:
         return self.texts[0]
+
+    @property
+    def quality(self) -> float | None:
+        """The estimated sentence chrF of the translation, 0-100 (nmt.inference.quality); None for a line with no
+        content, or from a translator that has no estimator (dev validation's)."""
+        return self.estimate() if self.estimate is not None else None
 
 
 @dataclass(frozen=True)
@@ -71,14 +90,23 @@ def batch_sentences(beam_size: int, longest_src: int, decoding: DecodingConfig, 
 
 
 class Translator:
-    def __init__(self, model: Decoder, tokenizer: Tokenizer, decoding: DecodingConfig, clean: CleanConfig):
+    def __init__(self, model: Decoder, tokenizer: Tokenizer, decoding: DecodingConfig, clean: CleanConfig,
+                 evaluation: EvaluationConfig = DEFAULT_EVALUATION, estimator: QualityEstimator | None = None):
+        """`evaluation` sets MBR's utilities as it sets the scores (BLEU's tokenizer, case); `estimator` estimates
+        each translation's quality (none: `Translation.quality` is None)."""
         self.model, self.tokenizer, self.decoding, self.clean = model, tokenizer, decoding, clean
+        self.evaluation, self.estimator = evaluation, estimator
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX models have none
 
     @classmethod
     def for_run(cls, loaded: DecodingRun) -> Translator:
-        """Decode as the run was configured: its decoding settings, its corpus cleaning."""
-        return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean)
+        """Decode as the run was configured: its decoding settings, its corpus cleaning, its evaluation settings,
+        and the quality calibration its checkpoint holds (an ensemble: its first run's)."""
+        checkpoint = loaded.checkpoint
+        return cls(loaded.model, loaded.tokenizer, loaded.config.decoding, loaded.config.data.clean,
+                   loaded.config.evaluation,
+                   QualityEstimator(Calibration.from_meta(checkpoint.meta), f"{loaded.run.path.name}/"
+                                                                            f"{checkpoint.path.name}"))
 
     def output_limits(self, src_lengths: torch.Tensor) -> torch.Tensor:
         """The most tokens each translation may have, EOS included: max_ratio x source tokens + max_extra, at
@@ -90,10 +118,11 @@ class Translator:
 
     def search_ids(self, src: Sequence[Sequence[int]], beam_size: int, n_best: int = 1,
                    progress: bool = False, sampling: Sampling | None = None, length_penalty: float | None = None,
-                   *, controls: Controls = NO_CONTROLS, max_output: Sequence[int] | None = None
+                   *, controls: Controls = NO_CONTROLS, max_output: Sequence[int] | None = None, draws: int = 1
                    ) -> list[list[Hypothesis]]:
         """Decode encoded source sentences (each ending in EOS) in length-sorted batches; input order kept.
-        With `sampling`, each sentence is one draw from the model instead of a search. The length penalty
+        With `sampling`, each sentence is `draws` draws from the model instead of a search (its rows in the batch,
+        as a beam's are, encoded once). The length penalty
         (checked by the caller) defaults to the run's. `controls` steer the search (their prefixes and
         constraints one per sentence of `src`; constraints decode with the beam, even a beam of one);
         `max_output` lowers sentences' output limits."""
@@ -103,7 +132,8 @@ class Translator:
         lengths = np.array([len(s) for s in src])
         longest = max(1, int(lengths.max(initial=1)))
         budget = self.decoding.batch_sentences * longest
-        sentences = batch_sentences(beam_size, longest, self.decoding, self.model.cache_floats_per_position)
+        rows = draws if pick is not None else beam_size
+        sentences = batch_sentences(rows, longest, self.decoding, self.model.cache_floats_per_position)
         batches = token_batches(lengths, None, budget, sentences)
         was_training = self.model.training
         self.model.eval()
@@ -118,7 +148,14 @@ class Translator:
                                                                      device=self.device))
                 step = self.model.step_log_probs
                 own = _for_sentences(controls, indices.tolist())
-                if (beam_size == 1 and not own.constrained) or pick is not None:
+                if pick is not None and draws > 1:  # each sentence's draws are rows of it, as a beam's are
+                    each = torch.arange(len(indices), device=self.device).repeat_interleave(draws)
+                    memory, state, max_lengths = memory.repeat(draws), state.select(each), max_lengths[each]
+                    # rows stay to the end: the memory drops whole sentences, the greedy search single rows
+                    drawn = greedy_search(step, memory, state, max_lengths, BOS_ID, EOS_ID, PAD_ID, pick,
+                                          drop_share=1.0, controls=_for_sentences(own, each.tolist()))
+                    found = [drawn[i * draws:(i + 1) * draws] for i in range(len(indices))]
+                elif (beam_size == 1 and not own.constrained) or pick is not None:
                     found = [[h] for h in greedy_search(step, memory, state, max_lengths, BOS_ID, EOS_ID, PAD_ID,
                                                         pick, controls=own)]
                 else:
@@ -189,7 +226,8 @@ class Translator:
                   length_penalty: object = None, progress: bool = False, sampling: Sampling | None = None, *,
                   steers: Sequence[Steer] | None = None, no_repeat_ngram_size: object = None,
                   repetition_penalty: object = None, n_alternatives: object = None,
-                  listener: TokenListener | None = None) -> list[Translation]:
+                  listener: TokenListener | None = None, mbr: object = None, seed: object = None
+                  ) -> list[Translation]:
         """Translate raw lines, decoding as `DecodingOptions.resolve` says (what is not given is the run's); a
         line with no content (empty, or only spaces, control or invisible format characters) gives an empty
         translation. `steers` (one per line) force prefixes and require phrases; a phrase the best hypothesis
@@ -197,9 +235,17 @@ class Translator:
         in `missing`.
         `n_alternatives` K returns, instead of the n-best, the K best continuations that differ at the first
         position after the prefix, each completed by the search. `listener` receives the best hypothesis's
-        tokens as they are decoded (one line only)."""
+        tokens as they are decoded (one line only).
+        `mbr` (True, False, a mapping or an MbrConfig; default the run's decoding.mbr, see
+        `DecodingOptions.resolve`) chooses each translation among candidates by minimum Bayes risk, their
+        n-best by expected utility (`utilities`); `seed` (default MBR_SEED) draws sampled candidates."""
+        exclusive = ("sampling" if sampling is not None else "streaming" if listener is not None
+                     else "n_alternatives" if n_alternatives is not None else None)
         settings = DecodingOptions.resolve(self.decoding, beam_size, n_best, length_penalty, no_repeat_ngram_size,
-                                           repetition_penalty)
+                                           repetition_penalty, mbr=mbr, exclusive=exclusive,
+                                           constrained=bool(steers) and any(s.constraints for s in steers or []))
+        if seed is not None and (settings.mbr is None or settings.mbr.source != "sample"):
+            raise ArgumentError("seed", "draws MBR's sampled candidates: it goes with MBR, source sample")
         if steers is not None and len(steers) != len(lines):
             raise ArgumentError("prefix", f"{len(steers)} prefixes or constraint sets for {len(lines)} lines: "
                                           "they go line by line")
@@ -217,9 +263,13 @@ class Translator:
                             no_repeat_ngram_size=settings.no_repeat_ngram_size,
                             repetition_penalty=settings.repetition_penalty, listener=listener)
         sources = [encoded[i] for i in todo]
+        utilities: dict[int, list[float]] = {}
         if n_alternatives is not None:
             found = self._alternatives(sources, settings, integer(n_alternatives, "n_alternatives", 1, MAX_BEAM),
                                        controls, sampling)
+        elif settings.mbr is not None:
+            found = self._candidates(sources, settings, controls,
+                                     MBR_SEED if seed is None else integer(seed, "seed", 0, MAX_SEED), progress)
         else:
             found = self.search_ids(sources, settings.beam_size, settings.n_best, progress, sampling,
                                     settings.length_penalty, controls=controls) if todo else []
@@ -228,15 +278,41 @@ class Translator:
         out = []
         for i, line in enumerate(lines):
             hyps = by_line.get(i, [empty])
+            texts = [self.tokenizer.decode_tgt(h.tokens) for h in hyps]
+            if settings.mbr is not None and i in by_line:
+                hyps, texts, utilities[i] = choose(hyps, texts, settings.mbr, settings.n_best, self.evaluation)
             missing = [text for text, ids in zip(steers[i].constraints, targets[i].constraints, strict=True)
                        if not _contains(hyps[0].tokens, ids)] if steers and targets and i in by_line else []
             if missing:
                 log.warning("line %d: the translation lacks %s: the length limit left no room, or "
                             "no_repeat_ngram_size banned a repeated n-gram", i + 1,
                             ", ".join(repr(m) for m in missing))
-            out.append(Translation(line, hyps, [self.tokenizer.decode_tgt(h.tokens) for h in hyps], encoded[i],
-                                   missing))
+            out.append(Translation(line, hyps, texts, encoded[i], missing, utilities.get(i),
+                                   self._estimate(hyps[0], utilities.get(i), settings) if i in by_line else None))
         return out
+
+    def _estimate(self, best: Hypothesis, utilities: list[float] | None, settings: DecodingOptions
+                  ) -> Callable[[], float] | None:
+        """How the translation's quality is estimated when asked for (the estimator warns once if uncalibrated)."""
+        if self.estimator is None:
+            return None
+        estimator, metric = self.estimator, settings.mbr.metric if settings.mbr is not None else None
+        return lambda: estimator.estimate(best, utilities[0] if utilities else None, metric)
+
+    def _candidates(self, sources: list[list[int]], settings: DecodingOptions, controls: Controls, seed: int,
+                    progress: bool) -> list[list[Hypothesis]]:
+        """MBR's candidates per sentence: the n-best of a beam of `candidates`, or `candidates` draws by epsilon
+        sampling (`seed`), each sentence's candidates decoded as rows of its batch."""
+        assert settings.mbr is not None
+        count = settings.mbr.candidates
+        if not sources:
+            return []
+        if settings.mbr.source == "beam":
+            return self.search_ids(sources, count, count, progress, length_penalty=settings.length_penalty,
+                                   controls=controls)
+        return self.search_ids(sources, 1, progress=progress, sampling=Sampling(epsilon=settings.mbr.epsilon,
+                                                                                seed=seed),
+                               controls=controls, draws=count)
 
     def _alternatives(self, sources: list[list[int]], settings: DecodingOptions, count: int, controls: Controls,
                       sampling: Sampling | None) -> list[list[Hypothesis]]:
@@ -284,6 +360,7 @@ class TranslatedLines:
     translations: list[Translation]
     beam_size: int
     n_best: int  # hypotheses per line: the n-best, or the alternatives asked for
+    mbr: MbrConfig | None = None  # chosen by MBR: the hypotheses are ranked by expected utility
 
     @property
     def listed(self) -> bool:
@@ -296,24 +373,29 @@ def translate_lines(run_dir: Path | Sequence[Path], lines: Sequence[str], beam_s
                     progress: bool = False, sampling: Sampling | None = None, quantize: str | None = None,
                     runtime: str = "torch", *, steers: Sequence[Steer] | None = None,
                     no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
-                    n_alternatives: int | None = None, stream: Callable[[str], None] | None = None
-                    ) -> TranslatedLines:
+                    n_alternatives: int | None = None, stream: Callable[[str], None] | None = None,
+                    mbr: object = None, seed: int | None = None) -> TranslatedLines:
     """Translate raw lines with a trained run; beam size and n-best default to the run's decoding settings.
     With `sampling`, one draw per line (beam and n-best do not apply). Several runs decode as an ensemble.
-    `steers`, the n-gram size, the repetition penalty and the alternatives are `Translator.translate`'s; with
-    `stream`, lines are decoded one at a time and each one's text is passed to it as it is decoded, then a
-    line end."""
+    `steers`, the n-gram size, the repetition penalty, the alternatives, `mbr` and `seed` are
+    `Translator.translate`'s; with `stream`, lines are decoded one at a time and each one's text is passed to it
+    as it is decoded, then a line end."""
     loaded = load_models(run_dir, checkpoint, overrides, quantize=quantize, runtime=runtime)
-    settings = DecodingOptions.resolve(loaded.config.decoding, 1 if sampling else beam_size,
-                                       1 if sampling else n_best)
+    if sampling:
+        beam_size, n_best = 1, 1
+    exclusive = ("sampling" if sampling else "streaming" if stream is not None
+                 else "n_alternatives" if n_alternatives is not None else None)
+    settings = DecodingOptions.resolve(loaded.config.decoding, beam_size, n_best, mbr=mbr, exclusive=exclusive,
+                                       constrained=bool(steers) and any(s.constraints for s in steers or []))
     translator = Translator.for_run(loaded)
     options: dict[str, Any] = dict(no_repeat_ngram_size=no_repeat_ngram_size,
-                                   repetition_penalty=repetition_penalty, n_alternatives=n_alternatives)
+                                   repetition_penalty=repetition_penalty, n_alternatives=n_alternatives, mbr=mbr,
+                                   seed=seed)
     if stream is None:
-        translations = translator.translate(lines, settings.beam_size, settings.n_best, progress=progress,
-                                            sampling=sampling, steers=steers, **options)
+        translations = translator.translate(lines, beam_size, n_best, progress=progress, sampling=sampling,
+                                            steers=steers, **options)
     else:
-        translations = [stream_line(translator, line, stream, settings.beam_size, sampling=sampling,
+        translations = [stream_line(translator, line, stream, beam_size, sampling=sampling,
                                     steer=steers[i] if steers else None, **options)
                         for i, line in enumerate(lines)]
-    return TranslatedLines(translations, settings.beam_size, n_alternatives or settings.n_best)
+    return TranslatedLines(translations, settings.beam_size, n_alternatives or settings.n_best, settings.mbr)

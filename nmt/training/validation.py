@@ -1,5 +1,6 @@
-"""Validation during training: dev loss and perplexity, greedy dev BLEU and chrF, attention entropy; and what
-the scores decide (the best checkpoint, early stopping's patience, the plateau schedule).
+"""Validation during training: dev loss and perplexity, greedy dev BLEU and chrF, attention entropy, the quality
+score's calibration on the dev translations; and what the scores decide (the best checkpoint, early stopping's
+patience, the plateau schedule).
 
 Rank 0 alone translates the dev split; the other ranks take its scores, so that every rank agrees on patience
 and the learning rate.
@@ -17,6 +18,7 @@ from nmt.config import Config
 from nmt.data.prepare import EncodedSplit
 from nmt.data.splits import EvalSet
 from nmt.inference.attention_stats import attention_stats
+from nmt.inference.quality import calibration_scores
 from nmt.inference.scoring import decode_and_score
 from nmt.inference.translate import Translator
 from nmt.models import Model
@@ -35,7 +37,9 @@ log = logging.getLogger(__name__)
 def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Config, device: torch.device,
              precision: str) -> tuple[dict[str, float], torch.Tensor | None]:
     """Dev loss and perplexity (teacher forced, no smoothing); greedy dev BLEU, chrF and mean attention entropy;
-    and the first dev sentence's cross-attention (T, S) (None for an empty translation), for TensorBoard."""
+    the quality calibration fitted on the greedy translations (`quality_*`, nmt.inference.quality: each
+    checkpoint keeps the one of its own weights); and the first dev sentence's cross-attention (T, S) (None for
+    an empty translation), for TensorBoard."""
     model.eval()
     total, tokens = 0.0, 0
     for indices in split_batches(dev, config, seed=None):
@@ -57,8 +61,10 @@ def validate(model: Model, translator: Translator, dev: EncodedSplit, config: Co
     first = None
     if decoded.translations and (top := decoded.translations[0]).hypotheses[0].attention.numel():
         first = top.hypotheses[0].attention[:, : len(top.src_ids)]  # the batch's padding columns left out
+    calibration = calibration_scores(found, hyps, dev.tgt_text, config.evaluation)
     return {"dev_loss": loss, "dev_ppl": math.exp(min(loss, 50.0)), "dev_bleu": decoded.bleu.score,
-            "dev_chrf": decoded.chrf.score, "dev_attention_entropy": sum(entropies) / max(1, len(entropies))}, first
+            "dev_chrf": decoded.chrf.score, "dev_attention_entropy": sum(entropies) / max(1, len(entropies)),
+            **calibration}, first
 
 
 @dataclass(eq=False)
