@@ -24,6 +24,7 @@ from nmt.config import (
     TUNE_LENGTH_PENALTIES,
     AttentionKind,
     Config,
+    MbrConfig,
 )
 from nmt.errors import ArgumentError, NmtError
 
@@ -733,24 +734,34 @@ def tune(
     checkpoint: CheckpointOption = "best",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table; leave the run's config as it is.")]
     = False,
+    mbr: Annotated[bool, typer.Option("--mbr", help="Also try minimum Bayes risk decoding (the config's "
+                                      "decoding.mbr settings, else the defaults); written as decoding.mbr if it "
+                                      "wins.")] = False,
 ) -> None:
-    """Search beam size and length penalty on the dev set (or --src/--ref); write the best into the run's decoding
-    settings."""
+    """Search beam size and length penalty (and with --mbr, MBR) on the dev set (or --src/--ref); write the best
+    into the run's decoding settings."""
     from nmt.inference.tune import tune as run_tune
 
     beam_sizes = _numbers("--beams", beams, int, "1,5")
     alphas = _numbers("--length-penalties", length_penalties, float, "0,1.0")
     found = run_tune(_run_dir(model, config), beam_sizes, alphas, split.value if split else "dev", checkpoint,
-                     write=not dry_run, src_file=src, ref_file=ref)
+                     write=not dry_run, src_file=src, ref_file=ref, mbr=mbr)
     typer.echo(format_table(
-        ["beam", "length penalty", f"{found.split} BLEU", "chrF", "sent/s", ""],
-        [[p.beam_size, f"{p.length_penalty:g}", f"{p.bleu:.2f}", f"{p.chrf:.2f}", f"{p.sentences_per_s:,.1f}",
+        ["beam", "length penalty", "mbr", f"{found.split} BLEU", "chrF", "sent/s", ""],
+        [[p.beam_size, f"{p.length_penalty:g}", _mbr_label(p.mbr), f"{p.bleu:.2f}", f"{p.chrf:.2f}",
+          f"{p.sentences_per_s:,.1f}",
           " ".join(filter(None, ["current" if p.current else "", "best" if p is found.best else ""]))]
          for p in found.points]))
     best = found.best
     verb = "written to" if found.written else "not written (--dry-run) to"
-    typer.echo(f"best: beam {best.beam_size}, length penalty {best.length_penalty:g} ({found.split} BLEU "
-               f"{best.bleu:.2f}); {verb} {_run_dir(model, config) / 'config.yaml'}")
+    chosen = f"MBR ({_mbr_label(best.mbr)})" if best.mbr else \
+        f"beam {best.beam_size}, length penalty {best.length_penalty:g}"
+    typer.echo(f"best: {chosen} ({found.split} BLEU {best.bleu:.2f}); {verb} "
+               f"{_run_dir(model, config) / 'config.yaml'}")
+
+
+def _mbr_label(settings: MbrConfig | None) -> str:
+    return f"{settings.candidates} {settings.source}, {settings.metric}" if settings else "-"
 
 
 @command

@@ -1,9 +1,12 @@
-"""Choose a run's beam size and length penalty on held-out data, as a user should before shipping it.
+"""Choose a run's beam size and length penalty, or minimum Bayes risk decoding, on held-out data, as a user should
+before shipping it.
 
 Decodes the dev set (or another split) once per grid point, scores each with BLEU, and, unless told not to,
 writes the best choice into the run's config.yaml under `decoding`, with a `decoding.tuned` record of
 what it was chosen on. The run's current setting is always part of the grid, so the choice is never worse
-on that split; ties go to the current setting, then to the smaller (faster) beam."""
+on that split; ties go to the current setting, then to the search (MBR is slower), then to the smaller (faster)
+beam. With `mbr`, MBR with the run's decoding.mbr settings (else the defaults) is one more point: written as
+decoding.mbr when it wins, removed when a search beats the run's MBR."""
 
 from __future__ import annotations
 
@@ -11,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.config import MAX_BEAM, MAX_LENGTH_PENALTY, TUNE_BEAMS, TUNE_LENGTH_PENALTIES, TunedDecoding, config_to_yaml
+from nmt.config import (
+    MAX_BEAM,
+    MAX_LENGTH_PENALTY,
+    TUNE_BEAMS,
+    TUNE_LENGTH_PENALTIES,
+    MbrConfig,
+    TunedDecoding,
+    config_to_yaml,
+)
 from nmt.data.splits import eval_set
 from nmt.errors import ConfigError
 from nmt.inference.scoring import decode_and_score
@@ -27,6 +38,7 @@ class GridPoint:
     chrf: float
     sentences_per_s: float
     current: bool  # the run's setting before tuning
+    mbr: MbrConfig | None = None  # chosen by MBR with these settings (beam and length penalty: the run's)
 
 
 @dataclass
@@ -55,30 +67,36 @@ def grid(beams: Sequence[int], penalties: Sequence[float], current: tuple[int, f
 
 def tune(run_dir: Path, beams: Sequence[int] = TUNE_BEAMS, penalties: Sequence[float] = TUNE_LENGTH_PENALTIES,
          split: str = "dev", checkpoint: str = "best", write: bool = True, src_file: Path | None = None,
-         ref_file: Path | None = None) -> TuneResult:
+         ref_file: Path | None = None, mbr: bool = False) -> TuneResult:
     """Decode `split` (or the aligned `src_file` and `ref_file`: a run without a corpus, e.g. imported) with
-    each beam size and length penalty of the grid; write the best into the run's config unless `write` is off."""
+    each beam size and length penalty of the grid, and by MBR when `mbr` is on or the run decodes by MBR; write
+    the best into the run's config unless `write` is off."""
     loaded = load_model(run_dir, checkpoint)
     config = loaded.config
     data = eval_set(config.data, split, src_file, ref_file)
-    current = (config.decoding.beam_size, config.decoding.length_penalty)
+    own = config.decoding
+    current = (own.beam_size, own.length_penalty)
+    tried: list[tuple[int, float, MbrConfig | None]] = [(b, a, None) for b, a in grid(beams, penalties, current)]
+    if mbr or own.mbr is not None:
+        tried.append((*current, own.mbr or MbrConfig()))
     points = []
-    for beam, alpha in grid(beams, penalties, current):
-        decoding = config.decoding.model_copy(update={"beam_size": beam, "length_penalty": alpha, "n_best": 1})
-        translator = Translator(loaded.model, loaded.tokenizer, decoding, config.data.clean)
-        decoded = decode_and_score(translator, data, config.evaluation, beam)
+    for beam, alpha, chosen in tried:
+        decoding = own.model_copy(update={"beam_size": beam, "length_penalty": alpha, "n_best": 1, "mbr": chosen})
+        translator = Translator(loaded.model, loaded.tokenizer, decoding, config.data.clean, config.evaluation)
+        decoded = decode_and_score(translator, data, config.evaluation, None if chosen else beam, mbr=chosen or False)
         points.append(GridPoint(beam, alpha, decoded.bleu.score, decoded.chrf.score, decoded.sentences_per_s,
-                                (beam, alpha) == current))
-    best = max(points, key=lambda p: (round(p.bleu, 2), p.current, -p.beam_size))
+                                (beam, alpha, chosen) == (*current, own.mbr), chosen))
+    best = max(points, key=lambda p: (round(p.bleu, 2), p.current, p.mbr is None, -p.beam_size))
     if write:
         before = next(p for p in points if p.current)
         record = TunedDecoding(split=data.name, checkpoint=loaded.checkpoint.path.name, bleu=round(best.bleu, 2),
                                before={"beam_size": before.beam_size, "length_penalty": before.length_penalty,
-                                       "bleu": round(before.bleu, 2)},
-                               beams=sorted({p.beam_size for p in points}),
-                               length_penalties=sorted({p.length_penalty for p in points}))
-        decoding = config.decoding.model_copy(update={
+                                       "bleu": round(before.bleu, 2),
+                                       **({"mbr_candidates": before.mbr.candidates} if before.mbr else {})},
+                               beams=sorted({p.beam_size for p in points if p.mbr is None}),
+                               length_penalties=sorted({p.length_penalty for p in points if p.mbr is None}))
+        decoding = own.model_copy(update={
             "beam_size": best.beam_size, "length_penalty": best.length_penalty,
-            "n_best": min(config.decoding.n_best, best.beam_size), "tuned": record})
+            "n_best": min(own.n_best, best.beam_size), "mbr": best.mbr, "tuned": record})
         loaded.run.write_config(config_to_yaml(config.model_copy(update={"decoding": decoding})))
     return TuneResult(data.name, points, best, write)

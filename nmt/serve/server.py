@@ -37,6 +37,7 @@ from nmt.config import (
     MAX_ATTRIBUTION_COST,
     MAX_BEAM,
     MAX_LENGTH_PENALTY,
+    MAX_MBR_CANDIDATES,
     MAX_NGRAM,
     MAX_REPETITION_PENALTY,
     AttentionKind,
@@ -117,6 +118,17 @@ class Strict(BaseModel):
 Beam = Annotated[int | None, Field(ge=1, le=MAX_BEAM, description="1 = greedy; default: the run's")]
 
 
+class MbrRequest(Strict):
+    """Minimum Bayes risk settings, each over the run's decoding.mbr (else the defaults); checked by the library
+    (nmt.inference.options.mbr_settings), as `run.translate(mbr=...)` is."""
+
+    candidates: int | None = Field(None, description=f"Candidates per text, 2 to {MAX_MBR_CANDIDATES}; each "
+                                                     "counts in the request's cost as a beam's hypothesis does")
+    source: str | None = Field(None, description="beam (a beam's n-best) or sample (epsilon sampling)")
+    epsilon: float | None = Field(None, description="sample: tokens below this probability are never drawn")
+    metric: str | None = Field(None, description="The utility: chrf, bleu or ter")
+
+
 class TranslateRequest(Strict):
     text: str | list[str] = Field(description="One text, or a list of texts translated together")
     model: str | None = Field(None, description="A served model's name (GET /models); default: the first")
@@ -141,6 +153,14 @@ class TranslateRequest(Strict):
                                                    "word alignment")
     protect: bool | None = Field(None, description="Carry URLs, e-mail addresses, numbers and placeholders "
                                                    "through unchanged; default: on for html and xml")
+    mbr: MbrRequest | bool | None = Field(None, description="Choose each translation among candidates by minimum "
+                                          "Bayes risk: true (the run's decoding.mbr, else the defaults), settings "
+                                          "over those, or false; default: on where the run sets decoding.mbr "
+                                          "(unless beam_size, n_alternatives or a stream is asked for)")
+
+    def mbr_argument(self) -> object:
+        """`mbr` as the library takes it: None, a bool, or the settings sent."""
+        return self.mbr.model_dump(exclude_none=True) if isinstance(self.mbr, MbrRequest) else self.mbr
 
 
 class StreamRequest(TranslateRequest):
@@ -148,6 +168,7 @@ class StreamRequest(TranslateRequest):
     n_best: None = Field(None, description="Not for a stream: it sends the best hypothesis (POST /translate "
                                            "lists n-best)")
     n_alternatives: None = Field(None, description="Not for a stream (POST /translate gives alternatives)")
+    mbr: None = Field(None, description="Not for a stream (POST /translate decodes by MBR)")
 
 
 class Hypothesis(BaseModel):
@@ -155,6 +176,7 @@ class Hypothesis(BaseModel):
     score: float  # what the beam ranks by: log p / length penalty
     log_prob: float
     tokens: int  # target subwords, EOS not counted
+    utility: float | None = None  # MBR: expected utility against the other candidates (what ranks them)
 
 
 class TranslationOut(BaseModel):
@@ -162,6 +184,14 @@ class TranslationOut(BaseModel):
     text: str  # the best hypothesis, as `nmt translate` prints it
     hypotheses: list[Hypothesis]  # the n-best, or the alternatives, best first
     missing: list[str]  # constraints the best hypothesis lacks (no room in the length limit, or an n-gram ban)
+    quality: float | None = None  # estimated sentence chrF of `text`, 0-100, calibrated on dev (null: a document)
+
+
+class MbrSettings(BaseModel):
+    candidates: int
+    source: str
+    epsilon: float
+    metric: str
 
 
 class Settings(BaseModel):
@@ -174,6 +204,7 @@ class Settings(BaseModel):
     no_repeat_ngram_size: int  # 0: off
     repetition_penalty: float  # 1: off
     n_alternatives: int | None
+    mbr: MbrSettings | None = None  # chosen by minimum Bayes risk with these settings (beam_size: its beam)
 
 
 class TranslateResponse(Settings):
@@ -247,13 +278,14 @@ class AttentionResponse(BaseModel):
 # The application --------------------------------------------------------------------------------------
 
 def _field(location: Sequence) -> str:
-    """pydantic's error location as the client wrote it: ("body", "text", "list[str]", 1) -> "text[1]" (the
-    member of a union that was tried is left out)."""
+    """pydantic's error location as the client wrote it: ("body", "text", "list[str]", 1) -> "text[1]",
+    ("body", "mbr", "MbrRequest", "candidates") -> "mbr.candidates" (the member of a union that was tried, a type
+    or a model's name, is left out: the fields are snake_case)."""
     parts: list[str] = []
     for part in location[1:] if location and location[0] == "body" else location:
         if isinstance(part, int) and parts:
             parts[-1] += f"[{part}]"
-        elif part not in ("str", "int", "float", "bool") and "[" not in str(part):
+        elif part not in ("str", "int", "float", "bool") and "[" not in str(part) and not str(part)[:1].isupper():
             parts.append(str(part))
     return ".".join(parts) or "body"
 
@@ -347,26 +379,28 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         """A translation request checked before any decoding: its settings, its texts with their steering, and
         each text's cost (413 above the request bound)."""
         texts = [body.text] if isinstance(body.text, str) else body.text
-        decoding = registry.decoding(body.model, body.beam_size, body.n_best, body.length_penalty,
-                                     body.no_repeat_ngram_size, body.repetition_penalty, body.n_alternatives)
-        lengths = registry.check_texts(decoding.model, texts, limits.max_texts)
         steered = steered_texts(body, texts)
+        decoding = registry.decoding(body.model, body.beam_size, body.n_best, body.length_penalty,
+                                     body.no_repeat_ngram_size, body.repetition_penalty, body.n_alternatives,
+                                     body.mbr_argument(), isinstance(body, StreamRequest),
+                                     any(text.steer.constraints for text in steered))
+        lengths = registry.check_texts(decoding.model, texts, limits.max_texts)
         registry.check_steering(decoding, steered, lengths)
-        costs = decoding_costs(decoding.beam_size, lengths, limits.max_request_cost,
+        costs = decoding_costs(decoding, lengths, limits.max_request_cost,
                                [steering_weight(decoding, text) for text in steered])
         return decoding, steered, costs
 
     async def translate_documents(body: TranslateRequest, request: Request) -> TranslateResponse:
         """Documents (`format` html or xml, or `protect`), one request at a time on the decode thread."""
-        given = [name for name in ("n_best", "prefix", "constraints", "n_alternatives")
+        given = [name for name in ("n_best", "prefix", "constraints", "n_alternatives", "mbr")
                  if getattr(body, name) is not None]
         if given:
             raise ClientError(given[0], f"goes with sentences, not with format {body.format!r} or protect")
         texts = [body.text] if isinstance(body.text, str) else body.text
         decoding = registry.decoding(body.model, body.beam_size, None, body.length_penalty,
-                                     body.no_repeat_ngram_size, body.repetition_penalty)
+                                     body.no_repeat_ngram_size, body.repetition_penalty, mbr=False)
         lengths = registry.check_documents(decoding.model, texts, limits.max_texts)
-        decoding_costs(decoding.beam_size, lengths, limits.max_request_cost)
+        decoding_costs(decoding, lengths, limits.max_request_cost)
         found = await unless_disconnected(request, batcher.run(registry.translate_documents, decoding, texts,
                                                                body.format, body.protect))
         return TranslateResponse(**translate_response(decoding, found))
@@ -457,8 +491,8 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
         if body.attribution and body.kind != "cross":
             raise ClientError("attribution", f"is over the source tokens: it goes with kind cross, not {body.kind}")
         lengths = registry.check_texts(body.model, [body.text], 1)
-        decoding_costs(registry.decoding(body.model, body.beam_size, None, None).beam_size, lengths,
-                       limits.max_request_cost)  # the beam attention_view decodes with
+        decoding_costs(registry.decoding(body.model, body.beam_size, None, None), lengths,
+                       limits.max_request_cost)  # as attention_view decodes
         served, view = await unless_disconnected(request, batcher.run(
             registry.attention, body.model, body.text, body.beam_size, body.kind, body.layer, body.head,
             body.threshold, body.words, body.eos))

@@ -1,5 +1,6 @@
-"""Trained runs loaded once and served: translation with per-request decoding settings and per-text steering
-(a forced prefix, required phrases), streamed token by token or whole, attention views and model descriptions,
+"""Trained runs loaded once and served: translation with per-request decoding settings (minimum Bayes risk
+included) and per-text steering (a forced prefix, required phrases), with a quality score per translation,
+streamed token by token or whole, attention views and model descriptions,
 with every client mistake turned into a `ClientError` that names the field. This is what `nmt serve` exposes
 over HTTP (nmt/serve/server.py), kept free of HTTP so that it is testable on its own."""
 
@@ -41,7 +42,7 @@ class ClientError(ArgumentError):
 class Decoding(DecodingOptions):
     """A request's decoding options and the model they decode with; requests that share them can share a batch.
     With `n_alternatives` K, each text gets the K best continuations that differ at the first position after its
-    prefix instead of the n-best."""
+    prefix instead of the n-best; with `mbr`, the translation chosen by minimum Bayes risk."""
 
     model: str
     n_alternatives: int | None = None
@@ -82,16 +83,20 @@ class ServedModel:
                 "checkpoint": self.loaded.checkpoint.path.name,
                 "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
                 "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
+                "mbr": config.decoding.mbr.model_dump() if config.decoding.mbr else None,
+                "quality_calibrated": self.translator.estimator is not None and self.translator.estimator.calibrated,
                 "max_src_tokens": self.translator.source_limit[0]}
 
 
 def translate_response(decoding: Decoding, translations: Sequence[Translation]) -> dict[str, Any]:
     """Translations as POST /translate answers them: the one producer of that JSON, for the server and for the
     page inline in a notebook (nmt.api.inline)."""
-    return {**asdict(decoding),
+    return {**asdict(decoding), "mbr": decoding.mbr.model_dump() if decoding.mbr else None,
             "translations": [{"source": t.source, "text": t.text, "hypotheses": [
-                {"text": text, "score": h.score, "log_prob": h.log_prob, "tokens": len(h.tokens)}
-                for h, text in zip(t.hypotheses, t.texts[:len(t.hypotheses)], strict=True)], "missing": t.missing}
+                {"text": text, "score": h.score, "log_prob": h.log_prob, "tokens": len(h.tokens),
+                 "utility": t.utilities[i] if t.utilities else None}
+                for i, (h, text) in enumerate(zip(t.hypotheses, t.texts[:len(t.hypotheses)], strict=True))],
+                "missing": t.missing, "quality": t.quality}
                 for t in translations]}  # a document has its text and no hypotheses
 
 
@@ -113,18 +118,20 @@ def text_field(texts: Sequence[str], i: int) -> str:
     return "text" if len(texts) == 1 else f"text[{i}]"
 
 
-def decoding_costs(beam_size: int, lengths: Sequence[int], max_cost: int, weights: Sequence[int] | None = None
-                   ) -> list[int]:
-    """Each text's decoding cost in beam x source tokens (the beam's hypotheses each run up to max_ratio x
-    length + max_extra steps) x its weight (`steering_weight`, default 1); a request above `max_cost` in all is
-    refused with 413: one request must not hold the decoder, which serves every client in turn, for minutes."""
+def decoding_costs(decoding: DecodingOptions, lengths: Sequence[int], max_cost: int,
+                   weights: Sequence[int] | None = None) -> list[int]:
+    """Each text's decoding cost in search rows (the beam, or MBR's candidates) x source tokens (each row runs up
+    to max_ratio x length + max_extra steps) x its weight (`steering_weight`, default 1); a request above
+    `max_cost` in all is refused with 413: one request must not hold the decoder, which serves every client in
+    turn, for minutes."""
     weights = weights or [1] * len(lengths)
-    costs = [beam_size * length * weight for length, weight in zip(lengths, weights, strict=True)]
+    rows, what = decoding.rows, "mbr.candidates" if decoding.mbr is not None else "beam_size"
+    costs = [rows * length * weight for length, weight in zip(lengths, weights, strict=True)]
     if sum(costs) > max_cost:
         weighed = any(weight > 1 for weight in weights)
-        raise ClientError("text", f"costs {sum(costs)} (beam_size {beam_size} x {sum(lengths)} source tokens"
+        raise ClientError("text", f"costs {sum(costs)} ({what} {rows} x {sum(lengths)} source tokens"
                                   f"{' x constraints and alternatives' if weighed else ''}); at most {max_cost} per "
-                                  "request: send fewer or shorter texts, or a smaller beam_size"
+                                  f"request: send fewer or shorter texts, or a smaller {what}"
                                   f"{', fewer constraints or alternatives' if weighed else ''}", status=413)
     return costs
 
@@ -147,10 +154,12 @@ def check_attribution_cost(cost: Cost, max_cost: int) -> None:
 
 
 def _options(decoding: Decoding) -> dict[str, Any]:
-    """A request's decoding settings as `Translator.translate` takes them."""
-    return {"beam_size": decoding.beam_size, "n_best": decoding.n_best, "length_penalty": decoding.length_penalty,
+    """A request's decoding settings as `Translator.translate` takes them (MBR sets its own beam)."""
+    return {"beam_size": None if decoding.mbr else decoding.beam_size, "n_best": decoding.n_best,
+            "length_penalty": decoding.length_penalty,
             "no_repeat_ngram_size": decoding.no_repeat_ngram_size or None,  # 0 (off) is the run's own, not a value
-            "repetition_penalty": decoding.repetition_penalty, "n_alternatives": decoding.n_alternatives}
+            "repetition_penalty": decoding.repetition_penalty, "n_alternatives": decoding.n_alternatives,
+            "mbr": decoding.mbr or False}
 
 
 def _steers(texts: Sequence[SteeredText]) -> list[Steer] | None:
@@ -202,13 +211,17 @@ class ModelRegistry:
 
     def decoding(self, name: str | None, beam_size: int | None, n_best: int | None, length_penalty: float | None,
                  no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
-                 n_alternatives: int | None = None) -> Decoding:
-        """A request's decoding settings, each defaulting to the run's own; checked against each other."""
+                 n_alternatives: int | None = None, mbr: object = None, streaming: bool = False,
+                 constrained: bool = False) -> Decoding:
+        """A request's decoding settings, each defaulting to the run's own (MBR too: `DecodingOptions.resolve`,
+        for a stream or constrained texts where they ask it); checked against each other."""
         served = self.get(name)
         if n_alternatives is not None and n_best is not None:
             raise ClientError("n_alternatives", "replaces the n-best list: give n_best or n_alternatives")
+        exclusive = "streaming" if streaming else "n_alternatives" if n_alternatives is not None else None
         settings = DecodingOptions.resolve(served.loaded.config.decoding, beam_size, n_best, length_penalty,
-                                           no_repeat_ngram_size, repetition_penalty)
+                                           no_repeat_ngram_size, repetition_penalty, mbr=mbr, exclusive=exclusive,
+                                           constrained=constrained)
         return Decoding(**asdict(settings), model=served.name, n_alternatives=n_alternatives)
 
     def check_texts(self, name: str | None, texts: Sequence[str], max_texts: int) -> list[int]:
