@@ -689,3 +689,55 @@ def test_sigterm_with_a_big_request_in_flight_exits_within_seconds(trained_trans
     assert took < 10, f"exit {took:.1f} s after SIGTERM"  # shutdown_grace_s 2 + one chunk; it used to take minutes
     assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log and "Traceback" not in log
     assert answer[0][0] == 503 and "shutting down" in answer[0][1]["error"]["message"]
+
+
+# Minimum Bayes risk and quality scores (issue 36) ----------------------------------------------------------------
+
+def test_mbr_requests_are_answered_with_their_settings_utilities_and_cost(client, trained_transformer):
+    body = {"text": ["ab ca de", "le mi"], "model": "transformer", "mbr": {"candidates": 8, "epsilon": 0.0}}
+    response = client.post("/translate", json=body)
+    assert response.status_code == 200, response.text
+    found = response.json()
+    assert found["mbr"] == {"candidates": 8, "source": "sample", "epsilon": 0.0, "metric": "chrf"}
+    assert [t["text"] for t in found["translations"]] == [reverse_words(t) for t in body["text"]]
+    assert all(t["hypotheses"][0]["utility"] is not None for t in found["translations"])
+    library = Translator.for_run(load_model(trained_transformer)).translate(body["text"], mbr=body["mbr"])
+    assert [t["text"] for t in found["translations"]] == [t.text for t in library]
+    listed = client.post("/translate", json={"text": "fo gu hi", "model": "rnn", "n_best": 3,
+                                             "mbr": {"candidates": 5, "source": "beam"}}).json()
+    utilities = [h["utility"] for h in listed["translations"][0]["hypotheses"]]
+    assert listed["beam_size"] == 5 and utilities == sorted(utilities, reverse=True) and len(utilities) > 1
+    assert client.post("/translate", json={"text": "ab ca", "mbr": True}).json()["mbr"]["candidates"] == 16
+    assert client.post("/translate", json={"text": "ab ca", "mbr": False}).json()["mbr"] is None
+    # the candidates count in the cost as a beam's hypotheses do
+    big = client.post("/translate", json={"text": ["ab ca de fo gu"] * 4, "mbr": {"candidates": 64}})
+    assert big.status_code == 413 and "mbr.candidates 64" in big.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("mbr", "extra", "field", "message"), [
+    ({"candidates": 65}, {}, "mbr.candidates", "at most 64"),
+    ({"candidates": "8"}, {}, "mbr.candidates", "valid integer"),
+    ({"source": "nucleus"}, {}, "mbr.source", "'beam' or 'sample'"),
+    ({"seed": 3}, {}, "mbr.seed", "Extra inputs"),
+    (True, {"beam_size": 3}, "beam_size", "not with MBR"),
+    (True, {"n_alternatives": 2}, "mbr", "n_alternatives"),
+    (True, {"constraints": ["DE"]}, "constraint", "sampled candidates"),
+    (True, {"format": "html"}, "mbr", "goes with sentences"),
+])
+def test_mbr_mistakes_name_the_field_as_sent(client, mbr, extra, field, message):
+    response = client.post("/translate", json={"text": "ab ca de", "mbr": mbr, **extra})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and message in error["message"]
+    stream = client.post("/translate/stream", json={"text": "ab ca de", "mbr": True})
+    assert stream.status_code == 422 and stream.json()["error"]["field"] == "mbr"
+
+
+def test_answers_carry_each_translations_quality(client, trained_run):
+    texts = ["ab ca de", "fo gu hi jo", "le mi"]
+    found = client.post("/translate", json={"text": texts, "model": "rnn"}).json()["translations"]
+    expected = [t.quality for t in Translator.for_run(load_model(trained_run)).translate(texts)]
+    assert [t["quality"] for t in found] == pytest.approx(expected)
+    assert all(0.0 <= t["quality"] <= 100.0 for t in found)
+    models = {m["name"]: m for m in client.get("/models").json()}
+    assert models["rnn"]["quality_calibrated"] is True and models["rnn"]["mbr"] is None
