@@ -225,7 +225,7 @@ class Run:
         layer, with `layer` every head of that layer, with `head` that head (of `layer`, default the last).
         `words` merges subwords into words (a source word's pieces summed, a target word's averaged: rows still
         sum to 1); `eos=False` leaves EOS out. Statistics are of the map so shown."""
-        beam_size = DecodingOptions.resolve(self.config.decoding, beam_size).beam_size
+        beam_size = DecodingOptions.resolve(self.config.decoding, beam_size, mbr=False).beam_size  # the search's
         maps = self._kind_maps(text, kind, threshold, beam_size, words, eos)
         count = len(maps.averages)
         layer, head = pick(count, layer, "layer"), pick(len(maps.heads[0]), head, "head")
