@@ -646,7 +646,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # an optional section left unset (`mbr: null` in a run's config) is set by its first key
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {shown_value(assignment)}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child

@@ -96,7 +96,7 @@ def test_a_checkpoint_is_chosen_by_name_and_a_wrong_name_is_refused(trained_run)
     oldest = nmt.load(trained_run, checkpoint=steps[0])
     assert oldest.checkpoint == steps[0] and nmt.load(trained_run, checkpoint="last").checkpoint == steps[-1]
     for wrong in ("step-99999999", "../../etc", "lsat", ""):
-        with pytest.raises(ArgumentError, match="is not best, last, averaged or a checkpoint of") as raised:
+        with pytest.raises(ArgumentError, match="is not best, last, averaged, ema or a checkpoint of") as raised:
             nmt.load(trained_run, checkpoint=wrong)
         assert raised.value.field == "checkpoint" and steps[-1] in raised.value.message
     runner = CliRunner()

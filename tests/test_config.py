@@ -87,6 +87,16 @@ def test_overrides_set_nested_values_and_parse_yaml(toy_config_path):
     assert config.training.betas == (0.8, 0.9)
 
 
+def test_an_override_sets_a_key_of_an_optional_section_left_null(tmp_path):
+    """A run's saved config holds `ema: null`, `mbr: null`: `--set training.ema.decay=0.99` starts the section."""
+    raw = toy_config_dict(tmp_path)
+    raw["training"]["ema"] = None
+    raw["decoding"]["mbr"] = None
+    config = load_config(write_config(tmp_path, raw), ["training.ema.decay=0.99", "decoding.mbr.candidates=4"])
+    assert config.training.ema is not None and config.training.ema.decay == 0.99
+    assert config.decoding.mbr is not None and config.decoding.mbr.candidates == 4
+
+
 def test_override_of_unknown_key_or_malformed_is_rejected(toy_config_path):
     with pytest.raises(ConfigError, match="training.bogus: Extra inputs"):
         load_config(toy_config_path, ["training.bogus=1"])

@@ -4,6 +4,8 @@ with `--checkpoint ema` and resumed exactly."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from nmt.data.prepare import cache_folder, prepare_data
 from nmt.data.resegment import resegmented
 from nmt.data.tokenizer import Resampling
 from nmt.errors import CheckpointError, ConfigError
+from nmt.inference.evaluate import evaluate
 from nmt.runs.checkpoint import find_checkpoint
 from nmt.runs.rundir import CheckpointFiles, RunDir
 from nmt.training.ema import WeightAverage
@@ -146,6 +149,9 @@ def test_ema_is_validated_saved_and_loaded_with_checkpoint_ema(tmp_path):
     out = CliRunner().invoke(app, ["translate", "--model", str(run.path), "--checkpoint", "ema", "ab ca de"])
     assert out.exit_code == 0, out.output
     assert out.stdout.count("\n") == 1  # one line translated (a model this young may write an empty one)
+    best, ema = evaluate(run.path, split="dev"), evaluate(run.path, split="dev", checkpoint="ema")
+    assert ema.report_path != best.report_path and ema.hypotheses_path != best.hypotheses_path
+    assert json.loads(ema.report_path.read_text())["checkpoint"] == averaged.path.name
 
 
 def test_checkpoint_ema_of_a_run_without_one_is_refused_in_one_line(trained_run):

@@ -46,8 +46,10 @@ def evaluate(run_dir: Path | Sequence[Path], split: str | None = None, src_file:
     scores = decoded.scores(found.references, config.evaluation)
     rank = decoded.quality_spearman(found.references, config.evaluation)
     calibrated = translator.estimator is not None and translator.estimator.calibrated
-    tag = f"{found.name}.mbr-{settings.mbr.source}{settings.mbr.candidates}-{settings.mbr.metric}" if settings.mbr \
-        else found.name  # an MBR evaluation never overwrites the search's of the same beam
+    # another checkpoint's evaluation, or MBR's, never overwrites the best checkpoint's search
+    tag = found.name if checkpoint == "best" else f"{found.name}.{checkpoint}"
+    if settings.mbr:
+        tag += f".mbr-{settings.mbr.source}{settings.mbr.candidates}-{settings.mbr.metric}"
     hyp_path, report_path = loaded.run.eval_files(tag, settings.beam_size)
     atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
     report = {"test_set": found.name, "sentences": len(found.sources), "checkpoint": loaded.checkpoint.path.name,
