@@ -503,7 +503,8 @@ class MbrConfig(Section):
 
     candidates: Annotated[int, Field(ge=2, le=MAX_MBR_CANDIDATES)] = 16
     source: Literal["beam", "sample"] = "sample"
-    """beam: the n-best of a beam of `candidates`; sample: `candidates` draws (epsilon sampling)."""
+    """beam: the n-best of a beam of `candidates`; sample: `candidates` draws (epsilon sampling, what Freitag et
+    al. 2023 recommend; the small models trained here write better candidates by beam: BENCHMARKS.md)."""
     epsilon: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02
     """sample: tokens below this probability are never drawn (epsilon sampling, Hewitt et al. 2022, the
     source of MBR candidates Freitag et al. 2023 recommend)."""

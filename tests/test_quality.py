@@ -175,3 +175,16 @@ def test_a_checkpoint_without_calibration_is_scored_uncalibrated(trained_run, tm
     assert sum("uncalibrated" in line for line in result.stderr.splitlines()) == 1
     evaluated = cli("evaluate", "--model", run, "--split", "dev")
     assert "(uncalibrated" in evaluated.stdout
+
+
+def test_a_beams_mbr_scores_by_the_calibrated_estimate_and_sampled_chrf_by_its_expected_utility(trained_run):
+    """A beam's n-best agree with each other whatever the reference, so their expected utility does not rank
+    translations (BENCHMARKS.md): only over sampled candidates does it stand for the quality."""
+    translator = Translator.for_run(load_model(trained_run))
+    assert translator.estimator is not None and translator.estimator.calibration is not None
+    beam = translator.translate(PROBES, mbr={"source": "beam", "candidates": 4, "metric": "chrf"})
+    for t in beam:
+        assert t.quality == pytest.approx(translator.estimator.calibration.estimate(mean_log_prob(t.hypotheses[0])))
+    sampled = translator.translate(PROBES, mbr={"source": "sample", "candidates": 4, "metric": "chrf"}, seed=1)
+    for t in sampled:
+        assert t.utilities is not None and t.quality == pytest.approx(min(100.0, max(0.0, t.utilities[0])))

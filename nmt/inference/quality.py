@@ -6,11 +6,11 @@ it writes spreads its probability. Dev validation during training fits a straigh
 feature over the dev translations (`calibration_scores`), and each checkpoint keeps it in its metadata as
 `quality_slope`, `quality_intercept` and `quality_spearman` (the rank correlation it had on dev); the estimate
 is that line, clipped to 0-100. A checkpoint without them (trained before, or imported) gets 100 x the geometric
-mean of its tokens' probabilities instead, reported once as uncalibrated. Under MBR with the chrF utility the
-score is the chosen translation's expected chrF against the other candidates: already on chrF's scale (it
-tends to run above the chrF against a reference, as candidates agree with each other more than with a person);
-with the BLEU or TER utility, which the dev line was not fitted on, it is the calibrated log-probability
-estimate of the chosen translation."""
+mean of its tokens' probabilities instead, reported once as uncalibrated. Under MBR with sampled candidates and the
+chrF utility the score is the chosen translation's expected chrF against the other candidates: already on chrF's
+scale (it tends to run above the chrF against a reference, as candidates agree with each other more than with a
+person). Otherwise (a beam's n-best, whose members agree whatever the reference, or the BLEU or TER utility,
+which the dev line was not fitted on) it is the calibrated log-probability estimate of the chosen translation."""
 
 from __future__ import annotations
 
