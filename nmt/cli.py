@@ -187,7 +187,8 @@ RunSetOption = Annotated[
 ]
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
 CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="best (by dev BLEU), last (the newest), "
-                                               "averaged (written by nmt average) or a checkpoint's folder name "
+                                               "averaged (written by nmt average), ema (the moving average of "
+                                               "the weights, training.ema) or a checkpoint's folder name "
                                                "(step-00003000).")]
 RunConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Find the run directory from a config.")]
 SplitOption = Annotated[Split | None, typer.Option("--split", help="A split of the run's corpus (default dev).")]
