@@ -217,7 +217,7 @@ def test_mbr_flags_that_make_no_sense_exit_2_in_one_line(trained_run, flags, mes
 
 
 def test_mbr_evaluation_keeps_its_own_files(trained_run, tmp_path):
-    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    run = Path(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval")))
     plain = cli("evaluate", "--model", run, "--split", "dev", "--beam-size", "1")
     chosen = cli("evaluate", "--model", run, "--split", "dev", "--mbr", "--mbr-candidates", "4")
     assert plain.returncode == 0 and chosen.returncode == 0, chosen.stderr
