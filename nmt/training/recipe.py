@@ -23,7 +23,7 @@ from nmt.inference.translate import Translator
 from nmt.models import Model, build_model, count_parameters
 from nmt.models.dropout import use_fast_dropout
 from nmt.progress import progress_bar
-from nmt.runs.checkpoint import EMA_PREFIX, Checkpoint, checkpoint_meta, find_checkpoint, save_checkpoint
+from nmt.runs.checkpoint import EMA_PREFIX, Checkpoint, checkpoint_meta, save_checkpoint
 from nmt.runs.loading import load_weights, read_weights
 from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import CheckpointFiles, RunDir
@@ -184,7 +184,8 @@ class Trainer:
         """The moving average as saved; one the checkpoint lacks (training.ema set on resume) starts here."""
         assert self.ema is not None
         if checkpoint.files.folder.joinpath(CheckpointFiles.EMA_WEIGHTS).is_file():
-            averaged = find_checkpoint(self.run_dir, CheckpointFiles(checkpoint.path, ema=True))
+            # verified with the checkpoint: its manifest's hashes cover ema.safetensors too
+            averaged = Checkpoint(CheckpointFiles(checkpoint.path, ema=True), checkpoint.meta)
             self.ema.load(read_weights(averaged), self.progress.ema_updates)
         else:
             log.info("training.ema: %s has no moving average of the weights; it starts from step %d",
