@@ -231,7 +231,7 @@ BeamOption = Annotated[int | None, typer.Option("--beam-size", "-b", min=1, max=
                                                 help="Beam size (1 = greedy); default: the config's decoding.")]
 MbrOption = Annotated[bool | None, typer.Option("--mbr/--no-mbr", help="Choose each translation among candidates by "
                                                 "minimum Bayes risk, with the config's decoding.mbr settings (else "
-                                                "16 sampled candidates, chrF); default: on where decoding.mbr is "
+                                                "the 16-best of a beam, chrF); default: on where decoding.mbr is "
                                                 "set.")]
 MbrCandidatesOption = Annotated[int | None, typer.Option("--mbr-candidates", help=f"MBR: candidates per sentence "
                                                          f"(2..{MAX_MBR_CANDIDATES}); implies --mbr.")]

@@ -43,7 +43,7 @@ def training_figures(run_dir: Path) -> dict[str, float]:
 
 
 def scores(run_dir: Path, split: str, checkpoint: str, mbr: bool) -> dict[str, float]:
-    report = evaluate(run_dir, split=split, checkpoint=checkpoint, mbr=True if mbr else None, seed=1 if mbr else None)
+    report = evaluate(run_dir, split=split, checkpoint=checkpoint, mbr=True if mbr else None)
     found = {s.name: s.score for s in report.scores}
     return {"bleu": found["BLEU"], "chrf": found["chrF"]}
 

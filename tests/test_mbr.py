@@ -4,6 +4,7 @@ through the Translator, the command line, the Python API and nmt tune (the REST 
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -79,6 +80,24 @@ def test_expected_utility_is_the_mean_over_the_other_candidates_duplicates_count
     assert ranked.index[0] == 0  # drawn twice: the likeliest translation
 
 
+def test_a_beams_n_best_counts_by_its_probability_so_its_tail_does_not_outvote_the_translation():
+    """The toy's 4-best of a two-word sentence: counted once each, the variants with a repeated word agree with
+    each other and win; weighted by their renormalized probability (itself included), the translation wins."""
+    candidates = ["MI LE", "MI LE LE", "MI LE MI", "MI LE LE MI", "MI LE"]
+    log_probs = [-0.05, -4.0, -4.5, -5.0, -6.0]  # the last: the same text by another segmentation
+    assert rank_candidates(candidates, "chrf").index[0] != 0
+    ranked = rank_candidates(candidates, "chrf", log_probs=log_probs)
+    assert ranked.index[0] == 0 and sorted(ranked.index) == [0, 1, 2, 3]
+    chrf = CHRF()
+    posterior = [math.exp(lp) for lp in log_probs]
+    mass = {"MI LE": (posterior[0] + posterior[4]) / sum(posterior),
+            **{t: p / sum(posterior) for t, p in zip(candidates[1:4], posterior[1:4], strict=True)}}
+    for index, utility in zip(ranked.index, ranked.utility, strict=True):
+        mine = candidates[index]
+        assert utility == pytest.approx(sum(m * chrf.sentence_score(mine, [other]).score
+                                            for other, m in mass.items()))
+
+
 def test_ter_is_negated_so_that_fewer_edits_win():
     ranked = rank_candidates(["a b c d", "a b c d e", "a b x d", "q r s t u v"], "ter")
     assert all(u <= 0 for u in ranked.utility)
@@ -132,9 +151,12 @@ def test_the_runs_mbr_is_on_by_default_and_what_the_caller_asks_for_wins():
     assert DecodingOptions.resolve(own, mbr=False).mbr is None
     merged = DecodingOptions.resolve(own, mbr={"candidates": 4, "metric": "ter"}).mbr
     assert merged == MbrConfig(candidates=4, source="beam", metric="ter")  # over the run's settings
-    sampled = DecodingOptions.resolve(DecodingConfig(), mbr=True)
-    assert sampled.mbr == MbrConfig() and sampled.beam_size == 1 and sampled.rows == 16
-    assert DecodingOptions.resolve(DecodingConfig(mbr=MbrConfig()), constrained=True).mbr is None
+    defaults = DecodingOptions.resolve(DecodingConfig(), mbr=True)
+    assert defaults.mbr == MbrConfig(source="beam") and defaults.beam_size == 16 and defaults.rows == 16
+    sampled = DecodingOptions.resolve(DecodingConfig(), mbr={"source": "sample"})
+    assert sampled.beam_size == 1 and sampled.rows == 16
+    assert DecodingOptions.resolve(DecodingConfig(mbr=MbrConfig(source="sample")), constrained=True).mbr is None
+    assert DecodingOptions.resolve(DecodingConfig(mbr=MbrConfig()), constrained=True).mbr == MbrConfig()
 
 
 @pytest.mark.parametrize(("options", "field"), [
@@ -142,7 +164,7 @@ def test_the_runs_mbr_is_on_by_default_and_what_the_caller_asks_for_wins():
     ({"constrained": True}, "constraint"), ({"n_best": 17}, "n_best")])
 def test_mbr_asked_for_with_what_it_does_not_do_is_refused(options, field):
     with pytest.raises(ArgumentError) as raised:
-        DecodingOptions.resolve(DecodingConfig(), mbr=True, **options)
+        DecodingOptions.resolve(DecodingConfig(), mbr={"source": "sample"}, **options)
     assert raised.value.field == field
 
 
@@ -161,12 +183,11 @@ def test_each_sentences_draws_are_rows_of_its_own(fixture, request):
 @pytest.mark.parametrize("fixture", ["trained_run", "trained_transformer"])
 def test_mbr_translates_the_toy_task_and_repeats_with_a_seed(fixture, request):
     translator = Translator.for_run(load_model(request.getfixturevalue(fixture)))
-    settings = {"candidates": 8, "epsilon": 0.0}
+    settings = {"candidates": 8, "epsilon": 0.0, "source": "sample"}
     first = translator.translate(PROBES, mbr=settings, seed=7)
     assert [t.text for t in first] == [reverse_words(s) for s in PROBES]
     assert all(t.utilities and len(t.utilities) == 1 for t in first)
-    hot = {"candidates": 8, "epsilon": 0.0, "source": "sample"}
-    again = [translator.translate(PROBES, mbr=hot, seed=7, n_best=8) for _ in range(2)]
+    again = [translator.translate(PROBES, mbr=settings, seed=7, n_best=8) for _ in range(2)]
     assert [(t.texts, t.utilities) for t in again[0]] == [(t.texts, t.utilities) for t in again[1]]
 
 
@@ -188,7 +209,8 @@ def test_a_runs_decoding_mbr_decodes_its_translations_unless_a_beam_is_asked_for
 
 
 def test_mbr_from_the_command_line(trained_run):
-    result = cli("translate", "--model", trained_run, "--mbr", "--mbr-candidates", "6", "--seed", "2", PROBES[0])
+    result = cli("translate", "--model", trained_run, "--mbr-source", "sample", "--mbr-candidates", "6", "--seed", "2",
+                 PROBES[0])
     assert result.returncode == 0, result.stderr
     assert result.stdout == reverse_words(PROBES[0]) + "\n"
     listed = cli("translate", "--model", trained_run, "--mbr-source", "beam", "--mbr-candidates", "4", "--n-best",
@@ -221,9 +243,9 @@ def test_mbr_evaluation_keeps_its_own_files(trained_run, tmp_path):
     plain = cli("evaluate", "--model", run, "--split", "dev", "--beam-size", "1")
     chosen = cli("evaluate", "--model", run, "--split", "dev", "--mbr", "--mbr-candidates", "4")
     assert plain.returncode == 0 and chosen.returncode == 0, chosen.stderr
-    assert "MBR: 4 sample candidates, chrf" in chosen.stdout
+    assert "MBR: 4 beam candidates, chrf" in chosen.stdout
     files = sorted(p.name for p in (run / "eval").glob("*.hyp"))
-    assert files == ["dev.beam1.hyp", "dev.mbr-sample4-chrf.beam1.hyp"]  # one does not overwrite the other
+    assert files == ["dev.beam1.hyp", "dev.mbr-beam4-chrf.beam4.hyp"]  # one does not overwrite the other
 
 
 def test_mbr_from_python(trained_run):
@@ -250,9 +272,10 @@ def test_tune_adds_mbr_to_the_grid_and_writes_it_when_it_wins(trained_run, tmp_p
     real = tune_module.decode_and_score
 
     def mbr_wins(translator, data, evaluation, beam_size=None, progress=False, mbr=None, seed=None):
+        """MBR scores above any search (the toy searches reach BLEU 100)."""
         decoded = real(translator, data, evaluation, beam_size, progress, mbr, seed)
         if isinstance(mbr, MbrConfig):
-            decoded.bleu = Score(decoded.bleu.name, decoded.bleu.score + 1.0, decoded.bleu.signature)
+            decoded.bleu = Score(decoded.bleu.name, 101.0, decoded.bleu.signature)
         return decoded
 
     monkeypatch.setattr(tune_module, "decode_and_score", mbr_wins)

@@ -694,7 +694,8 @@ def test_sigterm_with_a_big_request_in_flight_exits_within_seconds(trained_trans
 # Minimum Bayes risk and quality scores (issue 36) ----------------------------------------------------------------
 
 def test_mbr_requests_are_answered_with_their_settings_utilities_and_cost(client, trained_transformer):
-    body = {"text": ["ab ca de", "le mi"], "model": "transformer", "mbr": {"candidates": 8, "epsilon": 0.0}}
+    body = {"text": ["ab ca de", "le mi"], "model": "transformer",
+            "mbr": {"candidates": 8, "epsilon": 0.0, "source": "sample"}}
     response = client.post("/translate", json=body)
     assert response.status_code == 200, response.text
     found = response.json()
@@ -721,7 +722,7 @@ def test_mbr_requests_are_answered_with_their_settings_utilities_and_cost(client
     ({"seed": 3}, {}, "mbr.seed", "Extra inputs"),
     (True, {"beam_size": 3}, "beam_size", "not with MBR"),
     (True, {"n_alternatives": 2}, "mbr", "n_alternatives"),
-    (True, {"constraints": ["DE"]}, "constraint", "sampled candidates"),
+    ({"source": "sample"}, {"constraints": ["DE"]}, "constraint", "sampled candidates"),
     (True, {"format": "html"}, "mbr", "goes with sentences"),
 ])
 def test_mbr_mistakes_name_the_field_as_sent(client, mbr, extra, field, message):
