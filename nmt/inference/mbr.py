@@ -84,7 +84,7 @@ def rank_candidates(candidates: Sequence[str], metric: str, evaluation: Evaluati
     if pairs:
         scores = pair_utilities([(distinct[i], distinct[j]) for i, j in pairs], metric, evaluation)
         utility[tuple(np.array(pairs).T)] = scores
-    if weighted:
+    if log_probs is not None:
         posterior = np.exp(np.asarray(log_probs, dtype=np.float64) - max(log_probs))
         mass = dict.fromkeys(distinct, 0.0)
         for text, p in zip(candidates, posterior / posterior.sum(), strict=True):
