@@ -1,6 +1,6 @@
 """Minimum Bayes risk decoding (Kumar & Byrne 2004; Freitag et al. 2022): among a sentence's candidate
 translations, choose the one that agrees most with the others, taken as pseudo-references: the highest expected
-utility, the mean of its metric against each other candidate. The utility is sacrebleu's own chrF, sentence BLEU
+utility, its metric against the other candidates averaged as below. The utility is sacrebleu's own chrF, sentence BLEU
 (effective order) or TER (negated: lower is better), so that MBR optimizes what the evaluation measures.
 
 Sampled candidates: duplicates are compared once, and count as pseudo-references as often as they were drawn:
