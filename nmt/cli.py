@@ -186,7 +186,8 @@ RunSetOption = Annotated[
                  "--set decoding.length_penalty=0.6 (repeatable)."),
 ]
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Run directory of a trained model.")]
-CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="best (by dev BLEU), last (the newest), "
+CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="best (by dev BLEU: the trained weights "
+                                               "or, with training.ema, their moving average), last (the newest), "
                                                "averaged (written by nmt average), ema (the moving average of "
                                                "the weights, training.ema) or a checkpoint's folder name "
                                                "(step-00003000).")]
@@ -507,7 +508,7 @@ def evaluate(
                             runtime=runtime.value, mbr=_mbr(mbr, mbr_candidates, mbr_source, mbr_metric))
     chosen = report.mbr
     how = f" (MBR: {chosen.candidates} {chosen.source} candidates, {chosen.metric})" if chosen else ""
-    typer.echo(f"{report.name}: {report.sentences} sentences{how}")
+    typer.echo(f"{report.name}: {report.sentences} sentences{how}, checkpoint {report.checkpoint}")
     for score in report.scores:
         typer.echo(str(score))
     rank = "undefined" if report.quality_spearman is None else f"{report.quality_spearman:+.3f}"

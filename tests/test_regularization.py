@@ -19,8 +19,10 @@ from nmt.data.prepare import cache_folder, prepare_data
 from nmt.data.resegment import resegmented
 from nmt.data.tokenizer import Resampling
 from nmt.errors import CheckpointError, ConfigError
+from nmt.export.onnx import export_onnx
+from nmt.inference.ensemble import load_models
 from nmt.inference.evaluate import evaluate
-from nmt.runs.checkpoint import find_checkpoint
+from nmt.runs.checkpoint import best_files, find_checkpoint, prune, write_checkpoint
 from nmt.runs.rundir import CheckpointFiles, RunDir
 from nmt.training.ema import WeightAverage
 from nmt.training.recipe import Trainer, train
@@ -151,7 +153,38 @@ def test_ema_is_validated_saved_and_loaded_with_checkpoint_ema(tmp_path):
     assert out.stdout.count("\n") == 1  # one line translated (a model this young may write an empty one)
     best, ema = evaluate(run.path, split="dev"), evaluate(run.path, split="dev", checkpoint="ema")
     assert ema.report_path != best.report_path and ema.hypotheses_path != best.hypotheses_path
-    assert json.loads(ema.report_path.read_text())["checkpoint"] == averaged.path.name
+    report = json.loads(ema.report_path.read_text())
+    assert report["checkpoint"] == averaged.path.name and report["moving_average"] is True
+    assert ema.checkpoint == f"{averaged.path.name} (moving average)"
+    # the default weighs both: the highest dev BLEU of the weights and of their average
+    top_raw, top_ema = max(r["dev_bleu"] for r in metrics), max(r["ema_dev_bleu"] for r in metrics)
+    chosen = find_checkpoint(run, "best")
+    assert chosen.dev_bleu == max(top_raw, top_ema) and chosen.files.ema == (top_ema > top_raw)
+    export_onnx(run.path, "ema")
+    assert load_models(run.path, runtime="onnx").checkpoint.label == ema.checkpoint
+
+
+def _scored_checkpoint(run: RunDir, step: int, dev_bleu: float, ema_dev_bleu: float) -> None:
+    weights = {"w": torch.zeros(2)}
+    write_checkpoint(run, run.checkpoint(step), weights, {}, {"step": step, "dev_bleu": dev_bleu,
+                                                              "ema_dev_bleu": ema_dev_bleu}, ema=weights)
+
+
+def test_best_weighs_the_weights_against_their_average_and_pruning_keeps_both_bests(tmp_path):
+    run = RunDir(tmp_path)
+    _scored_checkpoint(run, 100, 30.0, 20.0)  # the weights' best
+    _scored_checkpoint(run, 200, 10.0, 31.0)  # the average's best
+    _scored_checkpoint(run, 300, 10.0, 11.0)
+    best = best_files(run)
+    assert best is not None and best.ema and best.folder == run.checkpoint(200).folder
+    assert best_files(run, ema=False) == run.checkpoint(100)
+    assert find_checkpoint(run, "best").label == "step-00000200 (moving average)"
+    prune(run, keep_last=1)
+    assert [f.folder.name for f in run.checkpoints()] == ["step-00000100", "step-00000200", "step-00000300"]
+    _scored_checkpoint(run, 400, 32.0, 32.0)  # a tie goes to the weights themselves
+    prune(run, keep_last=1)
+    assert [f.folder.name for f in run.checkpoints()] == ["step-00000400"]
+    assert best_files(run) == run.checkpoint(400)
 
 
 def test_checkpoint_ema_of_a_run_without_one_is_refused_in_one_line(trained_run):

@@ -291,9 +291,9 @@ class Run:
 
 
 def load(run_dir: str | Path, checkpoint: str = "best") -> Run:
-    """A trained run from its directory: `checkpoint` is best (by dev BLEU), last, averaged, ema (the moving
-    average of the weights, training.ema) or a checkpoint's folder name (`step-00003000`); any other name is an
-    error."""
+    """A trained run from its directory: `checkpoint` is best (by dev BLEU, the moving average's too), last,
+    averaged, ema (the moving average of the weights, training.ema) or a checkpoint's folder name
+    (`step-00003000`); any other name is an error."""
     return Run(load_model(Path(run_dir), checkpoint), checkpoint)
 
 

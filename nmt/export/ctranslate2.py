@@ -89,6 +89,7 @@ def write_ctranslate2(loaded: LoadedRun, folder: Path) -> Path:
     with export_folder(folder, MANIFEST) as staging:
         spec.save(str(staging))
         (staging / MANIFEST).write_text(json.dumps({"checkpoint": loaded.checkpoint.path.name,
+                                                    "moving_average": loaded.checkpoint.files.ema,
                                                     "ctranslate2": ctranslate2.__version__,
                                                     "files": describe_files(staging)}, indent=2) + "\n")
     return folder

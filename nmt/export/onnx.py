@@ -96,6 +96,7 @@ def write_onnx(loaded: LoadedRun, folder: Path) -> Path:
                                         **_dynamic_axes(layout, step_inputs[1:], "T"),
                                         **_dynamic_axes(layout, step_outputs[2:], "T1")})
         saved = {**layout.__dict__, "checkpoint": loaded.checkpoint.path.name,
-                 "checkpoint_meta": loaded.checkpoint.meta, "files": describe_files(staging)}
+                 "moving_average": loaded.checkpoint.files.ema, "checkpoint_meta": loaded.checkpoint.meta,
+                 "files": describe_files(staging)}
         (staging / LAYOUT).write_text(json.dumps(saved, indent=2) + "\n")
     return folder

@@ -28,6 +28,7 @@ class EvaluationReport:
     mbr: MbrConfig | None = None  # the translations were chosen by MBR with these settings
     quality_spearman: float | None = None  # of the quality scores with sentence chrF (None: undefined)
     quality_calibrated: bool = False  # whether the checkpoint held a quality calibration
+    checkpoint: str = ""  # which weights translated (Checkpoint.label)
 
 
 def evaluate(run_dir: Path | Sequence[Path], split: str | None = None, src_file: Path | None = None,
@@ -53,10 +54,11 @@ def evaluate(run_dir: Path | Sequence[Path], split: str | None = None, src_file:
     hyp_path, report_path = loaded.run.eval_files(tag, settings.beam_size)
     atomic_write_text(hyp_path, "".join(h + "\n" for h in hypotheses))
     report = {"test_set": found.name, "sentences": len(found.sources), "checkpoint": loaded.checkpoint.path.name,
+              "moving_average": loaded.checkpoint.files.ema,
               "beam_size": settings.beam_size, "mbr": settings.mbr.model_dump() if settings.mbr else None,
               "scores": scores_to_dict(scores), "quality": {"spearman": rank, "calibrated": calibrated}}
     if not isinstance(run_dir, Path) and len(run_dir) > 1:
         report["ensemble"] = [str(path) for path in run_dir]
     atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return EvaluationReport(found.name, scores, hyp_path, report_path, len(found.sources), settings.mbr, rank,
-                            calibrated)
+                            calibrated, loaded.checkpoint.label)

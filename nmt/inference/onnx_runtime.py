@@ -59,24 +59,27 @@ class Export:
 
     layout: FlatLayout
     checkpoint: str
+    moving_average: bool  # the graphs hold the checkpoint's moving average of the weights (training.ema)
     checkpoint_meta: dict[str, Any]
     encoder: bytes
     step: bytes
 
 
-def read_layout(path: Path, text: bytes) -> tuple[FlatLayout, str, dict[str, Any], dict[str, tuple[int, str]]]:
-    """layout.json: the flat tensors' names and batch axes, the folder name (in the run's checkpoints/) and the
-    metadata of the checkpoint the graphs were exported from, and the size and sha256 of each graph; a damaged
-    or tampered file is refused in one line."""
+def read_layout(path: Path,
+                text: bytes) -> tuple[FlatLayout, str, bool, dict[str, Any], dict[str, tuple[int, str]]]:
+    """layout.json: the flat tensors' names and batch axes, the folder name (in the run's checkpoints/), whether
+    its moving average was exported, the metadata of the checkpoint the graphs were exported from, and the size
+    and sha256 of each graph; a damaged or tampered file is refused in one line."""
     try:
         saved = json.loads(text)
         layout = FlatLayout([str(n) for n in saved["memory"]], [str(n) for n in saved["state"]],
                             [int(a) for a in saved["state_batch_axes"]])
         checkpoint, meta = saved["checkpoint"], saved["checkpoint_meta"]
+        moving_average = saved.get("moving_average", False)  # absent from exports written before training.ema
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)") from None
     if (len(layout.state) != len(layout.state_batch_axes) or not layout.memory or not isinstance(meta, dict)
-            or type(meta.get("step")) is not int):
+            or type(meta.get("step")) is not int or not isinstance(moving_average, bool)):
         raise CheckpointError(f"{path}: not a layout written by nmt export (export the run again)")
     if not _plain_name(checkpoint):
         raise CheckpointError(f"{path}: 'checkpoint' must name a folder in the run's checkpoints/, got {checkpoint!r}")
@@ -86,7 +89,7 @@ def read_layout(path: Path, text: bytes) -> tuple[FlatLayout, str, dict[str, Any
                        and isinstance(r.get("sha256"), str) for name, r in files.items())):
         raise CheckpointError(f"{path}: does not record the size and sha256 of every file ({ENCODER}, {STEP}): "
                               "damaged, or written by an older nmt export (export the run again)")
-    return layout, checkpoint, meta, {name: (r["size"], r["sha256"]) for name, r in files.items()}
+    return layout, checkpoint, moving_average, meta, {name: (r["size"], r["sha256"]) for name, r in files.items()}
 
 
 def _plain_name(name: object) -> bool:
@@ -117,7 +120,7 @@ def read_export(folder: Path) -> Export:
         text = _read_at(directory, folder, LAYOUT)
         if text is None:
             raise missing
-        layout, checkpoint, meta, records = read_layout(folder / LAYOUT, text)
+        layout, checkpoint, moving_average, meta, records = read_layout(folder / LAYOUT, text)
         found = {}
         for name, (size, digest) in records.items():
             data = _read_at(directory, folder, name)
@@ -132,7 +135,7 @@ def read_export(folder: Path) -> Export:
             found[name] = data
     finally:
         os.close(directory)
-    return Export(layout, checkpoint, meta, found[ENCODER], found[STEP])
+    return Export(layout, checkpoint, moving_average, meta, found[ENCODER], found[STEP])
 
 
 class OnnxModel(nn.Module):
@@ -148,6 +151,7 @@ class OnnxModel(nn.Module):
             raise NmtError("ONNX decoding needs onnxruntime: pip install 'nmt[export]'") from None
         export = read_export(folder)
         self.layout, self.checkpoint, self.checkpoint_meta = export.layout, export.checkpoint, export.checkpoint_meta
+        self.moving_average = export.moving_average
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch decoding would use
         # Spinning threads wait for work by burning CPU: on shared cores that starves everything else.
@@ -177,5 +181,6 @@ def load_onnx(run_dir: Path, overrides: Sequence[str] = ()) -> DecodingRun:
     config = load_run_config(run, overrides)
     model = OnnxModel(run.export_dir("onnx"), config.model)
     # the checkpoint as the export recorded it: it needs no checkpoint on disk (training may have pruned it)
-    checkpoint = Checkpoint(CheckpointFiles(run.checkpoints_dir / model.checkpoint), model.checkpoint_meta)
+    checkpoint = Checkpoint(CheckpointFiles(run.checkpoints_dir / model.checkpoint, ema=model.moving_average),
+                            model.checkpoint_meta)
     return DecodingRun(run, config, load_tokenizer(run), model, checkpoint)

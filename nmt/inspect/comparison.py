@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from nmt.errors import CheckpointError, ConfigError
 from nmt.inspect.plots import bar_figure, save_figure
-from nmt.runs.checkpoint import best_files, read_meta
+from nmt.runs.checkpoint import best_files, read_scores
 from nmt.runs.loading import load_run_config
 from nmt.runs.rundir import RunDir
 
@@ -40,7 +40,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     if not validations or best is None:
         raise ConfigError(f"{run_dir}: no validation recorded yet (train it first)")
     try:
-        meta = read_meta(best)
+        meta = read_scores(best)
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
     last = validations[-1]

@@ -53,6 +53,11 @@ class Checkpoint:
         return int(self.meta["step"])
 
     @property
+    def label(self) -> str:
+        """The folder's name, and whether these are its moving average's weights: what a report shows."""
+        return f"{self.path.name} (moving average)" if self.files.ema else self.path.name
+
+    @property
     def dev_bleu(self) -> float | None:
         value = self.meta.get("dev_bleu")
         return float(value) if isinstance(value, int | float) else None
@@ -172,8 +177,7 @@ def verify(files: CheckpointFiles) -> Checkpoint:
             raise CheckpointError(f"{path}: missing")
         if sha256_of(path) != digest:
             raise CheckpointError(f"{path}: corrupted (sha256 does not match the manifest)")
-    meta = read_meta(files)
-    return Checkpoint(files, ema_scores(meta) if files.ema else meta, manifest[files.weights.name])
+    return Checkpoint(files, read_scores(files), manifest[files.weights.name])
 
 
 EMA_PREFIX = "ema_"
@@ -184,6 +188,12 @@ def ema_scores(meta: dict[str, Any]) -> dict[str, Any]:
     """The metadata as the moving average's own: its scores under the plain names (dev_bleu, ...)."""
     plain = {k: v for k, v in meta.items() if not k.startswith(EMA_PREFIX) and not k.startswith(("dev_", "quality_"))}
     return plain | {k.removeprefix(EMA_PREFIX): v for k, v in meta.items() if k.startswith(EMA_PREFIX)}
+
+
+def read_scores(files: CheckpointFiles) -> dict[str, Any]:
+    """The metadata of the weights `files` names: for the moving average's view, the average's own scores."""
+    meta = read_meta(files)
+    return ema_scores(meta) if files.ema else meta
 
 
 def latest_intact(run: RunDir) -> Checkpoint | None:
@@ -209,19 +219,22 @@ def _scored(run: RunDir, key: str) -> list[tuple[float, int, CheckpointFiles]]:
     return scored
 
 
-def best_files(run: RunDir, ema: bool = False) -> CheckpointFiles | None:
-    """The checkpoint with the highest dev BLEU (the earliest of equals), from the metadata on disk; `ema`: of
-    the moving average, whose weights it then names."""
-    scored = _scored(run, f"{EMA_PREFIX}dev_bleu" if ema else "dev_bleu")
-    best = max(scored, key=lambda s: (s[0], -s[1]))[2] if scored else None
-    return CheckpointFiles(best.folder, ema=True) if best is not None and ema else best
+def best_files(run: RunDir, ema: bool | None = None) -> CheckpointFiles | None:
+    """The weights with the highest dev BLEU (the earliest of equals, the trained ones before their average),
+    from the metadata on disk: of either kind (None), the moving average only (True) or the trained weights only
+    (False). A run with training.ema validates both at every checkpoint, so its best may be the average."""
+    kinds = [False, True] if ema is None else [ema]
+    scored = [(score, not average, -step, CheckpointFiles(files.folder, ema=average))
+              for average in kinds for score, step, files in _scored(run, f"{EMA_PREFIX}dev_bleu" if average
+                                                                      else "dev_bleu")]
+    return max(scored, key=lambda s: s[:3])[3] if scored else None
 
 
 def prune(run: RunDir, keep_last: int) -> None:
-    """Keep the newest `keep_last` checkpoints and the best one."""
-    best = best_files(run)
+    """Keep the newest `keep_last` checkpoints, the best trained weights and the best moving average."""
+    kept = {best.folder for best in (best_files(run, ema=False), best_files(run, ema=True)) if best is not None}
     for old in run.checkpoints()[:-keep_last]:
-        if old != best:
+        if old.folder not in kept:
             shutil.rmtree(old.folder, ignore_errors=True)
 
 
@@ -241,8 +254,9 @@ def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
 
 
 def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
-    """'best' (by dev BLEU), 'last', 'averaged' (written by `nmt average`), 'ema' (the moving average of the
-    weights, training.ema, from the checkpoint where its dev BLEU was best) or a checkpoint's folder name
+    """'best' (the highest dev BLEU: the trained weights or, with training.ema, their moving average), 'last',
+    'averaged' (written by `nmt average`), 'ema' (the moving average of the weights, from the checkpoint where
+    its dev BLEU was best) or a checkpoint's folder name
     (`step-00003000`); a corrupted best falls back to the newest intact one, with a warning. Any other name is
     refused: it must never quietly mean the newest. Given the files of one checkpoint, that one, verified, or
     an error."""

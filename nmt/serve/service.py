@@ -80,7 +80,7 @@ class ServedModel:
                 "attention": described.attention, "layers": described.layers, "heads": described.heads,
                 "kinds": described.kinds, "parameters": count_parameters(model),
                 "dev_bleu": meta.get("dev_bleu"), "step": meta.get("step"),
-                "checkpoint": self.loaded.checkpoint.path.name,
+                "checkpoint": self.loaded.checkpoint.path.name, "moving_average": self.loaded.checkpoint.files.ema,
                 "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
                 "beam_size": config.decoding.beam_size, "length_penalty": config.decoding.length_penalty,
                 "mbr": config.decoding.mbr.model_dump() if config.decoding.mbr else None,
