@@ -137,7 +137,7 @@ def test_resume_is_exact_with_bpe_dropout_and_the_moving_average_across_epochs(t
 def test_ema_is_validated_saved_and_loaded_with_checkpoint_ema(tmp_path):
     path = write_config(tmp_path, toy_config_dict(tmp_path, training={"max_steps": 30, "validate_every": 15,
                                                                       "ema": {"decay": 0.9}}))
-    train(load_config(path))
+    result = train(load_config(path))
     run = RunDir(tmp_path / "run")
     metrics = [r for r in run.metrics() if "dev_bleu" in r]
     assert len(metrics) == 2 and all("ema_dev_bleu" in r and "ema_dev_loss" in r for r in metrics)
@@ -160,6 +160,8 @@ def test_ema_is_validated_saved_and_loaded_with_checkpoint_ema(tmp_path):
     top_raw, top_ema = max(r["dev_bleu"] for r in metrics), max(r["ema_dev_bleu"] for r in metrics)
     chosen = find_checkpoint(run, "best")
     assert chosen.dev_bleu == max(top_raw, top_ema) and chosen.files.ema == (top_ema > top_raw)
+    assert (result.best_bleu, result.moving_average) == (chosen.dev_bleu, chosen.files.ema)
+    assert ("(moving average)" in result.summary()) == chosen.files.ema
     export_onnx(run.path, "ema")
     assert load_models(run.path, runtime="onnx").checkpoint.label == ema.checkpoint
 
