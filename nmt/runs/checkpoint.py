@@ -223,10 +223,11 @@ def best_files(run: RunDir, ema: bool | None = None) -> CheckpointFiles | None:
     """The weights with the highest dev BLEU (the earliest of equals, the trained ones before their average),
     from the metadata on disk: of either kind (None), the moving average only (True) or the trained weights only
     (False). A run with training.ema validates both at every checkpoint, so its best may be the average."""
-    kinds = [False, True] if ema is None else [ema]
-    scored = [(score, not average, -step, CheckpointFiles(files.folder, ema=average))
-              for average in kinds for score, step, files in _scored(run, f"{EMA_PREFIX}dev_bleu" if average
-                                                                      else "dev_bleu")]
+    scored: list[tuple[float, bool, int, CheckpointFiles]] = []
+    for average in [False, True] if ema is None else [ema]:
+        key = f"{EMA_PREFIX}dev_bleu" if average else "dev_bleu"
+        scored += [(score, not average, -step, CheckpointFiles(files.folder, ema=average))
+                   for score, step, files in _scored(run, key)]
     return max(scored, key=lambda s: s[:3])[3] if scored else None
 
 
@@ -256,10 +257,9 @@ def surviving_pruning(run: RunDir, read: Callable[[], T]) -> T:
 def find_checkpoint(run: RunDir, which: str | CheckpointFiles) -> Checkpoint:
     """'best' (the highest dev BLEU: the trained weights or, with training.ema, their moving average), 'last',
     'averaged' (written by `nmt average`), 'ema' (the moving average of the weights, from the checkpoint where
-    its dev BLEU was best) or a checkpoint's folder name
-    (`step-00003000`); a corrupted best falls back to the newest intact one, with a warning. Any other name is
-    refused: it must never quietly mean the newest. Given the files of one checkpoint, that one, verified, or
-    an error."""
+    its dev BLEU was best) or a checkpoint's folder name (`step-00003000`); a corrupted best falls back to the
+    newest intact one, with a warning. Any other name is refused: it must never quietly mean the newest. Given
+    the files of one checkpoint, that one, verified, or an error."""
     if isinstance(which, CheckpointFiles):
         if not which.folder.is_dir():
             raise CheckpointError(f"{which.folder}: no such checkpoint")
