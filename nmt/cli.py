@@ -43,6 +43,9 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config value, e.g. --set training.lr=0.002 (repeatable)."),
 ]
+ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch's work "
+                                                 "(default: one per core; idle ones wait passively, so that work "
+                                                 "beside this keeps its share).")]
 
 
 @app.callback()
@@ -89,6 +92,13 @@ def command(fn: Callable | None = None, *, name: str | None = None) -> Callable:
             raise typer.Exit(1) from None
 
     return app.command(name)(run)
+
+
+def _use_threads(threads: int | None) -> None:
+    if threads:
+        from nmt.threads import use_threads
+
+        use_threads(threads)
 
 
 def _config(path: Path, overrides: list[str] | None) -> Config:
@@ -142,12 +152,13 @@ def train(
     vocab: Annotated[Vocab, typer.Option("--vocab", help="With --init-from: same (the run's vocabulary) or extend "
                                          "(a tokenizer trained on this corpus; new pieces get new rows).")]
     = Vocab.same,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train the model the config describes; checkpoints, dev scores and logs go to the run directory."""
     from nmt.training.init_from import with_init_from
     from nmt.training.recipe import train as run_training
 
-    cfg = _config(config, set_)
+    cfg = _config(config, [*(set_ or []), *([f"training.threads={threads}"] if threads else [])])
     if init_from is not None:
         cfg = with_init_from(cfg, init_from, vocab.value)
     elif vocab is not Vocab.same:
@@ -354,9 +365,11 @@ def translate(
     min_quality: Annotated[float | None, typer.Option("--min-quality", min=0.0, max=100.0, help="Add a column ok "
                                                       "or low (quality below this) before each translation, and "
                                                       "say on stderr how many are low.")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Translate a sentence, a file or standard input: one output line per input line, order kept; or a whole
     HTML or XML document (--format)."""
+    _use_threads(threads)
     if (align_layer or align_head) and format_ is DocumentFormat.text:
         raise typer.BadParameter("--align-layer and --align-head place tags: they go with --format html or xml")
     if format_ is not DocumentFormat.text or protect:
@@ -498,10 +511,13 @@ def evaluate(
     mbr_candidates: MbrCandidatesOption = None,
     mbr_source: MbrSourceOption = None,
     mbr_metric: MbrMetricOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Translate a test set and score it with sacrebleu: BLEU, chrF and TER, with signatures; and how well the
     quality scores rank the translations (Spearman's correlation with sentence chrF)."""
     from nmt.inference.evaluate import evaluate as run_evaluation
+
+    _use_threads(threads)
 
     report = run_evaluation(_run_dirs(model, config), split and split.value, src, ref, checkpoint, beam_size,
                             progress=_progress(), overrides=set_ or [], quantize=quantize and quantize.value,
@@ -846,6 +862,9 @@ def serve(
                                                   "x source tokens (x (1 + constraints) x alternatives where "
                                                   "steered), summed over its texts (413 above).")] = 1024,
     quantize: QuantizeOption = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads of each server process "
+                                                "(default: the cores shared among --workers; idle ones wait "
+                                                "passively).")] = None,
 ) -> None:
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
     /models, /health) with its OpenAPI docs at /docs."""
@@ -860,7 +879,7 @@ def serve(
     run_server(served_runs(model), host, port, workers, checkpoint,
                Limits(max_texts=max_texts, max_batch_sentences=max_batch, batch_wait_ms=batch_wait_ms,
                       max_request_cost=max_request_cost),
-               quantize and quantize.value)
+               quantize and quantize.value, threads)
 
 
 def main() -> None:

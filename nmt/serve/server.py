@@ -72,6 +72,7 @@ from nmt.serve.transport import (
     server_sent_event,
     unless_disconnected,
 )
+from nmt.threads import use_threads
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -511,18 +512,18 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None) -> FastAPI
 
 def app_from_environment() -> FastAPI:
     """The app of one `--workers` process, built from the settings `serve` put in the environment."""
-    import torch
-
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
-    torch.set_num_threads(settings["threads"])
+    log.info("%s", use_threads(settings["threads"]))
     registry = ModelRegistry.load([(name, Path(path)) for name, path in settings["runs"]], settings["checkpoint"],
                              settings["quantize"])
     return create_app(registry, Limits(**settings["limits"]))
 
 
 def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          checkpoint: str = "best", limits: Limits | None = None, quantize: str | None = None) -> None:
-    """Load the runs, then serve until Ctrl-C or SIGTERM (uvicorn shuts down cleanly on both)."""
+          checkpoint: str = "best", limits: Limits | None = None, quantize: str | None = None,
+          threads: int | None = None) -> None:
+    """Load the runs, then serve until Ctrl-C or SIGTERM (uvicorn shuts down cleanly on both). `threads`: CPU threads
+    of each process (None: the cores shared among the workers)."""
     import uvicorn
 
     limits = limits or Limits()
@@ -535,6 +536,7 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
         "timeout_keep_alive": limits.keep_alive_s, "h11_max_incomplete_event_size": limits.max_header_bytes,
         "timeout_graceful_shutdown": math.ceil(limits.shutdown_grace_s) + SHUTDOWN_MARGIN_S}
     if workers == 1:
+        log.info("%s", use_threads(threads))
         uvicorn.run(create_app(registry, limits), host=host, port=port, log_level="info", **bounds)
         return
     import torch
@@ -542,6 +544,6 @@ def serve(runs: Sequence[tuple[str, Path]], host: str = "127.0.0.1", port: int =
     os.environ[SETTINGS_VARIABLE] = json.dumps({
         "runs": [(name, str(path)) for name, path in runs], "checkpoint": checkpoint, "quantize": quantize,
         "limits": limits.model_dump(),
-        "threads": max(1, torch.get_num_threads() // workers)})
+        "threads": threads or max(1, torch.get_num_threads() // workers)})
     uvicorn.run("nmt.serve.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info", **bounds)

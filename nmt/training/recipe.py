@@ -27,6 +27,7 @@ from nmt.runs.checkpoint import EMA_PREFIX, Checkpoint, checkpoint_meta, save_ch
 from nmt.runs.loading import load_weights, read_weights
 from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import CheckpointFiles, RunDir
+from nmt.threads import use_threads
 from nmt.training import resume
 from nmt.training.batches import TrainBatches, check_pairs_fit
 from nmt.training.distributed import World, rank_seed
@@ -111,8 +112,7 @@ class Trainer:
         if not cuda and cfg.precision == "fp16":
             raise ConfigError("training.precision: fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
         self.device = self.world.device(cuda)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.cpu_threads = use_threads(cfg.threads)
 
     def _setup_config(self, fine_tuned: bool) -> tuple[Checkpoint | None, Initialization | None]:
         """The checkpoint to resume, fine-tuning's starting point, and the config to train with (a resumed run's
@@ -259,6 +259,7 @@ class Trainer:
         log.info("model: %s, %s parameters, device %s, precision %s%s", self.config.model.summary,
                  f"{count_parameters(self.model):,}", self.device, self.precision,
                  f", {self.world.size} ranks" if self.world.distributed else "")
+        log.info("%s", self.cpu_threads)
 
     def train(self, stop: StopSignal | None = None) -> TrainResult:
         """Optimizer steps until a budget, early stopping, a signal or the data (max_epochs) ends them; the last
