@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import nmt.threads  # noqa: F401  # first: OpenMP's wait policy is read once, when torch loads (nmt/threads.py)
-
 __version__ = "0.1.0"
 
 __all__ = ["AttentionMap", "AttentionView", "AttributionView", "Comparison", "Evaluation", "Hypothesis", "Run",

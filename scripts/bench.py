@@ -78,6 +78,8 @@ def phase_train(args) -> dict:
         if share is None:
             raise SystemExit(f"the training data ran out after {step} steps: lower --steps or raise max_epochs")
         trainer.train_step(share, trainer.progress)
+        if trainer.core_share is not None:  # as the training loop does: threads follow the machine's load
+            trainer.core_share.poll()
         tokens += share.tokens
         flops += sum(3 * trainer.model.forward_flops(int(b.src_mask.sum()), b.n_tgt_tokens, b.size)
                      for b in share.batches)

@@ -2,8 +2,11 @@
 machine (a second `nmt train` of the same config, or a plain `torch.matmul` loop with torch's defaults), under
 each thread / OpenMP wait policy, against the fair share (alone / (N + 1)).
 
-    python scripts/share_bench.py --config configs/multi30k_deen_transformer.yaml --steps 20 \
-        --policy default= --policy passive=OMP_WAIT_POLICY=PASSIVE --others 0 1 2
+    python scripts/share_bench.py --config configs/multi30k_deen_transformer.yaml --steps 12 --warmup 8 \
+        --policy default= --policy fixed=threads=2 --policy passive=threads=2,OMP_WAIT_POLICY=PASSIVE
+
+`default=` is nmt as it ships (threads that follow the load, training/CoreShare); `threads=2` pins them as
+before it (torch's default on 2 cores). Warm-up steps should cover CoreShare's first 10-second measurement.
 
 A policy is NAME=VAR=value,VAR=value: environment variables set for the measured training and for a second
 `nmt train` (both are ours), never for the matmul loop (a user's own code). `threads=K` in a policy sets

@@ -1,77 +1,22 @@
-"""CPU threads on a shared machine: OpenMP waits passively unless the user chose, set before torch loads (so that
-torch's own OpenMP runtime reads it), logged, and --threads honoured."""
+"""CPU threads on a shared machine: a training's threads follow what other processes use (CoreShare), the count
+is logged, and --threads pins it."""
 
 import json
 import os
-import subprocess
-import sys
-
-import pytest
-
-WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-
-# With OMP_DISPLAY_ENV=VERBOSE (OpenMP 4.0) the runtime prints the settings it read when it loaded, on stderr
-PROBE = """
-import json, os
-{first}
-from nmt.threads import WAIT_POLICY
-import torch
-torch.ones(4) @ torch.ones(4)
-print(json.dumps({{"env": os.environ.get("OMP_WAIT_POLICY"), "in_effect": WAIT_POLICY.in_effect,
-                  "chosen_by": WAIT_POLICY.chosen_by, "describe": WAIT_POLICY.describe()}}))
-"""
-
-
-def probe(first: str = "import nmt", **env: str) -> tuple[dict, str]:
-    clean = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
-    result = subprocess.run([sys.executable, "-c", PROBE.format(first=first)],
-                            env={**clean, "OMP_DISPLAY_ENV": "VERBOSE", **env},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
-
-
-def spin_count(displayed: str) -> str | None:
-    """How long torch's OpenMP threads spin before they sleep, as its runtime read it: libgomp shows it as
-    GOMP_SPINCOUNT (0 when passive, 300000 by default); None where the runtime does not say."""
-    for line in displayed.splitlines():
-        if line.strip().startswith("GOMP_SPINCOUNT"):
-            return line.split("=", 1)[1].strip().strip("'")
-    return None
-
-
-def test_importing_nmt_makes_torchs_openmp_wait_passively():
-    found, displayed = probe()
-    assert found["env"] == "PASSIVE" and found["in_effect"] and found["chosen_by"] == "nmt"
-    assert found["describe"] == "OMP_WAIT_POLICY=PASSIVE (nmt default)"
-    if spin_count(displayed) is None:
-        pytest.skip("torch's OpenMP runtime here does not display its settings")
-    assert spin_count(displayed) == "0"
-    _, late = probe(first="import torch\nimport nmt")  # the runtime's own default, so the check above can fail
-    assert spin_count(late) not in (None, "0")
-
-
-@pytest.mark.parametrize("variable, value", [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "10000")])
-def test_a_wait_the_user_chose_is_kept(variable, value):
-    found, _ = probe(**{variable: value})
-    assert found["chosen_by"] == "the environment" and found["in_effect"]
-    assert found["env"] == (value if variable == "OMP_WAIT_POLICY" else None)
-    assert found["describe"] == f"{variable}={value} (from the environment)"
-
-
-def test_torch_imported_first_is_said():
-    found, _ = probe(first="import torch\nimport nmt")
-    assert not found["in_effect"] and "too late" in found["describe"]
 
 
 def test_train_logs_its_threads_and_honours_the_option(tmp_path):
     from test_cli import run
     from toy import toy_config_dict, write_config
 
-    raw = toy_config_dict(tmp_path, training={"max_steps": 2, "validate_every": 2})
-    result = run("train", "--config", write_config(tmp_path, raw), "--threads", "1")
+    raw = toy_config_dict(tmp_path / "a", training={"max_steps": 2, "validate_every": 2, "threads": None})
+    assert run("train", "--config", write_config(tmp_path / "a", raw)).returncode == 0
+    assert "CPU threads: " in (log := (tmp_path / "a" / "run" / "train.log").read_text())
+    assert "(one per core, fewer while other processes use them)" in log
+    raw = toy_config_dict(tmp_path / "b", training={"max_steps": 2, "validate_every": 2, "threads": None})
+    result = run("train", "--config", write_config(tmp_path / "b", raw), "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert "CPU threads: 1 (set), " in (tmp_path / "run" / "train.log").read_text()
+    assert "CPU threads: 1 (set)" in (tmp_path / "b" / "run" / "train.log").read_text()
     assert run("train", "--config", write_config(tmp_path, raw), "--threads", "0").returncode == 2
 
 
@@ -82,11 +27,11 @@ def test_use_threads_sets_and_describes():
 
     before = torch.get_num_threads()
     try:
-        assert use_threads(1).startswith("CPU threads: 1 (set), ")
+        assert use_threads(1).startswith("CPU threads: 1 (set)")
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    assert use_threads(None).startswith(f"CPU threads: {before} (one per core), ")
+    assert use_threads(None) == f"CPU threads: {before} (one per core)" or "OMP_" in use_threads(None)
 
 
 def test_each_server_process_takes_the_threads_serve_gave_it(trained_run, monkeypatch, caplog):
@@ -103,6 +48,76 @@ def test_each_server_process_takes_the_threads_serve_gave_it(trained_run, monkey
     try:
         with caplog.at_level(logging.INFO, logger="nmt.serve.server"):
             app_from_environment()
-        assert torch.get_num_threads() == 1 and "CPU threads: 1 (set), " in caplog.text
+        assert torch.get_num_threads() == 1 and "CPU threads: 1 (set)" in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+class FakeMachine:
+    """A 2-core machine whose clock, busy seconds and this process's CPU seconds the test advances."""
+
+    def __init__(self):
+        self.now = self.busy = self.own = 0.0
+
+    def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        self.now += seconds
+        self.own += own_cores * seconds
+        self.busy += (own_cores + other_cores) * seconds
+
+
+def test_core_share_follows_what_other_processes_use():
+    import torch
+
+    from nmt.threads import CoreShare
+
+    machine = FakeMachine()
+    before = torch.get_num_threads()
+    try:
+        share = CoreShare(2, every_s=10, clock=lambda: machine.now, machine=lambda: (machine.busy, 2),
+                          own=lambda: machine.own)
+        machine.run(5, own_cores=2, other_cores=1)
+        share.poll()
+        assert share.threads == 2  # not yet: one measurement per 10 s
+        machine.run(5, own_cores=1, other_cores=1)
+        share.poll()
+        assert share.threads == 1 and torch.get_num_threads() == 1  # a second training: a core each
+        machine.run(10, own_cores=1, other_cores=0.6)
+        share.poll()
+        assert share.threads == 1  # 1.4 cores free: rounds to 1
+        machine.run(10, own_cores=1, other_cores=0.4)
+        share.poll()
+        assert share.threads == 2 and torch.get_num_threads() == 2  # a light neighbour leaves both
+        machine.run(10, own_cores=2, other_cores=0)
+        share.poll()
+        assert share.threads == 2
+        ceiling = CoreShare(1, clock=lambda: machine.now, machine=lambda: (machine.busy, 2), own=lambda: machine.own)
+        machine.run(10, own_cores=1, other_cores=0)
+        ceiling.poll()
+        assert ceiling.threads == 1  # never above the ceiling
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_core_share_without_a_kernel_that_says_changes_nothing():
+    from nmt.threads import CoreShare
+
+    share = CoreShare(2, every_s=0, machine=lambda: None)
+    share.poll()
+    assert share.threads == 2
+
+
+def test_machine_busy_seconds_reads_the_cores_this_process_may_use(tmp_path):
+    from nmt.threads import machine_busy_seconds
+
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat.write_text(f"cpu  {9 * ticks} 0 0 {90 * ticks} 0 0 0 0 0 0\n"
+                    f"cpu0 {3 * ticks} 0 {ticks} {30 * ticks} {2 * ticks} 0 0 0 0 0\n"
+                    f"cpu1 {ticks} 0 0 {30 * ticks} 0 0 0 0 0 0\n"
+                    f"cpu2 {4 * ticks} 0 0 {30 * ticks} 0 0 0 0 0 0\nintr 5\n")
+    assert machine_busy_seconds(stat, cpus={0, 1}) == (5.0, 2)  # iowait is idle; cpu2 is not this process's
+    assert machine_busy_seconds(stat, cpus={2}) == (4.0, 1)
+    assert machine_busy_seconds(stat, cpus={7}) is None
+    assert machine_busy_seconds(tmp_path / "missing") is None
+    if (found := machine_busy_seconds()) is not None:  # this machine's, where it is Linux
+        assert found[1] == len(os.sched_getaffinity(0))

@@ -38,6 +38,8 @@ def toy_config_dict(root: Path, **sections) -> dict:
     corpus = root / "corpus"
     splits = {name: write_pairs(corpus, name, reversal_pairs(count, seed))
               for name, count, seed in (("train", 1500, 1), ("dev", 60, 2), ("test", 40, 3))}
+    import torch
+
     raw: dict[str, Any] = {
         "name": "toy",
         "run_dir": str(root / "run"),
@@ -50,8 +52,10 @@ def toy_config_dict(root: Path, **sections) -> dict:
         "tokenizer": {"vocab_size": 40, "model_type": "bpe"},
         "model": {"embed_dim": 48, "encoder": {"hidden_size": 48, "dropout": 0.0},
                   "decoder": {"hidden_size": 64, "dropout": 0.0}},
+        # threads pinned: threads that followed the machine's load could change float sums between two trainings
+        # that a test compares bit for bit
         "training": {"batch_tokens": 600, "lr": 0.005, "max_steps": 40, "validate_every": 20, "log_every": 10,
-                     "label_smoothing": 0.0},
+                     "label_smoothing": 0.0, "threads": torch.get_num_threads()},
         "decoding": {"beam_size": 3, "batch_sentences": 64},
         "evaluation": {"tokenize": "13a"},
     }

@@ -27,7 +27,7 @@ from nmt.runs.checkpoint import EMA_PREFIX, Checkpoint, checkpoint_meta, save_ch
 from nmt.runs.loading import load_weights, read_weights
 from nmt.runs.lock import RunLock, lock_run
 from nmt.runs.rundir import CheckpointFiles, RunDir
-from nmt.threads import use_threads
+from nmt.threads import CoreShare, use_threads
 from nmt.training import resume
 from nmt.training.batches import TrainBatches, check_pairs_fit
 from nmt.training.distributed import World, rank_seed
@@ -70,6 +70,7 @@ class Trainer:
         self.config, self.resume, self.show_progress = config, resume, show_progress
         self.world = world or World.single()
         self.board: TensorBoardLog | None = None  # rank 0 with training.tensorboard
+        self.core_share: CoreShare | None = None  # threads that follow the machine's load (a CPU, threads unset)
         self.resumed_from: Checkpoint | None = None
         self.changes_on_resume: list[tuple[str, object, object]] = []
         self.last_saved_step: int | None = None
@@ -112,7 +113,10 @@ class Trainer:
         if not cuda and cfg.precision == "fp16":
             raise ConfigError("training.precision: fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
         self.device = self.world.device(cuda)
-        self.cpu_threads = use_threads(cfg.threads)
+        follows_load = not cfg.threads and not cuda and not self.world.distributed
+        self.cpu_threads = use_threads(cfg.threads, follows_load)
+        if follows_load:
+            self.core_share = CoreShare(torch.get_num_threads())
 
     def _setup_config(self, fine_tuned: bool) -> tuple[Checkpoint | None, Initialization | None]:
         """The checkpoint to resume, fine-tuning's starting point, and the config to train with (a resumed run's
@@ -281,6 +285,8 @@ class Trainer:
                 step_start = time.monotonic()
                 result = self.train_step(share, progress)
                 progress.train_seconds += time.monotonic() - step_start
+                if self.core_share is not None:
+                    self.core_share.poll()
                 if result is None:
                     continue
                 progress.step += 1
@@ -305,7 +311,9 @@ class Trainer:
         return stopped(reason, progress, self.run_dir, world)
 
     def cleanup(self) -> None:
-        """Close the TensorBoard log and release the run directory's lock (rank 0)."""
+        """Close the TensorBoard log, release the run directory's lock (rank 0) and give back the thread count."""
+        if self.core_share is not None:
+            self.core_share.restore()
         if self.board is not None:
             self.board.close()
         if self.lock is not None:
