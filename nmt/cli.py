@@ -44,8 +44,8 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override a config value, e.g. --set training.lr=0.002 (repeatable)."),
 ]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch's work "
-                                                 "(default: one per core; idle ones wait passively, so that work "
-                                                 "beside this keeps its share).")]
+                                                 "(default: one per core; a training uses fewer while other "
+                                                 "processes use the cores).")]
 
 
 @app.callback()
@@ -863,8 +863,7 @@ def serve(
                                                   "steered), summed over its texts (413 above).")] = 1024,
     quantize: QuantizeOption = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads of each server process "
-                                                "(default: the cores shared among --workers; idle ones wait "
-                                                "passively).")] = None,
+                                                "(default: the cores shared among --workers).")] = None,
 ) -> None:
     """Serve the runs over HTTP: the attention explorer page at /, the REST API (/translate, /attention,
     /models, /health) with its OpenAPI docs at /docs."""

@@ -44,7 +44,7 @@ def machine_busy_seconds(stat: Path = Path("/proc/stat"), cpus: set[int] | None 
         cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     busy, cores = 0, 0
     for line in lines:
-        name, *values = line.split()
+        name, *values = line.split() or [""]
         if not (name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus)):
             continue
         fields = [int(v) for v in values]  # user nice system idle iowait irq softirq steal ...

@@ -114,7 +114,7 @@ def test_machine_busy_seconds_reads_the_cores_this_process_may_use(tmp_path):
     stat.write_text(f"cpu  {9 * ticks} 0 0 {90 * ticks} 0 0 0 0 0 0\n"
                     f"cpu0 {3 * ticks} 0 {ticks} {30 * ticks} {2 * ticks} 0 0 0 0 0\n"
                     f"cpu1 {ticks} 0 0 {30 * ticks} 0 0 0 0 0 0\n"
-                    f"cpu2 {4 * ticks} 0 0 {30 * ticks} 0 0 0 0 0 0\nintr 5\n")
+                    f"cpu2 {4 * ticks} 0 0 {30 * ticks} 0 0 0 0 0 0\n\nintr 5\n")
     assert machine_busy_seconds(stat, cpus={0, 1}) == (5.0, 2)  # iowait is idle; cpu2 is not this process's
     assert machine_busy_seconds(stat, cpus={2}) == (4.0, 1)
     assert machine_busy_seconds(stat, cpus={7}) is None
