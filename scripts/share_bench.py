@@ -27,6 +27,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MATMUL_LOOP = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+# --notebook: what a notebook kernel does beside the trainings, one sentence at a time through the Python API
+NOTEBOOK = """
+import json, sys, time
+import nmt
+run = nmt.load(sys.argv[1])
+lines = [line.strip() for line in open(sys.argv[2], encoding="utf-8")][:int(sys.argv[3])]
+run.translate(lines[:5])
+start = time.perf_counter()
+for line in lines:
+    run.translate([line])
+print(json.dumps({"train_tokens_per_s": len(lines) / (time.perf_counter() - start), "cpu": "-"}))
+"""
 
 
 def parse_policy(text: str) -> tuple[str, dict[str, str]]:
@@ -56,6 +68,13 @@ def policy_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def measure(args, env: dict[str, str]) -> dict:
+    if args.notebook:  # a user's process: the policy is not its own
+        command, env = [sys.executable, "-c", NOTEBOOK, str(args.notebook[0]), args.notebook[1], "200"], {}
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.stderr.write(result.stderr)
+            raise SystemExit("the notebook's translations failed")
+        return json.loads(result.stdout.strip().splitlines()[-1])
     command = [sys.executable, str(ROOT / "scripts/bench.py"), "--phase", "train", "--config", str(args.config),
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
     if "threads" in env:
@@ -76,6 +95,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["train", "matmul"], choices=["train", "matmul"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--notebook", nargs=2, metavar=("RUN", "SOURCES"),
+                        help="measure a notebook instead: RUN's translations of SOURCES' first 200 lines, one at a "
+                             "time (tokens/s then reads sentences/s), beside the config's trainings")
     parser.add_argument("--settle", type=float, default=20.0,
                         help="seconds the others run before the measurement starts (a second training prepares)")
     args = parser.parse_args()
