@@ -37,7 +37,7 @@ run.translate(lines[:5])
 start = time.perf_counter()
 for line in lines:
     run.translate([line])
-print(json.dumps({"train_tokens_per_s": len(lines) / (time.perf_counter() - start), "cpu": "-"}))
+print(json.dumps({"rate": len(lines) / (time.perf_counter() - start), "cpu": "-"}))
 """
 
 
@@ -84,7 +84,8 @@ def measure(args, env: dict[str, str]) -> dict:
     if result.returncode != 0:
         sys.stderr.write(result.stderr)
         raise SystemExit("the measured training failed")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"rate": found["train_tokens_per_s"], "cpu": found["cpu"]}
 
 
 def main() -> None:
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--notebook", nargs=2, metavar=("RUN", "SOURCES"),
                         help="measure a notebook instead: RUN's translations of SOURCES' first 200 lines, one at a "
-                             "time (tokens/s then reads sentences/s), beside the config's trainings")
+                             "time, beside the config's trainings")
     parser.add_argument("--settle", type=float, default=20.0,
                         help="seconds the others run before the measurement starts (a second training prepares)")
     args = parser.parse_args()
@@ -116,15 +117,16 @@ def main() -> None:
                             other.kill()
                             other.wait()
                     row = {"policy": name, "env": env, "others": count, "kind": kind,
-                           "tokens_per_s": found["train_tokens_per_s"], "cpu": found["cpu"]}
+                           "rate": found["rate"], "cpu": found["cpu"]}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     # the fair share of the best any policy did alone: a policy that slows training alone is not made fair by it
-    alone = max((row["tokens_per_s"] for row in rows if row["others"] == 0), default=None)
-    print("\n| policy | others | kind | tokens/s | of fair share |\n|---|---:|---|---:|---:|")
+    alone = max((row["rate"] for row in rows if row["others"] == 0), default=None)
+    unit = "sentences/s" if args.notebook else "tokens/s"
+    print(f"\n| policy | others | kind | {unit} | of fair share |\n|---|---:|---|---:|---:|")
     for row in rows:
-        share = f"{row['tokens_per_s'] / (alone / (row['others'] + 1)):.2f}" if alone else "-"
-        print(f"| {row['policy']} | {row['others']} | {row['kind']} | {row['tokens_per_s']:,.0f} | {share} |")
+        share = f"{row['rate'] / (alone / (row['others'] + 1)):.2f}" if alone else "-"
+        print(f"| {row['policy']} | {row['others']} | {row['kind']} | {row['rate']:,.0f} | {share} |")
 
 
 if __name__ == "__main__":
