@@ -90,6 +90,11 @@ def test_core_share_follows_what_other_processes_use():
         machine.run(10, own_cores=2, other_cores=0)
         share.poll()
         assert share.threads == 2
+        machine.run(10, own_cores=1, other_cores=1)
+        share.poll()
+        assert share.threads == 1
+        share.restore()  # the training ended: the process gets its count back
+        assert share.threads == 2 and torch.get_num_threads() == 2
         ceiling = CoreShare(1, clock=lambda: machine.now, machine=lambda: (machine.busy, 2), own=lambda: machine.own)
         machine.run(10, own_cores=1, other_cores=0)
         ceiling.poll()
